@@ -1,0 +1,91 @@
+/**
+ * What every command shares: the command shape, flag parsing and the usage error that main.ts turns
+ * into exit code 2.
+ * @module
+ */
+import { parseArgs as nodeParseArgs, type ParseArgsConfig } from "node:util";
+
+/** One subcommand of main.ts. */
+export interface Command {
+  /** The subcommand's name, as typed after `main.ts` (and as its `deno task` name). */
+  name: string;
+  /** One line for the list of commands. */
+  summary: string;
+  /** Full help: usage, options, examples. Printed by `--help`. */
+  help: string;
+  /** Runs the command with the arguments after its name. Throws on failure; never exits. */
+  run(args: string[]): Promise<void>;
+}
+
+/** A wrong flag, a missing argument or conflicting options: exit code 2 and the command's help hint. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+/** The option table handed to {@linkcode parseFlags}. */
+export type Options = NonNullable<ParseArgsConfig["options"]>;
+
+/**
+ * Parses `args` strictly: an unknown flag or a missing value is a {@linkcode UsageError} naming it.
+ * `--help` is always accepted and reported as `help: true`.
+ */
+export function parseFlags<O extends Options>(
+  command: string,
+  args: string[],
+  options: O,
+  allowPositionals = false,
+) {
+  try {
+    return nodeParseArgs({
+      args,
+      options: { ...options, help: { type: "boolean", short: "h" } } as O & {
+        help: { type: "boolean"; short: "h" };
+      },
+      allowPositionals,
+      strict: true,
+    });
+  } catch (e) {
+    throw new UsageError(`${command}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** Parses an integer flag, with its name in the error. */
+export function intFlag(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  min = -Infinity,
+  max = Infinity,
+): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw new UsageError(
+      `--${name} must be an integer${
+        Number.isFinite(min) ? ` >= ${min}` : ""
+      }${Number.isFinite(max) ? ` <= ${max}` : ""}, got "${value}"`,
+    );
+  }
+  return n;
+}
+
+/** Parses a number flag, with its name in the error. */
+export function numberFlag(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  min = -Infinity,
+  max = Infinity,
+): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n) || n < min || n > max) {
+    throw new UsageError(`--${name} must be a number in [${min}, ${max}], got "${value}"`);
+  }
+  return n;
+}
+
+/** Writes one JSON value as a line on stdout. */
+export function printJson(value: unknown): void {
+  console.log(JSON.stringify(value));
+}
