@@ -3,5 +3,6 @@
  * @module
  */
 import type { Command } from "./_cli.ts";
+import { setupCommand } from "./setup.ts";
 
-export const commands: Command[] = [];
+export const commands: Command[] = [setupCommand];
