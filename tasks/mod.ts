@@ -3,6 +3,7 @@
  * @module
  */
 import type { Command } from "./_cli.ts";
+import { casesCommand } from "./cases.ts";
 import { setupCommand } from "./setup.ts";
 
-export const commands: Command[] = [setupCommand];
+export const commands: Command[] = [casesCommand, setupCommand];

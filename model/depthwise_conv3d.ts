@@ -1,0 +1,271 @@
+/**
+ * Depthwise 3D convolution: one filter per channel, stride 1, padding "same", no bias, with its
+ * own gradient.
+ *
+ * TensorFlow.js 4.22 has no depthwise (or grouped) conv3d. This one is built from
+ * `tf.depthwiseConv2d` only, so it runs on every backend, and it is wrapped in `tf.customGrad` so
+ * that the forward pass keeps just `x` and `filter` for the backward pass instead of the
+ * per-depth-offset intermediates automatic differentiation would hold.
+ *
+ * - forward: one depthwiseConv2d per depth offset over the `d` planes of each sample, each result
+ *   added to the output shifted by its offset along depth;
+ * - dx: the same convolution of `dy` with the spatially flipped filter;
+ * - dfilter: one strided depthwiseConv2d per height offset in which `dy` plays the filter (see
+ *   {@linkcode filterGradient}); tfjs's own `DepthwiseConv2dNativeBackpropFilter` kernel is not
+ *   exported as an op and takes about 3 s on the cpu backend for one [32,32,32,64] plane stack,
+ *   against about 0.1 s for this formulation.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs-core";
+ * import "@tensorflow/tfjs-backend-cpu";
+ * import { depthwiseConv3d } from "./depthwise_conv3d.ts";
+ *
+ * await tf.setBackend("cpu");
+ * const x = tf.ones([1, 4, 4, 4, 2]) as tf.Tensor5D;
+ * const filter = tf.ones([3, 3, 3, 2, 1]) as tf.Tensor5D;
+ * const y = depthwiseConv3d(x, filter); // [1, 4, 4, 4, 2]; 27 at interior voxels, 8 at corners
+ * tf.dispose([x, filter, y]);
+ * ```
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+
+/**
+ * Depthwise 3D convolution with stride 1 and padding "same": channel `i` of the output is channel
+ * `i` of `x` correlated with `filter[..., i, 0]`, zeros outside the volume.
+ *
+ * The gradient with respect to both arguments is analytic; between the forward and the backward
+ * pass only `x` and `filter` are kept.
+ *
+ * @param x The input, float32 `[n, d, h, w, c]`.
+ * @param filter The filters, float32 `[kd, kh, kw, c, 1]` with odd `kd`, `kh`, `kw` (3×3×3 in the
+ *   reference network).
+ * @returns The output, `[n, d, h, w, c]`.
+ * @throws {TypeError} When a rank, a shape or a dtype is wrong or a kernel size is even.
+ */
+export function depthwiseConv3d(x: tf.Tensor5D, filter: tf.Tensor5D): tf.Tensor5D {
+  validate(x, filter);
+  return depthwiseConv3dWithGrad(x, filter);
+}
+
+const depthwiseConv3dWithGrad = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+  const [x, filter, save] = args as [tf.Tensor5D, tf.Tensor5D, tf.GradSaveFunc];
+  // Only the inputs are saved (references, no new buffers): everything else the backward pass
+  // needs is cheaper to recompute than to keep for the length of a network's forward pass.
+  save([x, filter]);
+  return {
+    value: convolve(x, filter), // [n, d, h, w, c]
+    gradFunc: (dy: tf.Tensor5D, saved: tf.Tensor[]) => {
+      const [xs, fs] = saved as [tf.Tensor5D, tf.Tensor5D];
+      // The tape calls this outside any scope of ours: without a tidy, every intermediate would
+      // live until the whole backward pass ends.
+      return tf.tidy(() => {
+        // dfilter first: its padded copies are freed before dx's buffers exist.
+        const dFilter = filterGradient(xs, dy, fs.shape); // [kd, kh, kw, c, 1]
+        const flipped = tf.reverse(fs, [0, 1, 2]); // [kd, kh, kw, c, 1]
+        const dx = convolve(dy, flipped); // [n, d, h, w, c]
+        return [dx, dFilter];
+      });
+    },
+  };
+}) as (x: tf.Tensor5D, filter: tf.Tensor5D) => tf.Tensor5D;
+
+function validate(x: tf.Tensor, filter: tf.Tensor): void {
+  if (x.rank !== 5) {
+    throw new TypeError(
+      `depthwiseConv3d: x must be rank 5 [n,d,h,w,c], found rank ${x.rank} [${x.shape}]`,
+    );
+  }
+  const c = x.shape[4];
+  const [kd, kh, kw, fc, m] = filter.shape;
+  if (filter.rank !== 5 || fc !== c || m !== 1) {
+    throw new TypeError(
+      `depthwiseConv3d: filter must be [kd,kh,kw,c,1] with c = ${c}, found [${filter.shape}]`,
+    );
+  }
+  if (kd % 2 === 0 || kh % 2 === 0 || kw % 2 === 0) {
+    throw new TypeError(
+      `depthwiseConv3d: padding "same" needs odd kernel sizes, found filter [${filter.shape}]`,
+    );
+  }
+  for (const [name, t] of [["x", x], ["filter", filter]] as const) {
+    if (t.dtype !== "float32") {
+      throw new TypeError(`depthwiseConv3d: ${name} must be float32, found ${t.dtype}`);
+    }
+  }
+}
+
+/** The forward convolution of a whole batch, sample by sample (see {@linkcode convolveSample}). */
+function convolve(x: tf.Tensor5D, filter: tf.Tensor5D): tf.Tensor5D {
+  // Why per sample: the depth shifts below are slices along the first axis, which the cpu
+  // backend makes as views; slicing depth in a batch of several samples copies element by element.
+  const ys: tf.Tensor4D[] = [];
+  for (let i = 0; i < x.shape[0]; i++) {
+    const xi = sample(x, i); // [d, h, w, c]
+    ys.push(convolveSample(xi, filter)); // [d, h, w, c]
+    xi.dispose();
+  }
+  const y = ys.length === 1 ? ys[0] : tf.concat(ys, 0); // [n·d, h, w, c]
+  const out = tf.reshape<tf.Rank.R5>(y, x.shape); // [n, d, h, w, c]
+  tf.dispose([...ys, y]);
+  return out;
+}
+
+/**
+ * Convolves one sample. Its `d` planes are a batch of 2D images: plane `z` of the output is the sum
+ * over depth offsets `a` of depthwiseConv2d(plane `z + a - pd`, `filter[a]`), so the depthwiseConv2d
+ * for offset `a` is run once over all planes and added to the running sum shifted by `a - pd`.
+ */
+function convolveSample(xs: tf.Tensor4D, filter: tf.Tensor5D): tf.Tensor4D {
+  const [kd, kh, kw, c] = filter.shape;
+  const pd = (kd - 1) / 2;
+  // The centre offset first: it needs no shift and starts the sum.
+  const offsets = [pd, ...Array.from({ length: kd }, (_, a) => a).filter((a) => a !== pd)];
+  let acc: tf.Tensor4D | null = null; // [d, h, w, c]
+  for (const a of offsets) {
+    const fa = tf.reshape<tf.Rank.R4>(tf.slice(filter, [a, 0, 0, 0, 0], [1, kh, kw, c, 1]), [kh, kw, c, 1]);
+    const za = tf.depthwiseConv2d(xs, fa, 1, "same"); // [d, h, w, c]
+    fa.dispose();
+    if (acc === null) {
+      acc = za;
+    } else {
+      const next = addShifted(acc, za, a - pd); // [d, h, w, c]
+      tf.dispose([acc, za]);
+      acc = next;
+    }
+  }
+  return acc!;
+}
+
+/**
+ * `acc[z] + z[z + shift]` for every plane `z`, taking `z[...]` outside `[0, d)` as zeros. The sum
+ * is formed only on the overlapping planes and the untouched planes of `acc` are concatenated
+ * around it, so no zero planes are materialized.
+ */
+function addShifted(acc: tf.Tensor4D, z: tf.Tensor4D, shift: number): tf.Tensor4D {
+  const d = acc.shape[0];
+  if (shift === 0) return tf.add<tf.Tensor4D>(acc, z);
+  const lo = Math.max(0, -shift);
+  const hi = Math.min(d, d - shift);
+  if (hi <= lo) return tf.clone(acc); // the shift moves z entirely out of the volume
+  const accMid = planes(acc, lo, hi); // [hi - lo, h, w, c]
+  const zMid = planes(z, lo + shift, hi + shift); // [hi - lo, h, w, c]
+  const mid = tf.add<tf.Tensor4D>(accMid, zMid); // [hi - lo, h, w, c]
+  tf.dispose([accMid, zMid]);
+  const parts: tf.Tensor4D[] = [];
+  if (lo > 0) parts.push(planes(acc, 0, lo));
+  parts.push(mid);
+  if (hi < d) parts.push(planes(acc, hi, d));
+  const out = tf.concat(parts, 0); // [d, h, w, c]
+  tf.dispose(parts);
+  return out;
+}
+
+/**
+ * The gradient with respect to the filter:
+ * `dF[a, b, e, c] = Σ_{n,z,y,x} x[n, z+a-pd, y+b-ph, x+e-pw, c] · dy[n, z, y, x, c]`.
+ *
+ * Why this formulation: it is a correlation of `x` with `dy` in which `dy` is the (large) filter
+ * and the output is only `kd × kw` per channel. Both tensors are viewed as 2D images whose rows
+ * are (depth, height) pairs, `row = z·s + y` with the row stride `s = h + 2·ph`: `x` is padded by
+ * `ph` zero rows above and below each plane (so `y + b - ph` never spills into a neighbouring
+ * plane) and `dy` by `2·ph` below. For each height offset `b`, one depthwiseConv2d with
+ * `dy` as a `[d·s, w, c, 1]` filter, row stride `s` and explicit zero padding of
+ * `pd·s - b` rows on top gives output row `a` = depth offset `a` and column `e` = width offset
+ * `e`. The cost is that of the forward convolution and nothing of size `kd·kh·kw × x` is built.
+ */
+function filterGradient(
+  x: tf.Tensor5D,
+  dy: tf.Tensor5D,
+  filterShape: [number, number, number, number, number],
+): tf.Tensor5D {
+  const [n] = x.shape;
+  let sum: tf.Tensor4D | null = null; // [kd, kh, kw, c]
+  for (let i = 0; i < n; i++) {
+    const xi = sample(x, i); // [d, h, w, c]
+    const dyi = sample(dy, i); // [d, h, w, c]
+    const gi = filterGradientSample(xi, dyi, filterShape); // [kd, kh, kw, c]
+    tf.dispose([xi, dyi]);
+    if (sum === null) {
+      sum = gi;
+    } else {
+      const next: tf.Tensor4D = tf.add(sum, gi);
+      tf.dispose([sum, gi]);
+      sum = next;
+    }
+  }
+  const out = tf.reshape<tf.Rank.R5>(sum!, filterShape); // [kd, kh, kw, c, 1]
+  sum!.dispose();
+  return out;
+}
+
+function filterGradientSample(
+  xs: tf.Tensor4D,
+  dys: tf.Tensor4D,
+  [kd, kh, kw]: [number, number, number, number, number],
+): tf.Tensor4D {
+  const [d, h, w, c] = xs.shape;
+  const pd = (kd - 1) / 2;
+  const ph = (kh - 1) / 2;
+  const pw = (kw - 1) / 2;
+  const s = h + 2 * ph; // row stride of both images
+  const xPadded = padHeight(xs, ph, ph); // [d, s, w, c]
+  const xRows = tf.reshape<tf.Rank.R4>(xPadded, [1, d * s, w, c]); // [1, d·s, w, c]
+  xPadded.dispose();
+  const dyPadded = padHeight(dys, 0, 2 * ph); // [d, s, w, c]
+  const dyFilter = tf.reshape<tf.Rank.R4>(dyPadded, [d * s, w, c, 1]); // [d·s, w, c, 1]
+  dyPadded.dispose();
+  const perB: tf.Tensor3D[] = [];
+  for (let b = 0; b < kh; b++) {
+    // Output row a must read x row (z + a - pd)·s + y + b for dy row z·s + y, i.e. padded row
+    // a·s + z·s + y with pd·s - b rows of zeros on top; when that is negative (kd = 1), the first
+    // rows of x are sliced off instead (a view: x is one sample).
+    const top = pd * s - b;
+    const input = top >= 0 ? xRows : tf.slice(xRows, [0, -top, 0, 0], [1, d * s + top, w, c]);
+    const inputRows = input.shape[1] as number;
+    const padTop = Math.max(top, 0);
+    // (d + kd - 1)·s padded rows make exactly kd output rows with stride s.
+    const padBottom = (d + kd - 1) * s - padTop - inputRows;
+    const g = tf.depthwiseConv2d(input, dyFilter, [s, 1], [[0, 0], [padTop, padBottom], [pw, pw], [
+      0,
+      0,
+    ]]); // [1, kd, kw, c]
+    if (input !== xRows) input.dispose();
+    perB.push(tf.reshape(g, [kd, kw, c]));
+    g.dispose();
+  }
+  tf.dispose([xRows, dyFilter]);
+  const out = tf.stack(perB, 1) as tf.Tensor4D; // [kd, kh, kw, c]
+  tf.dispose(perB);
+  return out;
+}
+
+/** Zero rows above and below each plane of `[d, h, w, c]`, by concatenation (a row copy). */
+function padHeight(t: tf.Tensor4D, above: number, below: number): tf.Tensor4D {
+  const [d, , w, c] = t.shape;
+  if (above === 0 && below === 0) return tf.clone(t);
+  const parts: tf.Tensor4D[] = [];
+  if (above > 0) parts.push(tf.zeros([d, above, w, c]));
+  parts.push(t);
+  if (below > 0) parts.push(tf.zeros([d, below, w, c]));
+  const out = tf.concat(parts, 1); // [d, h + above + below, w, c]
+  tf.dispose(parts.filter((p) => p !== t));
+  return out;
+}
+
+/** Sample `i` of `[n, d, h, w, c]` as `[d, h, w, c]` (a view on the cpu backend). */
+function sample(t: tf.Tensor5D, i: number): tf.Tensor4D {
+  const [n, d, h, w, c] = t.shape;
+  if (n === 1) return tf.reshape<tf.Rank.R4>(t, [d, h, w, c]);
+  const s = tf.slice(t, [i, 0, 0, 0, 0], [1, d, h, w, c]); // [1, d, h, w, c]
+  const out = tf.reshape<tf.Rank.R4>(s, [d, h, w, c]);
+  s.dispose();
+  return out;
+}
+
+/** Planes `[from, to)` of `[d, h, w, c]` (a view on the cpu backend). */
+function planes(t: tf.Tensor4D, from: number, to: number): tf.Tensor4D {
+  const [, h, w, c] = t.shape;
+  return tf.slice(t, [from, 0, 0, 0], [to - from, h, w, c]);
+}

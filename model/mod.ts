@@ -1,0 +1,14 @@
+/**
+ * The reversible mobile-inverted-bottleneck 3D U-Net in TensorFlow.js: tensors only, no I/O.
+ * @module
+ */
+export * from "./config.ts";
+export * from "./bottleneck.ts";
+export * from "./depthwise_conv3d.ts";
+export * from "./group_norm.ts";
+export * from "./reversible.ts";
+export * from "./upsample.ts";
+export * from "./unet.ts";
+export * from "./loss.ts";
+export * from "./optimizer.ts";
+export * from "./train_step.ts";

@@ -1,0 +1,32 @@
+/**
+ * One training step: forward, loss, backward (reversible or standard), optimizer update.
+ * @module
+ */
+import * as tf from "./tf.ts";
+import { diceBceLoss, type DiceBceOptions } from "./loss.ts";
+import type { Optimizer } from "./optimizer.ts";
+import { computeGrads, type UNet } from "./unet.ts";
+
+/**
+ * Runs one step on a batch and updates the weights in place.
+ * @param x [n, d, h, w, in] normalized images
+ * @param target [n, d, h, w, out] region masks (0/1)
+ * @returns the loss before the update
+ */
+export function trainStep(
+  net: UNet,
+  optimizer: Optimizer,
+  x: tf.Tensor5D,
+  target: tf.Tensor5D,
+  lr: number,
+  lossOptions: DiceBceOptions = {},
+): number {
+  const { loss, grads } = computeGrads(net, x, (logits) => diceBceLoss(logits, target, lossOptions));
+  try {
+    optimizer.apply(net.named, grads, lr);
+    return loss.dataSync()[0];
+  } finally {
+    loss.dispose();
+    for (const g of grads.values()) g.dispose();
+  }
+}

@@ -1,0 +1,236 @@
+/**
+ * BraTS cases: finding each case's four modalities and optional segmentation under a dataset URI.
+ *
+ * Two naming schemes are recognised, `.nii` or `.nii.gz`, one folder per case or all files flat:
+ * - `brats2021` (2018–2021): `<id>_{flair,t1,t1ce,t2,seg}`, enhancing tumor labelled 4;
+ * - `brats2023` (2023 and later): `<id>-{t2f,t1n,t1c,t2w,seg}`, enhancing tumor labelled 3.
+ * @module
+ */
+import { decodeNiftiHeader, type NiftiHeader } from "./nifti.ts";
+import { getObject, getObjectRange, listObjects, mapConcurrent } from "./storage.ts";
+
+/** The four MRI sequences, in the order the network takes them as input channels. */
+export const MODALITIES = ["flair", "t1", "t1ce", "t2"] as const;
+/** One MRI sequence of a case. */
+export type Modality = typeof MODALITIES[number];
+
+/** The file naming scheme of a BraTS release. */
+export type Naming = "brats2021" | "brats2023";
+
+/** Suffix of each modality (and the segmentation) in each naming scheme. */
+export const SUFFIXES: Record<Naming, Record<Modality | "seg", string>> = {
+  brats2021: { flair: "flair", t1: "t1", t1ce: "t1ce", t2: "t2", seg: "seg" },
+  brats2023: { flair: "t2f", t1: "t1n", t1ce: "t1c", t2: "t2w", seg: "seg" },
+};
+
+/** Label of enhancing tumor in each naming scheme's segmentations. */
+export const ENHANCING_LABEL: Record<Naming, 3 | 4> = { brats2021: 4, brats2023: 3 };
+
+/** One BraTS case: where its volumes are. */
+export interface Case {
+  /** The case id, the file name before the modality suffix, e.g. `BraTS20_Training_001`. */
+  id: string;
+  naming: Naming;
+  /** Label of enhancing tumor in this case's segmentation convention: 4 (2018–2021) or 3 (2023+). */
+  enhancingLabel: 3 | 4;
+  /** URI of each modality's volume. */
+  images: Record<Modality, string>;
+  /** URI of the reference segmentation, when the case has one. */
+  seg?: string;
+  /** Voxels along x, y, z, when headers were checked. */
+  shape?: number[];
+  /** Voxel size in millimetres along x, y, z, when headers were checked. */
+  spacing?: number[];
+}
+
+/** A case that could not be used, and why. */
+export interface CaseProblem {
+  id: string;
+  error: string;
+}
+
+/** The outcome of {@linkcode findCases}: usable cases and the reasons others were left out. */
+export interface CaseListing {
+  cases: Case[];
+  problems: CaseProblem[];
+}
+
+interface ParsedName {
+  id: string;
+  naming: Naming;
+  part: Modality | "seg";
+}
+
+const PATTERNS: { naming: Naming; re: RegExp }[] = [
+  { naming: "brats2021", re: /^(.+)_(flair|t1ce|t1|t2|seg)\.nii(?:\.gz)?$/ },
+  { naming: "brats2023", re: /^(.+)-(t2f|t1n|t1c|t2w|seg)\.nii(?:\.gz)?$/ },
+];
+
+/**
+ * Recognises a BraTS file name (the last path segment).
+ * @returns the case id, naming scheme and modality (or `"seg"`), or undefined for other files.
+ * @example
+ * ```ts
+ * import { parseCaseFileName } from "./cases.ts";
+ * parseCaseFileName("BraTS-GLI-00000-000-t1c.nii.gz"); // { id: "BraTS-GLI-00000-000", naming: "brats2023", part: "t1ce" }
+ * ```
+ */
+export function parseCaseFileName(fileName: string): ParsedName | undefined {
+  for (const { naming, re } of PATTERNS) {
+    const m = re.exec(fileName);
+    if (!m) continue;
+    const suffix = m[2];
+    const part = (Object.keys(SUFFIXES[naming]) as (Modality | "seg")[])
+      .find((k) => SUFFIXES[naming][k] === suffix)!;
+    return { id: m[1], naming, part };
+  }
+  return undefined;
+}
+
+/** Options of {@linkcode findCases}. */
+export interface FindCasesOptions {
+  /**
+   * Read each volume's header and check that the modalities of a case share dims and affine.
+   * @default true
+   */
+  checkHeaders?: boolean;
+  /** Reads in flight at once. @default 8 */
+  concurrency?: number;
+  /** Largest difference allowed between two modalities' affine entries (mm). @default 1e-3 */
+  affineTolerance?: number;
+}
+
+/**
+ * Lists the BraTS cases under `datasetUri` (an `s3://` prefix or a local folder), recursively.
+ * A case with a missing modality, duplicate files, or modalities whose shapes or affines disagree
+ * is reported in `problems`; the other cases are still listed.
+ */
+export async function findCases(
+  datasetUri: string,
+  options: FindCasesOptions = {},
+): Promise<CaseListing> {
+  const { checkHeaders = true, concurrency = 8, affineTolerance = 1e-3 } = options;
+  const objects = await listObjects(datasetUri);
+  const groups = new Map<string, { naming: Naming; files: Map<Modality | "seg", string[]> }>();
+  for (const obj of objects) {
+    const parsed = parseCaseFileName(obj.key.split("/").pop()!);
+    if (!parsed) continue;
+    const key = `${parsed.naming}:${parsed.id}`;
+    let group = groups.get(key);
+    if (!group) groups.set(key, group = { naming: parsed.naming, files: new Map() });
+    const list = group.files.get(parsed.part) ?? [];
+    list.push(obj.uri);
+    group.files.set(parsed.part, list);
+  }
+
+  const problems: CaseProblem[] = [];
+  const candidates: Case[] = [];
+  for (const [key, group] of groups) {
+    const id = key.slice(key.indexOf(":") + 1);
+    const suffixes = SUFFIXES[group.naming];
+    const duplicated = [...group.files].filter(([, uris]) => uris.length > 1);
+    if (duplicated.length > 0) {
+      problems.push({
+        id,
+        error: `case "${id}": more than one file for ${
+          duplicated.map(([part, uris]) => `${part} (${uris.join(", ")})`).join("; ")
+        }`,
+      });
+      continue;
+    }
+    const missing = MODALITIES.filter((m) => !group.files.has(m));
+    if (missing.length > 0) {
+      problems.push({
+        id,
+        error: `case "${id}" in ${datasetUri}: missing modality ${
+          missing.map((m) => `${m} (${id}${group.naming === "brats2021" ? "_" : "-"}${suffixes[m]}.nii.gz)`)
+            .join(", ")
+        }`,
+      });
+      continue;
+    }
+    const images = Object.fromEntries(MODALITIES.map((m) => [m, group.files.get(m)![0]])) as Record<
+      Modality,
+      string
+    >;
+    const seg = group.files.get("seg")?.[0];
+    candidates.push({
+      id,
+      naming: group.naming,
+      enhancingLabel: ENHANCING_LABEL[group.naming],
+      images,
+      ...(seg ? { seg } : {}),
+    });
+  }
+
+  let cases = candidates;
+  if (checkHeaders) {
+    const checked = await mapConcurrent(candidates, Math.max(1, concurrency), async (c) => {
+      try {
+        return await checkCaseGrid(c, affineTolerance);
+      } catch (e) {
+        problems.push({ id: c.id, error: (e as Error).message });
+        return undefined;
+      }
+    });
+    cases = checked.filter((c): c is Case => c !== undefined);
+  }
+  cases.sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+  problems.sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+  return { cases, problems };
+}
+
+/**
+ * Reads the header of a NIfTI object, downloading only its beginning when that suffices.
+ * @param uri the object's URI, named in errors
+ */
+export async function readNiftiHeader(uri: string): Promise<NiftiHeader> {
+  // A gzip stream's first few KiB inflate to far more than the 540 bytes of a NIfTI-2 header.
+  const prefix = await getObjectRange(uri, 0, 16384);
+  try {
+    return decodeNiftiHeader(prefix, uri);
+  } catch (e) {
+    if (prefix.length < 16384) throw e;
+    return decodeNiftiHeader(await getObject(uri), uri);
+  }
+}
+
+async function checkCaseGrid(c: Case, tolerance: number): Promise<Case> {
+  const parts: [string, string][] = [
+    ...MODALITIES.map((m) => [m, c.images[m]] as [string, string]),
+    ...(c.seg ? [["seg", c.seg] as [string, string]] : []),
+  ];
+  const headers = await Promise.all(parts.map(([, uri]) => readNiftiHeader(uri)));
+  const [refName] = parts[0];
+  const ref = headers[0];
+  const shape = ref.dims.slice(0, 3);
+  if (ref.dims.length !== 3 && !(ref.dims.length === 4 && ref.dims[3] === 1)) {
+    throw new RangeError(
+      `case "${c.id}": ${refName} volume ${parts[0][1]} must be 3D, found dims [${ref.dims}]`,
+    );
+  }
+  for (let i = 1; i < parts.length; i++) {
+    const [name, uri] = parts[i];
+    const h = headers[i];
+    if (h.dims.slice(0, 3).join() !== shape.join() || h.dims.slice(3).some((d) => d !== 1)) {
+      throw new RangeError(
+        `case "${c.id}": ${name} (${uri}) has dims [${h.dims}] but ${refName} has [${ref.dims}]`,
+      );
+    }
+    const diff = maxAbsDiff(h.affine, ref.affine);
+    if (diff > tolerance) {
+      throw new RangeError(
+        `case "${c.id}": the affine of ${name} (${uri}) differs from ${refName}'s by ${
+          diff.toPrecision(3)
+        } mm (tolerance ${tolerance}); the modalities must be co-registered on one grid`,
+      );
+    }
+  }
+  return { ...c, shape, spacing: ref.pixdim.slice(0, 3) };
+}
+
+function maxAbsDiff(a: number[][], b: number[][]): number {
+  let m = 0;
+  for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) m = Math.max(m, Math.abs(a[i][j] - b[i][j]));
+  return m;
+}

@@ -1,0 +1,53 @@
+/**
+ * `cases <dataset-uri>`: lists the BraTS cases found under a dataset as JSON lines.
+ * @module
+ */
+import { findCases } from "../pipeline/cases.ts";
+import { type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
+
+export const casesCommand: Command = {
+  name: "cases",
+  summary: "List the BraTS cases under a dataset URI as JSON lines",
+  help: `Usage: deno task cases <dataset-uri> [--no-check] [--concurrency N]
+
+Finds every case under <dataset-uri> (a local folder, file:// URL or s3://bucket/prefix), in the
+2018-2021 naming (<id>_{flair,t1,t1ce,t2,seg}.nii[.gz]) or the 2023+ naming
+(<id>-{t2f,t1n,t1c,t2w,seg}.nii[.gz]), one folder per case or all files flat. Prints one JSON object
+per usable case on stdout:
+  {"id":"BraTS20_Training_001","naming":"brats2021","enhancingLabel":4,
+   "images":{"flair":"...","t1":"...","t1ce":"...","t2":"..."},"seg":"...",
+   "shape":[240,240,155],"spacing":[1,1,1]}
+A case with a missing modality, or modalities whose dims or affines disagree, is reported on stderr;
+the others are still listed, and the exit code is 1.
+
+Options:
+  --no-check        do not read the volumes' headers (no shape/affine checks; faster on S3)
+  --concurrency N   headers read at once (default 8)
+
+Examples:
+  deno task cases ./data/brats
+  AWS_ENDPOINT_URL=http://127.0.0.1:9000 deno task cases s3://my-bucket/BraTS2021/`,
+  async run(args) {
+    const { values, positionals } = parseFlags("cases", args, {
+      "no-check": { type: "boolean" },
+      concurrency: { type: "string" },
+    }, true);
+    if (positionals.length !== 1) {
+      throw new UsageError(`cases: expected one dataset URI, got ${positionals.length}`);
+    }
+    const { cases, problems } = await findCases(positionals[0], {
+      checkHeaders: !values["no-check"],
+      concurrency: intFlag("concurrency", values.concurrency, 8, 1, 256),
+    });
+    for (const c of cases) printJson(c);
+    for (const p of problems) console.error(`error: ${p.error}`);
+    if (problems.length > 0) {
+      throw new Error(
+        `${problems.length} of ${cases.length + problems.length} cases in ${
+          positionals[0]
+        } could not be used (listed above)`,
+      );
+    }
+    if (cases.length === 0) console.error(`cases: no BraTS cases found under ${positionals[0]}`);
+  },
+};
