@@ -10,17 +10,17 @@ import assert from "node:assert/strict";
 
 /** Asserts that `actual` and `expected` are deeply equal. */
 export function assertEquals<T>(actual: T, expected: T, msg?: string): void {
-  assert.deepStrictEqual(actual, expected, msg);
+  assert.deepStrictEqual(actual, expected, msg as string);
 }
 
 /** Asserts that `actual` and `expected` are not deeply equal. */
 export function assertNotEquals<T>(actual: T, expected: T, msg?: string): void {
-  assert.notDeepStrictEqual(actual, expected, msg);
+  assert.notDeepStrictEqual(actual, expected, msg as string);
 }
 
 /** Asserts that `expr` is truthy. */
 export function assert_(expr: unknown, msg?: string): asserts expr {
-  assert.ok(expr, msg);
+  assert.ok(expr, msg as string);
 }
 export { assert_ as assert };
 

@@ -1,0 +1,170 @@
+/**
+ * The local-filesystem half of {@link ./storage.ts}: paths behave like object keys, writes are
+ * atomic (temporary file in the same folder, then rename), listings are recursive.
+ * @module
+ */
+import { dirname, join } from "node:path";
+import { baseName, byKey, joinUri, type ObjectInfo, ObjectNotFoundError } from "./storage_uri.ts";
+
+/** Names of the temporary files {@linkcode putLocal} writes before renaming; listings skip them. */
+const TEMP_NAME = /^\..+\.tmp-[0-9a-f]{12}$/;
+
+function tempName(path: string): string {
+  const hex = crypto.randomUUID().replaceAll("-", "").slice(0, 12);
+  return join(dirname(path), `.${baseName(path)}.tmp-${hex}`);
+}
+
+/** Rethrows a filesystem error as one that names the action and the URI; keeps Deno's class. */
+function fail(action: string, uri: string, e: unknown): never {
+  if (e instanceof ObjectNotFoundError) throw e;
+  if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) {
+    throw new ObjectNotFoundError(uri, "no such file", { cause: e });
+  }
+  if (e instanceof Deno.errors.IsADirectory) {
+    throw new ObjectNotFoundError(uri, "it is a folder, not a file", { cause: e });
+  }
+  const message = `Cannot ${action} "${uri}": ${e instanceof Error ? e.message : String(e)}`;
+  if (e instanceof Deno.errors.PermissionDenied) {
+    throw new Deno.errors.PermissionDenied(message, { cause: e });
+  }
+  throw new Error(message, { cause: e });
+}
+
+/** Reads a whole file. */
+export async function getLocal(uri: string, path: string): Promise<Uint8Array> {
+  try {
+    return await Deno.readFile(path);
+  } catch (e) {
+    fail("read", uri, e);
+  }
+}
+
+/** Reads bytes [start, end) of a file, fewer if the file is shorter. */
+export async function getLocalRange(
+  uri: string,
+  path: string,
+  start: number,
+  end: number,
+): Promise<Uint8Array> {
+  let file: Deno.FsFile | undefined;
+  const buf = new Uint8Array(end - start);
+  let filled = 0;
+  try {
+    file = await Deno.open(path, { read: true });
+    if ((await file.stat()).isDirectory) throw new Deno.errors.IsADirectory(path);
+    await file.seek(start, Deno.SeekMode.Start);
+    while (filled < buf.length) {
+      const n = await file.read(buf.subarray(filled));
+      if (n === null) break;
+      filled += n;
+    }
+  } catch (e) {
+    fail("read", uri, e);
+  } finally {
+    file?.close();
+  }
+  return buf.subarray(0, filled);
+}
+
+/** Looks up a file's size and modification time. */
+export async function headLocal(uri: string, path: string): Promise<ObjectInfo> {
+  try {
+    const st = await Deno.stat(path);
+    if (!st.isFile) throw new Deno.errors.IsADirectory(path);
+    return { uri, key: baseName(path), size: st.size, lastModified: st.mtime ?? undefined };
+  } catch (e) {
+    fail("look up", uri, e);
+  }
+}
+
+/**
+ * Writes a file atomically: the bytes go to a temporary name in the same folder, are flushed to disk,
+ * and the temporary file is renamed over the target, so readers see the old file or the whole new
+ * one. Parent folders are created; the temporary file is removed if anything fails.
+ */
+export async function putLocal(uri: string, path: string, data: Uint8Array): Promise<void> {
+  const tmp = tempName(path);
+  try {
+    await Deno.mkdir(dirname(path), { recursive: true });
+    const file = await Deno.open(tmp, { write: true, createNew: true });
+    try {
+      let written = 0;
+      while (written < data.length) written += await file.write(data.subarray(written));
+      await file.syncData();
+    } finally {
+      file.close();
+    }
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw new Error(`Cannot write "${uri}": ${e instanceof Error ? e.message : String(e)}`, {
+      cause: e,
+    });
+  }
+}
+
+/** Deletes a file; a missing file is not an error (as on S3), a folder is. */
+export async function deleteLocal(uri: string, path: string): Promise<void> {
+  try {
+    const st = await Deno.lstat(path);
+    if (st.isDirectory) {
+      throw new Error(`Cannot delete "${uri}": it is a folder, not a file`);
+    }
+    await Deno.remove(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return;
+    if (e instanceof Error && e.message.startsWith("Cannot delete")) throw e;
+    fail("delete", uri, e);
+  }
+}
+
+/**
+ * Lists every file under a folder, recursively, with keys relative to it. A missing folder lists
+ * as empty (as a missing S3 prefix does); temporary files of unfinished writes are skipped;
+ * symbolic links are followed, each real folder visited once.
+ */
+export async function listLocal(prefixUri: string, root: string): Promise<ObjectInfo[]> {
+  let rootStat: Deno.FileInfo;
+  try {
+    rootStat = await Deno.stat(root);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return [];
+    fail("list", prefixUri, e);
+  }
+  if (!rootStat.isDirectory) {
+    throw new TypeError(`Cannot list "${prefixUri}": it is a file, not a folder`);
+  }
+  const out: ObjectInfo[] = [];
+  const seen = new Set<string>();
+  const walk = async (dir: string, rel: string): Promise<void> => {
+    const real = await Deno.realPath(dir);
+    if (seen.has(real)) return;
+    seen.add(real);
+    for await (const entry of Deno.readDir(dir)) {
+      const path = join(dir, entry.name);
+      const key = rel === "" ? entry.name : `${rel}/${entry.name}`;
+      let st: Deno.FileInfo;
+      try {
+        st = await Deno.stat(path); // follows symbolic links
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) continue; // a dangling link, or deleted meanwhile
+        throw e;
+      }
+      if (st.isDirectory) await walk(path, key);
+      else if (st.isFile && !TEMP_NAME.test(entry.name)) {
+        out.push({
+          uri: joinUri(prefixUri, key),
+          key,
+          size: st.size,
+          lastModified: st.mtime ?? undefined,
+        });
+      }
+    }
+  };
+  try {
+    await walk(root, "");
+  } catch (e) {
+    fail("list", prefixUri, e);
+  }
+  return out.sort(byKey);
+}
