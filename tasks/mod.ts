@@ -3,7 +3,9 @@
  * @module
  */
 import type { Command } from "./_cli.ts";
+import { benchCommand } from "./bench.ts";
 import { casesCommand } from "./cases.ts";
+import { inspectCommand } from "./inspect.ts";
 import { setupCommand } from "./setup.ts";
 
-export const commands: Command[] = [casesCommand, setupCommand];
+export const commands: Command[] = [benchCommand, casesCommand, inspectCommand, setupCommand];

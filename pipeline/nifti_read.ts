@@ -1,0 +1,342 @@
+/**
+ * Decoding NIfTI bytes: the header alone from a prefix of a file, or the whole volume, with the
+ * checks that keep a broken or hostile file from reaching the pipeline.
+ * @module
+ */
+import { constants, gunzipSync } from "node:zlib";
+import {
+  DATATYPES,
+  type Fail,
+  failFor,
+  HOST_LITTLE_ENDIAN,
+  MAX_HEADER_BYTES,
+  type NiftiDatatype,
+  type NiftiHeader,
+  type NiftiTypedArray,
+  parseHeader,
+} from "./nifti_header.ts";
+
+/** A decoded volume: its header and its voxels. */
+export interface NiftiImage {
+  header: NiftiHeader;
+  /**
+   * The voxels as stored (before scl_slope/scl_inter), in the machine's byte order, x fastest then
+   * y, z and any further dimensions: voxel (i, j, k) is at i + dims[0] * (j + dims[1] * k).
+   */
+  data: NiftiTypedArray;
+}
+
+/** Options of {@linkcode decodeNifti}. */
+export interface DecodeOptions {
+  /**
+   * What to do with NaN or ±Infinity in float data: throw a RangeError giving their count and the
+   * first voxel, or read them as 0.
+   * @default {"error"}
+   */
+  nonFinite?: "error" | "zero";
+  /**
+   * The most bytes of voxel data a header may make us allocate; a header asking for more is refused
+   * before anything is decompressed.
+   * @default {2147483648} (2 GiB)
+   */
+  maxBytes?: number;
+}
+
+/** Value statistics of a volume after scaling, over all voxels, computed in float64. */
+export interface VolumeStats {
+  min: number;
+  max: number;
+  mean: number;
+}
+
+/** What `inspect` prints for a volume. */
+export interface NiftiInspection {
+  dims: number[];
+  pixdim: number[];
+  datatype: NiftiDatatype;
+  affine: number[][];
+  min: number;
+  max: number;
+  mean: number;
+}
+
+/** True when `bytes` starts with the gzip magic bytes 1f 8b (whatever the file's name says). */
+export function isGzip(bytes: Uint8Array): boolean {
+  return bytes.length >= 2 && bytes[0] === 0x1f && bytes[1] === 0x8b;
+}
+
+/**
+ * Decodes the header of a `.nii` or `.nii.gz` file (NIfTI-1 or NIfTI-2, either byte order) from its
+ * first bytes: a prefix of the file is enough — 348 bytes for NIfTI-1 and 540 for NIfTI-2 once
+ * decompressed; of a gzip stream, only as much is inflated as the header needs.
+ *
+ * @param bytes The file or a prefix of it.
+ * @param name The file's name or URI, for error messages.
+ * @returns The header, with the affine chosen as nibabel chooses it.
+ * @throws {SyntaxError} Not NIfTI, wrong magic, a truncated header or gzip stream, corrupted gzip.
+ * @throws {RangeError} dim[0] outside 1..7, a dim below 1, an unsupported datatype, a bad qform.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { createNiftiHeader, decodeNiftiHeader, encodeNifti } from "./nifti.ts";
+ * const like = createNiftiHeader([4, 4, 2], [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1]]);
+ * const file = encodeNifti(new Uint8Array(32), "uint8", like);
+ * const header = decodeNiftiHeader(file.subarray(0, 200), "seg.nii.gz");
+ * assertEquals(header.dims, [4, 4, 2]);
+ * assertEquals(header.affine[2], [0, 0, 2, 0]);
+ * ```
+ */
+export function decodeNiftiHeader(bytes: Uint8Array, name: string): NiftiHeader {
+  return readHeader(bytes, failFor("read NIfTI header of", name));
+}
+
+/**
+ * Decodes a whole `.nii` or `.nii.gz` file: NIfTI-1 or NIfTI-2, either byte order, datatypes
+ * uint8, int8, int16, uint16, int32, uint32, float32 and float64, any number of dimensions.
+ *
+ * @param bytes The whole file.
+ * @param name The file's name or URI, for error messages.
+ * @param options Handling of non-finite values and the size limit.
+ * @returns The header and the raw voxels in the machine's byte order.
+ * @throws {SyntaxError} A malformed file: see {@linkcode decodeNiftiHeader}, plus truncated data or
+ *   more data than the header describes.
+ * @throws {RangeError} Absurd values: see {@linkcode decodeNiftiHeader}, plus data over `maxBytes`
+ *   and NaN or infinite voxels (unless `nonFinite: "zero"`).
+ */
+export function decodeNifti(
+  bytes: Uint8Array,
+  name: string,
+  options: DecodeOptions = {},
+): NiftiImage {
+  const fail = failFor("read NIfTI", name);
+  const { nonFinite = "error", maxBytes = 2 ** 31 } = options;
+  const header = readHeader(bytes, fail);
+  const info = DATATYPES[header.datatype];
+  const voxels = header.dims.reduce((a, b) => a * b, 1);
+  const dataBytes = voxels * info.bytes;
+  const grid = `dims ${header.dims.join("×")} of ${header.datatype}`;
+  if (dataBytes > maxBytes) {
+    throw fail(
+      RangeError,
+      `${grid} would need ${dataBytes} bytes of data, more than the limit of ${maxBytes} (maxBytes)`,
+    );
+  }
+  const end = header.voxOffset + dataBytes;
+
+  const gz = isGzip(bytes);
+  let file = bytes;
+  if (gz) {
+    try {
+      // One byte over the expected size is enough to know the stream holds more than the header says.
+      file = gunzipSync(bytes, { maxOutputLength: end + 1 });
+    } catch (e) {
+      if ((e as { code?: string }).code === "ERR_BUFFER_TOO_LARGE") {
+        throw fail(
+          SyntaxError,
+          `data size disagrees with the header: ${grid} from vox_offset ${header.voxOffset} ` +
+            `end at byte ${end}, but the gzip stream decompresses to more`,
+          e,
+        );
+      }
+      throw gzipError(e, fail);
+    }
+  }
+  const what = gz ? "the decompressed file has" : "the file has";
+  if (file.length < end) {
+    throw fail(
+      SyntaxError,
+      `truncated data: ${grid} need ${dataBytes} bytes from vox_offset ${header.voxOffset}, ` +
+        `${end} in all; ${what} ${file.length}`,
+    );
+  }
+  if (file.length > end) {
+    throw fail(
+      SyntaxError,
+      `data size disagrees with the header: ${grid} from vox_offset ${header.voxOffset} end at ` +
+        `byte ${end}, but ${what} ${file.length} (${file.length - end} more)`,
+    );
+  }
+
+  let data: NiftiTypedArray;
+  const start = file.byteOffset + header.voxOffset;
+  if (gz && start % info.bytes === 0) {
+    // The inflated buffer is ours alone: view it rather than hold two copies of a large volume.
+    data = new info.array(file.buffer as ArrayBuffer, start, voxels);
+  } else {
+    data = new info.array(voxels);
+    new Uint8Array(data.buffer).set(file.subarray(header.voxOffset, end));
+  }
+  if (header.littleEndian !== HOST_LITTLE_ENDIAN) swapBytes(data, info.bytes);
+  if (!info.integer) checkFinite(data, header.dims, nonFinite, fail);
+  return { header, data };
+}
+
+/**
+ * The voxels after scaling, `raw * scl_slope + scl_inter` (computed in float64), as a new
+ * Float32Array; a slope of 0 or a non-finite one means no scaling, as in nibabel.
+ */
+export function scaledData(image: NiftiImage): Float32Array {
+  const { data, header } = image;
+  const out = new Float32Array(data.length);
+  const slope = header.sclSlope;
+  const inter = header.sclInter;
+  if (!isScaled(slope)) {
+    out.set(data);
+  } else {
+    for (let i = 0; i < data.length; i++) out[i] = data[i] * slope + inter;
+  }
+  return out;
+}
+
+/** Minimum, maximum and mean of the scaled voxels, over all voxels, in float64. */
+export function volumeStats(image: NiftiImage): VolumeStats {
+  const { data, header } = image;
+  const scaled = isScaled(header.sclSlope);
+  const slope = scaled ? header.sclSlope : 1;
+  const inter = scaled ? header.sclInter : 0;
+  let min = Infinity;
+  let max = -Infinity;
+  let sum = 0;
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i] * slope + inter;
+    if (v < min) min = v;
+    if (v > max) max = v;
+    sum += v;
+  }
+  return { min, max, mean: sum / data.length };
+}
+
+/**
+ * Decodes a file and summarizes it as the `inspect` command prints it: used dims and pixdim, stored
+ * datatype, affine, and min, max and mean after scaling.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { createNiftiHeader, encodeNifti, inspectNifti } from "./nifti.ts";
+ * const like = createNiftiHeader([2, 2, 1], [[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1]]);
+ * const file = encodeNifti(new Int16Array([0, 1, 2, 5]), "int16", like);
+ * const summary = inspectNifti(file, "t1.nii.gz");
+ * assertEquals(summary.pixdim, [2, 2, 2]);
+ * assertEquals([summary.min, summary.max, summary.mean], [0, 5, 2]);
+ * ```
+ */
+export function inspectNifti(
+  bytes: Uint8Array,
+  name: string,
+  options: DecodeOptions = {},
+): NiftiInspection {
+  const image = decodeNifti(bytes, name, options);
+  const { dims, pixdim, datatype, affine } = image.header;
+  return { dims, pixdim, datatype, affine, ...volumeStats(image) };
+}
+
+function isScaled(slope: number): boolean {
+  return slope !== 0 && Number.isFinite(slope);
+}
+
+function readHeader(bytes: Uint8Array, fail: Fail): NiftiHeader {
+  if (!isGzip(bytes)) return parseHeader(bytes, fail);
+  const head = inflatePrefix(bytes, MAX_HEADER_BYTES, fail);
+  const need = headerBytesNeeded(head);
+  if (head.length < need) {
+    // All the input was inflated and the header is still short: a cut stream or a tiny file.
+    let complete = true;
+    try {
+      gunzipSync(bytes);
+    } catch {
+      complete = false;
+    }
+    if (!complete) {
+      throw fail(
+        SyntaxError,
+        `truncated gzip stream: its ${bytes.length} bytes decompress to ${head.length}, ` +
+          `and the header needs ${need}`,
+      );
+    }
+    throw fail(
+      SyntaxError,
+      head.length === 0
+        ? "the gzip stream is empty (it decompresses to 0 bytes)"
+        : `truncated header: the gzip stream decompresses to ${head.length} bytes, ` +
+          `a NIfTI-${need === 348 ? 1 : 2} header needs ${need}`,
+    );
+  }
+  return parseHeader(head, fail);
+}
+
+/** 348 or 540, from sizeof_hdr in either byte order (348 when it cannot be told yet). */
+function headerBytesNeeded(head: Uint8Array): number {
+  if (head.length < 4) return 348;
+  const view = new DataView(head.buffer, head.byteOffset, 4);
+  return view.getInt32(0, true) === 540 || view.getInt32(0, false) === 540 ? 540 : 348;
+}
+
+/**
+ * Inflates growing prefixes of a gzip stream until `want` bytes come out or the input runs out.
+ * Z_SYNC_FLUSH returns what a cut stream holds instead of failing on its missing end.
+ */
+function inflatePrefix(bytes: Uint8Array, want: number, fail: Fail): Uint8Array {
+  let take = Math.min(bytes.length, 1024);
+  for (;;) {
+    let out: Uint8Array;
+    try {
+      out = gunzipSync(bytes.subarray(0, take), { finishFlush: constants.Z_SYNC_FLUSH });
+    } catch (e) {
+      throw gzipError(e, fail);
+    }
+    if (out.length >= want || take === bytes.length) return out;
+    take = Math.min(bytes.length, take * 8);
+  }
+}
+
+function gzipError(e: unknown, fail: Fail): Error {
+  const code = (e as { code?: string }).code;
+  const message = (e as Error).message;
+  if (code === "Z_BUF_ERROR") return fail(SyntaxError, `truncated gzip stream (${message})`, e);
+  return fail(SyntaxError, `corrupted gzip stream (${message})`, e);
+}
+
+function swapBytes(data: NiftiTypedArray, size: number): void {
+  const b = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  for (let i = 0; i < b.length; i += size) {
+    for (let lo = i, hi = i + size - 1; lo < hi; lo++, hi--) {
+      const t = b[lo];
+      b[lo] = b[hi];
+      b[hi] = t;
+    }
+  }
+}
+
+function checkFinite(
+  data: NiftiTypedArray,
+  dims: number[],
+  mode: "error" | "zero",
+  fail: Fail,
+): void {
+  let count = 0;
+  let first = -1;
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i])) {
+      if (first < 0) first = i;
+      count++;
+      if (mode === "zero") data[i] = 0;
+    }
+  }
+  if (count > 0 && mode === "error") {
+    const index: number[] = [];
+    let rest = first;
+    for (const d of dims) {
+      index.push(rest % d);
+      rest = Math.floor(rest / d);
+    }
+    throw fail(
+      RangeError,
+      `the image data holds ${count} non-finite value${
+        count === 1 ? "" : "s"
+      } (NaN or ±Infinity); ` +
+        `the first is voxel ${first}, at [${index.join(", ")}] (${data[first]})`,
+    );
+  }
+}
