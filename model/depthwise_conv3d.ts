@@ -29,7 +29,7 @@
  * ```
  * @module
  */
-import * as tf from "@tensorflow/tfjs-core";
+import * as tf from "./tf.ts";
 
 /**
  * Depthwise 3D convolution with stride 1 and padding "same": channel `i` of the output is channel
@@ -124,7 +124,12 @@ function convolveSample(xs: tf.Tensor4D, filter: tf.Tensor5D): tf.Tensor4D {
   const offsets = [pd, ...Array.from({ length: kd }, (_, a) => a).filter((a) => a !== pd)];
   let acc: tf.Tensor4D | null = null; // [d, h, w, c]
   for (const a of offsets) {
-    const fa = tf.reshape<tf.Rank.R4>(tf.slice(filter, [a, 0, 0, 0, 0], [1, kh, kw, c, 1]), [kh, kw, c, 1]);
+    const fa = tf.reshape<tf.Rank.R4>(tf.slice(filter, [a, 0, 0, 0, 0], [1, kh, kw, c, 1]), [
+      kh,
+      kw,
+      c,
+      1,
+    ]);
     const za = tf.depthwiseConv2d(xs, fa, 1, "same"); // [d, h, w, c]
     fa.dispose();
     if (acc === null) {

@@ -12,3 +12,7 @@ export * from "./unet.ts";
 export * from "./loss.ts";
 export * from "./optimizer.ts";
 export * from "./train_step.ts";
+export * from "./safetensors.ts";
+export * from "./serialize.ts";
+export * from "./memory.ts";
+export * from "./grad_check.ts";

@@ -1,0 +1,194 @@
+/**
+ * Training-step memory: measured peaks, the analytic lower bound of the reversible step, and the
+ * search for the largest crop, depth or width that fits a budget.
+ *
+ * Peak memory of a training step is linear in the number of voxels for a fixed network (every
+ * activation is a fixed number of channels per voxel; weights and optimizer state are constant), so
+ * two or three measured small crops determine it at any crop. Measurements use tf.profile's
+ * peakBytes: the most bytes held by live tensors after any kernel, weights and optimizer state
+ * included, which is deterministic and backend-independent.
+ * @module
+ */
+import * as tf from "./tf.ts";
+import { countParams, cropMultiple, levelChannels, type NetworkConfig, resolveConfig } from "./config.ts";
+import { Optimizer } from "./optimizer.ts";
+import { trainStep } from "./train_step.ts";
+import { createUNet, disposeUNet } from "./unet.ts";
+
+/**
+ * Peak bytes of one full training step (forward, loss, backward, Adam update) at batch `batch` on
+ * a cubic crop, in steady state (the optimizer's state already exists, as after the first step).
+ */
+export async function measureStepPeak(
+  config: NetworkConfig,
+  crop: number,
+  batch = 1,
+): Promise<number> {
+  const net = createUNet(config, { seed: 1 });
+  const opt = new Optimizer({ kind: "adam" });
+  const x = tf.randomNormal([batch, crop, crop, crop, config.inChannels], 0, 1, "float32", 2) as tf.Tensor5D;
+  const target = tf.tidy(() =>
+    tf.cast(tf.greater(tf.randomUniform([batch, crop, crop, crop, config.outChannels], 0, 1, "float32", 3), 0.8), "float32")
+  ) as tf.Tensor5D;
+  try {
+    trainStep(net, opt, x, target, 1e-4);
+    const info = await tf.profile(() => {
+      trainStep(net, opt, x, target, 1e-4);
+    });
+    // tf.profile returns one shared object: copy the number before profiling again.
+    return Number(info.peakBytes);
+  } finally {
+    opt.dispose();
+    tf.dispose([x, target]);
+    disposeUNet(net);
+  }
+}
+
+/** A straight line y = intercept + slope·x fitted by least squares, and its worst residual. */
+export interface LinearFit {
+  intercept: number;
+  slope: number;
+  maxRelResidual: number;
+}
+
+/** Least-squares line through (xs, ys). */
+export function fitLine(xs: number[], ys: number[]): LinearFit {
+  const n = xs.length;
+  if (n < 2 || ys.length !== n) throw new RangeError(`fitLine needs >= 2 matching points, found ${n}`);
+  const mx = xs.reduce((a, b) => a + b) / n;
+  const my = ys.reduce((a, b) => a + b) / n;
+  let sxy = 0;
+  let sxx = 0;
+  for (let i = 0; i < n; i++) {
+    sxy += (xs[i] - mx) * (ys[i] - my);
+    sxx += (xs[i] - mx) ** 2;
+  }
+  const slope = sxy / sxx;
+  const intercept = my - slope * mx;
+  const maxRelResidual = Math.max(...xs.map((x, i) => Math.abs(intercept + slope * x - ys[i]) / ys[i]));
+  return { intercept, slope, maxRelResidual };
+}
+
+/** Peak memory as a function of crop edge for one configuration, from measured crops. */
+export interface CropModel {
+  config: NetworkConfig;
+  batch: number;
+  /** Bytes = intercept + slope · voxels (voxels = batch · edge³). */
+  fit: LinearFit;
+  measured: { crop: number; peakBytes: number }[];
+}
+
+/** Measures `crops` and fits peak bytes against voxels. */
+export async function cropModel(
+  config: NetworkConfig,
+  crops: number[],
+  batch = 1,
+): Promise<CropModel> {
+  const measured: { crop: number; peakBytes: number }[] = [];
+  for (const crop of crops) measured.push({ crop, peakBytes: await measureStepPeak(config, crop, batch) });
+  const fit = fitLine(measured.map((m) => batch * m.crop ** 3), measured.map((m) => m.peakBytes));
+  return { config, batch, fit, measured };
+}
+
+/** Predicted peak bytes at a crop edge. */
+export function predictPeak(model: CropModel, crop: number, batch = model.batch): number {
+  return model.fit.intercept + model.fit.slope * batch * crop ** 3;
+}
+
+/** The largest edge, a multiple of `multiple`, whose predicted peak fits `budget` bytes (0 if none). */
+export function maxCropEdge(model: CropModel, budget: number, multiple = 16, batch = model.batch): number {
+  if (model.fit.slope <= 0) throw new RangeError("maxCropEdge: the fitted per-voxel slope is not positive");
+  const voxels = (budget - model.fit.intercept) / (model.fit.slope * batch);
+  if (voxels <= 0) return 0;
+  let edge = Math.floor(Math.cbrt(voxels) / multiple) * multiple;
+  while (edge > 0 && predictPeak(model, edge, batch) > budget) edge -= multiple;
+  return edge;
+}
+
+/**
+ * The analytic minimum of the reversible training step, in bytes (float32), at batch `batch`:
+ * - weights, their gradients and Adam's two moments: 4 copies of every parameter;
+ * - the input and the target;
+ * - what the reversible backward pass must keep: each block sequence's output (the encoder outputs
+ *   double as skips; the decoder outputs feed the transposed convs and the head);
+ * - the logits and their gradient;
+ * - one block's working set at the widest level: its output y and gradient dy (C each), the
+ *   recomputed input x and dx (C each), and for one inverted bottleneck on c = C/2 channels the two
+ *   expanded activations (e = t·c each) that its backward pass needs, with their gradient (e).
+ */
+export function reversibleLowerBound(config: NetworkConfig, crop: number, batch = 1): number {
+  const v = batch * crop ** 3;
+  const vol = (l: number) => v / 8 ** l;
+  let floats = 4 * countParams(config);
+  floats += v * (config.inChannels + config.outChannels); // input, target
+  for (let l = 0; l < config.levels; l++) {
+    floats += levelChannels(config, l) * vol(l); // encoder output
+    if (l < config.levels - 1) floats += levelChannels(config, l) * vol(l); // decoder output
+  }
+  floats += 2 * config.outChannels * v; // logits and their gradient
+  let block = 0;
+  for (let l = 0; l < config.levels; l++) {
+    const c = levelChannels(config, l);
+    const e = (c / 2) * config.expansion;
+    block = Math.max(block, (4 * c + 3 * e) * vol(l));
+  }
+  return 4 * (floats + block);
+}
+
+/** Parameters of a configuration with another depth or width (for the searches below). */
+export function withField(config: NetworkConfig, field: "blocksPerLevel" | "baseChannels", value: number) {
+  return resolveConfig({ ...config, [field]: value });
+}
+
+/**
+ * Peak bytes as a function of a structural field (blocks per level or base channels) at a fixed
+ * crop: per-voxel bytes are linear in the field (activations scale with depth or width), and the
+ * constant part is 16 bytes per parameter (weights, gradients, two Adam moments) plus the
+ * measured remainder.
+ */
+export interface FieldModel {
+  field: "blocksPerLevel" | "baseChannels";
+  /** Per-voxel bytes = intercept + slope · value. */
+  perVoxel: LinearFit;
+  /** Bytes not proportional to voxels beyond 16·params, averaged over the measurements. */
+  fixedExtra: number;
+  models: CropModel[];
+}
+
+/** Fits a {@linkcode FieldModel} from crop models measured at two or more values of the field. */
+export function fieldModel(field: FieldModel["field"], models: CropModel[]): FieldModel {
+  const values = models.map((m) => m.config[field]);
+  const perVoxel = fitLine(values, models.map((m) => m.fit.slope));
+  const fixedExtra = models.reduce((a, m) => a + m.fit.intercept - 16 * countParams(m.config), 0) / models.length;
+  return { field, perVoxel, fixedExtra, models };
+}
+
+/** Predicted peak for `value` of the field at a crop edge. */
+export function predictFieldPeak(fm: FieldModel, base: NetworkConfig, value: number, crop: number, batch = 1) {
+  const cfg = withField(base, fm.field, value);
+  return 16 * countParams(cfg) + fm.fixedExtra + (fm.perVoxel.intercept + fm.perVoxel.slope * value) * batch * crop ** 3;
+}
+
+/** The largest value of the field (in steps of `step`, up to `limit`) that fits the budget at `crop`. */
+export function maxFieldValue(
+  fm: FieldModel,
+  base: NetworkConfig,
+  budget: number,
+  crop: number,
+  step: number,
+  limit: number,
+): number {
+  let best = 0;
+  for (let v = step; v <= limit; v += step) {
+    let fits: boolean;
+    try {
+      fits = predictFieldPeak(fm, base, v, crop) <= budget;
+    } catch {
+      continue; // a width the GroupNorm groups cannot divide
+    }
+    if (fits) best = v;
+    else if (v > best + 8 * step) break;
+  }
+  return best;
+}
+
