@@ -85,7 +85,13 @@ export function bottleneck(
       activation: act ? o.activation : "none",
     });
   const e1 = norm(pointwise(x, w.expand), w.norm1Scale, w.norm1Offset, o.groupsExpanded, true); // [n,d,h,w,e]
-  const e2 = norm(depthwiseConv3d(e1, w.depthwise), w.norm2Scale, w.norm2Offset, o.groupsExpanded, true); // [n,d,h,w,e]
+  const e2 = norm(
+    depthwiseConv3d(e1, w.depthwise),
+    w.norm2Scale,
+    w.norm2Offset,
+    o.groupsExpanded,
+    true,
+  ); // [n,d,h,w,e]
   return norm(pointwise(e2, w.project), w.norm3Scale, w.norm3Offset, o.groupsNarrow, false); // [n,d,h,w,c]
 }
 
@@ -96,5 +102,7 @@ export function bottleneckList(w: BottleneckWeights): tf.Tensor[] {
 
 /** Rebuilds weights from a list in {@linkcode BOTTLENECK_FIELDS} order. */
 export function bottleneckFromList(list: tf.Tensor[]): BottleneckWeights {
-  return Object.fromEntries(BOTTLENECK_FIELDS.map((f, i) => [f, list[i]])) as unknown as BottleneckWeights;
+  return Object.fromEntries(
+    BOTTLENECK_FIELDS.map((f, i) => [f, list[i]]),
+  ) as unknown as BottleneckWeights;
 }

@@ -71,7 +71,9 @@ export function resolveConfig(partial: Partial<NetworkConfig> = {}): NetworkConf
   const c: NetworkConfig = { ...REFERENCE_CONFIG, ...partial };
   const positiveInt = (name: keyof NetworkConfig, v: unknown, min = 1) => {
     if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
-      throw new RangeError(`Network configuration: ${name} must be an integer >= ${min}, found ${v}`);
+      throw new RangeError(
+        `Network configuration: ${name} must be an integer >= ${min}, found ${v}`,
+      );
     }
   };
   positiveInt("inChannels", c.inChannels);
@@ -97,7 +99,9 @@ export function resolveConfig(partial: Partial<NetworkConfig> = {}): NetworkConf
     throw new RangeError(`Network configuration: epsilon must be > 0, found ${c.epsilon}`);
   }
   if (typeof c.reversible !== "boolean") {
-    throw new RangeError(`Network configuration: reversible must be a boolean, found ${c.reversible}`);
+    throw new RangeError(
+      `Network configuration: reversible must be a boolean, found ${c.reversible}`,
+    );
   }
   for (let l = 0; l < c.levels; l++) {
     const half = levelChannels(c, l) / 2;

@@ -33,5 +33,9 @@ export function compareGradMaps(
       worstName = name;
     }
   }
-  return { globalRelErr: Math.sqrt(diff2 / ref2), worstTensorRelErr: worst, worstTensor: worstName };
+  return {
+    globalRelErr: Math.sqrt(diff2 / ref2),
+    worstTensorRelErr: worst,
+    worstTensor: worstName,
+  };
 }

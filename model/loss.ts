@@ -28,18 +28,26 @@ export function diceBceLoss(
 ): tf.Scalar {
   const { smooth = 1, bceWeight = 1, diceWeight = 1 } = options;
   if (logits.shape.join() !== target.shape.join()) {
-    throw new TypeError(`diceBceLoss: logits [${logits.shape}] and target [${target.shape}] differ`);
+    throw new TypeError(
+      `diceBceLoss: logits [${logits.shape}] and target [${target.shape}] differ`,
+    );
   }
   return tf.tidy(() => {
     // Numerically stable BCE with logits: max(z,0) − z·t + log(1 + e^−|z|)
     const bce = tf.mean(
-      tf.add(tf.sub(tf.relu(logits), tf.mul(logits, target)), tf.log1p(tf.exp(tf.neg(tf.abs(logits))))),
+      tf.add(
+        tf.sub(tf.relu(logits), tf.mul(logits, target)),
+        tf.log1p(tf.exp(tf.neg(tf.abs(logits)))),
+      ),
     );
     const p = tf.sigmoid(logits);
     const axes = [1, 2, 3];
     const inter = tf.sum(tf.mul(p, target), axes); // [n, r]
     const denom = tf.add(tf.sum(p, axes), tf.sum(target, axes)); // [n, r]
     const dice = tf.div(tf.add(tf.mul(inter, 2), smooth), tf.add(denom, smooth)); // [n, r]
-    return tf.add(tf.mul(bce, bceWeight), tf.mul(tf.sub(1, tf.mean(dice)), diceWeight)) as tf.Scalar;
+    return tf.add(
+      tf.mul(bce, bceWeight),
+      tf.mul(tf.sub(1, tf.mean(dice)), diceWeight),
+    ) as tf.Scalar;
   });
 }

@@ -10,7 +10,7 @@
  * @module
  */
 import * as tf from "./tf.ts";
-import { countParams, cropMultiple, levelChannels, type NetworkConfig, resolveConfig } from "./config.ts";
+import { countParams, levelChannels, type NetworkConfig, resolveConfig } from "./config.ts";
 import { Optimizer } from "./optimizer.ts";
 import { trainStep } from "./train_step.ts";
 import { createUNet, disposeUNet } from "./unet.ts";
@@ -26,9 +26,21 @@ export async function measureStepPeak(
 ): Promise<number> {
   const net = createUNet(config, { seed: 1 });
   const opt = new Optimizer({ kind: "adam" });
-  const x = tf.randomNormal([batch, crop, crop, crop, config.inChannels], 0, 1, "float32", 2) as tf.Tensor5D;
+  const x = tf.randomNormal(
+    [batch, crop, crop, crop, config.inChannels],
+    0,
+    1,
+    "float32",
+    2,
+  ) as tf.Tensor5D;
   const target = tf.tidy(() =>
-    tf.cast(tf.greater(tf.randomUniform([batch, crop, crop, crop, config.outChannels], 0, 1, "float32", 3), 0.8), "float32")
+    tf.cast(
+      tf.greater(
+        tf.randomUniform([batch, crop, crop, crop, config.outChannels], 0, 1, "float32", 3),
+        0.8,
+      ),
+      "float32",
+    )
   ) as tf.Tensor5D;
   try {
     trainStep(net, opt, x, target, 1e-4);
@@ -54,7 +66,9 @@ export interface LinearFit {
 /** Least-squares line through (xs, ys). */
 export function fitLine(xs: number[], ys: number[]): LinearFit {
   const n = xs.length;
-  if (n < 2 || ys.length !== n) throw new RangeError(`fitLine needs >= 2 matching points, found ${n}`);
+  if (n < 2 || ys.length !== n) {
+    throw new RangeError(`fitLine needs >= 2 matching points, found ${n}`);
+  }
   const mx = xs.reduce((a, b) => a + b) / n;
   const my = ys.reduce((a, b) => a + b) / n;
   let sxy = 0;
@@ -65,7 +79,9 @@ export function fitLine(xs: number[], ys: number[]): LinearFit {
   }
   const slope = sxy / sxx;
   const intercept = my - slope * mx;
-  const maxRelResidual = Math.max(...xs.map((x, i) => Math.abs(intercept + slope * x - ys[i]) / ys[i]));
+  const maxRelResidual = Math.max(
+    ...xs.map((x, i) => Math.abs(intercept + slope * x - ys[i]) / ys[i]),
+  );
   return { intercept, slope, maxRelResidual };
 }
 
@@ -85,7 +101,9 @@ export async function cropModel(
   batch = 1,
 ): Promise<CropModel> {
   const measured: { crop: number; peakBytes: number }[] = [];
-  for (const crop of crops) measured.push({ crop, peakBytes: await measureStepPeak(config, crop, batch) });
+  for (const crop of crops) {
+    measured.push({ crop, peakBytes: await measureStepPeak(config, crop, batch) });
+  }
   const fit = fitLine(measured.map((m) => batch * m.crop ** 3), measured.map((m) => m.peakBytes));
   return { config, batch, fit, measured };
 }
@@ -96,8 +114,15 @@ export function predictPeak(model: CropModel, crop: number, batch = model.batch)
 }
 
 /** The largest edge, a multiple of `multiple`, whose predicted peak fits `budget` bytes (0 if none). */
-export function maxCropEdge(model: CropModel, budget: number, multiple = 16, batch = model.batch): number {
-  if (model.fit.slope <= 0) throw new RangeError("maxCropEdge: the fitted per-voxel slope is not positive");
+export function maxCropEdge(
+  model: CropModel,
+  budget: number,
+  multiple = 16,
+  batch = model.batch,
+): number {
+  if (model.fit.slope <= 0) {
+    throw new RangeError("maxCropEdge: the fitted per-voxel slope is not positive");
+  }
   const voxels = (budget - model.fit.intercept) / (model.fit.slope * batch);
   if (voxels <= 0) return 0;
   let edge = Math.floor(Math.cbrt(voxels) / multiple) * multiple;
@@ -136,7 +161,11 @@ export function reversibleLowerBound(config: NetworkConfig, crop: number, batch 
 }
 
 /** Parameters of a configuration with another depth or width (for the searches below). */
-export function withField(config: NetworkConfig, field: "blocksPerLevel" | "baseChannels", value: number) {
+export function withField(
+  config: NetworkConfig,
+  field: "blocksPerLevel" | "baseChannels",
+  value: number,
+) {
   return resolveConfig({ ...config, [field]: value });
 }
 
@@ -159,14 +188,22 @@ export interface FieldModel {
 export function fieldModel(field: FieldModel["field"], models: CropModel[]): FieldModel {
   const values = models.map((m) => m.config[field]);
   const perVoxel = fitLine(values, models.map((m) => m.fit.slope));
-  const fixedExtra = models.reduce((a, m) => a + m.fit.intercept - 16 * countParams(m.config), 0) / models.length;
+  const fixedExtra = models.reduce((a, m) => a + m.fit.intercept - 16 * countParams(m.config), 0) /
+    models.length;
   return { field, perVoxel, fixedExtra, models };
 }
 
 /** Predicted peak for `value` of the field at a crop edge. */
-export function predictFieldPeak(fm: FieldModel, base: NetworkConfig, value: number, crop: number, batch = 1) {
+export function predictFieldPeak(
+  fm: FieldModel,
+  base: NetworkConfig,
+  value: number,
+  crop: number,
+  batch = 1,
+) {
   const cfg = withField(base, fm.field, value);
-  return 16 * countParams(cfg) + fm.fixedExtra + (fm.perVoxel.intercept + fm.perVoxel.slope * value) * batch * crop ** 3;
+  return 16 * countParams(cfg) + fm.fixedExtra +
+    (fm.perVoxel.intercept + fm.perVoxel.slope * value) * batch * crop ** 3;
 }
 
 /** The largest value of the field (in steps of `step`, up to `limit`) that fits the budget at `crop`. */
@@ -191,4 +228,3 @@ export function maxFieldValue(
   }
   return best;
 }
-

@@ -16,3 +16,4 @@ export * from "./safetensors.ts";
 export * from "./serialize.ts";
 export * from "./memory.ts";
 export * from "./grad_check.ts";
+export * from "./backend.ts";

@@ -49,7 +49,9 @@ export class Optimizer {
   constructor(config: Partial<OptimizerConfig> = {}) {
     this.config = { ...DEFAULT_OPTIMIZER, ...config };
     if (this.config.kind !== "adam" && this.config.kind !== "sgd") {
-      throw new RangeError(`Optimizer kind must be "adam" or "sgd", found ${JSON.stringify(this.config.kind)}`);
+      throw new RangeError(
+        `Optimizer kind must be "adam" or "sgd", found ${JSON.stringify(this.config.kind)}`,
+      );
     }
   }
 
@@ -112,7 +114,9 @@ export class Optimizer {
     for (const [key, t] of state) {
       const m = /^slot(\d+)\/(.+)$/.exec(key);
       if (!m || Number(m[1]) >= this.slotCount()) {
-        throw new RangeError(`Optimizer state has an unexpected entry "${key}" for ${this.config.kind}`);
+        throw new RangeError(
+          `Optimizer state has an unexpected entry "${key}" for ${this.config.kind}`,
+        );
       }
       const slots = this.slots.get(m[2]) ?? [];
       slots[Number(m[1])] = tf.variable(t, false);

@@ -61,7 +61,9 @@ export function decodeSafetensors(
   name: string,
 ): { tensors: Map<string, TensorData>; metadata: Record<string, string> } {
   const fail = (why: string) => new SyntaxError(`Cannot read safetensors "${name}": ${why}`);
-  if (bytes.length < 8) throw fail(`file is ${bytes.length} bytes, shorter than its 8-byte header length`);
+  if (bytes.length < 8) {
+    throw fail(`file is ${bytes.length} bytes, shorter than its 8-byte header length`);
+  }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLen = Number(view.getBigUint64(0, true));
   if (headerLen > HEADER_LIMIT || 8 + headerLen > bytes.length) {
@@ -69,11 +71,15 @@ export function decodeSafetensors(
   }
   let header: Record<string, unknown>;
   try {
-    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + headerLen)));
+    header = JSON.parse(
+      new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + headerLen)),
+    );
   } catch (e) {
     throw fail(`header is not JSON (${(e as Error).message})`);
   }
-  if (typeof header !== "object" || header === null || Array.isArray(header)) throw fail("header is not an object");
+  if (typeof header !== "object" || header === null || Array.isArray(header)) {
+    throw fail("header is not an object");
+  }
   const dataStart = 8 + headerLen;
   const dataLen = bytes.length - dataStart;
   const tensors = new Map<string, TensorData>();
@@ -83,14 +89,25 @@ export function decodeSafetensors(
       ((b as { data_offsets: number[] }).data_offsets?.[0] ?? 0)
     );
   for (const [key, info] of entries) {
-    const { dtype, shape, data_offsets: off } = info as { dtype: string; shape: number[]; data_offsets: number[] };
+    const { dtype, shape, data_offsets: off } = info as {
+      dtype: string;
+      shape: number[];
+      data_offsets: number[];
+    };
     if (dtype !== "F32") throw fail(`tensor "${key}" has dtype ${dtype}; only F32 is supported`);
     if (!Array.isArray(shape) || shape.some((s) => !Number.isInteger(s) || s < 0)) {
       throw fail(`tensor "${key}" has an invalid shape ${JSON.stringify(shape)}`);
     }
     const size = shape.reduce((a, b) => a * b, 1);
-    if (!Array.isArray(off) || off.length !== 2 || off[1] - off[0] !== 4 * size || off[0] < 0 || off[1] > dataLen) {
-      throw fail(`tensor "${key}" has data offsets ${JSON.stringify(off)} that do not fit shape [${shape}] and ${dataLen} data bytes`);
+    if (
+      !Array.isArray(off) || off.length !== 2 || off[1] - off[0] !== 4 * size || off[0] < 0 ||
+      off[1] > dataLen
+    ) {
+      throw fail(
+        `tensor "${key}" has data offsets ${
+          JSON.stringify(off)
+        } that do not fit shape [${shape}] and ${dataLen} data bytes`,
+      );
     }
     const values = new Float32Array(size);
     for (let i = 0; i < size; i++) values[i] = view.getFloat32(dataStart + off[0] + 4 * i, true);

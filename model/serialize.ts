@@ -13,7 +13,9 @@ const FORMAT = "revunet-deno";
 const VERSION = "1";
 
 function toData(named: Map<string, tf.Tensor>): Map<string, TensorData> {
-  return new Map([...named].map(([k, t]) => [k, { shape: t.shape, values: t.dataSync() as Float32Array }]));
+  return new Map(
+    [...named].map(([k, t]) => [k, { shape: t.shape, values: t.dataSync() as Float32Array }]),
+  );
 }
 
 /**
@@ -34,13 +36,15 @@ function readMeta(bytes: Uint8Array, name: string, kind: string) {
   const { tensors, metadata } = decodeSafetensors(bytes, name);
   if (metadata.format !== FORMAT || metadata.kind !== kind) {
     throw new SyntaxError(
-      `"${name}" is not a RevUNet-Deno ${kind} file (metadata format=${metadata.format ?? "none"}, kind=${
-        metadata.kind ?? "none"
-      })`,
+      `"${name}" is not a RevUNet-Deno ${kind} file (metadata format=${
+        metadata.format ?? "none"
+      }, kind=${metadata.kind ?? "none"})`,
     );
   }
   if (metadata.version !== VERSION) {
-    throw new RangeError(`"${name}" has format version ${metadata.version}; this build reads ${VERSION}`);
+    throw new RangeError(
+      `"${name}" has format version ${metadata.version}; this build reads ${VERSION}`,
+    );
   }
   let config: unknown;
   try {

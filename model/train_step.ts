@@ -21,7 +21,11 @@ export function trainStep(
   lr: number,
   lossOptions: DiceBceOptions = {},
 ): number {
-  const { loss, grads } = computeGrads(net, x, (logits) => diceBceLoss(logits, target, lossOptions));
+  const { loss, grads } = computeGrads(
+    net,
+    x,
+    (logits) => diceBceLoss(logits, target, lossOptions),
+  );
   try {
     optimizer.apply(net.named, grads, lr);
     return loss.dataSync()[0];

@@ -12,9 +12,19 @@
  * @module
  */
 import * as tf from "./tf.ts";
-import { BOTTLENECK_FIELDS, type BottleneckOptions, bottleneckShapes, pointwise } from "./bottleneck.ts";
+import {
+  BOTTLENECK_FIELDS,
+  type BottleneckOptions,
+  bottleneckShapes,
+  pointwise,
+} from "./bottleneck.ts";
 import { levelChannels, type NetworkConfig, normGroups } from "./config.ts";
-import { blockForward, type BlockWeights, sequenceBackward, sequenceForward } from "./reversible.ts";
+import {
+  blockForward,
+  type BlockWeights,
+  sequenceBackward,
+  sequenceForward,
+} from "./reversible.ts";
 import { upsampleConv } from "./upsample.ts";
 
 /** A convolution's kernel and bias. */
@@ -71,7 +81,9 @@ export function weightShapes(config: NetworkConfig): [string, number[]][] {
     for (let b = 0; b < blocksPerLevel; b++) {
       for (const fn of ["F", "G"]) {
         const shapes = bottleneckShapes(channels / 2, expansion);
-        for (const field of BOTTLENECK_FIELDS) out.push([`${prefix}/block${b}/${fn}/${field}`, shapes[field]]);
+        for (const field of BOTTLENECK_FIELDS) {
+          out.push([`${prefix}/block${b}/${fn}/${field}`, shapes[field]]);
+        }
       }
     }
   };
@@ -94,7 +106,11 @@ export function weightShapes(config: NetworkConfig): [string, number[]][] {
 }
 
 /** Standard deviation of a weight's initial values, or a constant for norm scales and biases. */
-function initOf(name: string, shape: number[], zeroInitResidual: boolean): number | { std: number } {
+function initOf(
+  name: string,
+  shape: number[],
+  zeroInitResidual: boolean,
+): number | { std: number } {
   const field = name.split("/").pop()!;
   if (field === "bias" || field.endsWith("Offset")) return 0;
   if (field === "norm3Scale") return zeroInitResidual ? 0 : 1;
@@ -110,7 +126,10 @@ function initOf(name: string, shape: number[], zeroInitResidual: boolean): numbe
 }
 
 /** Builds the structured weights from a name → tensor map (as produced by {@linkcode weightShapes}). */
-export function structureWeights(config: NetworkConfig, named: Map<string, tf.Tensor>): UNetWeights {
+export function structureWeights(
+  config: NetworkConfig,
+  named: Map<string, tf.Tensor>,
+): UNetWeights {
   const get = <T extends tf.Tensor>(name: string): T => {
     const t = named.get(name);
     if (!t) throw new RangeError(`Missing weight "${name}"`);
@@ -174,16 +193,22 @@ export function unetFromWeights(
   const expected = weightShapes(config);
   for (const [name, shape] of expected) {
     const v = values.get(name);
-    if (!v) throw new RangeError(`Weights lack "${name}" (shape [${shape}]) for this configuration`);
+    if (!v) {
+      throw new RangeError(`Weights lack "${name}" (shape [${shape}]) for this configuration`);
+    }
     if (v.shape.join() !== shape.join()) {
-      throw new RangeError(`Weight "${name}" has shape [${v.shape}], the configuration needs [${shape}]`);
+      throw new RangeError(
+        `Weight "${name}" has shape [${v.shape}], the configuration needs [${shape}]`,
+      );
     }
     named.set(name, variables ? tf.variable(v, true, `revunet${id}/${name}`) : tf.clone(v));
   }
   const extra = [...values.keys()].filter((k) => !expected.some(([n]) => n === k));
   if (extra.length > 0) {
     for (const t of named.values()) t.dispose();
-    throw new RangeError(`Weights have entries this configuration does not use: ${extra.slice(0, 5).join(", ")}`);
+    throw new RangeError(
+      `Weights have entries this configuration does not use: ${extra.slice(0, 5).join(", ")}`,
+    );
   }
   return { config, named, weights: structureWeights(config, named) };
 }
@@ -223,7 +248,9 @@ function checkInput(config: NetworkConfig, x: tf.Tensor): asserts x is tf.Tensor
   }
   if (x.shape.slice(1, 4).some((s) => s % m !== 0)) {
     throw new RangeError(
-      `Network input's spatial size [${x.shape.slice(1, 4)}] must be a multiple of ${m} on each axis (${config.levels} levels)`,
+      `Network input's spatial size [${
+        x.shape.slice(1, 4)
+      }] must be a multiple of ${m} on each axis (${config.levels} levels)`,
     );
   }
 }
@@ -254,7 +281,6 @@ export function forwardComposite(net: UNet, x: tf.Tensor5D): tf.Tensor5D {
   return head(t, w.head);
 }
 
-
 /**
  * Inference: logits for x, each stage in its own scope so that only the tensors the U-Net needs
  * later (skips) are alive at once. Returns [n, d, h, w, out].
@@ -271,7 +297,9 @@ export function predictLogits(net: UNet, x: tf.Tensor5D): tf.Tensor5D {
     t = l < config.levels - 1 ? tf.tidy(() => down(s, w.down[l])) : s;
   }
   for (let l = config.levels - 2; l >= 0; l--) {
-    const u = tf.tidy(() => tf.add(upsampleConv(t, w.up[l].kernel, w.up[l].bias), skips[l]) as tf.Tensor5D);
+    const u = tf.tidy(() =>
+      tf.add(upsampleConv(t, w.up[l].kernel, w.up[l].bias), skips[l]) as tf.Tensor5D
+    );
     if (t !== skips[l + 1]) t.dispose();
     skips[l + 1].dispose();
     t = sequenceForward(u, w.decoder[l], blockOptions(config, l));
@@ -395,7 +423,12 @@ export function reversibleGrads(
     dOut.dispose();
     if (l > 0) dec[l].dispose();
     skipGrads[l] = seq.dx; // u = up(dec[l+1]) + skip: both get du
-    const up = layerVjp((t, cw) => upsampleConv(t, cw.kernel, cw.bias), dec[l + 1], w.up[l], seq.dx);
+    const up = layerVjp(
+      (t, cw) => upsampleConv(t, cw.kernel, cw.bias),
+      dec[l + 1],
+      w.up[l],
+      seq.dx,
+    );
     put(`up${l}`, { kernel: up.kernel, bias: up.bias });
     dOut = up.dx;
   }

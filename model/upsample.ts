@@ -28,8 +28,9 @@ export function upsampleConv(x: tf.Tensor5D, kernel: tf.Tensor5D, bias: tf.Tenso
     // [cin, (a, b, c, cout)]: a column block per kernel offset
     const k = tf.reshape(tf.transpose(kernel, [4, 0, 1, 2, 3]), [cin, 8 * cout]);
     const y = tf.matMul(tf.reshape(x, [n * d * h * w, cin]), k); // [voxels, 8·cout]
-    const split = tf.reshape(y, [n * d, h, w, 2, 2, 2, cout]); // [(n,d), h, w, a, b, c, cout]
-    const interleaved = tf.transpose(split, [0, 3, 1, 4, 2, 5, 6]); // [(n,d), a, h, b, w, c, cout]
+    // (c, cout) stay adjacent, so they travel as one axis: rank 6, which every backend transposes.
+    const split = tf.reshape(y, [n * d, h, w, 2, 2, 2 * cout]); // [(n,d), h, w, a, b, (c, cout)]
+    const interleaved = tf.transpose(split, [0, 3, 1, 4, 2, 5]); // [(n,d), a, h, b, w, (c, cout)]
     const out = tf.reshape(interleaved, [n, 2 * d, 2 * h, 2 * w, cout]);
     return tf.add(out, bias) as tf.Tensor5D;
   });

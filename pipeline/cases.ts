@@ -6,7 +6,7 @@
  * - `brats2023` (2023 and later): `<id>-{t2f,t1n,t1c,t2w,seg}`, enhancing tumor labelled 3.
  * @module
  */
-import { decodeNiftiHeader, type NiftiHeader } from "./nifti.ts";
+import { decodeNiftiHeader, isGzip, type NiftiHeader } from "./nifti.ts";
 import { getObject, getObjectRange, listObjects, mapConcurrent } from "./storage.ts";
 
 /** The four MRI sequences, in the order the network takes them as input channels. */
@@ -67,7 +67,7 @@ const PATTERNS: { naming: Naming; re: RegExp }[] = [
 ];
 
 /**
- * Recognises a BraTS file name (the last path segment).
+ * Recognises a BraTS file name (the last path segment). Hidden names (starting with ".") are not.
  * @returns the case id, naming scheme and modality (or `"seg"`), or undefined for other files.
  * @example
  * ```ts
@@ -76,6 +76,8 @@ const PATTERNS: { naming: Naming; re: RegExp }[] = [
  * ```
  */
 export function parseCaseFileName(fileName: string): ParsedName | undefined {
+  // Hidden files are never volumes: macOS archives carry "._<name>" resource forks of every file.
+  if (fileName.startsWith(".")) return undefined;
   for (const { naming, re } of PATTERNS) {
     const m = re.exec(fileName);
     if (!m) continue;
@@ -140,10 +142,14 @@ export async function findCases(
     }
     const missing = MODALITIES.filter((m) => !group.files.has(m));
     if (missing.length > 0) {
+      // Name the missing files with the extension the case's other files use.
+      const ext = [...group.files.values()][0][0].endsWith(".gz") ? ".nii.gz" : ".nii";
       problems.push({
         id,
         error: `case "${id}" in ${datasetUri}: missing modality ${
-          missing.map((m) => `${m} (${id}${group.naming === "brats2021" ? "_" : "-"}${suffixes[m]}.nii.gz)`)
+          missing.map((m) =>
+            `${m} (${id}${group.naming === "brats2021" ? "_" : "-"}${suffixes[m]}${ext})`
+          )
             .join(", ")
         }`,
       });
@@ -169,7 +175,10 @@ export async function findCases(
       try {
         return await checkCaseGrid(c, affineTolerance);
       } catch (e) {
-        problems.push({ id: c.id, error: (e as Error).message });
+        const message = (e as Error).message;
+        // Errors from reading a volume name its file; say which case it belongs to as well.
+        const prefix = `case "${c.id}": `;
+        problems.push({ id: c.id, error: message.startsWith(prefix) ? message : prefix + message });
         return undefined;
       }
     });
@@ -190,7 +199,9 @@ export async function readNiftiHeader(uri: string): Promise<NiftiHeader> {
   try {
     return decodeNiftiHeader(prefix, uri);
   } catch (e) {
-    if (prefix.length < 16384) throw e;
+    // Only a gzip stream (e.g. one with long name or extra fields) can need more than the prefix;
+    // an uncompressed file that fails here is broken, and downloading all of it would not help.
+    if (prefix.length < 16384 || !isGzip(prefix)) throw e;
     return decodeNiftiHeader(await getObject(uri), uri);
   }
 }
@@ -231,6 +242,8 @@ async function checkCaseGrid(c: Case, tolerance: number): Promise<Case> {
 
 function maxAbsDiff(a: number[][], b: number[][]): number {
   let m = 0;
-  for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) m = Math.max(m, Math.abs(a[i][j] - b[i][j]));
+  for (let i = 0; i < 4; i++) {
+    for (let j = 0; j < 4; j++) m = Math.max(m, Math.abs(a[i][j] - b[i][j]));
+  }
   return m;
 }

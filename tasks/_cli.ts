@@ -61,9 +61,9 @@ export function intFlag(
   const n = Number(value);
   if (!Number.isInteger(n) || n < min || n > max) {
     throw new UsageError(
-      `--${name} must be an integer${
-        Number.isFinite(min) ? ` >= ${min}` : ""
-      }${Number.isFinite(max) ? ` <= ${max}` : ""}, got "${value}"`,
+      `--${name} must be an integer${Number.isFinite(min) ? ` >= ${min}` : ""}${
+        Number.isFinite(max) ? ` <= ${max}` : ""
+      }, got "${value}"`,
     );
   }
   return n;

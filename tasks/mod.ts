@@ -5,7 +5,14 @@
 import type { Command } from "./_cli.ts";
 import { benchCommand } from "./bench.ts";
 import { casesCommand } from "./cases.ts";
+import { demoCommand } from "./demo.ts";
 import { inspectCommand } from "./inspect.ts";
 import { setupCommand } from "./setup.ts";
 
-export const commands: Command[] = [benchCommand, casesCommand, inspectCommand, setupCommand];
+export const commands: Command[] = [
+  benchCommand,
+  casesCommand,
+  demoCommand,
+  inspectCommand,
+  setupCommand,
+];

@@ -14,7 +14,9 @@ export function randomNet(partial: Partial<NetworkConfig> = {}, seed = 1): UNet 
   for (const [name, w] of net.named) {
     i++;
     if (name.endsWith("Scale")) {
-      (w as tf.Variable).assign(tf.tidy(() => tf.add(1, tf.randomNormal(w.shape, 0, 0.3, "float32", seed * 7919 + i))));
+      (w as tf.Variable).assign(
+        tf.tidy(() => tf.add(1, tf.randomNormal(w.shape, 0, 0.3, "float32", seed * 7919 + i))),
+      );
     } else if (name.endsWith("Offset") || name.endsWith("bias")) {
       (w as tf.Variable).assign(tf.randomNormal(w.shape, 0, 0.1, "float32", seed * 7919 + i));
     }
@@ -30,9 +32,21 @@ export function randomBatch(
   seed = 3,
 ): { x: tf.Tensor5D; target: tf.Tensor5D } {
   const { inChannels, outChannels } = net.config;
-  const x = tf.randomNormal([n, size, size, size, inChannels], 0, 1, "float32", seed) as tf.Tensor5D;
+  const x = tf.randomNormal(
+    [n, size, size, size, inChannels],
+    0,
+    1,
+    "float32",
+    seed,
+  ) as tf.Tensor5D;
   const target = tf.tidy(() =>
-    tf.cast(tf.greater(tf.randomUniform([n, size, size, size, outChannels], 0, 1, "float32", seed + 1), 0.7), "float32")
+    tf.cast(
+      tf.greater(
+        tf.randomUniform([n, size, size, size, outChannels], 0, 1, "float32", seed + 1),
+        0.7,
+      ),
+      "float32",
+    )
   ) as tf.Tensor5D;
   return { x, target };
 }

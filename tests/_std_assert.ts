@@ -94,7 +94,8 @@ function checkError<E extends Error>(
   }
   if (errorClass && !(e instanceof errorClass)) {
     throw new assert.AssertionError({
-      message: `Expected error to be instance of "${errorClass.name}", but was "${e.constructor.name}": ${e.message}`,
+      message:
+        `Expected error to be instance of "${errorClass.name}", but was "${e.constructor.name}": ${e.message}`,
     });
   }
   if (msgIncludes !== undefined && !e.message.includes(msgIncludes)) {

@@ -52,7 +52,11 @@ Deno.test("resolveConfig rejects unknown fields and invalid values with their na
   assertThrows(() => resolveConfig({ baseChannels: 15 }), RangeError, "baseChannels must be even");
   assertThrows(() => resolveConfig({ levels: 0 }), RangeError, "levels");
   assertThrows(() => resolveConfig({ activation: "gelu" as never }), RangeError, "activation");
-  assertThrows(() => resolveConfig({ baseChannels: 12, maxGroups: 8 }), RangeError, "GroupNorm groups");
+  assertThrows(
+    () => resolveConfig({ baseChannels: 12, maxGroups: 8 }),
+    RangeError,
+    "GroupNorm groups",
+  );
 });
 
 Deno.test("upsampleConv equals tf.conv3dTranspose: x=[2,3,4,5,6] -> cout 4", () => {

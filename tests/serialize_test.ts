@@ -29,9 +29,17 @@ Deno.test("safetensors round trip keeps names, shapes, order, values and metadat
 });
 
 Deno.test("decodeSafetensors names the file and the problem for broken input", () => {
-  assertThrows(() => decodeSafetensors(new Uint8Array(3), "m.safetensors"), SyntaxError, '"m.safetensors"');
+  assertThrows(
+    () => decodeSafetensors(new Uint8Array(3), "m.safetensors"),
+    SyntaxError,
+    '"m.safetensors"',
+  );
   const bytes = encodeSafetensors(new Map([["w", { shape: [4], values: new Float32Array(4) }]]));
-  assertThrows(() => decodeSafetensors(bytes.subarray(0, bytes.length - 4), "t.st"), SyntaxError, "data offsets");
+  assertThrows(
+    () => decodeSafetensors(bytes.subarray(0, bytes.length - 4), "t.st"),
+    SyntaxError,
+    "data offsets",
+  );
   const bad = bytes.slice();
   bad[9] = 0x7b; // break the JSON
   bad[8] = 0x7d;
@@ -51,13 +59,28 @@ Deno.test("a serialized network reloads with its configuration and identical pre
 
 Deno.test("a model file with a foreign configuration or missing weight is refused by name", () => {
   const net = randomNet({ levels: 2, baseChannels: 8, blocksPerLevel: 1 }, 8);
-  const named = new Map([...net.named].map(([k, t]) => [k, { shape: t.shape, values: t.dataSync() as Float32Array }]));
+  const named = new Map(
+    [...net.named].map(([k, t]) => [k, { shape: t.shape, values: t.dataSync() as Float32Array }]),
+  );
   named.delete("head/bias");
-  const meta = { format: "revunet-deno", version: "1", kind: "model", config: JSON.stringify(net.config) };
-  assertThrows(() => deserializeUNet(encodeSafetensors(named, meta), "m1"), RangeError, 'lack "head/bias"');
+  const meta = {
+    format: "revunet-deno",
+    version: "1",
+    kind: "model",
+    config: JSON.stringify(net.config),
+  };
+  assertThrows(
+    () => deserializeUNet(encodeSafetensors(named, meta), "m1"),
+    RangeError,
+    'lack "head/bias"',
+  );
   const wrong = { ...meta, config: JSON.stringify({ ...net.config, levels: "x" }) };
   assertThrows(() => deserializeUNet(encodeSafetensors(named, wrong), "m2"), RangeError, '"m2"');
-  assertThrows(() => deserializeUNet(encodeSafetensors(named, {}), "m3"), SyntaxError, "not a RevUNet-Deno model");
+  assertThrows(
+    () => deserializeUNet(encodeSafetensors(named, {}), "m3"),
+    SyntaxError,
+    "not a RevUNet-Deno model",
+  );
   disposeUNet(net);
 });
 

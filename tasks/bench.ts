@@ -1,0 +1,193 @@
+/**
+ * `bench memory`: the seed paper's experiment — what a fixed memory budget buys the reversible
+ * network over its standard twin — measured with tf.profile on this machine's backend.
+ * @module
+ */
+import * as tf from "../model/tf.ts";
+import {
+  compareGradMaps,
+  countParams,
+  createUNet,
+  cropModel,
+  diceBceLoss,
+  disposeUNet,
+  fieldModel,
+  maxCropEdge,
+  maxFieldValue,
+  predictPeak,
+  REFERENCE_CONFIG,
+  resolveConfig,
+  reversibleGrads,
+  reversibleLowerBound,
+  standardGrads,
+} from "../model/mod.ts";
+import { selectBackend } from "../model/backend.ts";
+import { type Command, intFlag, numberFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
+
+const GiB = 1024 ** 3;
+
+/** Options of {@linkcode benchMemory}. */
+export interface BenchMemoryOptions {
+  /** Memory budget for the searches, bytes. @default 16 GiB */
+  budget?: number;
+  /** Crop at which peak bytes are reported. @default 32 */
+  crop?: number;
+  /** Crop at which the depth and width searches are made. @default 96 */
+  searchCrop?: number;
+  /** Progress messages. */
+  log?: (msg: string) => void;
+}
+
+/** Runs the memory benchmark and returns its JSON object. */
+export async function benchMemory(options: BenchMemoryOptions = {}) {
+  const { budget = 16 * GiB, crop = 32, searchCrop = 96, log = () => {} } = options;
+  const ref = resolveConfig(REFERENCE_CONFIG);
+  const variants = { reversible: true, standard: false } as const;
+
+  log("gradient check: reversible vs standard, reference network, 16^3");
+  const x = tf.randomNormal([1, 16, 16, 16, 4], 0, 1, "float32", 5) as tf.Tensor5D;
+  const target = tf.tidy(() =>
+    tf.cast(tf.greater(tf.randomUniform([1, 16, 16, 16, 3], 0, 1, "float32", 6), 0.7), "float32")
+  ) as tf.Tensor5D;
+  const net = createUNet(ref, { seed: 7, zeroInitResidual: false });
+  const loss = (logits: tf.Tensor5D) => diceBceLoss(logits, target);
+  const rev = reversibleGrads(net, x, loss, true);
+  const std = standardGrads(net, x, loss, true);
+  const cmp = compareGradMaps(
+    new Map([...rev.grads, ["input", rev.inputGrad!]]),
+    new Map([...std.grads, ["input", std.inputGrad!]]),
+  );
+  tf.dispose([
+    x,
+    target,
+    rev.loss,
+    std.loss,
+    rev.inputGrad!,
+    std.inputGrad!,
+    ...rev.grads.values(),
+    ...std.grads.values(),
+  ]);
+  disposeUNet(net);
+
+  const crops = [16, 24, crop].filter((c, i, a) => a.indexOf(c) === i).sort((a, b) => a - b);
+  const models: Record<string, Awaited<ReturnType<typeof cropModel>>> = {};
+  const depth: Record<string, ReturnType<typeof fieldModel>> = {};
+  const width: Record<string, ReturnType<typeof fieldModel>> = {};
+  for (const [name, reversible] of Object.entries(variants)) {
+    const cfg = resolveConfig({ ...ref, reversible });
+    log(`${name}: peak bytes at crops ${crops.join(", ")}`);
+    models[name] = await cropModel(cfg, crops);
+    log(`${name}: depth model (blocksPerLevel 1 and 2 at crops 16, 24)`);
+    const b1 = await cropModel(resolveConfig({ ...cfg, blocksPerLevel: 1 }), [16, 24]);
+    depth[name] = fieldModel("blocksPerLevel", [b1, models[name]]);
+    log(`${name}: width model (baseChannels 8 and 16 at crops 16, 24)`);
+    const w8 = await cropModel(resolveConfig({ ...cfg, baseChannels: 8 }), [16, 24]);
+    width[name] = fieldModel("baseChannels", [w8, models[name]]);
+  }
+  const per = <T>(f: (name: keyof typeof variants) => T) => ({
+    reversible: f("reversible"),
+    standard: f("standard"),
+  });
+  const peakAt = per((n) => models[n].measured.find((m) => m.crop === crop)!.peakBytes);
+  const maxCrop = per((n) => maxCropEdge(models[n], budget, 16));
+  const maxBlocks = per((n) =>
+    maxFieldValue(
+      depth[n],
+      resolveConfig({ ...ref, reversible: n === "reversible" }),
+      budget,
+      searchCrop,
+      1,
+      4096,
+    )
+  );
+  const maxBase = per((n) =>
+    maxFieldValue(
+      width[n],
+      resolveConfig({ ...ref, reversible: n === "reversible" }),
+      budget,
+      searchCrop,
+      8,
+      4096,
+    )
+  );
+  const lower = reversibleLowerBound(ref, crop);
+  const ratio = (r: { reversible: number; standard: number }, pow = 1) =>
+    r.standard > 0 ? Number(((r.reversible / r.standard) ** pow).toFixed(3)) : null;
+  return {
+    backend: tf.getBackend(),
+    param_count: countParams(ref),
+    grad_check: { global_rel_err: cmp.globalRelErr, worst_tensor_rel_err: cmp.worstTensorRelErr },
+    peak_bytes: { crop, ...peakAt },
+    budget_bytes: budget,
+    max_crop_edge: maxCrop,
+    max_blocks_per_level: maxBlocks,
+    max_base_channels: maxBase,
+    lower_bound_bytes: { crop, reversible: lower },
+    ratios: {
+      peak_standard_over_reversible: Number((peakAt.standard / peakAt.reversible).toFixed(3)),
+      volume: ratio(maxCrop, 3),
+      depth: ratio(maxBlocks),
+      channels: ratio(maxBase),
+      reversible_over_lower_bound: Number((peakAt.reversible / lower).toFixed(3)),
+    },
+    fits: per((n) => ({
+      bytes_per_voxel: Math.round(models[n].fit.slope),
+      fixed_bytes: Math.round(models[n].fit.intercept),
+      max_rel_residual: Number(models[n].fit.maxRelResidual.toExponential(2)),
+      measured: models[n].measured,
+      predicted_at_search_crop: Math.round(predictPeak(models[n], searchCrop)),
+      depth_bytes_per_voxel_per_block: Math.round(depth[n].perVoxel.slope),
+      width_bytes_per_voxel_per_channel: Math.round(width[n].perVoxel.slope),
+    })),
+  };
+}
+
+export const benchCommand: Command = {
+  name: "bench",
+  summary: "Benchmarks: memory (reversible vs standard under a budget)",
+  help:
+    `Usage: deno task bench memory [--json] [--budget GiB] [--crop N] [--search-crop N] [--backend B]
+
+memory: measures the peak bytes of one full training step (forward, loss, backward, Adam update)
+at batch 1 with tf.profile, for the reversible network and its standard twin, and reproduces the
+seed paper's experiment under a fixed budget: the largest cubic crop (multiple of 16), the most
+blocks per level and the widest base (multiple of 8) whose training step fits, each variant, the
+rest at the reference configuration (crop 96 for the depth and width searches). Peak memory is
+linear in voxels for a fixed network, so each figure is fitted from measured crops 16, 24 and 32;
+the fit's worst residual is printed with it.
+
+Options:
+  --json             print only the JSON object (default: progress on stderr, JSON on stdout)
+  --budget GiB       memory budget for the searches (default 16)
+  --crop N           crop for the reported peak bytes (default 32)
+  --search-crop N    crop for the depth and width searches (default 96)
+  --backend B        auto|tensorflow|webgpu|wasm|cpu (default cpu)
+
+Example:
+  deno task bench memory --json`,
+  async run(args) {
+    const { values, positionals } = parseFlags("bench", args, {
+      json: { type: "boolean" },
+      budget: { type: "string" },
+      crop: { type: "string" },
+      "search-crop": { type: "string" },
+      backend: { type: "string" },
+    }, true);
+    const [which] = positionals;
+    if (which !== "memory") {
+      throw new UsageError(`bench: expected a benchmark name (memory), got ${which ?? "none"}`);
+    }
+    const log = values.json ? () => {} : (m: string) => console.error(`bench: ${m}`);
+    await selectBackend((values.backend ?? "cpu") as never, log);
+    const crop = intFlag("crop", values.crop, 32, 8);
+    if (crop % 8 !== 0) throw new UsageError(`--crop must be a multiple of 8, got ${crop}`);
+    printJson(
+      await benchMemory({
+        budget: numberFlag("budget", values.budget, 16, 0.001) * GiB,
+        crop,
+        searchCrop: intFlag("search-crop", values["search-crop"], 96, 8),
+        log,
+      }),
+    );
+  },
+};

@@ -1,0 +1,366 @@
+/**
+ * Tests of backend selection, and of the WebGPU backend against the cpu one: conv3d, the project's
+ * depthwiseConv3d and groupNorm (values and gradients), and a small whole network (inference,
+ * reversible and standard gradients). Without a GPU these run on a software adapter (Mesa's
+ * llvmpipe, from mesa-vulkan-drivers); where there is no adapter at all they are skipped, and the
+ * reason is printed and shown in the test names.
+ *
+ * Every parity test computes on cpu first from plain arrays, reads the results back to plain
+ * arrays, switches to webgpu, computes again from the same arrays, compares, and switches back to
+ * cpu whatever happens, so later test files run on cpu.
+ * @module
+ */
+import * as tf from "../model/tf.ts";
+import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
+import { type BackendName, selectBackend } from "../model/backend.ts";
+import { depthwiseConv3d } from "../model/depthwise_conv3d.ts";
+import { groupNorm } from "../model/group_norm.ts";
+import {
+  createUNet,
+  diceBceLoss,
+  disposeUNet,
+  type NetworkConfig,
+  predictLogits,
+  resolveConfig,
+  reversibleGrads,
+  standardGrads,
+  unetFromWeights,
+} from "../model/mod.ts";
+
+await selectBackend("cpu");
+
+/** float32 agreement between two backends, relative to the largest magnitude of the cpu values. */
+const RTOL = 1e-3;
+
+// ---- whether a WebGPU adapter exists, decided once at load ---------------------------------------
+
+interface Adapter {
+  info?: { description?: string; vendor?: string; isFallbackAdapter?: boolean };
+}
+const webgpu = await findAdapter();
+const SKIP = webgpu.ok ? "" : ` (skipped: ${webgpu.why})`;
+if (!webgpu.ok) console.warn(`backend_test: WebGPU parity tests skipped: ${webgpu.why}`);
+
+async function findAdapter(): Promise<
+  { ok: true; software: boolean; description: string } | { ok: false; why: string }
+> {
+  const gpu = (navigator as unknown as {
+    gpu?: { requestAdapter(o?: object): Promise<Adapter | null> };
+  }).gpu;
+  if (!gpu) return { ok: false, why: "navigator.gpu is missing (run with --unstable-webgpu)" };
+  // As selectBackend does: keeps libwayland from printing about a missing runtime directory.
+  if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+  const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) return { ok: false, why: "no WebGPU adapter (install mesa-vulkan-drivers)" };
+  const description = adapter.info?.description ?? "unnamed adapter";
+  const software = adapter.info?.isFallbackAdapter === true ||
+    /llvmpipe|lavapipe|swiftshader/i.test(description);
+  return { ok: true, software, description };
+}
+
+// ---- selection ---------------------------------------------------------------------------------
+
+Deno.test("selectBackend('cpu') makes cpu active, says so, and silences the Node.js banner", async () => {
+  const lines: string[] = [];
+  const choice = await selectBackend("cpu", (m) => lines.push(m));
+  assertEquals(choice.name, "cpu");
+  assertEquals(tf.getBackend(), "cpu");
+  assertStringIncludes(choice.device, "cpu");
+  assertStringIncludes(choice.reason, "asked for cpu");
+  assert(lines.some((l) => l.includes("using cpu")), lines.join("\n"));
+  // tfjs-backend-cpu prints its "running TensorFlow.js in Node.js" banner while firstUse is true.
+  assertEquals((tf.findBackend("cpu") as unknown as { firstUse: boolean }).firstUse, false);
+});
+
+Deno.test("selectBackend rejects an unknown name with a RangeError listing the valid ones", async () => {
+  await assertRejects(
+    () => selectBackend("cuda" as BackendName),
+    RangeError,
+    'Unknown backend "cuda": expected one of auto, tensorflow, webgpu, wasm, cpu',
+  );
+  assertEquals(tf.getBackend(), "cpu");
+});
+
+Deno.test("selectBackend('auto') skips what is missing here and says why", async () => {
+  const lines: string[] = [];
+  try {
+    const choice = await selectBackend("auto", (m) => lines.push(m));
+    // tfjs-node(-gpu) is not mapped in deno.json; a hardware adapter would win, a software one not.
+    const expected = webgpu.ok && !webgpu.software ? "webgpu" : "cpu";
+    assertEquals(choice.name, expected, choice.reason);
+    assertEquals(tf.getBackend(), expected);
+    assertStringIncludes(choice.reason, "@tensorflow/tfjs-node-gpu: ");
+    assertStringIncludes(choice.reason, "@tensorflow/tfjs-node: ");
+    if (expected === "cpu") assertStringIncludes(choice.reason, "webgpu: ");
+    if (webgpu.ok && webgpu.software) assertStringIncludes(choice.reason, "software adapter");
+    assert(lines.filter((l) => l.startsWith("backend: skipping")).length >= 2, lines.join("\n"));
+  } finally {
+    await selectBackend("cpu");
+  }
+});
+
+Deno.test("selectBackend('tensorflow') without tfjs-node names what it needs", async () => {
+  try {
+    const choice = await selectBackend("tensorflow");
+    assertEquals(choice.name, "tensorflow"); // only where a libtensorflow binding is installed
+  } catch (e) {
+    const msg = (e as Error).message;
+    for (
+      const part of ["@tensorflow/tfjs-node-gpu", "@tensorflow/tfjs-node", "CUDA 11.2", "cuDNN 8.1"]
+    ) {
+      assertStringIncludes(msg, part);
+    }
+  } finally {
+    await selectBackend("cpu");
+  }
+});
+
+Deno.test("selectBackend('wasm') without the package names the package to add", async () => {
+  try {
+    const choice = await selectBackend("wasm");
+    assertEquals(choice.name, "wasm"); // only where deno.json maps @tensorflow/tfjs-backend-wasm
+  } catch (e) {
+    assertStringIncludes((e as Error).message, '"@tensorflow/tfjs-backend-wasm"');
+  } finally {
+    await selectBackend("cpu");
+  }
+});
+
+Deno.test("selectBackend('webgpu') without navigator.gpu says to enable WebGPU", async () => {
+  const own = Object.getOwnPropertyDescriptor(navigator, "gpu");
+  Object.defineProperty(navigator, "gpu", { value: undefined, configurable: true });
+  try {
+    await assertRejects(() => selectBackend("webgpu"), Error, "--unstable-webgpu");
+    assertEquals(tf.getBackend(), "cpu");
+  } finally {
+    if (own) Object.defineProperty(navigator, "gpu", own);
+    else delete (navigator as unknown as { gpu?: unknown }).gpu;
+  }
+});
+
+// ---- parity of webgpu with cpu -------------------------------------------------------------------
+
+/** Named outputs of one computation, read back to plain arrays. */
+type Outputs = Map<string, { shape: number[]; values: Float32Array }>;
+
+/**
+ * Runs `compute` on cpu and then on webgpu and compares every output. `compute` builds its inputs
+ * from plain arrays (so nothing crosses backends) and returns named tensors, which are read and
+ * disposed here. Small tensors are kept on the GPU kernels, not handed to the cpu ones.
+ */
+async function assertSameOnWebGpu(compute: () => Map<string, tf.Tensor>): Promise<void> {
+  const before = tf.memory().numTensors;
+  const expected = await runOn("cpu", compute);
+  const threshold = "WEBGPU_CPU_HANDOFF_SIZE_THRESHOLD";
+  let saved: number | undefined;
+  let actual: Outputs;
+  try {
+    await selectBackend("webgpu");
+    saved = tf.env().getNumber(threshold);
+    tf.env().set(threshold, 0);
+    actual = await runOn("webgpu", compute);
+  } finally {
+    if (saved !== undefined) tf.env().set(threshold, saved);
+    await selectBackend("cpu");
+  }
+  assertEquals(tf.memory().numTensors, before, "tensors leaked");
+  const failures: string[] = [];
+  for (const [name, e] of expected) {
+    const a = actual.get(name)!;
+    if (a.shape.join() !== e.shape.join()) {
+      failures.push(`${name}: shape [${a.shape}] on webgpu, [${e.shape}] on cpu`);
+      continue;
+    }
+    const err = relativeError(a.values, e.values);
+    if (!(err <= RTOL)) failures.push(`${name}: relative error ${err.toExponential(2)}`);
+  }
+  assert(failures.length === 0, `webgpu differs from cpu beyond ${RTOL}:\n${failures.join("\n")}`);
+}
+
+async function runOn(backend: string, compute: () => Map<string, tf.Tensor>): Promise<Outputs> {
+  await selectBackend(backend as BackendName);
+  let outputs: Map<string, tf.Tensor>;
+  try {
+    outputs = compute();
+  } catch (e) {
+    // tfjs names no kernel in its errors; the stack does ("reverse [as kernelFunc]").
+    const stack = String((e as Error).stack);
+    const kernel = stack.match(/at (?:Object\.)?(\w+) \[as kernelFunc\]/)?.[1] ?? "unknown";
+    throw new Error(`on ${backend}, in kernel ${kernel}: ${(e as Error).message}`, { cause: e });
+  }
+  const read: Outputs = new Map();
+  try {
+    for (const [name, t] of outputs) {
+      read.set(name, { shape: t.shape, values: Float32Array.from(await t.data()) });
+    }
+  } finally {
+    tf.dispose([...outputs.values()]);
+  }
+  return read;
+}
+
+/** max |a − e| / max |e|; NaN anywhere gives NaN. */
+function relativeError(a: Float32Array, e: Float32Array): number {
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < e.length; i++) {
+    const d = Math.abs(a[i] - e[i]);
+    if (Number.isNaN(d)) return NaN;
+    diff = Math.max(diff, d);
+    scale = Math.max(scale, Math.abs(e[i]));
+  }
+  return scale === 0 ? diff : diff / scale;
+}
+
+/** Seeded normal values as plain arrays (mulberry32 + Box–Muller): the same on every backend. */
+function normal(shape: number[], seed: number, std = 1): { shape: number[]; values: Float32Array } {
+  let s = seed >>> 0;
+  const uniform = () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(s ^ (s >>> 15), s | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const values = new Float32Array(shape.reduce((p, q) => p * q, 1));
+  for (let i = 0; i < values.length; i++) {
+    values[i] = std * Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
+  }
+  return { shape, values };
+}
+
+function tensor<T extends tf.Tensor>(a: { shape: number[]; values: Float32Array }): T {
+  return tf.tensor(a.values, a.shape, "float32") as T;
+}
+
+/** `Σ w ⊙ f(inputs)` and its gradient with respect to every input, under their names. */
+function valueAndGrads(
+  f: (...inputs: tf.Tensor[]) => tf.Tensor,
+  inputs: Record<string, tf.Tensor>,
+  weight: tf.Tensor,
+): Map<string, tf.Tensor> {
+  const names = Object.keys(inputs);
+  const out = tf.tidy(() => {
+    const y = f(...names.map((n) => inputs[n]));
+    const { value, grads } = tf.valueAndGrads((...xs: tf.Tensor[]) =>
+      tf.sum(tf.mul(f(...xs), weight))
+    )(
+      names.map((n) => inputs[n]),
+    );
+    return [y, value, ...grads];
+  });
+  tf.dispose([...Object.values(inputs), weight]);
+  const [y, value, ...grads] = out;
+  return new Map([["y", y], ["loss", value], ...names.map((n, i) => [`d${n}`, grads[i]] as const)]);
+}
+
+const ignore = !webgpu.ok;
+
+Deno.test({
+  name: `webgpu matches cpu: conv3d 3×3×3 same and 2×2×2/2 valid, values and gradients${SKIP}`,
+  ignore,
+  fn: async () => {
+    const x = normal([1, 8, 8, 8, 3], 1);
+    const k3 = normal([3, 3, 3, 3, 4], 2, 0.3);
+    const k2 = normal([2, 2, 2, 3, 4], 3, 0.3);
+    const w3 = normal([1, 8, 8, 8, 4], 4);
+    const w2 = normal([1, 4, 4, 4, 4], 5);
+    await assertSameOnWebGpu(() => {
+      const same = valueAndGrads(
+        (a, b) => tf.conv3d(a as tf.Tensor5D, b as tf.Tensor5D, 1, "same"),
+        { x: tensor(x), filter: tensor(k3) },
+        tensor(w3),
+      );
+      const down = valueAndGrads(
+        (a, b) => tf.conv3d(a as tf.Tensor5D, b as tf.Tensor5D, 2, "valid"),
+        { x: tensor(x), filter: tensor(k2) },
+        tensor(w2),
+      );
+      return new Map([
+        ...[...same].map(([n, t]) => [`same/${n}`, t] as const),
+        ...[...down].map(([n, t]) => [`down/${n}`, t] as const),
+      ]);
+    });
+  },
+});
+
+Deno.test({
+  name: `webgpu matches cpu: depthwiseConv3d values and gradients${SKIP}`,
+  ignore,
+  fn: async () => {
+    const x = normal([2, 8, 8, 8, 4], 11);
+    const filter = normal([3, 3, 3, 4, 1], 12, 0.3);
+    const w = normal([2, 8, 8, 8, 4], 13);
+    await assertSameOnWebGpu(() =>
+      valueAndGrads(
+        (a, b) => depthwiseConv3d(a as tf.Tensor5D, b as tf.Tensor5D),
+        { x: tensor(x), filter: tensor(filter) },
+        tensor(w),
+      )
+    );
+  },
+});
+
+Deno.test({
+  name: `webgpu matches cpu: groupNorm + relu6 values and gradients${SKIP}`,
+  ignore,
+  fn: async () => {
+    const x = normal([2, 8, 8, 8, 8], 21, 2);
+    const gamma = normal([8], 22);
+    const beta = normal([8], 23);
+    const w = normal([2, 8, 8, 8, 8], 24);
+    await assertSameOnWebGpu(() =>
+      valueAndGrads(
+        (a, g, b) =>
+          groupNorm(a as tf.Tensor5D, g as tf.Tensor1D, b as tf.Tensor1D, {
+            groups: 4,
+            activation: "relu6",
+          }),
+        { x: tensor(x), gamma: tensor(gamma), beta: tensor(beta) },
+        tensor(w),
+      )
+    );
+  },
+});
+
+Deno.test({
+  name: `webgpu matches cpu: 2-level network logits, reversible and standard gradients${SKIP}`,
+  ignore,
+  fn: async () => {
+    const config: NetworkConfig = resolveConfig({ levels: 2, baseChannels: 8, blocksPerLevel: 1 });
+    // Random weights read to plain arrays, norm scales included (zeroInitResidual: false), so that
+    // no block is the identity and every gradient is non-zero.
+    const init = createUNet(config, { seed: 5, zeroInitResidual: false, variables: false });
+    const weights = new Map(
+      [...init.named].map((
+        [n, t],
+      ) => [n, { shape: t.shape, values: t.dataSync() as Float32Array }]),
+    );
+    disposeUNet(init);
+    const x = normal([1, 8, 8, 8, config.inChannels], 31);
+    const target = normal([1, 8, 8, 8, config.outChannels], 32);
+    target.values = target.values.map((v) => (v > 0.5 ? 1 : 0));
+    await assertSameOnWebGpu(() => {
+      const named = new Map([...weights].map(([n, a]) => [n, tensor(a)]));
+      const net = unetFromWeights(config, named, false);
+      tf.dispose([...named.values()]);
+      const xt = tensor<tf.Tensor5D>(x);
+      const tt = tensor<tf.Tensor5D>(target);
+      const loss = (logits: tf.Tensor5D) => diceBceLoss(logits, tt);
+      const out = new Map<string, tf.Tensor>([["logits", predictLogits(net, xt)]]);
+      for (
+        const [method, grads] of [["reversible", reversibleGrads], [
+          "standard",
+          standardGrads,
+        ]] as const
+      ) {
+        const r = grads(net, xt, loss, true);
+        out.set(`${method}/loss`, r.loss);
+        out.set(`${method}/dx`, r.inputGrad!);
+        for (const [n, g] of r.grads) out.set(`${method}/${n}`, g);
+      }
+      tf.dispose([xt, tt]);
+      disposeUNet(net);
+      return out;
+    });
+  },
+});

@@ -1,0 +1,369 @@
+/**
+ * main.ts as a user runs it: `deno run -A main.ts <command>` in a subprocess, checked by its stdout,
+ * stderr and exit code (0 ok, 1 failure, 2 usage). `inspect` is checked against nibabel.
+ * @module
+ */
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { assert, assertAlmostEquals, assertEquals, assertStringIncludes } from "@std/assert";
+import { createNiftiHeader, encodeNifti } from "../pipeline/nifti.ts";
+import { putObject } from "../pipeline/storage.ts";
+import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
+import { startS3rver } from "./_s3rver.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const CH2BET = "/usr/share/mricron/templates/ch2bet.nii.gz";
+const HAS_CH2BET = (() => {
+  try {
+    return Deno.statSync(CH2BET).isFile;
+  } catch {
+    return false;
+  }
+})();
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `deno run -A main.ts ...args` from the repository root. */
+async function runMain(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", ...args],
+    cwd: ROOT,
+    env: { NO_COLOR: "1", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  // Deno's own note when another deno process holds node_modules (e.g. a parallel test run).
+  const stderr = dec.decode(out.stderr).replace(/^Blocking waiting for file lock.*\n/gm, "");
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr };
+}
+
+/**
+ * Runs several command lines one after another: concurrent runs would only queue on Deno's
+ * node_modules lock.
+ */
+async function runEach(argsList: string[][], env: Record<string, string> = {}): Promise<Run[]> {
+  const runs: Run[] = [];
+  for (const args of argsList) runs.push(await runMain(args, env));
+  return runs;
+}
+
+/** Says what a run did, for assertion messages. */
+function show(run: Run): string {
+  return `exit ${run.code}\n--- stdout\n${run.stdout}--- stderr\n${run.stderr}`;
+}
+
+/** The single JSON object a run printed (and nothing else on stdout). */
+function onlyJson(run: Run): Record<string, unknown> {
+  const lines = run.stdout.split("\n").filter((l) => l !== "");
+  assertEquals(lines.length, 1, show(run));
+  const value = JSON.parse(lines[0]);
+  assert(value !== null && typeof value === "object" && !Array.isArray(value), show(run));
+  return value;
+}
+
+/** A temporary folder removed when disposed: `await using tmp = await tempDir()`. */
+async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
+  const path = await Deno.makeTempDir({ prefix: "cli-test-" });
+  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
+}
+
+const LPS = [[-1, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0], [0, 0, 0, 1]];
+
+/** An int16 volume with values -100 … n-101, x fastest. */
+function int16Volume(dims: number[], affine: number[][] = LPS, name = "x.nii.gz"): Uint8Array {
+  const n = dims.reduce((a, b) => a * b, 1);
+  const data = Int16Array.from({ length: n }, (_, i) => i - 100);
+  return encodeNifti(data, "int16", createNiftiHeader(dims, affine, "int16"), {
+    name,
+    gzip: name.endsWith(".gz"),
+  });
+}
+
+/** Writes a BraTS 2020-style case folder with tiny volumes into `root`. */
+async function writeCase(root: string, id: string, parts: string[], dims = [6, 5, 4]) {
+  await Deno.mkdir(join(root, id), { recursive: true });
+  for (const p of parts) {
+    const name = `${id}_${p}.nii.gz`;
+    await Deno.writeFile(join(root, id, name), int16Volume(dims, LPS, name));
+  }
+}
+
+// nibabel's view of a file, as `inspect` prints it.
+const NIBABEL_SUMMARY = String.raw`
+import json, sys
+import numpy as np
+import nibabel as nib
+out = []
+for path in sys.argv[1:]:
+    img = nib.load(path)
+    data = img.get_fdata(dtype=np.float64)
+    out.append(dict(dims=[int(d) for d in img.shape],
+                    pixdim=[float(z) for z in img.header.get_zooms()],
+                    datatype=img.get_data_dtype().name, affine=img.affine.tolist(),
+                    min=float(data.min()), max=float(data.max()), mean=float(data.mean())))
+print(json.dumps(out))
+`;
+
+// A scaled int16 volume on a rotated qform-only grid, written by nibabel rather than by us.
+const NIBABEL_WRITE = String.raw`
+import sys
+import numpy as np
+import nibabel as nib
+data = (np.arange(9 * 7 * 5, dtype=np.int16).reshape((9, 7, 5), order='F') * 13 % 701 - 300)
+t = np.radians(20)
+affine = np.array([[np.cos(t) * 1.2, -np.sin(t) * 0.9, 0, -40.5],
+                   [np.sin(t) * 1.2, np.cos(t) * 0.9, 0, 22.0],
+                   [0, 0, 2.5, -7.25], [0, 0, 0, 1]])
+img = nib.Nifti1Image(data.astype(np.int16), None)
+img.set_qform(affine, code=1)
+img.set_sform(None, code=0)
+img.header.set_data_dtype(np.int16)
+img.header.set_slope_inter(0.5, 10)
+nib.save(img, sys.argv[1])
+`;
+
+async function python(script: string, args: string[]): Promise<string> {
+  const out = await new Deno.Command(PYTHON, {
+    args: ["-c", script, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  if (!out.success) throw new Error(`nibabel script failed:\n${dec.decode(out.stderr)}`);
+  return dec.decode(out.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// inspect
+
+Deno.test({
+  name: "inspect prints one JSON object that agrees with nibabel (ch2bet, generated int16 files)",
+  ignore: !HAS_NIBABEL,
+  async fn() {
+    await using tmp = await tempDir();
+    const ours = join(tmp.path, "ours_t1.nii.gz");
+    const rotated = [[0, -1.5, 0, 30], [2, 0, 0, -12], [0, 0, 0.75, 5.5], [0, 0, 0, 1]];
+    await Deno.writeFile(ours, int16Volume([8, 6, 3], rotated, ours));
+    const theirs = join(tmp.path, "nibabel_flair.nii");
+    await python(NIBABEL_WRITE, [theirs]);
+    const paths = [ours, theirs, ...(HAS_CH2BET ? [CH2BET] : [])];
+
+    const [reference, runs] = await Promise.all([
+      python(NIBABEL_SUMMARY, paths).then((s) => JSON.parse(s)),
+      runEach(paths.map((p) => ["inspect", p])),
+    ]);
+    for (const [i, run] of runs.entries()) {
+      assertEquals(run.code, 0, show(run));
+      const got = onlyJson(run);
+      const want = reference[i];
+      const where = `${paths[i]}\n${show(run)}`;
+      assertEquals(
+        Object.keys(got).sort(),
+        ["affine", "datatype", "dims", "max", "mean", "min", "pixdim"],
+        where,
+      );
+      assertEquals(got.dims, want.dims, where);
+      assertEquals(got.datatype, want.datatype, where);
+      assertEquals(got.pixdim, want.pixdim, where);
+      const affine = got.affine as number[][];
+      assertEquals(affine.length, 4, where);
+      for (let r = 0; r < 4; r++) {
+        for (let c = 0; c < 4; c++) {
+          assertAlmostEquals(affine[r][c], want.affine[r][c], 1e-5, where);
+        }
+      }
+      assertEquals(got.min, want.min, where);
+      assertEquals(got.max, want.max, where);
+      assertAlmostEquals(got.mean as number, want.mean, 1e-9 * Math.max(1, Math.abs(want.mean)));
+    }
+  },
+});
+
+Deno.test("inspect exits 1 on a broken or missing file, naming it on stderr", async () => {
+  await using tmp = await tempDir();
+  const broken = join(tmp.path, "BraTS20_Training_001_t1.nii.gz");
+  await Deno.writeFile(broken, new TextEncoder().encode("<html>Access denied</html>\n"));
+  const cut = join(tmp.path, "cut_seg.nii.gz");
+  await Deno.writeFile(cut, int16Volume([6, 5, 4]).subarray(0, 40));
+  const missing = join(tmp.path, "nowhere_t2.nii.gz");
+  const runs = await runEach([broken, cut, missing].map((p) => ["inspect", p]));
+  for (const [i, path] of [broken, cut, missing].entries()) {
+    const run = runs[i];
+    assertEquals(run.code, 1, show(run));
+    assertEquals(run.stdout, "", show(run));
+    assert(run.stderr.startsWith("error: "), show(run));
+    assertStringIncludes(run.stderr, path, show(run));
+    assert(!run.stderr.includes("    at "), `no stack trace expected\n${show(run)}`);
+  }
+});
+
+Deno.test("inspect exits 2 without a path, with two, or with an unknown flag", async () => {
+  const runs = await runEach([
+    ["inspect"],
+    ["inspect", "a.nii", "b.nii"],
+    ["inspect", "--frobnicate", "a.nii"],
+    ["inspect", "--non-finite", "maybe", "a.nii"],
+  ]);
+  for (const run of runs) {
+    assertEquals(run.code, 2, show(run));
+    assertEquals(run.stdout, "", show(run));
+    assert(
+      run.stderr.startsWith("error: inspect") || run.stderr.startsWith("error: --"),
+      show(run),
+    );
+    assertStringIncludes(run.stderr, "--help", show(run));
+  }
+  assertStringIncludes(runs[0].stderr, "got 0", show(runs[0]));
+  assertStringIncludes(runs[2].stderr, "frobnicate", show(runs[2]));
+});
+
+// ---------------------------------------------------------------------------------------------
+// cases
+
+Deno.test("cases prints one JSON line per case and exits 0 for a good dataset", async () => {
+  await using tmp = await tempDir();
+  await writeCase(tmp.path, "BraTS20_Training_001", ["flair", "t1", "t1ce", "t2", "seg"]);
+  await writeCase(tmp.path, "BraTS20_Training_002", ["flair", "t1", "t1ce", "t2"]);
+  await Deno.writeTextFile(join(tmp.path, "name_mapping.csv"), "id\n");
+  const [run, unchecked] = await runEach([
+    ["cases", tmp.path],
+    ["cases", "--no-check", "--concurrency", "2", tmp.path],
+  ]);
+  assertEquals(run.code, 0, show(run));
+  assertEquals(run.stderr, "", show(run));
+  const lines = run.stdout.trimEnd().split("\n").map((l) => JSON.parse(l));
+  assertEquals(lines.map((c) => [c.id, c.naming, c.enhancingLabel, c.shape, c.spacing]), [
+    ["BraTS20_Training_001", "brats2021", 4, [6, 5, 4], [1, 1, 1]],
+    ["BraTS20_Training_002", "brats2021", 4, [6, 5, 4], [1, 1, 1]],
+  ]);
+  assertEquals(
+    lines[0].images.t1ce,
+    join(tmp.path, "BraTS20_Training_001", "BraTS20_Training_001_t1ce.nii.gz"),
+  );
+  assertEquals(
+    lines[0].seg,
+    join(tmp.path, "BraTS20_Training_001", "BraTS20_Training_001_seg.nii.gz"),
+  );
+  assertEquals("seg" in lines[1], false);
+
+  assertEquals(unchecked.code, 0, show(unchecked));
+  const quick = unchecked.stdout.trimEnd().split("\n").map((l) => JSON.parse(l));
+  assertEquals(quick.map((c) => [c.id, c.shape]), [
+    ["BraTS20_Training_001", undefined],
+    ["BraTS20_Training_002", undefined],
+  ]);
+});
+
+Deno.test("cases lists the good cases, names each broken one on stderr and exits 1", async () => {
+  await using tmp = await tempDir();
+  await writeCase(tmp.path, "BraTS20_Training_001", ["flair", "t1", "t1ce", "t2", "seg"]);
+  await writeCase(tmp.path, "BraTS20_Training_002", ["flair", "t1", "t1ce", "seg"]); // no t2
+  await writeCase(tmp.path, "BraTS20_Training_003", ["flair", "t1", "t1ce", "t2"]);
+  const broken = join(tmp.path, "BraTS20_Training_003", "BraTS20_Training_003_t1ce.nii.gz");
+  await Deno.writeFile(broken, new Uint8Array(64));
+  await writeCase(tmp.path, "BraTS20_Training_004", ["flair", "t1", "t1ce", "t2", "seg"]);
+  const [run, usage, empty] = await runEach([
+    ["cases", tmp.path],
+    ["cases"],
+    ["cases", join(tmp.path, "nothing-here")],
+  ]);
+  assertEquals(run.code, 1, show(run));
+  const ids = run.stdout.trimEnd().split("\n").map((l) => JSON.parse(l).id);
+  assertEquals(ids, ["BraTS20_Training_001", "BraTS20_Training_004"]);
+  const errors = run.stderr.trimEnd().split("\n").filter((l) => l.startsWith("error: "));
+  assertEquals(errors.length, 3, show(run));
+  assertStringIncludes(errors[0], "BraTS20_Training_002", show(run));
+  assertStringIncludes(errors[0], "missing modality t2", show(run));
+  assertStringIncludes(errors[1], broken, show(run));
+  assertStringIncludes(errors[2], "2 of 4 cases", show(run));
+
+  assertEquals(usage.code, 2, show(usage));
+  assertStringIncludes(usage.stderr, "expected one dataset URI", show(usage));
+
+  // Nothing found is not an error, but it is said.
+  assertEquals(empty.code, 0, show(empty));
+  assertEquals(empty.stdout, "", show(empty));
+  assertStringIncludes(empty.stderr, "no BraTS cases found", show(empty));
+});
+
+// ---------------------------------------------------------------------------------------------
+// S3
+
+Deno.test("inspect and cases read s3:// URIs from s3rver", async () => {
+  await using s3 = await startS3rver({ buckets: ["brats"] });
+  const env: Record<string, string> = {};
+  for (const name of Object.keys(Deno.env.toObject())) {
+    if (name.startsWith("AWS_")) env[name] = Deno.env.get(name)!;
+  }
+  assertEquals(env.AWS_ENDPOINT_URL_S3, s3.endpoint);
+  const id = "BraTS-GLI-00000-000";
+  const aniso = [[1, 0, 0, -3], [0, 1.5, 0, 4], [0, 0, 2, -5], [0, 0, 0, 1]];
+  await Promise.all(["t2f", "t1n", "t1c", "t2w", "seg"].map((s) => {
+    const name = `${id}-${s}.nii.gz`;
+    return putObject(`s3://brats/2023/${id}/${name}`, int16Volume([6, 5, 4], aniso, name));
+  }));
+  const [inspect, cases, missing] = await runEach([
+    ["inspect", `s3://brats/2023/${id}/${id}-t1c.nii.gz`],
+    ["cases", "s3://brats/2023/"],
+    ["inspect", "s3://brats/2023/none.nii.gz"],
+  ], env);
+
+  assertEquals(inspect.code, 0, show(inspect));
+  assertEquals(onlyJson(inspect), {
+    dims: [6, 5, 4],
+    pixdim: [1, 1.5, 2],
+    datatype: "int16",
+    affine: aniso,
+    min: -100,
+    max: 119 - 100,
+    mean: 59.5 - 100,
+  });
+
+  assertEquals(cases.code, 0, show(cases));
+  assertEquals(JSON.parse(cases.stdout), {
+    id,
+    naming: "brats2023",
+    enhancingLabel: 3,
+    images: {
+      flair: `s3://brats/2023/${id}/${id}-t2f.nii.gz`,
+      t1: `s3://brats/2023/${id}/${id}-t1n.nii.gz`,
+      t1ce: `s3://brats/2023/${id}/${id}-t1c.nii.gz`,
+      t2: `s3://brats/2023/${id}/${id}-t2w.nii.gz`,
+    },
+    seg: `s3://brats/2023/${id}/${id}-seg.nii.gz`,
+    shape: [6, 5, 4],
+    spacing: [1, 1.5, 2],
+  });
+
+  assertEquals(missing.code, 1, show(missing));
+  assertStringIncludes(missing.stderr, "s3://brats/2023/none.nii.gz", show(missing));
+});
+
+// ---------------------------------------------------------------------------------------------
+// main.ts
+
+Deno.test("main.ts exits 2 without a command or with an unknown one, 0 for each --help", async () => {
+  const [none, unknown, help] = await runEach([[], ["segmentate"], ["--help"]]);
+  assertEquals(none.code, 2, show(none));
+  assertStringIncludes(none.stdout + none.stderr, "Usage:", show(none));
+  assertEquals(unknown.code, 2, show(unknown));
+  assertStringIncludes(unknown.stderr, 'error: unknown command "segmentate"', show(unknown));
+  assertEquals(help.code, 0, show(help));
+
+  // The commands main.ts lists: "  name  summary" lines after "Commands:".
+  const listed = help.stdout.split("Commands:\n")[1]?.split("\n\n")[0] ?? "";
+  const names = listed.split("\n").map((l) => l.trim().split(/\s+/)[0]).filter((n) => n);
+  for (const expected of ["cases", "inspect"]) assert(names.includes(expected), show(help));
+  const helps = await runEach([...names.map((n) => [n, "--help"]), ["cases", "-h"]]);
+  for (const run of helps) {
+    assertEquals(run.code, 0, show(run));
+    assertStringIncludes(run.stdout, "Usage:", show(run));
+    assertEquals(run.stderr, "", show(run));
+  }
+});
