@@ -4,6 +4,7 @@
  * @module
  */
 import { parseArgs as nodeParseArgs, type ParseArgsConfig } from "node:util";
+import { BACKEND_NAMES, type BackendName } from "../model/backend.ts";
 
 /** One subcommand of main.ts. */
 export interface Command {
@@ -88,4 +89,13 @@ export function numberFlag(
 /** Writes one JSON value as a line on stdout. */
 export function printJson(value: unknown): void {
   console.log(JSON.stringify(value));
+}
+
+/** Parses `--backend`: one of the names {@linkcode selectBackend} knows, else a usage error. */
+export function backendFlag(value: string | undefined, fallback: BackendName = "cpu"): BackendName {
+  if (value === undefined) return fallback;
+  if (!(BACKEND_NAMES as readonly string[]).includes(value)) {
+    throw new UsageError(`--backend must be one of ${BACKEND_NAMES.join(", ")}, got "${value}"`);
+  }
+  return value as BackendName;
 }

@@ -22,7 +22,15 @@ import {
   standardGrads,
 } from "../model/mod.ts";
 import { selectBackend } from "../model/backend.ts";
-import { type Command, intFlag, numberFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
+import {
+  backendFlag,
+  type Command,
+  intFlag,
+  numberFlag,
+  parseFlags,
+  printJson,
+  UsageError,
+} from "./_cli.ts";
 
 const GiB = 1024 ** 3;
 
@@ -178,7 +186,7 @@ Example:
       throw new UsageError(`bench: expected a benchmark name (memory), got ${which ?? "none"}`);
     }
     const log = values.json ? () => {} : (m: string) => console.error(`bench: ${m}`);
-    await selectBackend((values.backend ?? "cpu") as never, log);
+    await selectBackend(backendFlag(values.backend), log);
     const crop = intFlag("crop", values.crop, 32, 8);
     if (crop % 8 !== 0) throw new UsageError(`--crop must be a multiple of 8, got ${crop}`);
     printJson(

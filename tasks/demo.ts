@@ -21,7 +21,7 @@ import { inspectNifti } from "../pipeline/nifti.ts";
 import { seededRandom, writePhantomDataset } from "../pipeline/phantom.ts";
 import { cropCube, loadCase, type LoadedCase } from "../pipeline/preprocess.ts";
 import { getObject, joinUri } from "../pipeline/storage.ts";
-import { type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
+import { backendFlag, type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
 
 function randomCrop(
   c: LoadedCase,
@@ -107,7 +107,7 @@ Example:
     const seed = intFlag("seed", values.seed, 0, 0);
     if (crop % 8 !== 0) throw new UsageError(`--crop must be a multiple of 8, got ${crop}`);
     const log = (m: string) => console.error(`demo: ${m}`);
-    const backend = await selectBackend((values.backend ?? "cpu") as never, log);
+    const backend = await selectBackend(backendFlag(values.backend), log);
 
     const dataUri = joinUri(out, "data");
     log(`writing ${nCases} phantom cases (48x48x40) to ${dataUri}`);

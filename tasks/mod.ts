@@ -7,6 +7,7 @@ import { benchCommand } from "./bench.ts";
 import { casesCommand } from "./cases.ts";
 import { demoCommand } from "./demo.ts";
 import { inspectCommand } from "./inspect.ts";
+import { planCommand } from "./plan.ts";
 import { setupCommand } from "./setup.ts";
 
 export const commands: Command[] = [
@@ -14,5 +15,6 @@ export const commands: Command[] = [
   casesCommand,
   demoCommand,
   inspectCommand,
+  planCommand,
   setupCommand,
 ];

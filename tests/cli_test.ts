@@ -367,3 +367,27 @@ Deno.test("main.ts exits 2 without a command or with an unknown one, 0 for each 
     assertEquals(run.stderr, "", show(run));
   }
 });
+
+Deno.test("demo runs the embedded default end to end and writes a loadable model", async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    const r = await runMain(["demo", "--out", out, "--cases", "2", "--steps", "2", "--crop", "8"]);
+    assertEquals(r.code, 0, r.stderr);
+    const summary = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+    assertEquals(summary.cases.length, 2);
+    assertEquals(summary.train.steps, 2);
+    assertEquals(summary.model, `${out}/model/model.safetensors`);
+    for (const region of ["WT", "TC", "ET"]) {
+      const d = summary.held_out.dice[region];
+      assert(d >= 0 && d <= 1, `${region} dice ${d}`);
+    }
+    assert((await Deno.stat(`${out}/model/optimizer.safetensors`)).size > 0);
+    const bad = await runMain(["demo", "--crop", "12", "--out", out]);
+    assertEquals(bad.code, 2);
+    const badBackend = await runMain(["plan", "--budget", "1", "--backend", "cuda"]);
+    assertEquals(badBackend.code, 2);
+    assertStringIncludes(badBackend.stderr, "--backend must be one of");
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});

@@ -1,0 +1,138 @@
+/**
+ * `plan`: the largest crop whose training step fits a memory budget, reversible and standard side
+ * by side, from the step's peak memory measured at two small crops on the chosen backend.
+ * @module
+ */
+import {
+  cropModel,
+  cropMultiple,
+  maxCropEdge,
+  type NetworkConfig,
+  predictPeak,
+  resolveConfig,
+} from "../model/mod.ts";
+import { selectBackend } from "../model/backend.ts";
+import {
+  backendFlag,
+  type Command,
+  intFlag,
+  numberFlag,
+  parseFlags,
+  printJson,
+  UsageError,
+} from "./_cli.ts";
+
+const GiB = 1024 ** 3;
+
+/** Options of {@linkcode planCrop}. */
+export interface PlanOptions {
+  /** Memory budget, bytes. */
+  budget: number;
+  /** The network, reference values for fields not given. */
+  config?: Partial<NetworkConfig>;
+  /** Batch size. @default 1 */
+  batch?: number;
+  /** Crops measured to fit peak memory against voxels. @default [2m, 3m], m = max(8, crop multiple) */
+  measureCrops?: number[];
+}
+
+/** Measures and plans; returns the plan as a JSON-ready object. */
+export async function planCrop(o: PlanOptions) {
+  const base = resolveConfig(o.config ?? {});
+  const batch = o.batch ?? 1;
+  const m = cropMultiple(base);
+  const step = Math.max(8, m);
+  const crops = o.measureCrops ?? [2 * step, 3 * step];
+  for (const c of crops) {
+    if (c % m !== 0) {
+      throw new RangeError(`Measured crop ${c} is not a multiple of ${m} (${base.levels} levels)`);
+    }
+  }
+  const variant = async (reversible: boolean) => {
+    const model = await cropModel(resolveConfig({ ...base, reversible }), crops, batch);
+    const maxCrop = maxCropEdge(model, o.budget, m, batch);
+    return {
+      max_crop: maxCrop,
+      peak_bytes_at_max_crop: maxCrop > 0 ? Math.round(predictPeak(model, maxCrop, batch)) : null,
+      bytes_per_voxel: Math.round(model.fit.slope),
+      fixed_bytes: Math.round(model.fit.intercept),
+      measured: model.measured,
+    };
+  };
+  return {
+    budget_bytes: o.budget,
+    batch,
+    crop_multiple: m,
+    config: base,
+    reversible: await variant(true),
+    standard: await variant(false),
+  };
+}
+
+export const planCommand: Command = {
+  name: "plan",
+  summary: "Largest training crop that fits a memory budget, reversible vs standard",
+  help:
+    `Usage: deno task plan --budget GiB [--config JSON] [--batch N] [--measure-crops A,B] [--backend B]
+
+Measures the peak memory of one training step (forward, loss, backward, Adam update) of the
+configured network at two small crops with tf.profile, fits bytes = fixed + per-voxel · voxels
+(exact for a fixed network: every activation is a fixed number of channels per voxel), and prints
+the largest cubic crop (a multiple of 2^(levels-1)) whose step fits the budget, for the reversible
+network and its standard twin, as one JSON object.
+
+Options:
+  --budget GiB          memory budget (required), e.g. 16 for a 16 GiB GPU with headroom
+  --config JSON         network fields over the reference, e.g. '{"baseChannels":32}'
+  --batch N             batch size (default 1)
+  --measure-crops A,B   crops to measure (default 16,24 for the reference network)
+  --backend B           auto|tensorflow|webgpu|wasm|cpu (default cpu; memory is counted the same)
+
+Example:
+  deno task plan --budget 16
+  deno task plan --budget 40 --config '{"blocksPerLevel":4}' --batch 2`,
+  async run(args) {
+    const { values } = parseFlags("plan", args, {
+      budget: { type: "string" },
+      config: { type: "string" },
+      batch: { type: "string" },
+      "measure-crops": { type: "string" },
+      backend: { type: "string" },
+    });
+    if (values.budget === undefined) throw new UsageError("plan: --budget GiB is required");
+    const budget = numberFlag("budget", values.budget, 16, 1e-6) * GiB;
+    let config: Partial<NetworkConfig> = {};
+    if (values.config !== undefined) {
+      try {
+        config = JSON.parse(values.config);
+      } catch (e) {
+        throw new UsageError(`--config is not JSON: ${(e as Error).message}`);
+      }
+      if (typeof config !== "object" || config === null || Array.isArray(config)) {
+        throw new UsageError(
+          `--config must be a JSON object of network fields, got ${values.config}`,
+        );
+      }
+    }
+    const measureCrops = values["measure-crops"]?.split(",").map((s, i) =>
+      intFlag(`measure-crops[${i}]`, s.trim(), 0, 1, 512)
+    );
+    if (
+      measureCrops &&
+      (measureCrops.length < 2 || new Set(measureCrops).size !== measureCrops.length)
+    ) {
+      throw new UsageError(
+        `--measure-crops needs two or more different crops, got ${values["measure-crops"]}`,
+      );
+    }
+    await selectBackend(backendFlag(values.backend), (m) => console.error(`plan: ${m}`));
+    printJson(
+      await planCrop({
+        budget,
+        config,
+        batch: intFlag("batch", values.batch, 1, 1, 1024),
+        ...(measureCrops ? { measureCrops } : {}),
+      }),
+    );
+  },
+};

@@ -1,0 +1,40 @@
+import { assert, assertEquals, assertRejects } from "@std/assert";
+import * as tf from "../model/tf.ts";
+import {
+  cropModel,
+  measureStepPeak,
+  predictPeak,
+  resolveConfig,
+  reversibleLowerBound,
+} from "../model/mod.ts";
+import { planCrop } from "../tasks/plan.ts";
+
+await tf.setBackend("cpu");
+const SMALL = { levels: 2, baseChannels: 8, blocksPerLevel: 2 };
+
+Deno.test("step peak memory is linear in voxels: crops 8 and 16 predict crop 24 within 2%", async () => {
+  const cfg = resolveConfig(SMALL);
+  const model = await cropModel(cfg, [8, 16]);
+  const measured = await measureStepPeak(cfg, 24);
+  const predicted = predictPeak(model, 24);
+  assert(
+    Math.abs(predicted - measured) / measured < 0.02,
+    `predicted ${predicted}, measured ${measured}`,
+  );
+});
+
+Deno.test("plan: the reversible network fits a larger crop than its standard twin in the same budget", async () => {
+  const plan = await planCrop({ budget: 64 * 1024 ** 2, config: SMALL, measureCrops: [8, 16] });
+  assertEquals(plan.crop_multiple, 2);
+  assert(plan.reversible.max_crop > plan.standard.max_crop, JSON.stringify(plan));
+  assert(plan.reversible.bytes_per_voxel < plan.standard.bytes_per_voxel);
+  assert(plan.reversible.peak_bytes_at_max_crop! <= 64 * 1024 ** 2);
+  // The reversible step can never beat its analytic lower bound.
+  const measured = plan.reversible.measured.find((m) => m.crop === 16)!.peakBytes;
+  assert(measured >= reversibleLowerBound(resolveConfig(SMALL), 16), `${measured}`);
+  await assertRejects(
+    () => planCrop({ budget: 1e9, config: { levels: 4 }, measureCrops: [12, 16] }),
+    RangeError,
+    "multiple of 8",
+  );
+});
