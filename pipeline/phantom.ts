@@ -6,19 +6,10 @@
  */
 import { ENHANCING_LABEL, MODALITIES, type Modality, type Naming, SUFFIXES } from "./cases.ts";
 import { createNiftiHeader, encodeNifti } from "./nifti.ts";
+import { seededRandom } from "./random.ts";
 import { joinUri, putObject } from "./storage.ts";
 
-/** A seeded uniform generator in [0, 1) (mulberry32): small, fast and reproducible. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom };
 
 /** Relative intensity of each tissue in each modality: brain, edema, enhancing, necrosis. */
 const CONTRAST: Record<Modality, [number, number, number, number]> = {

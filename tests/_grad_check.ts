@@ -13,17 +13,7 @@ import * as tf from "../model/tf.ts";
 /** A function of tensors whose gradient is checked; it must not dispose its arguments. */
 export type TensorFn = (...inputs: tf.Tensor[]) => tf.Tensor;
 
-/** A deterministic uniform generator on [0, 1) (mulberry32). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom } from "../pipeline/random.ts";
 
 /** Normal values (Box–Muller) of `shape` from `rng`, as float32. */
 export function randomNormal<R extends tf.Rank>(
