@@ -9,8 +9,6 @@ import { createNiftiHeader, encodeNifti } from "./nifti.ts";
 import { seededRandom } from "./random.ts";
 import { joinUri, putObject } from "./storage.ts";
 
-export { seededRandom };
-
 /** Relative intensity of each tissue in each modality: brain, edema, enhancing, necrosis. */
 const CONTRAST: Record<Modality, [number, number, number, number]> = {
   flair: [0.5, 0.95, 0.8, 0.6],

@@ -98,26 +98,20 @@ export async function benchMemory(options: BenchMemoryOptions = {}) {
   });
   const peakAt = per((n) => models[n].measured.find((m) => m.crop === crop)!.peakBytes);
   const maxCrop = per((n) => maxCropEdge(models[n], budget, 16));
-  const maxBlocks = per((n) =>
-    maxFieldValue(
-      depth[n],
-      resolveConfig({ ...ref, reversible: n === "reversible" }),
-      budget,
-      searchCrop,
-      1,
-      4096,
-    )
-  );
-  const maxBase = per((n) =>
-    maxFieldValue(
-      width[n],
-      resolveConfig({ ...ref, reversible: n === "reversible" }),
-      budget,
-      searchCrop,
-      8,
-      4096,
-    )
-  );
+  // The depth and width searches differ only in the fitted model and the step of the field.
+  const searchMax = (fms: typeof depth, step: number) =>
+    per((n) =>
+      maxFieldValue(
+        fms[n],
+        resolveConfig({ ...ref, reversible: n === "reversible" }),
+        budget,
+        searchCrop,
+        step,
+        4096,
+      )
+    );
+  const maxBlocks = searchMax(depth, 1);
+  const maxBase = searchMax(width, 8);
   const lower = reversibleLowerBound(ref, crop);
   const ratio = (r: { reversible: number; standard: number }, pow = 1) =>
     r.standard > 0 ? Number(((r.reversible / r.standard) ** pow).toFixed(3)) : null;
