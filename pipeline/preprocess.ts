@@ -44,29 +44,63 @@ export function regionTargets(
   return out;
 }
 
-/** Reads a case's volumes, z-scores each modality over the brain (nonzero in any modality). */
-export async function loadCase(c: Case): Promise<LoadedCase> {
+/** Voxels along x, y, z. */
+export type Dims = [number, number, number];
+
+/** A box on a grid: first voxel and extent along x, y, z. */
+export interface Box {
+  start: Dims;
+  size: Dims;
+}
+
+/** The four modalities of a case decoded on its own grid, checked to share it. */
+async function readModalities(
+  c: Case,
+): Promise<{ dims: Dims; data: Float64Array[] | Float32Array[] }> {
   const volumes = await Promise.all(
     MODALITIES.map(async (m) => decodeNifti(await getObject(c.images[m]), c.images[m])),
   );
-  const dims = volumes[0].header.dims.slice(0, 3) as [number, number, number];
-  const n = dims[0] * dims[1] * dims[2];
+  const dims = volumes[0].header.dims.slice(0, 3) as Dims;
   const data = volumes.map((v, k) => {
     if (v.header.dims.slice(0, 3).join() !== dims.join()) {
       throw new RangeError(
-        `case "${c.id}": ${MODALITIES[k]} has dims [${v.header.dims}], flair [${dims}]`,
+        `case "${c.id}": ${MODALITIES[k]} (${c.images[MODALITIES[k]]}) has dims [${
+          v.header.dims.slice(0, 3)
+        }], flair has [${dims}]`,
       );
     }
     return scaledData(v);
-  });
+  }) as Float64Array[] | Float32Array[];
+  return { dims, data };
+}
+
+async function readTargets(c: Case, dims: Dims): Promise<Float32Array | undefined> {
+  if (!c.seg) return undefined;
+  const seg = decodeNifti(await getObject(c.seg), c.seg);
+  if (seg.header.dims.slice(0, 3).join() !== dims.join()) {
+    throw new RangeError(
+      `case "${c.id}": segmentation ${c.seg} has dims [${
+        seg.header.dims.slice(0, 3)
+      }], the images have [${dims}]`,
+    );
+  }
+  return regionTargets(scaledData(seg), c.enhancingLabel, c.seg);
+}
+
+/** Brain mask: voxels nonzero in any modality. */
+function brainMask(data: ArrayLike<number>[], n: number): Uint8Array {
   const brain = new Uint8Array(n);
   for (const d of data) for (let i = 0; i < n; i++) if (d[i] !== 0) brain[i] = 1;
-  const image = new Float32Array(n * 4);
-  data.forEach((d, k) => {
+  return brain;
+}
+
+/** Mean and standard deviation of each modality over the brain mask (std 1 when degenerate). */
+function brainStats(data: ArrayLike<number>[], brain: Uint8Array): { mean: number; std: number }[] {
+  return data.map((d) => {
     let sum = 0;
     let sum2 = 0;
     let count = 0;
-    for (let i = 0; i < n; i++) {
+    for (let i = 0; i < brain.length; i++) {
       if (brain[i]) {
         sum += d[i];
         sum2 += d[i] * d[i];
@@ -75,14 +109,174 @@ export async function loadCase(c: Case): Promise<LoadedCase> {
     }
     const mean = count ? sum / count : 0;
     const std = count ? Math.sqrt(Math.max(sum2 / count - mean * mean, 0)) || 1 : 1;
+    return { mean, std };
+  });
+}
+
+/** Reads a case's volumes, z-scores each modality over the brain (nonzero in any modality). */
+export async function loadCase(c: Case): Promise<LoadedCase> {
+  const { dims, data } = await readModalities(c);
+  const n = dims[0] * dims[1] * dims[2];
+  const brain = brainMask(data, n);
+  const stats = brainStats(data, brain);
+  const image = new Float32Array(n * 4);
+  data.forEach((d, k) => {
+    const { mean, std } = stats[k];
     for (let i = 0; i < n; i++) image[4 * i + k] = brain[i] ? (d[i] - mean) / std : 0;
   });
-  let target: Float32Array | undefined;
-  if (c.seg) {
-    const seg = decodeNifti(await getObject(c.seg), c.seg);
-    target = regionTargets(scaledData(seg), c.enhancingLabel, c.seg);
-  }
+  const target = await readTargets(c, dims);
   return { id: c.id, dims, image, ...(target ? { target } : {}) };
+}
+
+/**
+ * The smallest box holding every nonzero voxel of `mask` ([z, y, x] order, x fastest), or the whole
+ * grid when the mask is empty (nothing to crop to).
+ */
+export function boundingBox(mask: ArrayLike<number>, dims: Dims): Box {
+  const [nx, ny, nz] = dims;
+  const lo = [nx, ny, nz];
+  const hi = [-1, -1, -1];
+  let i = 0;
+  for (let z = 0; z < nz; z++) {
+    for (let y = 0; y < ny; y++) {
+      for (let x = 0; x < nx; x++, i++) {
+        if (mask[i] === 0) continue;
+        if (x < lo[0]) lo[0] = x;
+        if (x > hi[0]) hi[0] = x;
+        if (y < lo[1]) lo[1] = y;
+        if (y > hi[1]) hi[1] = y;
+        if (z < lo[2]) lo[2] = z;
+        if (z > hi[2]) hi[2] = z;
+      }
+    }
+  }
+  if (hi[0] < 0) return { start: [0, 0, 0], size: [...dims] };
+  return {
+    start: lo as Dims,
+    size: [hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1],
+  };
+}
+
+/** Region bits of {@linkcode PreprocessedCase.regions}. */
+export const REGION_BITS = { WT: 1, TC: 2, ET: 4 } as const;
+
+/**
+ * A case ready for training or inference: cropped to the brain's bounding box, each modality
+ * z-scored over brain voxels, with what is needed to put results back on the original grid.
+ */
+export interface PreprocessedCase {
+  id: string;
+  /** The original grid (x, y, z). */
+  dims: Dims;
+  /** The brain's bounding box on the original grid; `image` and `regions` cover exactly it. */
+  box: Box;
+  /** Per-modality mean and standard deviation over the brain, in MODALITIES order. */
+  stats: { mean: number; std: number }[];
+  /** [z, y, x, 4] over the box, z-scored, 0 outside the brain. */
+  image: Float32Array;
+  /** [z, y, x] over the box: WT | TC | ET bits ({@linkcode REGION_BITS}), when labelled. */
+  regions?: Uint8Array;
+}
+
+/** Reads and preprocesses a case (see {@linkcode PreprocessedCase}). */
+export async function preprocessCase(c: Case): Promise<PreprocessedCase> {
+  const { dims, data } = await readModalities(c);
+  const n = dims[0] * dims[1] * dims[2];
+  const brain = brainMask(data, n);
+  const stats = brainStats(data, brain);
+  const box = boundingBox(brain, dims);
+  const [bx, by, bz] = box.size;
+  const image = new Float32Array(bx * by * bz * 4);
+  const target = await readTargets(c, dims);
+  const regions = target ? new Uint8Array(bx * by * bz) : undefined;
+  let o = 0;
+  for (let z = 0; z < bz; z++) {
+    for (let y = 0; y < by; y++) {
+      let i = ((box.start[2] + z) * dims[1] + box.start[1] + y) * dims[0] + box.start[0];
+      for (let x = 0; x < bx; x++, i++, o++) {
+        if (brain[i]) {
+          for (let k = 0; k < 4; k++) {
+            image[4 * o + k] = (data[k][i] - stats[k].mean) / stats[k].std;
+          }
+        }
+        if (regions && target) {
+          regions[o] = target[3 * i] + 2 * target[3 * i + 1] + 4 * target[3 * i + 2];
+        }
+      }
+    }
+  }
+  return { id: c.id, dims, box, stats, image, ...(regions ? { regions } : {}) };
+}
+
+/** Expands region bits ({@linkcode REGION_BITS}) to [voxels, 3] WT, TC, ET floats. */
+export function regionChannels(regions: Uint8Array): Float32Array {
+  const out = new Float32Array(regions.length * 3);
+  for (let i = 0; i < regions.length; i++) {
+    const r = regions[i];
+    out[3 * i] = r & 1;
+    out[3 * i + 1] = (r >> 1) & 1;
+    out[3 * i + 2] = (r >> 2) & 1;
+  }
+  return out;
+}
+
+/**
+ * Puts channel-last data covering `box` back on the full grid `dims`, `fill` elsewhere: the inverse
+ * of cropping to the box.
+ */
+export function uncropBox<T extends Float32Array | Uint8Array>(
+  data: T,
+  box: Box,
+  dims: Dims,
+  channels: number,
+  fill = 0,
+): T {
+  const n = dims[0] * dims[1] * dims[2] * channels;
+  const out = new (data.constructor as { new (n: number): T })(n);
+  if (fill !== 0) out.fill(fill);
+  const [bx, by, bz] = box.size;
+  const row = bx * channels;
+  for (let z = 0; z < bz; z++) {
+    for (let y = 0; y < by; y++) {
+      const src = (z * by + y) * row;
+      const dst = (((box.start[2] + z) * dims[1] + box.start[1] + y) * dims[0] + box.start[0]) *
+        channels;
+      out.set(data.subarray(src, src + row), dst);
+    }
+  }
+  return out;
+}
+
+/**
+ * Copies a box of `size` voxels (x, y, z) starting at `start` (x, y, z, may be negative) out of a
+ * channel-last volume, zero-padded where it leaves the volume.
+ * @returns [size z, size y, size x, channels]
+ */
+export function cropBox<T extends Float32Array | Uint8Array>(
+  data: T,
+  dims: Dims,
+  channels: number,
+  start: Dims,
+  size: Dims,
+): T {
+  const [sx0, sy0, sz0] = size;
+  const out = new (data.constructor as { new (n: number): T })(sx0 * sy0 * sz0 * channels);
+  const [nx, ny, nz] = dims;
+  const x0 = Math.max(0, -start[0]);
+  const x1 = Math.min(sx0, nx - start[0]);
+  if (x1 <= x0) return out;
+  for (let z = 0; z < sz0; z++) {
+    const sz = start[2] + z;
+    if (sz < 0 || sz >= nz) continue;
+    for (let y = 0; y < sy0; y++) {
+      const sy = start[1] + y;
+      if (sy < 0 || sy >= ny) continue;
+      const src = ((sz * ny + sy) * nx + start[0] + x0) * channels;
+      const dst = ((z * sy0 + y) * sx0 + x0) * channels;
+      out.set(data.subarray(src, src + (x1 - x0) * channels), dst);
+    }
+  }
+  return out;
 }
 
 /**
@@ -97,22 +291,5 @@ export function cropCube(
   start: [number, number, number],
   size: number,
 ): Float32Array {
-  const out = new Float32Array(size ** 3 * channels);
-  const [nx, ny, nz] = dims;
-  for (let z = 0; z < size; z++) {
-    const sz = start[2] + z;
-    if (sz < 0 || sz >= nz) continue;
-    for (let y = 0; y < size; y++) {
-      const sy = start[1] + y;
-      if (sy < 0 || sy >= ny) continue;
-      for (let x = 0; x < size; x++) {
-        const sx = start[0] + x;
-        if (sx < 0 || sx >= nx) continue;
-        const src = ((sz * ny + sy) * nx + sx) * channels;
-        const dst = ((z * size + y) * size + x) * channels;
-        for (let k = 0; k < channels; k++) out[dst + k] = data[src + k];
-      }
-    }
-  }
-  return out;
+  return cropBox(data, dims, channels, start, [size, size, size]);
 }

@@ -9,6 +9,8 @@ import { demoCommand } from "./demo.ts";
 import { inspectCommand } from "./inspect.ts";
 import { planCommand } from "./plan.ts";
 import { setupCommand } from "./setup.ts";
+import { synthCommand } from "./synth.ts";
+import { trainCommand } from "./train.ts";
 
 export const commands: Command[] = [
   benchCommand,
@@ -17,4 +19,6 @@ export const commands: Command[] = [
   inspectCommand,
   planCommand,
   setupCommand,
+  synthCommand,
+  trainCommand,
 ];

@@ -3,7 +3,8 @@
  *
  * None is required to run the pipeline; each adds something: python3-nibabel an independent NIfTI
  * reader for cross-checks, mricron-data a real skull-stripped brain for synthetic cases,
- * mesa-vulkan-drivers a software Vulkan adapter so the WebGPU backend can be tested without a GPU.
+ * mesa-vulkan-drivers a software Vulkan adapter so the WebGPU backend can be tested without a GPU,
+ * gcc and OpenBLAS the native CPU kernels. `--peer` adds PyTorch, the speed benchmark's peer.
  * Installing needs root and apt-get; elsewhere the command says what it would install and succeeds.
  * @module
  */
@@ -14,6 +15,13 @@ export const SYSTEM_PACKAGES: Record<string, string> = {
   "python3-nibabel": "independent NIfTI reader for cross-checks in the tests",
   "mricron-data": "real skull-stripped brain (ch2bet) for synthetic BraTS cases",
   "mesa-vulkan-drivers": "software Vulkan adapter for the WebGPU backend without a GPU",
+  "gcc": "compiles the native CPU kernels (model/native) on first use",
+  "libopenblas0-pthread": "OpenBLAS sgemm for the pointwise convolutions on the cpu backend",
+};
+
+/** Packages only the speed benchmark's PyTorch peer needs (`setup --peer`, `bench speed`). */
+export const PEER_PACKAGES: Record<string, string> = {
+  "python3-torch": "PyTorch on CPU, the peer that `bench speed` measures against",
 };
 
 async function installed(pkg: string): Promise<boolean> {
@@ -42,10 +50,18 @@ async function run(cmd: string, args: string[], quiet: boolean): Promise<boolean
   return out.success;
 }
 
-/** Installs the missing packages; returns the ones still missing afterwards. */
-export async function setup(quiet = false): Promise<string[]> {
+/** Installs the missing optional packages; returns the ones still missing afterwards. */
+export function setup(quiet = false, peer = false): Promise<string[]> {
+  return installPackages(
+    [...Object.keys(SYSTEM_PACKAGES), ...(peer ? Object.keys(PEER_PACKAGES) : [])],
+    quiet,
+  );
+}
+
+/** Installs those of `packages` that are missing; returns the ones still missing afterwards. */
+export async function installPackages(packages: string[], quiet = false): Promise<string[]> {
   const missing: string[] = [];
-  for (const pkg of Object.keys(SYSTEM_PACKAGES)) {
+  for (const pkg of packages) {
     if (!(await installed(pkg))) missing.push(pkg);
   }
   if (missing.length === 0) {
@@ -73,19 +89,26 @@ export async function setup(quiet = false): Promise<string[]> {
 export const setupCommand: Command = {
   name: "setup",
   summary: "Install optional system packages (nibabel, a brain template, software Vulkan)",
-  help: `Usage: deno task setup [--quiet]
+  help: `Usage: deno task setup [--quiet] [--peer]
 
 Installs, with apt-get when run as root, the optional Debian packages the project uses:
 ${Object.entries(SYSTEM_PACKAGES).map(([p, why]) => `  ${p.padEnd(20)} ${why}`).join("\n")}
-Nothing is required: without them the pipeline runs and the tests that need them are skipped.
+With --peer also:
+${Object.entries(PEER_PACKAGES).map(([p, why]) => `  ${p.padEnd(20)} ${why}`).join("\n")}
+Nothing is required: without them the pipeline runs (on slower kernels) and the tests that need
+them are skipped.
 
 Options:
   --quiet   print only what is installed or fails
+  --peer    also install PyTorch for the speed benchmark's peer run
 
 Example:
   deno task setup`,
   async run(args) {
-    const { values } = parseFlags("setup", args, { quiet: { type: "boolean" } });
-    await setup(values.quiet ?? false);
+    const { values } = parseFlags("setup", args, {
+      quiet: { type: "boolean" },
+      peer: { type: "boolean" },
+    });
+    await setup(values.quiet ?? false, values.peer ?? false);
   },
 };

@@ -1,0 +1,141 @@
+/**
+ * Batches prepared ahead of the training step, in worker threads, so the accelerator does not wait
+ * on cropping and augmentation. The cases are placed in shared memory once and every worker reads
+ * them without copying. Batch `k` is drawn from a generator seeded by (seed, k) alone, so what a
+ * step gets does not depend on how many workers there are, how far ahead they run, or whether the
+ * run was resumed: with 0 workers the same batches are made on the main thread.
+ * @module
+ */
+import type { PreprocessedCase } from "./preprocess.ts";
+import { streamRandom } from "./random.ts";
+import { type Batch, sampleBatch, type SamplingOptions } from "./sampling.ts";
+
+/** Options of {@linkcode BatchPrefetcher}. */
+export interface PrefetchOptions {
+  batch: number;
+  sampling: SamplingOptions;
+  seed: number;
+  /** Worker threads; 0 samples on the calling thread when a batch is asked for. Default 1. */
+  workers?: number;
+  /** Batches prepared ahead of the one asked for. Default 2. */
+  depth?: number;
+}
+
+/** The generator stream training batches are drawn from (others: 0 initialisation). */
+export const SAMPLING_STREAM = 1;
+
+/** The batch of step `step`, made on the calling thread. */
+export function batchForStep(
+  cases: PreprocessedCase[],
+  options: PrefetchOptions,
+  step: number,
+): Batch {
+  return sampleBatch(
+    cases,
+    options.batch,
+    options.sampling,
+    streamRandom(options.seed, step, SAMPLING_STREAM),
+  );
+}
+
+function shared<T extends Float32Array | Uint8Array>(a: T): T {
+  const sab = new SharedArrayBuffer(a.byteLength);
+  const out = new (a.constructor as { new (b: SharedArrayBuffer): T })(sab);
+  out.set(a);
+  return out;
+}
+
+/** Hands out the batch of each step, prepared ahead. Call {@linkcode close} when done. */
+export class BatchPrefetcher {
+  readonly #cases: PreprocessedCase[];
+  readonly #options: PrefetchOptions;
+  readonly #workers: Worker[] = [];
+  readonly #pending = new Map<
+    number,
+    { promise: Promise<Batch>; resolve: (b: Batch) => void; reject: (e: Error) => void }
+  >();
+  /** Entries handed out by next() whose batch has not arrived yet. */
+  readonly #handedOut = new Map<
+    number,
+    { resolve: (b: Batch) => void; reject: (e: Error) => void }
+  >();
+  #failure?: Error;
+
+  constructor(cases: PreprocessedCase[], options: PrefetchOptions) {
+    this.#options = options;
+    const workers = options.workers ?? 1;
+    this.#cases = workers > 0
+      ? cases.map((c) => ({
+        ...c,
+        image: shared(c.image),
+        ...(c.regions ? { regions: shared(c.regions) } : {}),
+      }))
+      : cases;
+    for (let i = 0; i < workers; i++) {
+      const w = new Worker(new URL("./sampler_worker.ts", import.meta.url).href, {
+        type: "module",
+      });
+      w.onmessage = (e: MessageEvent) => {
+        const { step, batch, error } = e.data;
+        const p = this.#pending.get(step) ?? this.#handedOut.get(step);
+        this.#handedOut.delete(step);
+        if (!p) return;
+        if (error) p.reject(new Error(`sampler worker, step ${step}: ${error}`));
+        else p.resolve(batch as Batch);
+      };
+      w.onerror = (e: ErrorEvent) => {
+        e.preventDefault();
+        this.#fail(new Error(`sampler worker failed: ${e.message}`));
+      };
+      w.postMessage({ kind: "init", cases: this.#cases, options: this.#options });
+      this.#workers.push(w);
+    }
+  }
+
+  #fail(error: Error) {
+    this.#failure = error;
+    for (const p of [...this.#pending.values(), ...this.#handedOut.values()]) p.reject(error);
+  }
+
+  #request(step: number) {
+    if (this.#pending.has(step)) return;
+    let resolve!: (b: Batch) => void;
+    let reject!: (e: Error) => void;
+    const promise = new Promise<Batch>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    promise.catch(() => {}); // surfaced by next(); avoid unhandled rejections of prefetched steps
+    this.#pending.set(step, { promise, resolve, reject });
+    if (this.#failure) return reject(this.#failure);
+    if (this.#workers.length === 0) {
+      try {
+        resolve(batchForStep(this.#cases, this.#options, step));
+      } catch (e) {
+        reject(e as Error);
+      }
+      return;
+    }
+    this.#workers[step % this.#workers.length].postMessage({ kind: "sample", step });
+  }
+
+  /** The batch of `step`; also asks for the next `depth` steps. */
+  next(step: number): Promise<Batch> {
+    this.#request(step);
+    if (this.#workers.length > 0) {
+      for (let k = 1; k <= (this.#options.depth ?? 2); k++) this.#request(step + k);
+    }
+    const p = this.#pending.get(step)!;
+    this.#pending.delete(step);
+    if (this.#workers.length > 0) this.#handedOut.set(step, p);
+    return p.promise;
+  }
+
+  /** Stops the workers; pending batches are dropped. */
+  close(): void {
+    for (const w of this.#workers) w.terminate();
+    this.#workers.length = 0;
+    this.#pending.clear();
+    this.#handedOut.clear();
+  }
+}
