@@ -26,6 +26,7 @@
  * @module
  */
 import * as tf from "./tf.ts";
+import { disableNativeKernels, enableNativeKernels, nativeRequested } from "./native/mod.ts";
 
 /** A backend that can be asked for; `"auto"` picks the fastest that works here. */
 export type BackendName = "auto" | "tensorflow" | "webgpu" | "wasm" | "cpu";
@@ -64,7 +65,9 @@ const MESA_VENDOR_IDS = new Set(["65541", "0x10005"]);
  * - `"webgpu"`: any WebGPU adapter, software ones included; throws when there is none.
  * - `"wasm"`: `@tensorflow/tfjs-backend-wasm`, which the project does not map by default; throws
  *   naming the package when it cannot be imported.
- * - `"cpu"`: tfjs's JavaScript kernels, always available.
+ * - `"cpu"`: tfjs's JavaScript kernels, always available, with the native kernels of
+ *   model/native (OpenBLAS sgemm, C depthwise conv3d and GroupNorm) on top unless the environment
+ *   variable `REVUNET_NATIVE` is `0`; a part that cannot load is logged and left to tfjs.
  *
  * Also silences tfjs-backend-cpu's one-time "looks like you are running TensorFlow.js in Node.js"
  * banner, which Deno triggers because it defines `process`.
@@ -104,7 +107,7 @@ export async function selectBackend(
       choice = await useWasm();
       break;
     case "cpu":
-      choice = await useCpu("asked for cpu");
+      choice = await useCpu("asked for cpu", log);
       break;
   }
   log(`backend: using ${choice.name} on ${choice.device} (${choice.reason})`);
@@ -140,7 +143,7 @@ async function selectAuto(log: (msg: string) => void): Promise<BackendChoice> {
       skip("webgpu", oneLine(e));
     }
   }
-  return await useCpu(reasonAfter(skipped, "auto: cpu"));
+  return await useCpu(reasonAfter(skipped, "auto: cpu"), log);
 }
 
 function reasonAfter(skipped: string[], chosen: string): string {
@@ -316,12 +319,30 @@ async function useWasm(): Promise<BackendChoice> {
   };
 }
 
-async function useCpu(reason: string): Promise<BackendChoice> {
+async function useCpu(reason: string, log: (msg: string) => void): Promise<BackendChoice> {
   if (!(await tf.setBackend("cpu"))) {
     throw new Error(`Backend "cpu" failed to initialize (see the warning above)`);
   }
   const cores = globalThis.navigator?.hardwareConcurrency;
-  const device = `cpu: tfjs JavaScript kernels, 1 thread${cores ? ` (${cores} cores here)` : ""}`;
+  const here = cores ? ` (${cores} cores here)` : "";
+  if (!nativeRequested()) {
+    disableNativeKernels();
+    log("backend: native cpu kernels off (REVUNET_NATIVE=0)");
+    return {
+      name: tf.getBackend(),
+      reason,
+      device: `cpu: tfjs JavaScript kernels, 1 thread${here}`,
+    };
+  }
+  const native = enableNativeKernels({ log: (m) => log(`backend: ${m}`) });
+  const parts = [
+    ...(native.matMul ? ["OpenBLAS sgemm"] : []),
+    ...(native.layers ? ["native depthwise conv3d and GroupNorm"] : []),
+  ];
+  const device = parts.length === 0
+    ? `cpu: tfjs JavaScript kernels, 1 thread${here}`
+    : `cpu: tfjs JavaScript kernels with ${parts.join(" and ")} on ${native.threads} ` +
+      `thread${native.threads === 1 ? "" : "s"}${here}`;
   return { name: tf.getBackend(), reason, device };
 }
 

@@ -17,3 +17,4 @@ export * from "./serialize.ts";
 export * from "./memory.ts";
 export * from "./grad_check.ts";
 export * from "./backend.ts";
+export * from "./native/mod.ts";

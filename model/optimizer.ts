@@ -75,7 +75,12 @@ export class Optimizer {
       }
       let slots = this.slots.get(name);
       if (!slots) {
-        slots = Array.from({ length: this.slotCount() }, () => tf.variable(tf.zerosLike(w), false));
+        slots = Array.from({ length: this.slotCount() }, () => {
+          const zeros = tf.zerosLike(w);
+          const slot = tf.variable(zeros, false);
+          zeros.dispose(); // the variable holds its own copy
+          return slot;
+        });
         this.slots.set(name, slots);
       }
       const s = slots;

@@ -175,7 +175,8 @@ export function createUNet(config: NetworkConfig, options: InitOptions = {}): UN
     const init = initOf(name, shape, zeroInitResidual);
     const value = typeof init === "number"
       ? tf.fill(shape, init)
-      : tf.randomNormal(shape, 0, init.std, "float32", seed * 100003 + i);
+      // + 1: tfjs treats a seed of 0 as "no seed" and would draw this weight at random
+      : tf.randomNormal(shape, 0, init.std, "float32", seed * 100003 + i + 1);
     named.set(name, variables ? tf.variable(value, true, `revunet${id}/${name}`) : value);
     if (variables) value.dispose();
   });

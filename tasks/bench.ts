@@ -1,6 +1,8 @@
 /**
  * `bench memory`: the seed paper's experiment — what a fixed memory budget buys the reversible
  * network over its standard twin — measured with tf.profile on this machine's backend.
+ * `bench speed`: training and inference throughput and whole-case seconds, with a PyTorch peer
+ * (tasks/bench_speed.ts).
  * @module
  */
 import * as tf from "../model/tf.ts";
@@ -22,6 +24,7 @@ import {
   standardGrads,
 } from "../model/mod.ts";
 import { selectBackend } from "../model/backend.ts";
+import { benchSpeed, BRATS_DIMS, formatSpeed } from "./bench_speed.ts";
 import {
   backendFlag,
   type Command,
@@ -144,11 +147,30 @@ export async function benchMemory(options: BenchMemoryOptions = {}) {
   };
 }
 
+/** Parses `--case-sizes`: comma-separated XxYxZ sizes, or "none". */
+function caseSizesFlag(value: string | undefined): [number, number, number][] | undefined {
+  if (value === undefined) return undefined;
+  if (value === "none") return [];
+  return value.split(",").map((part) => {
+    const dims = part.trim().split("x").map(Number);
+    if (dims.length !== 3 || dims.some((d) => !Number.isInteger(d) || d < 1)) {
+      throw new UsageError(
+        `--case-sizes must be comma-separated XxYxZ sizes (e.g. 60x60x39,240x240x155) or "none", ` +
+          `got "${part}"`,
+      );
+    }
+    return dims as [number, number, number];
+  });
+}
+
 export const benchCommand: Command = {
   name: "bench",
-  summary: "Benchmarks: memory (reversible vs standard under a budget)",
+  summary:
+    "Benchmarks: memory (reversible vs standard under a budget), speed (with a PyTorch peer)",
   help:
     `Usage: deno task bench memory [--json] [--budget GiB] [--crop N] [--search-crop N] [--backend B]
+       deno task bench speed [--json] [--crop N] [--steps N] [--case-sizes XxYxZ,...] [--window N]
+                             [--threads N] [--no-peer] [--backend B]
 
 memory: measures the peak bytes of one full training step (forward, loss, backward, Adam update)
 at batch 1 with tf.profile, for the reversible network and its standard twin, and reproduces the
@@ -158,29 +180,94 @@ rest at the reference configuration (crop 96 for the depth and width searches). 
 linear in voxels for a fixed network, so each figure is fitted from measured crops 16, 24 and 32;
 the fit's worst residual is printed with it.
 
+speed: times the reference network at batch 1 on the backend: the median of --steps training
+steps (reversible backward, Dice+BCE, Adam) and inference passes at a cubic crop, after one
+warm-up each, and sliding-window inference (overlap 0.5, no mirroring) over synthetic whole cases
+of each --case-sizes size; case_seconds is the one at ${BRATS_DIMS.join("x")} when measured, else
+extrapolated from the sizes measured (seconds are linear in the voxels the windows cover, which
+are known for any size). Then runs the same network in PyTorch
+(tasks/peer_torch.py with /usr/bin/python3; \`deno task setup --peer\` installs it) at the same crop
+and steps and reports it as "peer" with the ratios ours/peer of voxels per second; without PyTorch,
+"peer" is null and "peer_reason" says why.
+
 Options:
-  --json             print only the JSON object (default: progress on stderr, JSON on stdout)
-  --budget GiB       memory budget for the searches (default 16)
-  --crop N           crop for the reported peak bytes (default 32)
-  --search-crop N    crop for the depth and width searches (default 96)
+  --json             print only the JSON object (default: progress on stderr; memory prints its
+                     JSON on stdout, speed a summary)
+  --budget GiB       memory: budget for the searches (default 16)
+  --crop N           memory: crop for the reported peak bytes (default 32); speed: the timed crop,
+                     a multiple of 8 (default 32 on cpu and wasm, 128 on a GPU backend)
+  --search-crop N    memory: crop for the depth and width searches (default 96)
+  --steps N          speed: timed steps and passes, the median is reported (default 3)
+  --case-sizes S     speed: XxYxZ sizes for sliding-window inference, comma-separated, or "none"
+                     (default WxWxW,WxWx2W,WxWx4W for the window W, plus ${BRATS_DIMS.join("x")}
+                     on a GPU backend: a whole case takes hours on the cpu backend)
+  --window N         speed: sliding-window edge, a multiple of 8 (default the crop)
+  --threads N        speed: the peer's torch threads (default the number of cores)
+  --no-peer          speed: skip the PyTorch peer
   --backend B        auto|tensorflow|webgpu|wasm|cpu (default cpu)
 
-Example:
-  deno task bench memory --json`,
+Examples:
+  deno task bench memory --json
+  deno task bench speed
+  deno task bench speed --json --crop 16 --case-sizes 64x64x40 --no-peer`,
   async run(args) {
     const { values, positionals } = parseFlags("bench", args, {
       json: { type: "boolean" },
       budget: { type: "string" },
       crop: { type: "string" },
       "search-crop": { type: "string" },
+      steps: { type: "string" },
+      "case-sizes": { type: "string" },
+      window: { type: "string" },
+      threads: { type: "string" },
+      "no-peer": { type: "boolean" },
       backend: { type: "string" },
     }, true);
-    const [which] = positionals;
-    if (which !== "memory") {
-      throw new UsageError(`bench: expected a benchmark name (memory), got ${which ?? "none"}`);
+    const [which, ...extra] = positionals;
+    if (which !== "memory" && which !== "speed") {
+      throw new UsageError(
+        `bench: expected a benchmark name (memory or speed), got ${which ?? "none"}`,
+      );
+    }
+    if (extra.length > 0) throw new UsageError(`bench: unexpected arguments: ${extra.join(" ")}`);
+    const only = which === "memory"
+      ? ["budget", "search-crop"]
+      : ["steps", "case-sizes", "window", "threads", "no-peer"];
+    const other = which === "memory"
+      ? ["steps", "case-sizes", "window", "threads", "no-peer"]
+      : ["budget", "search-crop"];
+    const misplaced = other.filter((k) => (values as Record<string, unknown>)[k] !== undefined);
+    if (misplaced.length > 0) {
+      throw new UsageError(
+        `bench ${which}: --${misplaced[0]} belongs to bench ${
+          which === "memory" ? "speed" : "memory"
+        } (bench ${which} takes --json, --crop, --backend, ${
+          only.map((k) => `--${k}`).join(", ")
+        })`,
+      );
     }
     const log = values.json ? () => {} : (m: string) => console.error(`bench: ${m}`);
-    await selectBackend(backendFlag(values.backend), log);
+    const choice = await selectBackend(backendFlag(values.backend), log);
+    if (which === "speed") {
+      const gpu = choice.name === "webgpu" || /CUDA GPU/.test(choice.device);
+      const crop = intFlag("crop", values.crop, gpu ? 128 : 32, 8);
+      if (crop % 8 !== 0) throw new UsageError(`--crop must be a multiple of 8, got ${crop}`);
+      const window = intFlag("window", values.window, crop, 8);
+      if (window % 8 !== 0) throw new UsageError(`--window must be a multiple of 8, got ${window}`);
+      const result = await benchSpeed({
+        crop,
+        steps: intFlag("steps", values.steps, 3, 1),
+        caseSizes: caseSizesFlag(values["case-sizes"]),
+        window,
+        threads: intFlag("threads", values.threads, navigator.hardwareConcurrency ?? 1, 1),
+        peer: !values["no-peer"],
+        device: choice.device,
+        log,
+      });
+      if (values.json) printJson(result);
+      else console.log(`${formatSpeed(result)}\n${JSON.stringify(result)}`);
+      return;
+    }
     const crop = intFlag("crop", values.crop, 32, 8);
     if (crop % 8 !== 0) throw new UsageError(`--crop must be a multiple of 8, got ${crop}`);
     printJson(

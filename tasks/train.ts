@@ -235,12 +235,12 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
     optimizer = opt;
     log(`resuming ${out} at epoch ${state.epoch}, step ${state.globalStep} (${checkpoint})`);
   } else {
+    checkSettings(settings);
     if (await exists(latestUri)) {
       throw new Error(
         `${out} already holds a training run (${latestUri}); pass --resume to continue it or choose another --out`,
       );
     }
-    checkSettings(settings);
     state = {
       format: "revunet-train-state",
       version: 1,

@@ -4,14 +4,13 @@
  * @module
  */
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { assert, assertAlmostEquals, assertEquals, assertStringIncludes } from "@std/assert";
 import { createNiftiHeader, encodeNifti } from "../pipeline/nifti.ts";
 import { putObject } from "../pipeline/storage.ts";
 import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
 import { startS3rver } from "./_s3rver.ts";
+import { type Run, runMain } from "./_cli.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const CH2BET = "/usr/share/mricron/templates/ch2bet.nii.gz";
 const HAS_CH2BET = (() => {
   try {
@@ -20,28 +19,6 @@ const HAS_CH2BET = (() => {
     return false;
   }
 })();
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `deno run -A main.ts ...args` from the repository root. */
-async function runMain(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
-    cwd: ROOT,
-    env: { NO_COLOR: "1", ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  // Deno's own note when another deno process holds node_modules (e.g. a parallel test run).
-  const stderr = dec.decode(out.stderr).replace(/^Blocking waiting for file lock.*\n/gm, "");
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr };
-}
 
 /**
  * Runs several command lines one after another: concurrent runs would only queue on Deno's

@@ -6,7 +6,6 @@
  * @module
  */
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import {
   assert,
   assertEquals,
@@ -32,8 +31,8 @@ import { UsageError } from "../tasks/_cli.ts";
 import { synthCommand } from "../tasks/synth.ts";
 import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
 import { startS3rver } from "./_s3rver.ts";
+import { runMain } from "./_cli.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const SMALL: [number, number, number] = [48, 56, 40];
 const HAS_CH2BET = (() => {
   try {
@@ -472,19 +471,6 @@ Deno.test("synth names the flag that is wrong, as a usage error", async () => {
   }
   assertEquals(await readTree(tmp.path), new Map());
 });
-
-async function runMain(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
-    cwd: ROOT,
-    env: { NO_COLOR: "1" },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
 
 Deno.test("main.ts synth: exit 2 naming a bad flag, exit 0 with a JSON line per case", async () => {
   await using tmp = await tempDir();

@@ -1,0 +1,115 @@
+/**
+ * `bench speed` as a user runs it (a subprocess of main.ts, tiny crop and case, no peer), and the
+ * PyTorch peer's network checked against ours when Debian's python3-torch is installed.
+ * @module
+ */
+import { fileURLToPath } from "node:url";
+import { assert, assertEquals } from "@std/assert";
+import { countParams, REFERENCE_CONFIG, resolveConfig } from "../model/mod.ts";
+import { PEER_PYTHON } from "../tasks/bench_speed.ts";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+
+const HAS_TORCH: boolean = (() => {
+  try {
+    return new Deno.Command(PEER_PYTHON, {
+      args: ["-c", "import torch"],
+      stdout: "null",
+      stderr: "null",
+    }).outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+async function run(cmd: string, args: string[]) {
+  const out = await new Deno.Command(cmd, {
+    args,
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+const positive = (v: unknown) => typeof v === "number" && Number.isFinite(v) && v > 0;
+
+Deno.test("bench speed --json at crop 8 prints one JSON object with positive finite timings", async () => {
+  const r = await run(Deno.execPath(), [
+    "run",
+    "-A",
+    "main.ts",
+    "bench",
+    "speed",
+    "--json",
+    "--crop",
+    "8",
+    "--steps",
+    "1",
+    "--case-sizes",
+    "8x8x8,8x8x16",
+    "--no-peer",
+  ]);
+  const show = `exit ${r.code}\n--- stdout\n${r.stdout}--- stderr\n${r.stderr}`;
+  assertEquals(r.code, 0, show);
+  const lines = r.stdout.split("\n").filter((l) => l !== "");
+  assertEquals(lines.length, 1, show);
+  const j = JSON.parse(lines[0]);
+  assertEquals(j.param_count, 479955);
+  assertEquals(j.crop, 8);
+  assertEquals(j.backend, "cpu");
+  assert(typeof j.device === "string" && j.device.length > 0, show);
+  for (const k of ["train_step_ms", "train_voxels_per_s", "infer_voxels_per_s", "case_seconds"]) {
+    assert(positive(j[k]), `${k} = ${j[k]}\n${show}`);
+  }
+  assertEquals(j.case.sizes.length, 2, show);
+  assertEquals(j.case.sizes.map((c: { windows: number }) => c.windows), [1, 3]);
+  for (const c of j.case.sizes) assert(positive(c.seconds) && positive(c.voxels_per_s), show);
+  assertEquals(j.case.measured, false); // 240x240x155 not asked for: extrapolated
+  assertEquals(j.peer, null);
+  assertEquals(j.ratio, null);
+  assert(typeof j.peer_reason === "string", show);
+});
+
+Deno.test("bench speed rejects a crop that is not a multiple of 8 and memory-only flags", async () => {
+  const bad = await run(Deno.execPath(), [
+    "run",
+    "-A",
+    "main.ts",
+    "bench",
+    "speed",
+    "--crop",
+    "12",
+  ]);
+  assertEquals(bad.code, 2, bad.stderr);
+  const mixed = await run(Deno.execPath(), [
+    "run",
+    "-A",
+    "main.ts",
+    "bench",
+    "speed",
+    "--budget",
+    "4",
+  ]);
+  assertEquals(mixed.code, 2, mixed.stderr);
+  assert(mixed.stderr.includes("--budget"), mixed.stderr);
+});
+
+Deno.test({
+  name: "peer_torch.py --check: the PyTorch network has our 479,955 parameters and output shape",
+  ignore: !HAS_TORCH,
+  async fn() {
+    const r = await run(PEER_PYTHON, ["tasks/peer_torch.py", "--check", "--device", "cpu"]);
+    assertEquals(r.code, 0, r.stderr);
+    const j = JSON.parse(r.stdout.trim().split("\n").pop()!);
+    assertEquals(j.param_count, countParams(resolveConfig(REFERENCE_CONFIG)));
+    assertEquals(j.param_count, 479955);
+    assertEquals(j.input_shape, [1, 4, 16, 16, 16]);
+    assertEquals(j.output_shape, [1, 3, 16, 16, 16]);
+    // Its reversible backward (inputs recomputed from outputs) against ordinary autograd.
+    assert(j.grad_rel_err < 1e-4, `grad_rel_err ${j.grad_rel_err}`);
+  },
+});
