@@ -404,6 +404,7 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
         if (!state.best || mean > state.best.meanDice) {
           state.best = { epoch: metrics.epoch, meanDice: mean };
           await saveModel(joinUri(out, "best"), net, undefined, {
+            train_crop: String(s.crop),
             epoch: String(metrics.epoch),
             val_dice: JSON.stringify(dice),
           });
@@ -471,6 +472,7 @@ async function writeCheckpoint(out: string, net: UNet, optimizer: Optimizer, sta
   const name = checkpointName(state);
   const dir = joinUri(out, name);
   await saveModel(dir, net, optimizer, {
+    train_crop: String(state.settings.crop),
     epoch: String(state.epoch),
     step: String(state.globalStep),
   });

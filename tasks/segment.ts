@@ -1,0 +1,410 @@
+/**
+ * `segment`: a trained network over new cases, writing BraTS label volumes on each input's grid.
+ *
+ * Per case: crop to the brain and z-score as in training, sliding windows over the brain blended
+ * by a Gaussian importance map (optionally averaged over the 8 mirrorings), regions thresholded at
+ * 0.5 and turned back into labels of the case's own convention (WT → 2, TC → 1, ET → 4 or 3, each
+ * overwriting the last, as nnU-Net converts regions), optionally small enhancing regions turned into
+ * necrosis, then put back on the full grid with the input's header. `<out>/<case>.nii.gz` is written
+ * in one PUT, then `<out>/<case>.json` recording the model and inputs it was made from; a case whose
+ * record matches the current model and inputs is skipped unless `--force`.
+ * @module
+ */
+import { type BackendName, selectBackend } from "../model/backend.ts";
+import { deserializeUNet, disposeUNet, type UNet } from "../model/mod.ts";
+import { caseKey } from "../pipeline/case_cache.ts";
+import { type Case, findCases, readNiftiHeader } from "../pipeline/cases.ts";
+import { slidingWindowProbabilities } from "../pipeline/inference.ts";
+import { modelFileUri } from "../pipeline/model_store.ts";
+import { encodeNifti } from "../pipeline/nifti.ts";
+import { preprocessCase, uncropBox } from "../pipeline/preprocess.ts";
+import { formatDuration, Progress } from "../pipeline/progress.ts";
+import { exists, getObject, joinUri, putObject } from "../pipeline/storage.ts";
+import {
+  backendFlag,
+  type Command,
+  intFlag,
+  numberFlag,
+  parseFlags,
+  printJson,
+  UsageError,
+} from "./_cli.ts";
+
+/** Options of one case's segmentation. */
+export interface CaseOptions {
+  /** Window overlap in [0, 1). Default 0.5. */
+  overlap?: number;
+  /** Average the 8 mirrorings (test-time augmentation). */
+  tta?: boolean;
+  /** Windows per forward pass. Default 1. */
+  batch?: number;
+  /** Window edge; default the model's training crop, else 128. */
+  window?: number;
+  /** Redo a case even when its output matches the model and inputs. */
+  force?: boolean;
+  /** Also write `<case>_probabilities.nii.gz`: float32 WT, TC, ET as a 4th dimension. */
+  saveProbabilities?: boolean;
+  /** An enhancing region of fewer voxels than this becomes necrosis (nnU-Net's BraTS rule). */
+  etThreshold?: number;
+  /** Called with windows done and in all. */
+  onWindow?: (done: number, total: number) => void;
+}
+
+/** What happened to one case. */
+export interface CaseOutcome {
+  id: string;
+  status: "done" | "skipped";
+  output: string;
+  seconds: number;
+  /** Voxels per label in the output. */
+  labels?: Record<string, number>;
+}
+
+/** The record written beside each output, deciding whether a later run may skip the case. */
+interface OutputRecord {
+  model_sha256: string;
+  inputs: string;
+  options: { overlap: number; tta: boolean; window: number; et_threshold: number };
+  output: string;
+  written: string;
+}
+
+/**
+ * Thresholds region probabilities ([voxels, 3] WT, TC, ET) into BraTS labels, each region
+ * overwriting the previous as nnU-Net converts regions: WT → 2, TC → 1, ET → `enhancingLabel`.
+ * With `etThreshold`, an enhancing region of fewer voxels becomes necrosis (1).
+ */
+export function regionsToLabels(
+  probs: Float32Array,
+  enhancingLabel: 3 | 4,
+  etThreshold = 0,
+): Uint8Array {
+  const n = probs.length / 3;
+  const labels = new Uint8Array(n);
+  let et = 0;
+  for (let i = 0; i < n; i++) {
+    let l = 0;
+    if (probs[3 * i] > 0.5) l = 2;
+    if (probs[3 * i + 1] > 0.5) l = 1;
+    if (probs[3 * i + 2] > 0.5) (l = enhancingLabel, et++);
+    labels[i] = l;
+  }
+  if (et > 0 && et < etThreshold) {
+    for (let i = 0; i < n; i++) if (labels[i] === enhancingLabel) labels[i] = 1;
+  }
+  return labels;
+}
+
+/** Channel-last [voxels, c] to channel-major (NIfTI's 4th dimension slowest). */
+function channelMajor(data: Float32Array, channels: number): Float32Array {
+  const n = data.length / channels;
+  const out = new Float32Array(data.length);
+  for (let i = 0; i < n; i++) {
+    for (let k = 0; k < channels; k++) out[k * n + i] = data[i * channels + k];
+  }
+  return out;
+}
+
+async function sha256(bytes: Uint8Array): Promise<string> {
+  const d = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
+  return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** A loaded network that segments cases. */
+export class Segmenter {
+  readonly net: UNet;
+  readonly modelUri: string;
+  readonly modelSha256: string;
+  /** The crop the model was trained on, when its metadata says. */
+  readonly trainedCrop?: number;
+  readonly backend: string;
+
+  private constructor(
+    net: UNet,
+    uri: string,
+    sha: string,
+    crop: number | undefined,
+    backend: string,
+  ) {
+    this.net = net;
+    this.modelUri = uri;
+    this.modelSha256 = sha;
+    this.trainedCrop = crop;
+    this.backend = backend;
+  }
+
+  /** Loads the model (a `.safetensors` file or a folder holding `model.safetensors`) once. */
+  static async load(
+    modelUri: string,
+    options: { backend?: BackendName; quiet?: boolean } = {},
+  ): Promise<Segmenter> {
+    const choice = await selectBackend(
+      options.backend ?? "cpu",
+      options.quiet ? () => {} : (m) => console.error(`segment: ${m}`),
+    );
+    const uri = modelFileUri(modelUri);
+    const bytes = await getObject(uri);
+    const { net, metadata } = deserializeUNet(bytes, uri, false);
+    const crop = Number(metadata.train_crop);
+    return new Segmenter(
+      net,
+      uri,
+      await sha256(bytes),
+      Number.isInteger(crop) && crop > 0 ? crop : undefined,
+      choice.name,
+    );
+  }
+
+  /** The output URI of a case. */
+  static outputUri(out: string, id: string): string {
+    return joinUri(out, `${id}.nii.gz`);
+  }
+
+  /**
+   * Segments one case into `<out>/<id>.nii.gz` (atomically), or skips it when the record beside it
+   * names the same model, inputs and options.
+   * @throws {Error} naming the file and the problem when the case cannot be read or written
+   */
+  async segmentCase(c: Case, out: string, options: CaseOptions = {}): Promise<CaseOutcome> {
+    const t0 = performance.now();
+    const output = Segmenter.outputUri(out, c.id);
+    const recordUri = joinUri(out, `${c.id}.json`);
+    const opts = {
+      overlap: options.overlap ?? 0.5,
+      tta: options.tta ?? false,
+      window: options.window ?? this.trainedCrop ?? 128,
+      et_threshold: options.etThreshold ?? 0,
+    };
+    const inputs = await caseKey(c);
+    if (!options.force && (await exists(recordUri)) && (await exists(output))) {
+      try {
+        const r = JSON.parse(new TextDecoder().decode(await getObject(recordUri))) as OutputRecord;
+        if (
+          r.model_sha256 === this.modelSha256 && r.inputs === inputs &&
+          JSON.stringify(r.options) === JSON.stringify(opts)
+        ) {
+          return { id: c.id, status: "skipped", output, seconds: (performance.now() - t0) / 1000 };
+        }
+      } catch {
+        // an unreadable record: redo the case
+      }
+    }
+    const header = await readNiftiHeader(c.images.flair);
+    const p = await preprocessCase(c);
+    const probs = slidingWindowProbabilities(this.net, p.image, p.box.size, {
+      window: Math.min(opts.window, 1024),
+      overlap: opts.overlap,
+      batch: options.batch ?? 1,
+      mirror: opts.tta,
+      onWindow: options.onWindow,
+    });
+    const boxLabels = regionsToLabels(probs, c.enhancingLabel, opts.et_threshold);
+    const labels = uncropBox(boxLabels, p.box, p.dims, 1);
+    const counts: Record<string, number> = {};
+    for (const l of labels) if (l) counts[l] = (counts[l] ?? 0) + 1;
+    const grid = header.dims.slice(0, 3);
+    const description = `revunet ${this.modelSha256.slice(0, 12)}`;
+    if (options.saveProbabilities) {
+      const full = uncropBox(probs, p.box, p.dims, 3);
+      await putObject(
+        joinUri(out, `${c.id}_probabilities.nii.gz`),
+        encodeNifti(channelMajor(full, 3), "float32", header, {
+          dims: [...grid, 3],
+          description,
+          name: `${c.id}_probabilities.nii.gz`,
+        }),
+      );
+    }
+    await putObject(
+      output,
+      encodeNifti(labels, "uint8", header, { dims: grid, description, name: output }),
+    );
+    const record: OutputRecord = {
+      model_sha256: this.modelSha256,
+      inputs,
+      options: opts,
+      output,
+      written: new Date().toISOString(),
+    };
+    await putObject(recordUri, new TextEncoder().encode(JSON.stringify(record, null, 2) + "\n"));
+    return {
+      id: c.id,
+      status: "done",
+      output,
+      seconds: (performance.now() - t0) / 1000,
+      labels: counts,
+    };
+  }
+
+  /** Frees the network. */
+  dispose(): void {
+    disposeUNet(this.net);
+  }
+}
+
+/** Options of {@linkcode segment}. */
+export interface SegmentOptions extends CaseOptions {
+  model: string;
+  input: string;
+  out: string;
+  backend?: BackendName;
+  quiet?: boolean;
+  /** Only these case ids (after discovery). */
+  only?: (c: Case) => boolean;
+}
+
+/** Outcome of a run: per case, and the failures with their reasons. */
+export interface SegmentResult {
+  backend: string;
+  model: string;
+  cases: CaseOutcome[];
+  failed: { id: string; error: string }[];
+  problems: { id: string; error: string }[];
+  seconds: number;
+}
+
+/**
+ * Segments every case under `input` (one case's folder or a dataset). A case that fails is
+ * recorded as `<out>/<id>.error.json` and the others go on.
+ */
+export async function segment(options: SegmentOptions): Promise<SegmentResult> {
+  const t0 = performance.now();
+  const progress = new Progress({ quiet: options.quiet });
+  const { cases: found, problems } = await findCases(options.input);
+  for (const p of problems) progress.log(`segment: skipping ${p.id}: ${p.error}`);
+  const cases = options.only ? found.filter(options.only) : found;
+  if (found.length === 0) {
+    throw new Error(`${options.input}: no BraTS cases found (four modalities per case)`);
+  }
+  const segmenter = await Segmenter.load(options.model, options);
+  const outcomes: CaseOutcome[] = [];
+  const failed: { id: string; error: string }[] = [];
+  try {
+    for (const [i, c] of cases.entries()) {
+      const label = `case ${i + 1}/${cases.length} ${c.id}`;
+      const c0 = performance.now();
+      try {
+        const r = await segmenter.segmentCase(c, options.out, {
+          ...options,
+          onWindow: (done, total) => {
+            const per = (performance.now() - c0) / 1000 / done;
+            progress.update(label, done, total, `window ${done}/${total}`, per * (total - done));
+          },
+        });
+        outcomes.push(r);
+        progress.log(
+          `segment: ${c.id} ${
+            r.status === "skipped" ? "already done, skipped" : "→ " + r.output
+          } (${formatDuration(r.seconds)})`,
+        );
+      } catch (e) {
+        const error = (e as Error).message;
+        failed.push({ id: c.id, error });
+        progress.log(`segment: ${c.id} failed: ${error}`);
+        await putObject(
+          joinUri(options.out, `${c.id}.error.json`),
+          new TextEncoder().encode(
+            JSON.stringify({ case: c.id, error, time: new Date().toISOString() }) + "\n",
+          ),
+        ).catch(() => {});
+      }
+    }
+  } finally {
+    segmenter.dispose();
+  }
+  return {
+    backend: segmenter.backend,
+    model: segmenter.modelUri,
+    cases: outcomes,
+    failed,
+    problems,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
+
+export const segmentCommand: Command = {
+  name: "segment",
+  summary: "Segment cases with a trained model: BraTS label NIfTIs on the inputs' grids",
+  help: `Usage: deno task segment --model URI --input URI --out URI [options]
+
+Segments every BraTS case under --input (one case's folder or a dataset; local or s3://) with the
+model at --model (a model.safetensors file or a folder holding one, e.g. a training run's best/),
+writing <out>/<case>.nii.gz (uint8 labels in the case's own convention, on its exact grid and
+affine) and <out>/<case>.json (model and inputs it was made from). Cases already segmented with the
+same model, inputs and options are skipped unless --force. A failing case is recorded in
+<out>/<case>.error.json, the others go on, and the exit status is 1.
+
+Options:
+  --model URI             trained model (required)
+  --input URI             a case folder or a dataset (required)
+  --out URI               output folder or s3:// prefix (required)
+  --overlap X             window overlap in [0, 1) (default 0.5)
+  --window N              window edge (default: the model's training crop, else 128)
+  --tta                   average the 8 mirrorings (slower, slightly better)
+  --batch N               windows per forward pass (default 1)
+  --save-probabilities    also write <case>_probabilities.nii.gz (float32, WT/TC/ET as dim 4)
+  --et-threshold N        an enhancing region under N voxels becomes necrosis (default 0: off)
+  --force                 redo cases that are already done
+  --backend B             auto|tensorflow|webgpu|wasm|cpu (default cpu)
+  --quiet                 no progress output
+  --json                  print a JSON summary
+
+Example:
+  deno task segment --model out/run1/best --input out/synth --out out/seg`,
+  async run(args) {
+    const { values } = parseFlags("segment", args, {
+      model: { type: "string" },
+      input: { type: "string" },
+      out: { type: "string" },
+      overlap: { type: "string" },
+      window: { type: "string" },
+      tta: { type: "boolean" },
+      batch: { type: "string" },
+      "save-probabilities": { type: "boolean" },
+      "et-threshold": { type: "string" },
+      force: { type: "boolean" },
+      backend: { type: "string" },
+      quiet: { type: "boolean" },
+      json: { type: "boolean" },
+    });
+    for (const f of ["model", "input", "out"] as const) {
+      if (!values[f]) throw new UsageError(`--${f} is required`);
+    }
+    const overlap = numberFlag("overlap", values.overlap, 0.5, 0, 0.95);
+    const window = values.window === undefined
+      ? undefined
+      : intFlag("window", values.window, 128, 8, 1024);
+    const result = await segment({
+      model: values.model!,
+      input: values.input!,
+      out: values.out!,
+      overlap,
+      ...(window ? { window } : {}),
+      tta: values.tta ?? false,
+      batch: intFlag("batch", values.batch, 1, 1, 64),
+      saveProbabilities: values["save-probabilities"] ?? false,
+      etThreshold: intFlag("et-threshold", values["et-threshold"], 0, 0),
+      force: values.force ?? false,
+      backend: backendFlag(values.backend),
+      quiet: values.quiet ?? false,
+    });
+    if (values.json) printJson(result);
+    const done = result.cases.filter((c) => c.status === "done").length;
+    if (!values.quiet) {
+      console.error(
+        `segment: ${done} segmented, ${
+          result.cases.length - done
+        } skipped, ${result.failed.length} failed in ${
+          formatDuration(result.seconds)
+        } → ${values.out}`,
+      );
+    }
+    if (result.failed.length > 0) {
+      throw new Error(
+        `${result.failed.length} case(s) failed: ${
+          result.failed.map((f) => `${f.id} (${f.error})`).join("; ")
+        }`,
+      );
+    }
+  },
+};

@@ -1,0 +1,145 @@
+import * as tf from "../model/tf.ts";
+import { assert, assertEquals } from "@std/assert";
+import { createUNet, disposeUNet, resolveConfig } from "../model/mod.ts";
+import { findCases } from "../pipeline/cases.ts";
+import { saveModel } from "../pipeline/model_store.ts";
+import { decodeNifti, scaledData } from "../pipeline/nifti.ts";
+import { writePhantomDataset } from "../pipeline/phantom.ts";
+import { exists, getObject, listObjects, putObject } from "../pipeline/storage.ts";
+import { writeSynthDataset } from "../pipeline/synth.ts";
+import { regionsToLabels, segment } from "../tasks/segment.ts";
+import { defaultSettings, train } from "../tasks/train.ts";
+import { runMain } from "./_cli.ts";
+import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
+import { startS3rver } from "./_s3rver.ts";
+
+await tf.setBackend("cpu");
+
+const TINY = { levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 };
+
+Deno.test("regionsToLabels: WT→2, TC→1, ET→4 or 3, each overwriting; small ET becomes necrosis", () => {
+  const probs = Float32Array.from([
+    0.1,
+    0.1,
+    0.1, // background
+    0.9,
+    0.1,
+    0.1, // edema
+    0.9,
+    0.9,
+    0.1, // necrosis
+    0.9,
+    0.9,
+    0.9, // enhancing
+    0.2,
+    0.2,
+    0.9, // ET alone still counts as ET (nnU-Net order)
+  ]);
+  assertEquals([...regionsToLabels(probs, 4)], [0, 2, 1, 4, 4]);
+  assertEquals([...regionsToLabels(probs, 3)], [0, 2, 1, 3, 3]);
+  assertEquals([...regionsToLabels(probs, 4, 3)], [0, 2, 1, 1, 1], "2 ET voxels < 3 → necrosis");
+  assertEquals([...regionsToLabels(probs, 4, 2)], [0, 2, 1, 4, 4]);
+});
+
+Deno.test("segment: outputs on the input's grid, skipped when done, redone with force, failures recorded", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writePhantomDataset(`${dir}/data`, { cases: 2, dims: [24, 28, 20], seed: 4 });
+    const net = createUNet(resolveConfig(TINY), { seed: 2, zeroInitResidual: false });
+    await saveModel(`${dir}/model`, net, undefined, { train_crop: "16" });
+    disposeUNet(net);
+    const opts = { model: `${dir}/model`, input: `${dir}/data`, out: `${dir}/seg`, quiet: true };
+    const first = await segment({ ...opts, saveProbabilities: true });
+    assertEquals(first.cases.map((c) => c.status), ["done", "done"]);
+    assertEquals(first.failed, []);
+    const { cases } = await findCases(`${dir}/data`);
+    for (const c of cases) {
+      const seg = decodeNifti(await getObject(`${dir}/seg/${c.id}.nii.gz`), c.id);
+      const flair = decodeNifti(await getObject(c.images.flair), c.id);
+      assertEquals(seg.header.dims, flair.header.dims);
+      assertEquals(seg.header.datatype, "uint8");
+      assertEquals(seg.header.affine, flair.header.affine);
+      assert(scaledData(seg).every((v) => [0, 1, 2, 4].includes(v)));
+      const probs = decodeNifti(await getObject(`${dir}/seg/${c.id}_probabilities.nii.gz`), c.id);
+      assertEquals(probs.header.dims, [...flair.header.dims.slice(0, 3), 3]);
+      if (HAS_NIBABEL) {
+        const out = await new Deno.Command(PYTHON, {
+          args: [
+            "-c",
+            "import sys, nibabel as nib, numpy as np; a = nib.load(sys.argv[1]); b = nib.load(sys.argv[2]); " +
+            "print(a.shape == b.shape and np.allclose(a.affine, b.affine) and a.get_data_dtype() == np.uint8)",
+            `${dir}/seg/${c.id}.nii.gz`,
+            c.images.flair,
+          ],
+          stdout: "piped",
+        }).output();
+        assertEquals(new TextDecoder().decode(out.stdout).trim(), "True");
+      }
+    }
+    const again = await segment(opts);
+    assertEquals(again.cases.map((c) => c.status), ["skipped", "skipped"]);
+    const forced = await segment({ ...opts, force: true });
+    assertEquals(forced.cases.map((c) => c.status), ["done", "done"]);
+    const otherOptions = await segment({ ...opts, overlap: 0.25 });
+    assertEquals(
+      otherOptions.cases.map((c) => c.status),
+      ["done", "done"],
+      "options are part of the key",
+    );
+
+    // A broken input: the case fails with its file named, the other case is still segmented.
+    const broken = cases[1].images.t2;
+    await putObject(broken, (await getObject(broken)).slice(0, 200));
+    const r = await runMain([
+      "segment",
+      "--model",
+      `${dir}/model`,
+      "--input",
+      `${dir}/data`,
+      "--out",
+      `${dir}/seg2`,
+      "--quiet",
+    ]);
+    assertEquals(r.code, 1, r.stderr);
+    assert(r.stderr.includes(cases[1].id), r.stderr);
+    assert(await exists(`${dir}/seg2/${cases[0].id}.nii.gz`));
+    assert(!(await exists(`${dir}/seg2/${cases[1].id}.nii.gz`)), "no output for the failed case");
+    const err = JSON.parse(
+      new TextDecoder().decode(await getObject(`${dir}/seg2/${cases[1].id}.error.json`)),
+    );
+    assert(err.error.includes("t2"), err.error);
+
+    const usage = await runMain(["segment", "--model", "m", "--input", "i"]);
+    assertEquals(usage.code, 2);
+    assert(usage.stderr.includes("--out is required"), usage.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("train then segment held-out synthetic cases from and to s3rver", async () => {
+  await using _s3 = await startS3rver({ buckets: ["brats"] });
+  await writeSynthDataset("s3://brats/data", { cases: 3, seed: 5, dims: [32, 32, 32] });
+  const result = await train({
+    ...defaultSettings("s3://brats/data"),
+    epochs: 1,
+    stepsPerEpoch: 2,
+    crop: 16,
+    valWindow: 16,
+    valCases: 1,
+    config: resolveConfig(TINY),
+  }, { out: "s3://brats/run", quiet: true, workers: 0 });
+  assertEquals(result.epochs, 1);
+  const seg = await segment({
+    model: "s3://brats/run/best",
+    input: "s3://brats/data",
+    out: "s3://brats/seg",
+    quiet: true,
+  });
+  assertEquals(seg.cases.length, 3);
+  const keys = (await listObjects("s3://brats/seg/")).map((o) => o.key).sort();
+  assertEquals(keys.filter((k) => k.endsWith(".nii.gz")).length, 3);
+  const [c] = (await findCases("s3://brats/data")).cases;
+  const out = decodeNifti(await getObject(`s3://brats/seg/${c.id}.nii.gz`), c.id);
+  assertEquals(out.header.dims, [32, 32, 32]);
+});
