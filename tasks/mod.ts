@@ -8,6 +8,7 @@ import { casesCommand } from "./cases.ts";
 import { demoCommand } from "./demo.ts";
 import { inspectCommand } from "./inspect.ts";
 import { planCommand } from "./plan.ts";
+import { segmentCommand } from "./segment.ts";
 import { setupCommand } from "./setup.ts";
 import { synthCommand } from "./synth.ts";
 import { trainCommand } from "./train.ts";
@@ -18,6 +19,7 @@ export const commands: Command[] = [
   demoCommand,
   inspectCommand,
   planCommand,
+  segmentCommand,
   setupCommand,
   synthCommand,
   trainCommand,
