@@ -30,6 +30,7 @@ import {
   type UNet,
 } from "../model/mod.ts";
 import { type BackendChoice, selectBackend } from "../model/backend.ts";
+import { cropModel, maxCropEdge, predictPeak } from "../model/memory.ts";
 import { loadPreprocessed } from "../pipeline/case_cache.ts";
 import { type Case, findCases } from "../pipeline/cases.ts";
 import { slidingWindowProbabilities } from "../pipeline/inference.ts";
@@ -518,6 +519,38 @@ async function writeReports(out: string, history: EpochMetrics[]) {
   await putObject(joinUri(out, "curves.svg"), new TextEncoder().encode(svg));
 }
 
+/**
+ * The largest crop (a multiple of the network's crop multiple) whose training step fits `budget`
+ * bytes: peak memory measured at two small crops and fitted linearly in voxels, as `plan` does.
+ */
+async function autoCrop(
+  config: NetworkConfig,
+  batch: number,
+  budget: number,
+  backend: BackendChoice["name"] | "auto",
+): Promise<number> {
+  await selectBackend(backend as Parameters<typeof selectBackend>[0]);
+  const m = cropMultiple(config);
+  const step = Math.max(8, m);
+  const model = await cropModel(config, [2 * step, 3 * step], batch);
+  const crop = maxCropEdge(model, budget, m, batch);
+  if (crop < m) {
+    throw new UsageError(
+      `--budget ${(budget / 2 ** 30).toFixed(2)} GiB is too small: even a ${m}³ crop needs ${
+        (predictPeak(model, m, batch) / 2 ** 30).toFixed(2)
+      } GiB`,
+    );
+  }
+  console.error(
+    `train: --crop auto: ${crop} (predicted peak ${
+      (predictPeak(model, crop, batch) / 2 ** 30).toFixed(2)
+    } GiB of ${(budget / 2 ** 30).toFixed(2)} GiB; ${
+      Math.round(model.fit.slope)
+    } bytes/voxel measured at ${2 * step}³ and ${3 * step}³)`,
+  );
+  return crop;
+}
+
 function parseConfigFlag(value: string | undefined): NetworkConfig {
   if (value === undefined) return resolveConfig({});
   let text = value.trim();
@@ -558,7 +591,9 @@ Options:
   --out URI              output folder or s3:// prefix (required)
   --epochs N             epochs (default 10)
   --steps-per-epoch N    training steps per epoch (default 25)
-  --crop N               crop edge in voxels, a multiple of 8 (default 32)
+  --crop N|auto          crop edge in voxels, a multiple of 8 (default 32); auto: the largest crop
+                         whose training step fits --budget, from measured peak memory (as plan)
+  --budget GiB           memory budget for --crop auto
   --batch N              crops per step (default 1)
   --lr X                 initial learning rate, decayed as (1 - step/total)^0.9 (default 3e-3)
   --optimizer adam|sgd   Adam, or SGD with Nesterov momentum 0.99 (default adam)
@@ -586,6 +621,7 @@ Example:
       epochs: { type: "string" },
       "steps-per-epoch": { type: "string" },
       crop: { type: "string" },
+      budget: { type: "string" },
       batch: { type: "string" },
       lr: { type: "string" },
       optimizer: { type: "string" },
@@ -610,20 +646,33 @@ Example:
     if (optimizer !== "adam" && optimizer !== "sgd") {
       throw new UsageError(`--optimizer must be adam or sgd, got "${optimizer}"`);
     }
-    const crop = intFlag("crop", values.crop, d.crop, 8, 512);
+    const config = parseConfigFlag(values.config);
+    const batch = intFlag("batch", values.batch, d.batch, 1, 256);
+    const backend = backendFlag(values.backend);
+    let crop: number;
+    if (values.crop === "auto") {
+      if (values.budget === undefined) throw new UsageError("--crop auto needs --budget GiB");
+      const budget = numberFlag("budget", values.budget, 0, 0.001) * 2 ** 30;
+      crop = await autoCrop(config, batch, budget, backend);
+    } else {
+      if (values.budget !== undefined) {
+        throw new UsageError("--budget is only used with --crop auto");
+      }
+      crop = intFlag("crop", values.crop, d.crop, 8, 512);
+    }
     const settings: TrainSettings = {
       data: values.data ?? "",
       epochs: intFlag("epochs", values.epochs, d.epochs, 1),
       stepsPerEpoch: intFlag("steps-per-epoch", values["steps-per-epoch"], d.stepsPerEpoch, 1),
       crop,
-      batch: intFlag("batch", values.batch, d.batch, 1, 256),
+      batch,
       lr: numberFlag("lr", values.lr, d.lr, 0),
       optimizer,
       weightDecay: numberFlag("weight-decay", values["weight-decay"], d.weightDecay, 0),
       valCases: intFlag("val-cases", values["val-cases"], d.valCases, 0),
       valEvery: intFlag("val-every", values["val-every"], d.valEvery, 1),
       valWindow: intFlag("val-window", values["val-window"], crop, 8, 512),
-      config: parseConfigFlag(values.config),
+      config,
       seed: intFlag("seed", values.seed, d.seed, 0),
       augment: !values["no-augment"],
       foregroundFraction: d.foregroundFraction,
@@ -644,7 +693,7 @@ Example:
       const result = await train(settings, {
         out: values.out,
         resume: values.resume ?? false,
-        backend: backendFlag(values.backend),
+        backend,
         cache: values.cache === "none" ? "" : values.cache,
         workers: intFlag("workers", values.workers, 1, 0, 16),
         quiet: values.quiet ?? false,

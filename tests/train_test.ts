@@ -457,10 +457,50 @@ Deno.test("train CLI: usage errors name the flag", async () => {
       [["train", "--data", "x", "--out", "y", "--optimizer", "rms"], "--optimizer"],
       [["train", "--data", "x", "--out", "y", "--config", "{bad"], "--config"],
       [["train", "--data", "x", "--out", "y", "--epochs", "0"], "--epochs"],
+      [["train", "--data", "x", "--out", "y", "--crop", "auto"], "--crop auto needs --budget"],
+      [["train", "--data", "x", "--out", "y", "--budget", "4"], "--budget is only used"],
+      [["train", "--data", "x", "--out", "y", "--crop", "auto", "--budget", "0.001"], "too small"],
     ] as [string[], string][]
   ) {
     const r = await runMain(args);
     assertEquals(r.code, 2, r.stderr);
     assert(r.stderr.includes(text), `${args.join(" ")}: ${r.stderr}`);
+  }
+});
+
+Deno.test("train --crop auto picks the largest crop whose measured step fits the budget", async () => {
+  const data = await dataset();
+  const dir = await Deno.makeTempDir();
+  try {
+    const r = await runMain([
+      "train",
+      "--data",
+      data,
+      "--out",
+      dir,
+      "--crop",
+      "auto",
+      "--budget",
+      "0.1",
+      "--epochs",
+      "1",
+      "--steps-per-epoch",
+      "1",
+      "--val-cases",
+      "0",
+      "--quiet",
+      "--config",
+      JSON.stringify({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 }),
+    ]);
+    assertEquals(r.code, 0, r.stderr);
+    const m = /--crop auto: (\d+) \(predicted peak ([\d.]+) GiB of 0\.10 GiB/.exec(r.stderr);
+    assert(m, r.stderr);
+    const crop = Number(m[1]);
+    assert(crop >= 16 && crop % 2 === 0 && Number(m[2]) <= 0.1, r.stderr);
+    const latest = JSON.parse(await Deno.readTextFile(`${dir}/latest.json`));
+    const state = JSON.parse(await Deno.readTextFile(`${dir}/${latest.checkpoint}/state.json`));
+    assertEquals(state.settings.crop, crop);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
