@@ -345,20 +345,32 @@ Deno.test("main.ts exits 2 without a command or with an unknown one, 0 for each 
   }
 });
 
-Deno.test("demo runs the embedded default end to end and writes a loadable model", async () => {
+Deno.test("demo runs the embedded default end to end: synth, train, segment, evaluate, report", async () => {
   const out = await Deno.makeTempDir();
   try {
-    const r = await runMain(["demo", "--out", out, "--cases", "2", "--steps", "2", "--crop", "8"]);
+    const args = ["demo", "--out", out, "--cases", "3", "--size", "32,32,32", "--epochs", "1"];
+    const r = await runMain([...args, "--steps-per-epoch", "2", "--crop", "16"]);
     assertEquals(r.code, 0, r.stderr);
     const summary = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
-    assertEquals(summary.cases.length, 2);
+    assertEquals(summary.cases.length, 3);
     assertEquals(summary.train.steps, 2);
-    assertEquals(summary.model, `${out}/model/model.safetensors`);
+    assertEquals(summary.model, `${out}/run/best/model.safetensors`);
+    assertEquals(summary.held_out.length, 2);
+    assertEquals(summary.segmentations.length, 2);
     for (const region of ["WT", "TC", "ET"]) {
-      const d = summary.held_out.dice[region];
+      const d = summary.train.validation_dice[region];
       assert(d >= 0 && d <= 1, `${region} dice ${d}`);
     }
-    assert((await Deno.stat(`${out}/model/optimizer.safetensors`)).size > 0);
+    assert((await Deno.stat(`${out}/run/metrics.jsonl`)).size > 0);
+    // A re-run replaces the demo's own output; a folder it did not write is refused.
+    const again = await runMain([...args, "--steps-per-epoch", "1", "--crop", "16"]);
+    assertEquals(again.code, 0, again.stderr);
+    assertEquals(JSON.parse(again.stdout.trim().split("\n").at(-1)!).train.steps, 1);
+    await Deno.writeTextFile(`${out}/mine.txt`, "x");
+    await Deno.remove(`${out}/demo.json`);
+    const refused = await runMain([...args, "--crop", "16"]);
+    assertEquals(refused.code, 2, refused.stderr);
+    assertStringIncludes(refused.stderr, "not written by demo");
     const bad = await runMain(["demo", "--crop", "12", "--out", out]);
     assertEquals(bad.code, 2);
     const badBackend = await runMain(["plan", "--budget", "1", "--backend", "cuda"]);
