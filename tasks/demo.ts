@@ -15,7 +15,8 @@ import {
   putObject,
 } from "../pipeline/storage.ts";
 import { writeSynthDataset } from "../pipeline/synth.ts";
-import { segment } from "./segment.ts";
+import { summarize, writeEvaluation } from "../pipeline/evaluation.ts";
+import { segment, segmentationReport } from "./segment.ts";
 import { defaultSettings, train } from "./train.ts";
 import { backendFlag, type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
 
@@ -130,6 +131,28 @@ Example:
     });
     log(`segmented ${segmented.cases.map((c) => c.id).join(", ")} → ${seg}`);
 
+    const curvesSvg = new TextDecoder().decode(await getObject(joinUri(run, "curves.svg")));
+    const { uri: report, metrics } = await segmentationReport(cases, segmented.cases, out, {
+      title: "RevUNet-Deno demo: held-out synthetic cases",
+      curvesSvg,
+      notes: [
+        `${nCases} synthetic cases ${dims.join("×")}; trained ${trained.steps} steps at ${crop}³ ` +
+        `(${trained.seconds.toFixed(0)} s, ${trained.backend}); model ${joinUri(run, "best")}`,
+      ],
+    });
+    const evaluation = { cases: metrics, summary: summarize(metrics), missing: [], extra: [] };
+    const evalOut = joinUri(out, "eval");
+    await writeEvaluation(evalOut, evaluation);
+    const meanDice = Object.fromEntries(
+      (["WT", "TC", "ET"] as const).map((r) => [r, evaluation.summary[r].dice.mean]),
+    );
+    log(
+      `held-out Dice WT ${meanDice.WT?.toFixed(3)} TC ${meanDice.TC?.toFixed(3)} ET ${
+        meanDice.ET?.toFixed(3)
+      } → ${joinUri(evalOut, "metrics.json")}`,
+    );
+    log(`report: ${report}`);
+
     const summary = {
       backend: trained.backend,
       seconds: Number(((performance.now() - t0) / 1000).toFixed(1)),
@@ -148,6 +171,8 @@ Example:
       model: joinUri(run, "best/model.safetensors"),
       held_out: heldOut,
       segmentations: segmented.cases.map((c) => c.output),
+      evaluation: { metrics: joinUri(evalOut, "metrics.json"), mean_dice: meanDice },
+      report,
     };
     await putObject(joinUri(out, MARKER), new TextEncoder().encode(JSON.stringify(summary) + "\n"));
     printJson(summary);

@@ -6,6 +6,7 @@ import type { Command } from "./_cli.ts";
 import { benchCommand } from "./bench.ts";
 import { casesCommand } from "./cases.ts";
 import { demoCommand } from "./demo.ts";
+import { evaluateCommand } from "./evaluate.ts";
 import { inspectCommand } from "./inspect.ts";
 import { planCommand } from "./plan.ts";
 import { segmentCommand } from "./segment.ts";
@@ -17,6 +18,7 @@ export const commands: Command[] = [
   benchCommand,
   casesCommand,
   demoCommand,
+  evaluateCommand,
   inspectCommand,
   planCommand,
   segmentCommand,

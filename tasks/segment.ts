@@ -19,7 +19,10 @@ import { modelFileUri } from "../pipeline/model_store.ts";
 import { encodeNifti } from "../pipeline/nifti.ts";
 import { preprocessCase, uncropBox } from "../pipeline/preprocess.ts";
 import { formatDuration, Progress } from "../pipeline/progress.ts";
-import { exists, getObject, joinUri, putObject } from "../pipeline/storage.ts";
+import { caseReport } from "../pipeline/case_report.ts";
+import { type CaseMetrics, type CaseResult, evaluatePair } from "../pipeline/evaluation.ts";
+import { writeReport } from "../pipeline/report.ts";
+import { exists, getObject, joinUri, mapConcurrent, putObject } from "../pipeline/storage.ts";
 import {
   backendFlag,
   type Command,
@@ -242,6 +245,38 @@ export class Segmenter {
   }
 }
 
+/**
+ * Writes `<out>/report/index.html` for segmented cases: FLAIR slices with the prediction (and the
+ * reference, for labelled cases) overlaid, and the metrics of labelled cases.
+ * @returns the report's URI and the metrics of the labelled cases
+ */
+export async function segmentationReport(
+  cases: Case[],
+  outcomes: CaseOutcome[],
+  out: string,
+  extra: { title?: string; notes?: string[]; curvesSvg?: string } = {},
+): Promise<{ uri: string; metrics: CaseResult[] }> {
+  const byId = new Map(cases.map((c) => [c.id, c]));
+  const metrics: CaseResult[] = [];
+  const entries = await mapConcurrent(outcomes, 2, async (o) => {
+    const c = byId.get(o.id)!;
+    let m: CaseMetrics | undefined;
+    if (c.seg) {
+      m = (await evaluatePair(o.output, c.seg, { truthEnhancingLabel: c.enhancingLabel })).metrics;
+      metrics.push({ case: c.id, ...m });
+    }
+    return await caseReport(c, o.output, m);
+  });
+  const uri = await writeReport(out, {
+    title: extra.title ?? "Segmentation",
+    cases: entries,
+    ...(extra.notes ? { notes: extra.notes } : {}),
+    ...(extra.curvesSvg ? { curvesSvg: extra.curvesSvg } : {}),
+  });
+  metrics.sort((a, b) => (a.case < b.case ? -1 : 1));
+  return { uri, metrics };
+}
+
 /** Options of {@linkcode segment}. */
 export interface SegmentOptions extends CaseOptions {
   model: string;
@@ -251,6 +286,8 @@ export interface SegmentOptions extends CaseOptions {
   quiet?: boolean;
   /** Only these case ids (after discovery). */
   only?: (c: Case) => boolean;
+  /** Also write an HTML report under `out` (see {@linkcode segmentationReport}). */
+  report?: boolean;
 }
 
 /** Outcome of a run: per case, and the failures with their reasons. */
@@ -261,6 +298,8 @@ export interface SegmentResult {
   failed: { id: string; error: string }[];
   problems: { id: string; error: string }[];
   seconds: number;
+  /** The report's URI, with `report`. */
+  report?: string;
 }
 
 /**
@@ -312,7 +351,15 @@ export async function segment(options: SegmentOptions): Promise<SegmentResult> {
   } finally {
     segmenter.dispose();
   }
+  let report: string | undefined;
+  if (options.report && outcomes.length > 0) {
+    report = (await segmentationReport(cases, outcomes, options.out, {
+      notes: [`model: ${segmenter.modelUri}`, `input: ${options.input}`],
+    })).uri;
+    progress.log(`segment: report ${report}`);
+  }
   return {
+    ...(report ? { report } : {}),
     backend: segmenter.backend,
     model: segmenter.modelUri,
     cases: outcomes,
@@ -345,6 +392,8 @@ Options:
   --save-probabilities    also write <case>_probabilities.nii.gz (float32, WT/TC/ET as dim 4)
   --et-threshold N        an enhancing region under N voxels becomes necrosis (default 0: off)
   --force                 redo cases that are already done
+  --report                write <out>/report/index.html: FLAIR slices with the prediction (and the
+                          reference and metrics for labelled cases)
   --backend B             auto|tensorflow|webgpu|wasm|cpu (default cpu)
   --quiet                 no progress output
   --json                  print a JSON summary
@@ -363,6 +412,7 @@ Example:
       "save-probabilities": { type: "boolean" },
       "et-threshold": { type: "string" },
       force: { type: "boolean" },
+      report: { type: "boolean" },
       backend: { type: "string" },
       quiet: { type: "boolean" },
       json: { type: "boolean" },
@@ -385,6 +435,7 @@ Example:
       saveProbabilities: values["save-probabilities"] ?? false,
       etThreshold: intFlag("et-threshold", values["et-threshold"], 0, 0),
       force: values.force ?? false,
+      report: values.report ?? false,
       backend: backendFlag(values.backend),
       quiet: values.quiet ?? false,
     });

@@ -36,7 +36,11 @@ import { type Case, findCases } from "../pipeline/cases.ts";
 import { slidingWindowProbabilities } from "../pipeline/inference.ts";
 import { meanScores, regionDice, type RegionScores } from "../pipeline/metrics.ts";
 import { loadModel, loadOptimizer, saveModel } from "../pipeline/model_store.ts";
+import { reportMetrics } from "../pipeline/case_report.ts";
+import { caseMetrics } from "../pipeline/evaluation.ts";
 import { renderCurves } from "../pipeline/plot.ts";
+import { renderCaseSlices, writeReport } from "../pipeline/report.ts";
+import { regionsToLabels } from "./segment.ts";
 import { BatchPrefetcher } from "../pipeline/prefetch.ts";
 import type { PreprocessedCase } from "../pipeline/preprocess.ts";
 import { formatDuration, Progress } from "../pipeline/progress.ts";
@@ -96,6 +100,8 @@ export interface TrainRuntime {
   stopAfterEpoch?: number;
   /** When aborted, the run checkpoints after the current step and returns. */
   signal?: AbortSignal;
+  /** At the end, write `<out>/report/index.html` (validation cases, metrics, curves). */
+  report?: boolean;
 }
 
 /** One epoch's line in `metrics.jsonl`. */
@@ -141,6 +147,8 @@ export interface TrainResult {
   lastValDice: RegionScores | null;
   interrupted: boolean;
   checkpoint: string;
+  /** The report's URI, with `report`. */
+  report?: string;
 }
 
 const STATE_FILE = "state.json";
@@ -432,7 +440,13 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
     }
     const seconds = (performance.now() - runStart) / 1000;
     log(`done: ${state.globalStep - stepsAtStart} steps in ${formatDuration(seconds)}`);
+    let report: string | undefined;
+    if (runtime.report && !interrupted) {
+      report = await trainingReport(out, net, split.val, valCases, s, state.history);
+      log(`report: ${report}`);
+    }
     return {
+      ...(report ? { report } : {}),
       out,
       backend: backend.name,
       epochs: state.epoch,
@@ -449,6 +463,52 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
     optimizer.dispose();
     disposeUNet(net);
   }
+}
+
+/** Region bits (bit 0 WT, 1 TC, 2 ET) as BraTS labels: ET → enhancing, TC → 1, WT → 2. */
+function bitsToLabels(regions: Uint8Array, enhancing: 3 | 4): Uint8Array {
+  return regions.map((r) => (r & 4 ? enhancing : r & 2 ? 1 : r & 1 ? 2 : 0));
+}
+
+/**
+ * The end-of-training report: each validation case's FLAIR (z-scored, on its brain box) with the
+ * reference and the final network's prediction, their metrics, and the training curves.
+ */
+async function trainingReport(
+  out: string,
+  net: UNet,
+  cases: Case[],
+  preprocessed: PreprocessedCase[],
+  s: TrainSettings,
+  history: EpochMetrics[],
+): Promise<string> {
+  const entries = preprocessed.map((p, i) => {
+    const c = cases[i];
+    const probs = slidingWindowProbabilities(net, p.image, p.box.size, { window: s.valWindow });
+    const prediction = regionsToLabels(probs, c.enhancingLabel);
+    const truth = bitsToLabels(p.regions!, c.enhancingLabel);
+    const flair = new Float32Array(p.image.length / 4).map((_, j) => p.image[4 * j]);
+    const spacing = (c.spacing ?? [1, 1, 1]) as [number, number, number];
+    const m = caseMetrics(prediction, truth, p.box.size, spacing, c.enhancingLabel);
+    return {
+      id: c.id,
+      slices: renderCaseSlices({ flair, dims: p.box.size, spacing, truth, prediction }),
+      metrics: reportMetrics(m),
+    };
+  });
+  const curves = new TextDecoder().decode(await getObject(joinUri(out, "curves.svg")));
+  const last = history.at(-1);
+  return await writeReport(out, {
+    title: "Training run",
+    cases: entries,
+    curvesSvg: curves,
+    notes: [
+      `data ${s.data}; ${history.length} epochs of ${s.stepsPerEpoch} steps, crop ${s.crop}, batch ${s.batch}, lr ${s.lr} (${s.optimizer}), seed ${s.seed}`,
+      `final loss ${
+        last?.loss.toFixed(4) ?? "–"
+      }; validation cases shown on their brain box with the final weights`,
+    ],
+  });
 }
 
 function checkSettings(s: TrainSettings): void {
@@ -608,6 +668,8 @@ Options:
   --cache URI|none       preprocessed-case cache (default <out>/cache)
   --workers N            sampler threads preparing batches ahead (default 1; 0: none)
   --resume               continue the run under --out from its latest checkpoint (its settings)
+  --report               at the end, write <out>/report/index.html: validation cases' slices with
+                         reference and prediction, their metrics, and the training curves
   --quiet                no progress output
   --json                 print a JSON summary at the end
 
@@ -637,6 +699,7 @@ Example:
       workers: { type: "string" },
       resume: { type: "boolean" },
       quiet: { type: "boolean" },
+      report: { type: "boolean" },
       json: { type: "boolean" },
     });
     if (!values.out) throw new UsageError("--out is required (a folder or s3:// prefix)");
@@ -697,6 +760,7 @@ Example:
         cache: values.cache === "none" ? "" : values.cache,
         workers: intFlag("workers", values.workers, 1, 0, 16),
         quiet: values.quiet ?? false,
+        report: values.report ?? false,
         signal: abort.signal,
       });
       if (values.json) printJson(result);

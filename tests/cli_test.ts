@@ -362,6 +362,15 @@ Deno.test("demo runs the embedded default end to end: synth, train, segment, eva
       assert(d >= 0 && d <= 1, `${region} dice ${d}`);
     }
     assert((await Deno.stat(`${out}/run/metrics.jsonl`)).size > 0);
+    assertEquals(summary.report, `${out}/report/index.html`);
+    const html = await Deno.readTextFile(summary.report);
+    for (const id of summary.held_out) assertStringIncludes(html, id);
+    const metrics = JSON.parse(await Deno.readTextFile(`${out}/eval/metrics.json`));
+    assertEquals(
+      metrics.cases.map((c: { case: string }) => c.case).sort(),
+      [...summary.held_out].sort(),
+    );
+    assert(metrics.summary.WT.dice.mean >= 0 && metrics.summary.WT.dice.mean <= 1);
     // A re-run replaces the demo's own output; a folder it did not write is refused.
     const again = await runMain([...args, "--steps-per-epoch", "1", "--crop", "16"]);
     assertEquals(again.code, 0, again.stderr);

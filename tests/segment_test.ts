@@ -76,6 +76,30 @@ Deno.test("segment: outputs on the input's grid, skipped when done, redone with 
         assertEquals(new TextDecoder().decode(out.stdout).trim(), "True");
       }
     }
+    const reported = await segment({ ...opts, report: true });
+    assertEquals(reported.report, `${dir}/seg/report/index.html`);
+    const html = await Deno.readTextFile(reported.report!);
+    for (const c of cases) assert(html.includes(c.id));
+    assert(html.includes("data:image/png") && /Dice/i.test(html), "slices and metrics");
+    const evaluated = await runMain([
+      "evaluate",
+      "--pred",
+      `${dir}/seg`,
+      "--truth",
+      `${dir}/data`,
+      "--out",
+      `${dir}/eval`,
+      "--report",
+      "--json",
+    ]);
+    assertEquals(evaluated.code, 0, evaluated.stderr);
+    assertEquals(JSON.parse(evaluated.stdout).cases.length, 2);
+    const evalHtml = await Deno.readTextFile(`${dir}/eval/report/index.html`);
+    for (const c of cases) assert(evalHtml.includes(c.id));
+    assert(evalHtml.includes("data:image/png"), "slices from the dataset's FLAIR");
+    const noOut = await runMain(["evaluate", "--pred", "p", "--truth", "t", "--report"]);
+    assertEquals(noOut.code, 2);
+    assert(noOut.stderr.includes("--report needs --out"), noOut.stderr);
     const again = await segment(opts);
     assertEquals(again.cases.map((c) => c.status), ["skipped", "skipped"]);
     const forced = await segment({ ...opts, force: true });

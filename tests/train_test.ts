@@ -331,7 +331,12 @@ Deno.test("train: same seed, same weights; N+M epochs equal N, resume, M; output
   try {
     const settings = tinySettings(data, { epochs: 3, valEvery: 2 });
     const quiet = { quiet: true, workers: 1 };
-    const a = await train(settings, { out: `${dir}/a`, ...quiet });
+    const a = await train(settings, { out: `${dir}/a`, ...quiet, report: true });
+    assertEquals(a.report, `${dir}/a/report/index.html`);
+    const html = await Deno.readTextFile(a.report!);
+    const state = JSON.parse(await Deno.readTextFile(`${dir}/a/${a.checkpoint}/state.json`));
+    for (const id of state.split.val) assert(html.includes(id), `report shows ${id}`);
+    assert(html.includes("<svg") && html.includes("data:image/png"), "curves and slices");
     assertEquals(a.epochs, 3);
     assertEquals(a.steps, 6);
     assert(!a.interrupted);

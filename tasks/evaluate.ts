@@ -1,0 +1,217 @@
+/**
+ * `evaluate --pred <uri> --truth <uri>`: BraTS metrics (Dice, HD95, sensitivity, specificity of
+ * ET, TC and WT) of a folder of predicted segmentations against a dataset's references.
+ * @module
+ */
+import {
+  EVAL_REGIONS,
+  evaluateCases,
+  type Evaluation,
+  findPredictions,
+  type LabelConvention,
+  type MetricName,
+  METRICS,
+  type Stats,
+  writeEvaluation,
+} from "../pipeline/evaluation.ts";
+import { caseReport, reportMetrics } from "../pipeline/case_report.ts";
+import { findCases } from "../pipeline/cases.ts";
+import { Progress } from "../pipeline/progress.ts";
+import { writeReport } from "../pipeline/report.ts";
+import { joinUri, mapConcurrent } from "../pipeline/storage.ts";
+import { type Command, intFlag, numberFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
+
+export const evaluateCommand: Command = {
+  name: "evaluate",
+  summary: "Score predictions against references: Dice, HD95, sensitivity, specificity",
+  help: `Usage: deno task evaluate --pred <uri> --truth <uri> [--out <uri>] [--json] [options]
+
+Evaluates each predicted segmentation under --pred against the reference of the same case under
+--truth, for the BraTS regions ET (enhancing tumor), TC (tumor core: necrosis + enhancing) and
+WT (whole tumor: every tumor label):
+  dice         2·TP / (2·TP + FP + FN)
+  hd95         95th percentile Hausdorff distance in mm (MedPy's hd95: surfaces from the 6-connected
+               erosion, exact Euclidean distances with the reference's voxel spacing, both
+               directions pooled)
+  sensitivity  TP / (TP + FN)
+  specificity  TN / (TN + FP), over the whole volume
+Empty regions are scored by the legacy BraTS rules: both empty → Dice 1, HD95 0; one empty →
+Dice 0, HD95 373.13; sensitivity with an empty reference is 1 if nothing is predicted, else 0.
+
+--pred    a folder (local, file:// or s3://) of <case>.nii.gz or <case>_seg.nii.gz files, directly
+          in it (as \`segment\` writes them; <case>_probabilities.nii.gz files are skipped)
+--truth   a BraTS dataset (case folders or flat, 2018-2021 naming <id>_seg.nii.gz or 2023 naming
+          <id>-seg.nii.gz), or else a flat folder of <case>.nii.gz references
+Cases are matched by id. Each prediction must be on its reference's grid (same dims, affines equal
+within --affine-tolerance). Labels are 0, 1, 2, 4 (2018-2021) or 0, 1, 2, 3 (2023): a BraTS
+reference follows its naming; a flat reference, and every prediction, is read as 2023 when it
+holds 3 and not 4; --labels fixes one convention for all files.
+
+Missing and extra cases: a reference without a prediction is listed in "missing" and a prediction
+without a reference in "extra" (both also on stderr). Summary statistics cover the evaluated cases.
+As nnU-Net does, a missing prediction is an error: the command writes and prints what it computed,
+then exits with status 1 — unless --allow-missing is given. Extra predictions are only reported.
+
+Output: a table on stdout, or with --json exactly one JSON object:
+  {"cases":[{"case":"<id>","ET":{"dice":..,"hd95":..,"sensitivity":..,"specificity":..},
+             "TC":{..},"WT":{..}}, ...],
+   "summary":{"ET":{"dice":{"mean":..,"std":..,"median":..,"q25":..,"q75":..},"hd95":{..},..},..},
+   "missing":[ids],"extra":[ids]}
+(std is the population standard deviation; quartiles interpolate linearly, as numpy's.)
+--out <uri> also writes that object as <uri>/metrics.json and a per-case <uri>/metrics.csv
+(columns case, ET_dice, ET_hd95, ET_sensitivity, ET_specificity, TC_..., WT_...), each atomically.
+A broken file, unknown labels or mismatched grids stop the command (exit 1) before anything is
+written.
+
+Options:
+  --pred <uri>              predicted segmentations (required)
+  --truth <uri>             reference segmentations (required)
+  --out <uri>               folder for metrics.json and metrics.csv
+  --json                    print the JSON object instead of the table
+  --labels 2021|2023        the label convention of every file (default: per file, see above)
+  --allow-missing           missing predictions are not an error
+  --affine-tolerance <mm>   largest affine difference between prediction and reference (1e-3)
+  --concurrency N           cases read at once (default 4)
+  --report                  also write <out>/report/index.html: per case FLAIR slices through the
+                            tumor with reference and prediction overlaid (when --truth holds the
+                            case's images), and the metrics tables (needs --out)
+
+Examples:
+  deno task evaluate --pred out/seg --truth data/BraTS2021_Training --out out/seg
+  deno task evaluate --pred s3://bucket/runs/7/seg --truth s3://bucket/BraTS2023/ --json
+  deno task evaluate --pred out/seg --truth data/labels --labels 2023 --allow-missing`,
+  async run(args) {
+    const { values } = parseFlags("evaluate", args, {
+      pred: { type: "string" },
+      truth: { type: "string" },
+      out: { type: "string" },
+      json: { type: "boolean" },
+      labels: { type: "string" },
+      "allow-missing": { type: "boolean" },
+      "affine-tolerance": { type: "string" },
+      concurrency: { type: "string" },
+      report: { type: "boolean" },
+    });
+    if (!values.pred) throw new UsageError("evaluate: --pred <uri> is required");
+    if (!values.truth) throw new UsageError("evaluate: --truth <uri> is required");
+    if (values.labels !== undefined && values.labels !== "2021" && values.labels !== "2023") {
+      throw new UsageError(`--labels must be 2021 or 2023, got "${values.labels}"`);
+    }
+    if (values.report && !values.out) throw new UsageError("--report needs --out <uri>");
+    const labels = values.labels as LabelConvention | undefined;
+    const concurrency = intFlag("concurrency", values.concurrency, 4, 1, 64);
+    const affineTolerance = numberFlag("affine-tolerance", values["affine-tolerance"], 1e-3, 0);
+
+    const progress = new Progress();
+    const t0 = performance.now();
+    const evaluation = await evaluateCases(values.pred, values.truth, {
+      labels,
+      concurrency,
+      affineTolerance,
+      onCase: (r, done, total) => {
+        const eta = ((performance.now() - t0) / 1000 / done) * (total - done);
+        progress.update("evaluate", done, total, r.case, eta);
+      },
+    });
+    // On stderr, with or without --json: stdout holds the table or the JSON alone.
+    for (const id of evaluation.missing) {
+      progress.log(`missing: no prediction for case "${id}" under ${values.pred}`);
+    }
+    for (const id of evaluation.extra) {
+      progress.log(`extra: prediction "${id}" has no reference under ${values.truth}`);
+    }
+    progress.log(evaluationNote(evaluation));
+    if (values.out) await writeEvaluation(values.out, evaluation);
+    if (values.report) {
+      const uri = await writeEvaluationReport(values.pred, values.truth, values.out!, evaluation);
+      progress.log(`evaluate: report ${uri}`);
+    }
+    if (values.json) printJson(evaluation);
+    else console.log(formatTable(evaluation));
+    if (values.out) {
+      const where = [joinUri(values.out, "metrics.json"), joinUri(values.out, "metrics.csv")];
+      progress.log(`evaluate: wrote ${where.join(" and ")}`);
+    }
+    if (evaluation.missing.length > 0 && !values["allow-missing"]) {
+      const ids = evaluation.missing;
+      throw new Error(
+        `${ids.length} of ${ids.length + evaluation.cases.length} reference cases have no ` +
+          `prediction under ${values.pred} (${ids.slice(0, 5).join(", ")}${
+            ids.length > 5 ? ", ..." : ""
+          }); the metrics above cover the others. Pass --allow-missing to accept this.`,
+      );
+    }
+  },
+};
+
+/**
+ * The HTML report of an evaluation: slices for the cases whose images are under `truth` (a BraTS
+ * dataset), the metrics of every evaluated case.
+ */
+export async function writeEvaluationReport(
+  pred: string,
+  truth: string,
+  out: string,
+  evaluation: Evaluation,
+): Promise<string> {
+  const predictions = new Map((await findPredictions(pred)).map((p) => [p.id, p.uri]));
+  const images = new Map((await findCases(truth)).cases.map((c) => [c.id, c]));
+  const cases = await mapConcurrent(evaluation.cases, 2, async (r) => {
+    const c = images.get(r.case);
+    const p = predictions.get(r.case);
+    return c && p ? await caseReport(c, p, r) : { id: r.case, metrics: reportMetrics(r) };
+  });
+  return await writeReport(out, {
+    title: "Evaluation",
+    cases,
+    notes: [`predictions: ${pred}`, `references: ${truth}`],
+  });
+}
+
+function evaluationNote(e: Evaluation): string {
+  return `evaluate: ${e.cases.length} cases evaluated, ${e.missing.length} missing, ` +
+    `${e.extra.length} extra`;
+}
+
+const HEADINGS: Record<MetricName, string> = {
+  dice: "Dice",
+  hd95: "HD95",
+  sensitivity: "Sens",
+  specificity: "Spec",
+};
+
+function formatValue(metric: MetricName, v: number | null): string {
+  if (v === null) return "-";
+  return metric === "hd95" ? v.toFixed(2) : v.toFixed(4);
+}
+
+/** The per-case table (HD95 in mm), the summary rows, then the missing and extra cases. */
+export function formatTable(e: Evaluation): string {
+  const head = ["case", ...METRICS.flatMap((m) => EVAL_REGIONS.map((r) => `${HEADINGS[m]} ${r}`))];
+  const rows: string[][] = e.cases.map((c) => [
+    c.case,
+    ...METRICS.flatMap((m) => EVAL_REGIONS.map((r) => formatValue(m, c[r][m]))),
+  ]);
+  const stats: (keyof Stats)[] = ["mean", "std", "median", "q25", "q75"];
+  const summary = stats.map((s) => [
+    s,
+    ...METRICS.flatMap((m) => EVAL_REGIONS.map((r) => formatValue(m, e.summary[r][m][s]))),
+  ]);
+  const all = [head, ...rows, ...summary];
+  const widths = head.map((_, k) => Math.max(...all.map((row) => row[k].length)));
+  const line = (row: string[]) =>
+    row.map((cell, k) => (k === 0 ? cell.padEnd(widths[k]) : cell.padStart(widths[k]))).join("  ")
+      .trimEnd();
+  const rule = "-".repeat(widths.reduce((a, b) => a + b + 2, -2));
+  return [
+    line(head),
+    rule,
+    ...rows.map(line),
+    rule,
+    ...summary.map(line),
+    "",
+    `${e.cases.length} cases evaluated; ${e.missing.length} missing` +
+    (e.missing.length ? ` (${e.missing.join(", ")})` : "") +
+    `; ${e.extra.length} extra` + (e.extra.length ? ` (${e.extra.join(", ")})` : ""),
+  ].join("\n");
+}
