@@ -18,12 +18,37 @@ function toData(named: Map<string, tf.Tensor>): Map<string, TensorData> {
   );
 }
 
+/** As toData, reading asynchronously: WebGPU's synchronous read needs a canvas Deno lacks. */
+async function toDataAsync(named: Map<string, tf.Tensor>): Promise<Map<string, TensorData>> {
+  const out = new Map<string, TensorData>();
+  for (const [k, t] of named) {
+    out.set(k, { shape: t.shape, values: (await t.data()) as Float32Array });
+  }
+  return out;
+}
+
 /**
  * The network's weights and configuration as safetensors bytes.
  * @param extra more metadata (strings), e.g. the training run that produced it
  */
 export function serializeUNet(net: UNet, extra: Record<string, string> = {}): Uint8Array {
-  return encodeSafetensors(toData(net.named), {
+  return encodeUNet(toData(net.named), net, extra);
+}
+
+/** {@linkcode serializeUNet} reading the weights asynchronously (works on every backend). */
+export async function serializeUNetAsync(
+  net: UNet,
+  extra: Record<string, string> = {},
+): Promise<Uint8Array> {
+  return encodeUNet(await toDataAsync(net.named), net, extra);
+}
+
+function encodeUNet(
+  data: Map<string, TensorData>,
+  net: UNet,
+  extra: Record<string, string>,
+): Uint8Array {
+  return encodeSafetensors(data, {
     ...extra,
     format: FORMAT,
     version: VERSION,
@@ -83,7 +108,16 @@ export function deserializeUNet(
 
 /** The optimizer's configuration, step count and state as safetensors bytes. */
 export function serializeOptimizer(opt: Optimizer): Uint8Array {
-  return encodeSafetensors(toData(opt.state()), {
+  return encodeOptimizer(toData(opt.state()), opt);
+}
+
+/** {@linkcode serializeOptimizer} reading the state asynchronously (works on every backend). */
+export async function serializeOptimizerAsync(opt: Optimizer): Promise<Uint8Array> {
+  return encodeOptimizer(await toDataAsync(opt.state()), opt);
+}
+
+function encodeOptimizer(data: Map<string, TensorData>, opt: Optimizer): Uint8Array {
+  return encodeSafetensors(data, {
     format: FORMAT,
     version: VERSION,
     kind: "optimizer",

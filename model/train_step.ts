@@ -7,6 +7,31 @@ import { diceBceLoss, type DiceBceOptions } from "./loss.ts";
 import type { Optimizer } from "./optimizer.ts";
 import { computeGrads, type UNet } from "./unet.ts";
 
+/** The step itself; returns the loss tensor (the caller reads and disposes it). */
+function step(
+  net: UNet,
+  optimizer: Optimizer,
+  x: tf.Tensor5D,
+  target: tf.Tensor5D,
+  lr: number,
+  lossOptions: DiceBceOptions,
+): tf.Scalar {
+  const { loss, grads } = computeGrads(
+    net,
+    x,
+    (logits) => diceBceLoss(logits, target, lossOptions),
+  );
+  try {
+    optimizer.apply(net.named, grads, lr);
+    return loss;
+  } catch (e) {
+    loss.dispose();
+    throw e;
+  } finally {
+    for (const g of grads.values()) g.dispose();
+  }
+}
+
 /**
  * Runs one step on a batch and updates the weights in place.
  * @param x [n, d, h, w, in] normalized images
@@ -21,16 +46,30 @@ export function trainStep(
   lr: number,
   lossOptions: DiceBceOptions = {},
 ): number {
-  const { loss, grads } = computeGrads(
-    net,
-    x,
-    (logits) => diceBceLoss(logits, target, lossOptions),
-  );
+  const loss = step(net, optimizer, x, target, lr, lossOptions);
   try {
-    optimizer.apply(net.named, grads, lr);
     return loss.dataSync()[0];
   } finally {
     loss.dispose();
-    for (const g of grads.values()) g.dispose();
+  }
+}
+
+/**
+ * {@linkcode trainStep} reading the loss asynchronously, which every backend supports (WebGPU's
+ * synchronous read needs a canvas that Deno lacks).
+ */
+export async function trainStepAsync(
+  net: UNet,
+  optimizer: Optimizer,
+  x: tf.Tensor5D,
+  target: tf.Tensor5D,
+  lr: number,
+  lossOptions: DiceBceOptions = {},
+): Promise<number> {
+  const loss = step(net, optimizer, x, target, lr, lossOptions);
+  try {
+    return (await loss.data())[0];
+  } finally {
+    loss.dispose();
   }
 }

@@ -585,6 +585,8 @@ export interface EvaluateOptions extends Omit<PairOptions, "truthEnhancingLabel"
   concurrency?: number;
   /** Called after each case, e.g. for progress. */
   onCase?: (result: CaseResult, done: number, total: number) => void;
+  /** Only the cases whose id passes (e.g. one shard of a batch job); the others are not listed. */
+  only?: (id: string) => boolean;
 }
 
 /**
@@ -600,7 +602,11 @@ export async function evaluateCases(
   truthUri: string,
   options: EvaluateOptions = {},
 ): Promise<Evaluation> {
-  const [truth, preds] = await Promise.all([findTruth(truthUri), findPredictions(predUri)]);
+  const only = options.only ?? (() => true);
+  const [truth, preds] = await Promise.all([
+    findTruth(truthUri).then((t) => t.filter((c) => only(c.id))),
+    findPredictions(predUri).then((p) => p.filter((c) => only(c.id))),
+  ]);
   if (truth.length === 0) {
     throw new Error(
       `No reference segmentations under "${truthUri}": expected BraTS seg files ` +

@@ -89,13 +89,14 @@ export function mirrorVolume(data: Float32Array, shape: Dims, channels: number, 
  * @param image [z, y, x, inChannels] float32
  * @param dims the volume's extent along x, y, z
  * @returns [z, y, x, outChannels] probabilities in [0, 1]
+ * @throws {RangeError} synchronously checked arguments are reported as a rejected promise
  */
-export function slidingWindowProbabilities(
+export async function slidingWindowProbabilities(
   net: UNet,
   image: Float32Array,
   dims: Dims,
   options: SlidingWindowOptions = {},
-): Float32Array {
+): Promise<Float32Array> {
   const { window = 128, overlap = 0.5, batch = 1, mirror = false, onWindow } = options;
   const cin = net.config.inChannels;
   const cout = net.config.outChannels;
@@ -130,7 +131,8 @@ export function slidingWindowProbabilities(
         const logits = predictLogits(net, x);
         return tf.sigmoid(logits);
       });
-      const values = out.dataSync() as Float32Array;
+      // An asynchronous read: WebGPU's synchronous one needs a canvas, which Deno lacks.
+      const values = (await out.data()) as Float32Array;
       out.dispose();
       group.forEach((_, i) => {
         const p = mirrorVolume(

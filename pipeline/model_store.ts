@@ -10,8 +10,8 @@ import {
   deserializeOptimizer,
   deserializeUNet,
   type Optimizer,
-  serializeOptimizer,
-  serializeUNet,
+  serializeOptimizerAsync,
+  serializeUNetAsync,
   type UNet,
 } from "../model/mod.ts";
 import { exists, getObject, joinUri, putObject } from "./storage.ts";
@@ -36,12 +36,12 @@ export async function saveModel(
   optimizer?: Optimizer,
   extra: Record<string, string> = {},
 ): Promise<void> {
-  await putObject(modelFileUri(location), serializeUNet(net, extra));
+  await putObject(modelFileUri(location), await serializeUNetAsync(net, extra));
   if (optimizer) {
     if (location.endsWith(".safetensors")) {
       throw new RangeError(`Cannot save optimizer state beside "${location}": give a folder URI`);
     }
-    await putObject(joinUri(location, OPTIMIZER_FILE), serializeOptimizer(optimizer));
+    await putObject(joinUri(location, OPTIMIZER_FILE), await serializeOptimizerAsync(optimizer));
   }
 }
 

@@ -4,6 +4,7 @@
  * @module
  */
 import { parseArgs as nodeParseArgs, type ParseArgsConfig } from "node:util";
+import { parseShard, type Shard } from "../pipeline/shard.ts";
 import { BACKEND_NAMES, type BackendName } from "../model/backend.ts";
 
 /** One subcommand of main.ts. */
@@ -98,4 +99,16 @@ export function backendFlag(value: string | undefined, fallback: BackendName = "
     throw new UsageError(`--backend must be one of ${BACKEND_NAMES.join(", ")}, got "${value}"`);
   }
   return value as BackendName;
+}
+
+/**
+ * Parses `--shard` (or, without it, the AWS Batch / Kubernetes Indexed Job variables) into this
+ * worker's shard; undefined when neither says anything (every case). Bad values are usage errors.
+ */
+export function shardFlag(value: string | undefined): Shard | undefined {
+  try {
+    return parseShard(value, Deno.env.toObject());
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }

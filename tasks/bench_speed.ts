@@ -283,7 +283,7 @@ export async function benchSpeed(options: BenchSpeedOptions = {}) {
         const plan = windowPlan(dims, window, overlap, m);
         log(`case ${dims.join("x")}: sliding window ${window}^3, overlap ${overlap}`);
         const start = performance.now();
-        const probs = slidingWindowProbabilities(net, image, dims, {
+        const probs = await slidingWindowProbabilities(net, image, dims, {
           window,
           overlap,
           mirror: false,

@@ -19,7 +19,16 @@ import { findCases } from "../pipeline/cases.ts";
 import { Progress } from "../pipeline/progress.ts";
 import { writeReport } from "../pipeline/report.ts";
 import { joinUri, mapConcurrent } from "../pipeline/storage.ts";
-import { type Command, intFlag, numberFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
+import { inShard } from "../pipeline/shard.ts";
+import {
+  type Command,
+  intFlag,
+  numberFlag,
+  parseFlags,
+  printJson,
+  shardFlag,
+  UsageError,
+} from "./_cli.ts";
 
 export const evaluateCommand: Command = {
   name: "evaluate",
@@ -72,6 +81,9 @@ Options:
   --allow-missing           missing predictions are not an error
   --affine-tolerance <mm>   largest affine difference between prediction and reference (1e-3)
   --concurrency N           cases read at once (default 4)
+  --shard i/n|auto/n|auto   only the cases of shard i of n (0-based; "auto" reads the AWS Batch or
+                            Kubernetes Indexed Job variables, see segment --help); the others are
+                            neither evaluated nor missing. Merge by evaluating the whole output.
   --report                  also write <out>/report/index.html: per case FLAIR slices through the
                             tumor with reference and prediction overlaid (when --truth holds the
                             case's images), and the metrics tables (needs --out)
@@ -91,6 +103,7 @@ Examples:
       "affine-tolerance": { type: "string" },
       concurrency: { type: "string" },
       report: { type: "boolean" },
+      shard: { type: "string" },
     });
     if (!values.pred) throw new UsageError("evaluate: --pred <uri> is required");
     if (!values.truth) throw new UsageError("evaluate: --truth <uri> is required");
@@ -99,6 +112,7 @@ Examples:
     }
     if (values.report && !values.out) throw new UsageError("--report needs --out <uri>");
     const labels = values.labels as LabelConvention | undefined;
+    const shard = shardFlag(values.shard);
     const concurrency = intFlag("concurrency", values.concurrency, 4, 1, 64);
     const affineTolerance = numberFlag("affine-tolerance", values["affine-tolerance"], 1e-3, 0);
 
@@ -108,6 +122,7 @@ Examples:
       labels,
       concurrency,
       affineTolerance,
+      only: (id) => inShard(id, shard),
       onCase: (r, done, total) => {
         const eta = ((performance.now() - t0) / 1000 / done) * (total - done);
         progress.update("evaluate", done, total, r.case, eta);

@@ -10,6 +10,7 @@ import { evaluateCommand } from "./evaluate.ts";
 import { inspectCommand } from "./inspect.ts";
 import { planCommand } from "./plan.ts";
 import { segmentCommand } from "./segment.ts";
+import { serveCommand } from "./serve.ts";
 import { setupCommand } from "./setup.ts";
 import { synthCommand } from "./synth.ts";
 import { trainCommand } from "./train.ts";
@@ -22,6 +23,7 @@ export const commands: Command[] = [
   inspectCommand,
   planCommand,
   segmentCommand,
+  serveCommand,
   setupCommand,
   synthCommand,
   trainCommand,

@@ -18,7 +18,9 @@ import { slidingWindowProbabilities } from "../pipeline/inference.ts";
 import { modelFileUri } from "../pipeline/model_store.ts";
 import { encodeNifti } from "../pipeline/nifti.ts";
 import { preprocessCase, uncropBox } from "../pipeline/preprocess.ts";
+import { casesFromEvent, type IgnoredRecord, type WaitingCase } from "../pipeline/events.ts";
 import { formatDuration, Progress } from "../pipeline/progress.ts";
+import { inShard } from "../pipeline/shard.ts";
 import { caseReport } from "../pipeline/case_report.ts";
 import { type CaseMetrics, type CaseResult, evaluatePair } from "../pipeline/evaluation.ts";
 import { writeReport } from "../pipeline/report.ts";
@@ -30,6 +32,7 @@ import {
   numberFlag,
   parseFlags,
   printJson,
+  shardFlag,
   UsageError,
 } from "./_cli.ts";
 
@@ -194,7 +197,7 @@ export class Segmenter {
     }
     const header = await readNiftiHeader(c.images.flair);
     const p = await preprocessCase(c);
-    const probs = slidingWindowProbabilities(this.net, p.image, p.box.size, {
+    const probs = await slidingWindowProbabilities(this.net, p.image, p.box.size, {
       window: Math.min(opts.window, 1024),
       overlap: opts.overlap,
       batch: options.batch ?? 1,
@@ -277,6 +280,43 @@ export async function segmentationReport(
   return { uri, metrics };
 }
 
+/** Reads an event notification from a file, or from standard input for "-". */
+async function readEvent(source: string): Promise<string> {
+  if (source === "-") return await new Response(Deno.stdin.readable).text();
+  try {
+    return await Deno.readTextFile(source);
+  } catch (e) {
+    throw new Error(`--event ${source}: cannot read it (${(e as Error).message})`);
+  }
+}
+
+/**
+ * Segments the cases one S3 event notification completes (see pipeline/events.ts): the
+ * function-style counterpart of `serve`. Waiting and ignored records are logged.
+ */
+export async function segmentEvent(
+  event: unknown,
+  options: SegmentOptions,
+): Promise<SegmentResult & { waiting: WaitingCase[]; ignored: IgnoredRecord[] }> {
+  const found = await casesFromEvent(event, {
+    out: options.out,
+    ...(options.input ? { input: options.input } : {}),
+  });
+  const log = (m: string) => options.quiet || console.error(`segment: ${m}`);
+  for (const w of found.waiting) log(`waiting: ${w.id}: ${w.reason}`);
+  for (const i of found.ignored) log(`ignored: ${i.key}: ${i.reason}`);
+  const cases = found.cases.map((c) => c.case);
+  const result = cases.length > 0 ? await segmentCases(cases, [], options) : {
+    backend: "",
+    model: modelFileUri(options.model),
+    cases: [],
+    failed: [],
+    problems: [],
+    seconds: 0,
+  };
+  return { ...result, waiting: found.waiting, ignored: found.ignored };
+}
+
 /** Options of {@linkcode segment}. */
 export interface SegmentOptions extends CaseOptions {
   model: string;
@@ -307,14 +347,24 @@ export interface SegmentResult {
  * recorded as `<out>/<id>.error.json` and the others go on.
  */
 export async function segment(options: SegmentOptions): Promise<SegmentResult> {
-  const t0 = performance.now();
-  const progress = new Progress({ quiet: options.quiet });
   const { cases: found, problems } = await findCases(options.input);
-  for (const p of problems) progress.log(`segment: skipping ${p.id}: ${p.error}`);
-  const cases = options.only ? found.filter(options.only) : found;
+  for (const p of problems) {
+    if (!options.quiet) console.error(`segment: skipping ${p.id}: ${p.error}`);
+  }
   if (found.length === 0) {
     throw new Error(`${options.input}: no BraTS cases found (four modalities per case)`);
   }
+  return await segmentCases(options.only ? found.filter(options.only) : found, problems, options);
+}
+
+/** Segments the given cases (see {@linkcode segment}). */
+export async function segmentCases(
+  cases: Case[],
+  problems: { id: string; error: string }[],
+  options: SegmentOptions,
+): Promise<SegmentResult> {
+  const t0 = performance.now();
+  const progress = new Progress({ quiet: options.quiet });
   const segmenter = await Segmenter.load(options.model, options);
   const outcomes: CaseOutcome[] = [];
   const failed: { id: string; error: string }[] = [];
@@ -381,9 +431,24 @@ affine) and <out>/<case>.json (model and inputs it was made from). Cases already
 same model, inputs and options are skipped unless --force. A failing case is recorded in
 <out>/<case>.error.json, the others go on, and the exit status is 1.
 
+With --event FILE (or - for standard input), the cases come from one S3 event notification (AWS
+S3, SNS-wrapped or MinIO webhook JSON, as \`serve\` accepts): each case whose four modalities are
+present is segmented; objects under --out and files that are not case inputs are ignored; cases
+still missing a modality are listed as waiting. A malformed event is an error (exit 1), nothing
+written.
+
+Batch jobs: --shard i/n segments only the cases of shard i of n (0-based; a case's shard is a hash
+of its id, so it never moves when cases are added). Without the flag, AWS Batch array jobs
+(AWS_BATCH_JOB_ARRAY_INDEX, AWS_BATCH_JOB_ARRAY_SIZE) and Kubernetes Indexed Jobs
+(JOB_COMPLETION_INDEX with REVUNET_SHARD_COUNT) set it; --shard auto/n takes the index from them.
+Finished cases are skipped, so a retried shard completes the work; evaluate over the whole --out
+merges the shards.
+
 Options:
   --model URI             trained model (required)
-  --input URI             a case folder or a dataset (required)
+  --input URI             a case folder or a dataset (required unless --event)
+  --event FILE|-          segment the cases an S3 event notification completes
+  --shard i/n|auto/n      only the cases of one shard (see above)
   --out URI               output folder or s3:// prefix (required)
   --overlap X             window overlap in [0, 1) (default 0.5)
   --window N              window edge (default: the model's training crop, else 128)
@@ -404,6 +469,8 @@ Example:
     const { values } = parseFlags("segment", args, {
       model: { type: "string" },
       input: { type: "string" },
+      event: { type: "string" },
+      shard: { type: "string" },
       out: { type: "string" },
       overlap: { type: "string" },
       window: { type: "string" },
@@ -417,16 +484,20 @@ Example:
       quiet: { type: "boolean" },
       json: { type: "boolean" },
     });
-    for (const f of ["model", "input", "out"] as const) {
+    for (const f of ["model", "out"] as const) {
       if (!values[f]) throw new UsageError(`--${f} is required`);
     }
+    if (!values.input && values.event === undefined) {
+      throw new UsageError("--input is required (or --event)");
+    }
+    const shard = shardFlag(values.shard);
     const overlap = numberFlag("overlap", values.overlap, 0.5, 0, 0.95);
     const window = values.window === undefined
       ? undefined
       : intFlag("window", values.window, 128, 8, 1024);
-    const result = await segment({
+    const common = {
       model: values.model!,
-      input: values.input!,
+      input: values.input ?? "",
       out: values.out!,
       overlap,
       ...(window ? { window } : {}),
@@ -438,7 +509,16 @@ Example:
       report: values.report ?? false,
       backend: backendFlag(values.backend),
       quiet: values.quiet ?? false,
-    });
+    };
+    const result = values.event !== undefined
+      ? await segmentEvent(await readEvent(values.event), common)
+      : await segment({
+        ...common,
+        ...(shard ? { only: (c: Case) => inShard(c.id, shard) } : {}),
+      });
+    if (shard && !values.quiet) {
+      console.error(`segment: shard ${shard.index}/${shard.count}: ${result.cases.length} cases`);
+    }
     if (values.json) printJson(result);
     const done = result.cases.filter((c) => c.status === "done").length;
     if (!values.quiet) {

@@ -26,7 +26,7 @@ import {
   Optimizer,
   polyLearningRate,
   resolveConfig,
-  trainStep,
+  trainStepAsync,
   type UNet,
 } from "../model/mod.ts";
 import { type BackendChoice, selectBackend } from "../model/backend.ts";
@@ -201,15 +201,19 @@ export function splitCases(
 }
 
 /** Mean Dice per region of sliding-window predictions on the validation cases. */
-export function validate(
+export async function validate(
   net: UNet,
   cases: PreprocessedCase[],
   window: number,
-): RegionScores {
-  const scores = cases.map((c) => {
-    const probs = slidingWindowProbabilities(net, c.image, c.box.size, { window, overlap: 0.5 });
-    return regionDice(probs, c.regions!);
-  });
+): Promise<RegionScores> {
+  const scores: RegionScores[] = [];
+  for (const c of cases) {
+    const probs = await slidingWindowProbabilities(net, c.image, c.box.size, {
+      window,
+      overlap: 0.5,
+    });
+    scores.push(regionDice(probs, c.regions!));
+  }
   return meanScores(scores);
 }
 
@@ -352,7 +356,7 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
         );
         let loss: number;
         try {
-          loss = trainStep(net, optimizer, x, y, lr);
+          loss = await trainStepAsync(net, optimizer, x, y, lr);
         } finally {
           tf.dispose([x, y]);
         }
@@ -398,7 +402,7 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
       const last = state.epoch + 1 === s.epochs;
       if (valCases.length > 0 && ((state.epoch + 1) % s.valEvery === 0 || last)) {
         const v0 = performance.now();
-        const dice = validate(net, valCases, s.valWindow);
+        const dice = await validate(net, valCases, s.valWindow);
         const mean = (dice.WT + dice.TC + dice.ET) / 3;
         metrics.val_dice = dice;
         metrics.val_mean_dice = mean;
@@ -482,20 +486,23 @@ async function trainingReport(
   s: TrainSettings,
   history: EpochMetrics[],
 ): Promise<string> {
-  const entries = preprocessed.map((p, i) => {
+  const entries = [];
+  for (const [i, p] of preprocessed.entries()) {
     const c = cases[i];
-    const probs = slidingWindowProbabilities(net, p.image, p.box.size, { window: s.valWindow });
+    const probs = await slidingWindowProbabilities(net, p.image, p.box.size, {
+      window: s.valWindow,
+    });
     const prediction = regionsToLabels(probs, c.enhancingLabel);
     const truth = bitsToLabels(p.regions!, c.enhancingLabel);
     const flair = new Float32Array(p.image.length / 4).map((_, j) => p.image[4 * j]);
     const spacing = (c.spacing ?? [1, 1, 1]) as [number, number, number];
     const m = caseMetrics(prediction, truth, p.box.size, spacing, c.enhancingLabel);
-    return {
+    entries.push({
       id: c.id,
       slices: renderCaseSlices({ flair, dims: p.box.size, spacing, truth, prediction }),
       metrics: reportMetrics(m),
-    };
-  });
+    });
+  }
   const curves = new TextDecoder().decode(await getObject(joinUri(out, "curves.svg")));
   const last = history.at(-1);
   return await writeReport(out, {

@@ -11,7 +11,7 @@ import { regionsToLabels, segment } from "../tasks/segment.ts";
 import { defaultSettings, train } from "../tasks/train.ts";
 import { runMain } from "./_cli.ts";
 import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
-import { startS3rver } from "./_s3rver.ts";
+import { S3RVER_CREDENTIALS, startS3rver } from "./_s3rver.ts";
 
 await tf.setBackend("cpu");
 
@@ -166,4 +166,54 @@ Deno.test("train then segment held-out synthetic cases from and to s3rver", asyn
   const [c] = (await findCases("s3://brats/data")).cases;
   const out = decodeNifti(await getObject(`s3://brats/seg/${c.id}.nii.gz`), c.id);
   assertEquals(out.header.dims, [32, 32, 32]);
+});
+
+Deno.test("segment --event: the case an S3 notification completes; output keys ignored; malformed → exit 1", async () => {
+  await using s3 = await startS3rver({ buckets: ["brats"] });
+  const dir = await Deno.makeTempDir();
+  try {
+    await writePhantomDataset("s3://brats/in", { cases: 1, dims: [24, 24, 16], seed: 8 });
+    const net = createUNet(resolveConfig(TINY), { seed: 3 });
+    await saveModel(`${dir}/model`, net, undefined, { train_crop: "16" });
+    disposeUNet(net);
+    const [c] = (await findCases("s3://brats/in")).cases;
+    const key = c.images.t2.replace("s3://brats/", "");
+    const event = (k: string) => ({
+      Records: [{
+        eventVersion: "2.1",
+        eventSource: "aws:s3",
+        eventName: "ObjectCreated:Put",
+        s3: { bucket: { name: "brats" }, object: { key: encodeURIComponent(k), size: 1 } },
+      }],
+    });
+    await Deno.writeTextFile(`${dir}/event.json`, JSON.stringify(event(key)));
+    const env = {
+      AWS_ENDPOINT_URL_S3: s3.endpoint,
+      AWS_REGION: "us-east-1",
+      AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+      AWS_EC2_METADATA_DISABLED: "true",
+    };
+    const args = ["segment", "--model", `${dir}/model`, "--out", "s3://brats/seg", "--json"];
+    const r = await runMain([...args, "--event", `${dir}/event.json`], env);
+    assertEquals(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+    assertEquals(out.cases.map((x: { id: string }) => x.id), [c.id]);
+    assert(await exists(`s3://brats/seg/${c.id}.nii.gz`));
+
+    await Deno.writeTextFile(`${dir}/own.json`, JSON.stringify(event(`seg/${c.id}.nii.gz`)));
+    const own = await runMain([...args, "--event", `${dir}/own.json`], env);
+    assertEquals(own.code, 0, own.stderr);
+    const ownOut = JSON.parse(own.stdout.trim().split("\n").at(-1)!);
+    assertEquals(ownOut.cases, []);
+    assertEquals(ownOut.ignored.length, 1);
+
+    await Deno.writeTextFile(`${dir}/bad.json`, '{"Records": [{"s3": {}}]}');
+    const before = (await listObjects("s3://brats/seg/")).length;
+    const bad = await runMain([...args, "--event", `${dir}/bad.json`], env);
+    assertEquals(bad.code, 1, bad.stderr);
+    assertEquals((await listObjects("s3://brats/seg/")).length, before, "nothing written");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

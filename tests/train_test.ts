@@ -262,7 +262,7 @@ Deno.test("prefetch in a worker hands out exactly the batches the main thread wo
   assert(other.image.some((v, i) => v !== batchForStep(cases, options, 0).image[i]));
 });
 
-Deno.test("sliding window: starts cover the volume; a whole-volume window equals the direct prediction", () => {
+Deno.test("sliding window: starts cover the volume; a whole-volume window equals the direct prediction", async () => {
   assertEquals(windowStarts(10, 16, 0.5), [0]);
   assertEquals(windowStarts(32, 16, 0.5), [0, 8, 16]);
   for (const [extent, w] of [[37, 16], [100, 32], [17, 16]]) {
@@ -280,7 +280,7 @@ Deno.test("sliding window: starts cover the volume; a whole-volume window equals
   const net = createUNet(TINY, { seed: 1, zeroInitResidual: false });
   const dims: Dims = [16, 16, 16];
   const image = Float32Array.from({ length: 16 ** 3 * 4 }, (_, i) => Math.sin(i * 0.37));
-  const viaWindows = slidingWindowProbabilities(net, image, dims, { window: 16 });
+  const viaWindows = await slidingWindowProbabilities(net, image, dims, { window: 16 });
   const direct = tf.tidy(() =>
     tf.sigmoid(predictLogits(net, tf.tensor5d(image, [1, 16, 16, 16, 4]))).dataSync()
   );
@@ -289,12 +289,16 @@ Deno.test("sliding window: starts cover the volume; a whole-volume window equals
     maxDiff = Math.max(maxDiff, Math.abs(direct[i] - viaWindows[i]));
   }
   assert(maxDiff < 1e-5, `max difference ${maxDiff}`);
-  const tiled = slidingWindowProbabilities(net, image, dims, { window: 8, batch: 3, mirror: true });
+  const tiled = await slidingWindowProbabilities(net, image, dims, {
+    window: 8,
+    batch: 3,
+    mirror: true,
+  });
   assertEquals(tiled.length, 16 ** 3 * 3);
   assert(tiled.every((v) => v >= 0 && v <= 1));
   disposeUNet(net);
   assertEquals(tf.memory().numTensors, before);
-  assertThrows(
+  await assertRejects(
     () => slidingWindowProbabilities(net, image, dims, { window: 9 }),
     RangeError,
     "multiple",

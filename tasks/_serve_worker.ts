@@ -1,0 +1,47 @@
+/**
+ * One segmentation worker of `serve`: loads the model once, then segments the cases it is sent.
+ *
+ * Segmentation runs tfjs synchronously for seconds to minutes; in the service's own thread that
+ * would stall every HTTP request (health checks, events) until it finished. A worker keeps the
+ * service answering.
+ *
+ * Messages in: `{ type: "load", model, backend }`, then `{ type: "segment", job, case, out,
+ * options }`. Messages out: `{ type: "loaded", backend, model }` or `{ type: "error", error }`;
+ * `{ type: "result", job, outcome }` or `{ type: "failed", job, error }`.
+ * @module
+ */
+import type { WorkerReply, WorkerRequest } from "./serve.ts";
+import { describeError } from "./serve.ts";
+import { Segmenter } from "./segment.ts";
+
+interface WorkerScope {
+  onmessage: ((e: MessageEvent<WorkerRequest>) => void) | null;
+  postMessage(message: WorkerReply): void;
+}
+
+const scope = globalThis as unknown as WorkerScope;
+let segmenter: Segmenter | undefined;
+
+scope.onmessage = async (e) => {
+  const msg = e.data;
+  if (msg.type === "load") {
+    try {
+      segmenter = await Segmenter.load(msg.model, { backend: msg.backend, quiet: true });
+      scope.postMessage({ type: "loaded", backend: segmenter.backend, model: segmenter.modelUri });
+    } catch (err) {
+      scope.postMessage({ type: "error", error: describeError(err) });
+    }
+    return;
+  }
+  try {
+    if (!segmenter) throw new Error("the worker has no model loaded");
+    const { id, status, output, seconds } = await segmenter.segmentCase(
+      msg.case,
+      msg.out,
+      msg.options,
+    );
+    scope.postMessage({ type: "result", job: msg.job, outcome: { id, status, output, seconds } });
+  } catch (err) {
+    scope.postMessage({ type: "failed", job: msg.job, error: describeError(err) });
+  }
+};
