@@ -20,12 +20,16 @@ import {
   diceBceLoss,
   disposeUNet,
   type NetworkConfig,
+  Optimizer,
   predictLogits,
   resolveConfig,
   reversibleGrads,
   standardGrads,
+  trainStepAsync,
   unetFromWeights,
 } from "../model/mod.ts";
+import { slidingWindowProbabilities } from "../pipeline/inference.ts";
+import { loadModel, saveModel } from "../pipeline/model_store.ts";
 
 await selectBackend("cpu");
 
@@ -362,5 +366,40 @@ Deno.test({
       disposeUNet(net);
       return out;
     });
+  },
+});
+
+Deno.test({
+  name:
+    `webgpu runs the pipeline's own reads: a training step, sliding windows, saving a model${SKIP}`,
+  ignore,
+  fn: async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      await selectBackend("webgpu");
+      const config = resolveConfig({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 });
+      const net = createUNet(config, { seed: 1 });
+      const opt = new Optimizer();
+      const x = tf.randomNormal([1, 8, 8, 8, 4], 0, 1, "float32", 3) as tf.Tensor5D;
+      const t = tf.randomUniform([1, 8, 8, 8, 3], 0, 1, "float32", 4).round() as tf.Tensor5D;
+      const loss = await trainStepAsync(net, opt, x, t, 1e-3);
+      assert(Number.isFinite(loss), `loss ${loss}`);
+      const image = Float32Array.from({ length: 12 * 10 * 8 * 4 }, (_, i) => Math.sin(i));
+      const probs = await slidingWindowProbabilities(net, image, [12, 10, 8], { window: 8 });
+      assertEquals(probs.length, 12 * 10 * 8 * 3);
+      assert(probs.every((p) => p >= 0 && p <= 1));
+      await saveModel(dir, net, opt);
+      const saved = Float32Array.from(await net.named.get("stem/kernel")!.data());
+      tf.dispose([x, t]);
+      opt.dispose();
+      disposeUNet(net);
+      await selectBackend("cpu");
+      const { net: back } = await loadModel(dir);
+      assertEquals(back.named.get("stem/kernel")!.dataSync(), saved);
+      disposeUNet(back);
+    } finally {
+      await selectBackend("cpu");
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });
