@@ -18,9 +18,9 @@
 import * as tf from "./tf.ts";
 import {
   bottleneck,
-  bottleneckFromList,
-  bottleneckList,
+  bottleneckForward,
   type BottleneckOptions,
+  bottleneckVjp,
   type BottleneckWeights,
 } from "./bottleneck.ts";
 
@@ -33,7 +33,10 @@ export interface BlockWeights {
 /** Gradients of one block's weights, in the same shape as {@linkcode BlockWeights}. */
 export type BlockGrads = BlockWeights;
 
-/** y = block(x) for x of shape [n, d, h, w, C]. */
+/**
+ * y = block(x) for x of shape [n, d, h, w, C], as composed ops that automatic differentiation can
+ * go through (the standard twin). Outside a tape, {@linkcode sequenceForward} is leaner.
+ */
 export function blockForward(x: tf.Tensor5D, w: BlockWeights, o: BottleneckOptions): tf.Tensor5D {
   return tf.tidy(() => {
     const [x1, x2] = tf.split(x, 2, 4) as [tf.Tensor5D, tf.Tensor5D]; // [n,d,h,w,C/2] each
@@ -43,14 +46,35 @@ export function blockForward(x: tf.Tensor5D, w: BlockWeights, o: BottleneckOptio
   });
 }
 
-/** x = block⁻¹(y): the block's input recomputed from its output. */
+/**
+ * y = block(x) outside any gradient tape, freeing every intermediate as soon as it is used: a
+ * tf.tidy around the whole block would keep F's and G's expanded intermediates until it ends.
+ */
+function blockValue(x: tf.Tensor5D, w: BlockWeights, o: BottleneckOptions): tf.Tensor5D {
+  const [x1, x2] = tf.split(x, 2, 4) as [tf.Tensor5D, tf.Tensor5D]; // [n,d,h,w,C/2] each
+  const f = bottleneckForward(x2, w.F, o);
+  const y1 = tf.add(x1, f) as tf.Tensor5D;
+  tf.dispose([x1, f]);
+  const g = bottleneckForward(y1, w.G, o);
+  const y2 = tf.add(x2, g) as tf.Tensor5D;
+  tf.dispose([x2, g]);
+  const y = tf.concat([y1, y2], 4) as tf.Tensor5D; // [n,d,h,w,C]
+  tf.dispose([y1, y2]);
+  return y;
+}
+
+/** x = block⁻¹(y): the block's input recomputed from its output (outside any gradient tape). */
 export function blockInverse(y: tf.Tensor5D, w: BlockWeights, o: BottleneckOptions): tf.Tensor5D {
-  return tf.tidy(() => {
-    const [y1, y2] = tf.split(y, 2, 4) as [tf.Tensor5D, tf.Tensor5D];
-    const x2 = tf.sub(y2, bottleneck(y1, w.G, o)) as tf.Tensor5D;
-    const x1 = tf.sub(y1, bottleneck(x2, w.F, o)) as tf.Tensor5D;
-    return tf.concat([x1, x2], 4) as tf.Tensor5D;
-  });
+  const [y1, y2] = tf.split(y, 2, 4) as [tf.Tensor5D, tf.Tensor5D];
+  const g = bottleneckForward(y1, w.G, o);
+  const x2 = tf.sub(y2, g) as tf.Tensor5D;
+  tf.dispose([y2, g]);
+  const f = bottleneckForward(x2, w.F, o);
+  const x1 = tf.sub(y1, f) as tf.Tensor5D;
+  tf.dispose([y1, f]);
+  const x = tf.concat([x1, x2], 4) as tf.Tensor5D;
+  tf.dispose([x1, x2]);
+  return x;
 }
 
 /**
@@ -65,28 +89,11 @@ export function sequenceForward(
 ): tf.Tensor5D {
   let current = x;
   for (const w of blocks) {
-    const next = blockForward(current, w, o);
+    const next = blockValue(current, w, o);
     if (current !== x) current.dispose();
     current = next;
   }
   return current === x ? tf.clone(x) : current;
-}
-
-/** One F or G call with its vector-Jacobian product: value, dx and d(weights). */
-function bottleneckVjp(
-  input: tf.Tensor5D,
-  w: BottleneckWeights,
-  dy: tf.Tensor5D,
-  o: BottleneckOptions,
-): { value: tf.Tensor5D; dx: tf.Tensor5D; dw: BottleneckWeights } {
-  // Its own tidy scope: the tape of this one call is the whole working set, freed on return.
-  const [value, dx, ...dw] = tf.tidy(() => {
-    const f = (x: tf.Tensor, ...ws: tf.Tensor[]) =>
-      bottleneck(x as tf.Tensor5D, bottleneckFromList(ws), o);
-    const { value, grads } = tf.valueAndGrads(f)([input, ...bottleneckList(w)], dy);
-    return [value, ...grads];
-  });
-  return { value: value as tf.Tensor5D, dx: dx as tf.Tensor5D, dw: bottleneckFromList(dw) };
 }
 
 /**
