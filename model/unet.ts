@@ -240,6 +240,38 @@ function head(x: tf.Tensor5D, w: ConvWeights<tf.Tensor2D>): tf.Tensor5D {
   return tf.add(pointwise(x, w.kernel), w.bias);
 }
 
+/**
+ * The vector-Jacobian product of a biased convolution (the stem, a down-sampling layer) straight
+ * from tfjs's two convolution-gradient kernels: unlike `tf.grads` of the layer, it does not
+ * recompute the layer's output, and it skips the input gradient when it is not wanted (the stem's
+ * input is the image).
+ */
+function convVjp(
+  x: tf.Tensor5D,
+  w: ConvWeights,
+  dy: tf.Tensor5D,
+  stride: number,
+  pad: "same" | "valid",
+  wantInput: boolean,
+): { kernel: tf.Tensor; bias: tf.Tensor; dx?: tf.Tensor5D } {
+  const strides: [number, number, number] = [stride, stride, stride];
+  const engine = tf.engine();
+  const kernel = engine.runKernel<tf.Tensor>("Conv3DBackpropFilterV2", { x, dy }, {
+    strides,
+    pad,
+    filterShape: w.kernel.shape,
+  });
+  const bias = tf.sum(dy, [0, 1, 2, 3]);
+  const dx = wantInput
+    ? engine.runKernel<tf.Tensor5D>("Conv3DBackpropInputV2", { dy, filter: w.kernel }, {
+      strides,
+      pad,
+      inputShape: x.shape,
+    })
+    : undefined;
+  return { kernel, bias, ...(dx ? { dx } : {}) };
+}
+
 function checkInput(config: NetworkConfig, x: tf.Tensor): asserts x is tf.Tensor5D {
   const m = 2 ** (config.levels - 1);
   if (x.rank !== 5 || x.shape[4] !== config.inChannels) {
@@ -448,14 +480,13 @@ export function reversibleGrads(
     dTotal.dispose();
     enc[l].dispose();
     if (l > 0) {
-      const dn = layerVjp(down, enc[l - 1], w.down[l - 1], seq.dx);
+      const dn = convVjp(enc[l - 1], w.down[l - 1], seq.dx, 2, "valid", true);
       put(`down${l - 1}`, { kernel: dn.kernel, bias: dn.bias });
-      dOut = dn.dx;
+      dOut = dn.dx!;
     } else {
-      const st = layerVjp(stem, x, w.stem, seq.dx);
+      const st = convVjp(x, w.stem, seq.dx, 1, "same", inputGrad);
       put("stem", { kernel: st.kernel, bias: st.bias });
-      if (inputGrad) dx = st.dx;
-      else st.dx.dispose();
+      dx = st.dx;
     }
     seq.x.dispose();
     seq.dx.dispose();

@@ -264,6 +264,58 @@ Deno.test("native Slice and SplitV equal tfjs's kernels on strided, contiguous a
   tf.dispose([x, xi, ...results.plain, ...results.native]);
 });
 
+Deno.test("native element-wise kernels equal tfjs's: broadcasts, sums, transposes, concats", () => {
+  const rng = seededRandom(503);
+  const x = randomNormal([2, 3, 4, 5, 6], rng);
+  const y = randomNormal([2, 3, 4, 5, 6], rng);
+  const bias = randomNormal([6], rng);
+  const block = randomNormal([1, 1, 5, 6], rng);
+  const row = randomNormal([1, 1, 1, 1, 6], rng);
+  const middle = randomNormal([1, 3, 1, 1, 1], rng); // not a trailing block: tfjs's kernel
+  const positive = tf.tidy(() => tf.add(tf.abs(y), 0.5));
+  const s = tf.scalar(1.7);
+  const xi = tf.cast(tf.mul(x, 10), "int32");
+  const xFlat = tf.reshape(x, [720]);
+  const yFlat = tf.reshape(y, [720]);
+  const results = plainAndNative(() => [
+    tf.add(x, y),
+    tf.sub(x, y),
+    tf.mul(x, y),
+    tf.div(x, positive),
+    tf.add(x, bias),
+    tf.sub(bias, x),
+    tf.mul(row, x),
+    tf.div(block, positive),
+    tf.sub(x, s),
+    tf.div(s, positive),
+    tf.mul(s, x),
+    tf.add(x, middle),
+    tf.add(xi, xi), // int32: tfjs's kernel
+    tf.sum(x, [0, 1, 2, 3]),
+    tf.sum(x, [1, 2, 3], true),
+    tf.sum(x),
+    tf.sum(x, -1),
+    tf.sum(x, [0, 2]), // two runs: tfjs's kernel
+    tf.transpose(x, [0, 2, 1, 3, 4]),
+    tf.transpose(x, [4, 3, 2, 1, 0]),
+    tf.transpose(x, [1, 0, 2, 3, 4]),
+    tf.concat([x, y], 4),
+    tf.concat([x, y, x], 1),
+    tf.concat([xFlat, yFlat], 0),
+    tf.concat([xi, xi], 2),
+  ]);
+  results.native.forEach((t, i) => {
+    const p = results.plain[i];
+    assertEquals(t.shape, p.shape, `result ${i}: shape`);
+    assertEquals(t.dtype, p.dtype, `result ${i}: dtype`);
+    // Sums add in float64 here and in float32 in tfjs; the rest is exact.
+    if (i >= 13 && i <= 17) assertAllClose(t, p, 1e-5, `result ${i}`);
+    else assertEquals([...t.dataSync()], [...p.dataSync()], `result ${i}`);
+  });
+  tf.dispose([x, y, bias, block, row, middle, positive, s, xi, xFlat, yFlat]);
+  tf.dispose([...results.plain, ...results.native]);
+});
+
 // ---- the whole network --------------------------------------------------------------------------
 
 Deno.test({
@@ -308,6 +360,7 @@ Deno.test("disableNativeKernels() restores tfjs's kernels and the layers' compos
     matMul: false,
     layers: false,
     slices: false,
+    elementwise: false,
     threads: 0,
     notes: [],
   });

@@ -22,6 +22,14 @@ import {
 } from "./library.ts";
 import { stridedSlice } from "./slice.ts";
 import {
+  BINARY_KERNELS,
+  binaryFast,
+  concatFast,
+  type ElementwiseArgs,
+  sumFast,
+  transposeFast,
+} from "./elementwise.ts";
+import {
   REV_DEPTHWISE_CONV3D,
   REV_DEPTHWISE_CONV3D_BACKPROP_FILTER,
   REV_DEPTHWISE_CONV3D_BACKPROP_INPUT,
@@ -45,6 +53,11 @@ export interface NativeStatus {
   layers: boolean;
   /** Strided `Slice` and `SplitV` (the blocks' channel splits) copy whole runs (slice.ts). */
   slices: boolean;
+  /**
+   * `Add`, `Sub`, `Multiply`, `RealDiv` (same shapes, scalars, biases), `Sum` over contiguous
+   * axes, `Transpose` and `Concat` run on typed-array loops (elementwise.ts).
+   */
+  elementwise: boolean;
   /** Threads the native code uses. */
   threads: number;
   /** One line for each part that is off, saying why. */
@@ -76,7 +89,27 @@ interface KernelArgs {
 
 /** tfjs's own kernels that an override replaced, to put back on disable. */
 const originals = new Map<string, tf.KernelConfig>();
-let state: NativeStatus = { matMul: false, layers: false, slices: false, threads: 0, notes: [] };
+let state: NativeStatus = {
+  matMul: false,
+  layers: false,
+  slices: false,
+  elementwise: false,
+  threads: 0,
+  notes: [],
+};
+
+/** tfjs cpu kernels with a typed-array fast path (elementwise.ts), each falling back to tfjs. */
+const ELEMENTWISE_OVERRIDES: [string, (args: ElementwiseArgs) => tf.TensorInfo | undefined][] = [
+  ...BINARY_KERNELS.map((op) =>
+    [op, (args: ElementwiseArgs) => binaryFast(op, args)] as [
+      string,
+      (args: ElementwiseArgs) => tf.TensorInfo | undefined,
+    ]
+  ),
+  ["Sum", sumFast],
+  ["Transpose", transposeFast],
+  ["Concat", concatFast],
+];
 
 /**
  * Registers the native kernels for the cpu backend, building the kernel library with gcc on first
@@ -108,8 +141,13 @@ export function enableNativeKernels(options: EnableOptions = {}): NativeStatus {
     );
   }
   const slices = override(SLICE, sliceKernel) && override(SPLIT_V, splitKernel);
+  let elementwise = true;
+  for (const [name, fast] of ELEMENTWISE_OVERRIDES) {
+    elementwise = override(name, (original) => (args) =>
+      fast(args as unknown as ElementwiseArgs) ?? original(args)) && elementwise;
+  }
   for (const note of notes) options.log?.(note);
-  state = { matMul, layers: lib.ok, slices, threads, notes };
+  state = { matMul, layers: lib.ok, slices, elementwise, threads, notes };
   return nativeKernelStatus();
 }
 
@@ -123,7 +161,14 @@ export function disableNativeKernels(): void {
     tf.registerKernel(config);
   }
   originals.clear();
-  state = { matMul: false, layers: false, slices: false, threads: 0, notes: [] };
+  state = {
+    matMul: false,
+    layers: false,
+    slices: false,
+    elementwise: false,
+    threads: 0,
+    notes: [],
+  };
 }
 
 /** What is on now (a copy). */
