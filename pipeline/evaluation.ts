@@ -426,6 +426,23 @@ export async function evaluatePair(
   const [predBytes, truthBytes] = await Promise.all([getObject(predUri), getObject(truthUri)]);
   const truthImage = decodeNifti(truthBytes, truthUri);
   const predImage = decodeNifti(predBytes, predUri);
+  return evaluateImages(predImage, predUri, truthImage, truthUri, options);
+}
+
+/**
+ * {@linkcode evaluatePair} of two decoded volumes: what `segment` uses on a prediction it holds in
+ * memory, so that its metrics are those `evaluate` computes from the written file.
+ * @param predUri the prediction's name or URI, for errors
+ * @param truthUri the reference's name or URI, for errors
+ * @throws {RangeError} labels outside the convention, or two grids, naming the file(s)
+ */
+export function evaluateImages(
+  predImage: NiftiImage,
+  predUri: string,
+  truthImage: NiftiImage,
+  truthUri: string,
+  options: PairOptions = {},
+): PairResult {
   checkSameGrid(predImage.header, predUri, truthImage.header, truthUri, options.affineTolerance);
   const truth = labelVolume(truthImage, truthUri);
   const pred = labelVolume(predImage, predUri);
@@ -594,8 +611,11 @@ export interface EvaluateOptions extends Omit<PairOptions, "truthEnhancingLabel"
  * `truthUri` (see {@linkcode findPredictions} and {@linkcode findTruth}). Cases are matched by id;
  * references without a prediction are listed in `missing` and predictions without a reference in
  * `extra`, never dropped silently (it is the caller's decision whether `missing` is an error).
- * @throws {Error} when no reference or no prediction is found at all, or any pair cannot be
- *   evaluated (a broken file, unknown labels, two grids): nothing is returned then
+ * With `only` (one shard), a shard without cases gives an empty evaluation, and a shard whose
+ * predictions are all absent lists its cases as missing.
+ * @throws {Error} when no reference is found at all, or no prediction at all without `only`, or
+ *   any pair cannot be evaluated (a broken file, unknown labels, two grids): nothing is returned
+ *   then
  */
 export async function evaluateCases(
   predUri: string,
@@ -603,22 +623,23 @@ export async function evaluateCases(
   options: EvaluateOptions = {},
 ): Promise<Evaluation> {
   const only = options.only ?? (() => true);
-  const [truth, preds] = await Promise.all([
-    findTruth(truthUri).then((t) => t.filter((c) => only(c.id))),
-    findPredictions(predUri).then((p) => p.filter((c) => only(c.id))),
-  ]);
-  if (truth.length === 0) {
+  const [allTruth, allPreds] = await Promise.all([findTruth(truthUri), findPredictions(predUri)]);
+  if (allTruth.length === 0) {
     throw new Error(
       `No reference segmentations under "${truthUri}": expected BraTS seg files ` +
         `(<id>_seg.nii.gz or <id>-seg.nii.gz, in case folders or flat) or <case>.nii.gz files`,
     );
   }
-  if (preds.length === 0) {
+  // Unfiltered, an empty folder is a wrong URI. Filtered (one shard of a batch job), a shard may
+  // hold no case at all, and a shard whose predictions are all absent reports them as missing.
+  if (allPreds.length === 0 && !options.only) {
     throw new Error(
       `No predictions under "${predUri}": expected <case>.nii.gz or <case>_seg.nii.gz files ` +
         `directly in it`,
     );
   }
+  const truth = allTruth.filter((c) => only(c.id));
+  const preds = allPreds.filter((c) => only(c.id));
   const predById = new Map(preds.map((p) => [p.id, p]));
   const truthIds = new Set(truth.map((t) => t.id));
   const pairs = truth.filter((t) => predById.has(t.id));
@@ -685,10 +706,35 @@ export function evaluationCsv(cases: readonly CaseResult[]): string {
 }
 
 /**
- * Writes `metrics.json` (the evaluation) and `metrics.csv` (per case) under `outUri`, each
- * atomically (a single PUT, or a temporary file renamed).
+ * The base name of the files {@linkcode writeEvaluation} writes: `metrics`, or for one shard of a
+ * batch job `metrics-shard-<i>-of-<n>`, so shards that share an output folder never overwrite
+ * each other's files (`metrics.json` is left to the merge: `evaluate` over the whole output).
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { metricsBaseName } from "./evaluation.ts";
+ * assertEquals(metricsBaseName(), "metrics");
+ * assertEquals(metricsBaseName({ index: 2, count: 8 }), "metrics-shard-2-of-8");
+ * ```
  */
-export async function writeEvaluation(outUri: string, evaluation: Evaluation): Promise<void> {
-  await putObject(joinUri(outUri, "metrics.csv"), evaluationCsv(evaluation.cases));
-  await putObject(joinUri(outUri, "metrics.json"), JSON.stringify(evaluation, null, 2) + "\n");
+export function metricsBaseName(shard?: { index: number; count: number }): string {
+  return shard ? `metrics-shard-${shard.index}-of-${shard.count}` : "metrics";
+}
+
+/**
+ * Writes `<name>.json` (the evaluation) and `<name>.csv` (per case) under `outUri`, each
+ * atomically (a single PUT, or a temporary file renamed).
+ * @param name the base name. @default "metrics" (see {@linkcode metricsBaseName})
+ * @returns the URIs written, JSON first
+ */
+export async function writeEvaluation(
+  outUri: string,
+  evaluation: Evaluation,
+  name = "metrics",
+): Promise<[string, string]> {
+  const json = joinUri(outUri, `${name}.json`);
+  const csv = joinUri(outUri, `${name}.csv`);
+  await putObject(csv, evaluationCsv(evaluation.cases));
+  await putObject(json, JSON.stringify(evaluation, null, 2) + "\n");
+  return [json, csv];
 }

@@ -11,7 +11,7 @@
  * @module
  */
 import type { WorkerReply, WorkerRequest } from "./serve.ts";
-import { describeError } from "./serve.ts";
+import { describeError, runOutcome } from "./serve.ts";
 import { Segmenter } from "./segment.ts";
 
 interface WorkerScope {
@@ -35,12 +35,8 @@ scope.onmessage = async (e) => {
   }
   try {
     if (!segmenter) throw new Error("the worker has no model loaded");
-    const { id, status, output, seconds } = await segmenter.segmentCase(
-      msg.case,
-      msg.out,
-      msg.options,
-    );
-    scope.postMessage({ type: "result", job: msg.job, outcome: { id, status, output, seconds } });
+    const outcome = runOutcome(await segmenter.segmentCase(msg.case, msg.out, msg.options));
+    scope.postMessage({ type: "result", job: msg.job, outcome });
   } catch (err) {
     scope.postMessage({ type: "failed", job: msg.job, error: describeError(err) });
   }

@@ -11,6 +11,7 @@ import {
   type LabelConvention,
   type MetricName,
   METRICS,
+  metricsBaseName,
   type Stats,
   writeEvaluation,
 } from "../pipeline/evaluation.ts";
@@ -83,7 +84,11 @@ Options:
   --concurrency N           cases read at once (default 4)
   --shard i/n|auto/n|auto   only the cases of shard i of n (0-based; "auto" reads the AWS Batch or
                             Kubernetes Indexed Job variables, see segment --help); the others are
-                            neither evaluated nor missing. Merge by evaluating the whole output.
+                            neither evaluated nor missing. A shard without cases gives an empty
+                            result (exit 0). --out then gets metrics-shard-<i>-of-<n>.json and .csv
+                            (and the report goes under <out>/shard-<i>-of-<n>/), so shards sharing
+                            one --out never overwrite each other. Merge by evaluating the whole
+                            output without --shard: that writes metrics.json and metrics.csv.
   --report                  also write <out>/report/index.html: per case FLAIR slices through the
                             tumor with reference and prediction overlaid (when --truth holds the
                             case's images), and the metrics tables (needs --out)
@@ -122,7 +127,7 @@ Examples:
       labels,
       concurrency,
       affineTolerance,
-      only: (id) => inShard(id, shard),
+      ...(shard ? { only: (id: string) => inShard(id, shard) } : {}),
       onCase: (r, done, total) => {
         const eta = ((performance.now() - t0) / 1000 / done) * (total - done);
         progress.update("evaluate", done, total, r.case, eta);
@@ -136,17 +141,19 @@ Examples:
       progress.log(`extra: prediction "${id}" has no reference under ${values.truth}`);
     }
     progress.log(evaluationNote(evaluation));
-    if (values.out) await writeEvaluation(values.out, evaluation);
+    const name = metricsBaseName(shard);
+    const written = values.out ? await writeEvaluation(values.out, evaluation, name) : undefined;
     if (values.report) {
-      const uri = await writeEvaluationReport(values.pred, values.truth, values.out!, evaluation);
+      // One report folder per shard, for the same reason as the metrics' names.
+      const reportOut = shard
+        ? joinUri(values.out!, `shard-${shard.index}-of-${shard.count}`)
+        : values.out!;
+      const uri = await writeEvaluationReport(values.pred, values.truth, reportOut, evaluation);
       progress.log(`evaluate: report ${uri}`);
     }
     if (values.json) printJson(evaluation);
     else console.log(formatTable(evaluation));
-    if (values.out) {
-      const where = [joinUri(values.out, "metrics.json"), joinUri(values.out, "metrics.csv")];
-      progress.log(`evaluate: wrote ${where.join(" and ")}`);
-    }
+    if (written) progress.log(`evaluate: wrote ${written.join(" and ")}`);
     if (evaluation.missing.length > 0 && !values["allow-missing"]) {
       const ids = evaluation.missing;
       throw new Error(

@@ -5,9 +5,13 @@
  * by a Gaussian importance map (optionally averaged over the 8 mirrorings), regions thresholded at
  * 0.5 and turned back into labels of the case's own convention (WT → 2, TC → 1, ET → 4 or 3, each
  * overwriting the last, as nnU-Net converts regions), optionally small enhancing regions turned into
- * necrosis, then put back on the full grid with the input's header. `<out>/<case>.nii.gz` is written
- * in one PUT, then `<out>/<case>.json` recording the model and inputs it was made from; a case whose
- * record matches the current model and inputs is skipped unless `--force`.
+ * necrosis, then put back on the full grid with the input's header. A case with a reference
+ * segmentation is scored against it in memory (pipeline/evaluation.ts, as `evaluate` scores it).
+ * Then, each in one PUT: `<out>/<case>.nii.gz`, the optional `<case>_probabilities.nii.gz`,
+ * `<case>.metrics.json`, and last `<out>/<case>.json` recording the model, inputs, options and the
+ * outputs it covers. A case whose record matches the current model, inputs and options and covers
+ * every output now requested is skipped unless `--force`; the record is removed before a case is
+ * rewritten, so a run killed mid-case never leaves a record over outputs it does not describe.
  * @module
  */
 import { type BackendName, selectBackend } from "../model/backend.ts";
@@ -16,15 +20,28 @@ import { caseKey } from "../pipeline/case_cache.ts";
 import { type Case, findCases, readNiftiHeader } from "../pipeline/cases.ts";
 import { slidingWindowProbabilities } from "../pipeline/inference.ts";
 import { modelFileUri } from "../pipeline/model_store.ts";
-import { encodeNifti } from "../pipeline/nifti.ts";
+import { decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
 import { preprocessCase, uncropBox } from "../pipeline/preprocess.ts";
 import { casesFromEvent, type IgnoredRecord, type WaitingCase } from "../pipeline/events.ts";
 import { formatDuration, Progress } from "../pipeline/progress.ts";
-import { inShard } from "../pipeline/shard.ts";
+import { inShard, type Shard } from "../pipeline/shard.ts";
 import { caseReport } from "../pipeline/case_report.ts";
-import { type CaseMetrics, type CaseResult, evaluatePair } from "../pipeline/evaluation.ts";
+import {
+  type CaseMetrics,
+  type CaseResult,
+  evaluateImages,
+  evaluatePair,
+} from "../pipeline/evaluation.ts";
 import { writeReport } from "../pipeline/report.ts";
-import { exists, getObject, joinUri, mapConcurrent, putObject } from "../pipeline/storage.ts";
+import {
+  deleteObject,
+  exists,
+  getObject,
+  joinUri,
+  mapConcurrent,
+  parseUri,
+  putObject,
+} from "../pipeline/storage.ts";
 import {
   backendFlag,
   type Command,
@@ -61,6 +78,10 @@ export interface CaseOutcome {
   id: string;
   status: "done" | "skipped";
   output: string;
+  /** `<out>/<case>.metrics.json`, for a case with a reference segmentation. */
+  metrics?: string;
+  /** `<out>/<case>_probabilities.nii.gz`, with `saveProbabilities`. */
+  probabilities?: string;
   seconds: number;
   /** Voxels per label in the output. */
   labels?: Record<string, number>;
@@ -72,7 +93,47 @@ interface OutputRecord {
   inputs: string;
   options: { overlap: number; tta: boolean; window: number; et_threshold: number };
   output: string;
+  /** Every file written with this record (labels, probabilities, metrics). */
+  outputs: string[];
   written: string;
+}
+
+/** What `<out>/<case>.metrics.json` holds: `evaluate`'s entry for the case, and its two files. */
+export interface CaseMetricsRecord extends CaseResult {
+  prediction: string;
+  reference: string;
+}
+
+/**
+ * Names of the temporary files a local write leaves when its process is killed between writing
+ * and renaming (pipeline/storage_local.ts writes `.<name>.tmp-<12 hex>` beside the target).
+ */
+const TEMP_SUFFIX = /^\.tmp-[0-9a-f]{12}$/;
+
+/**
+ * Removes what a killed earlier run left of these outputs' local temporary files (a listing never
+ * shows them, so nothing else would). Only this case's own names: another worker writing other
+ * cases into the same folder is left alone. Nothing to do on S3, where a PUT is all or nothing.
+ */
+async function removeStaleTemps(uris: string[]): Promise<void> {
+  for (const uri of uris) {
+    const p = parseUri(uri);
+    if (p.kind !== "local") continue;
+    const slash = p.path.lastIndexOf("/");
+    const dir = slash < 0 ? "." : p.path.slice(0, slash) || "/";
+    const prefix = `.${p.path.slice(slash + 1)}`;
+    try {
+      for await (const e of Deno.readDir(dir)) {
+        if (
+          e.isFile && e.name.startsWith(prefix) && TEMP_SUFFIX.test(e.name.slice(prefix.length))
+        ) {
+          await Deno.remove(`${dir}/${e.name}`).catch(() => {});
+        }
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
 }
 
 /**
@@ -167,14 +228,29 @@ export class Segmenter {
   }
 
   /**
-   * Segments one case into `<out>/<id>.nii.gz` (atomically), or skips it when the record beside it
-   * names the same model, inputs and options.
-   * @throws {Error} naming the file and the problem when the case cannot be read or written
+   * Segments one case into `<out>/<id>.nii.gz` (atomically), with its probabilities when asked and
+   * its metrics when it has a reference segmentation, or skips it when the record beside it names
+   * the same model, inputs and options and covers every output asked for.
+   * @throws {Error} naming the file and the problem when the case cannot be read, scored or
+   *   written; nothing is written for a case that cannot be read or scored
    */
   async segmentCase(c: Case, out: string, options: CaseOptions = {}): Promise<CaseOutcome> {
     const t0 = performance.now();
     const output = Segmenter.outputUri(out, c.id);
     const recordUri = joinUri(out, `${c.id}.json`);
+    const probabilitiesUri = options.saveProbabilities
+      ? joinUri(out, `${c.id}_probabilities.nii.gz`)
+      : undefined;
+    const metricsUri = c.seg ? joinUri(out, `${c.id}.metrics.json`) : undefined;
+    const wanted = [
+      output,
+      ...(probabilitiesUri ? [probabilitiesUri] : []),
+      ...(metricsUri ? [metricsUri] : []),
+    ];
+    const paths = {
+      ...(metricsUri ? { metrics: metricsUri } : {}),
+      ...(probabilitiesUri ? { probabilities: probabilitiesUri } : {}),
+    };
     const opts = {
       overlap: options.overlap ?? 0.5,
       tta: options.tta ?? false,
@@ -182,17 +258,27 @@ export class Segmenter {
       et_threshold: options.etThreshold ?? 0,
     };
     const inputs = await caseKey(c);
-    if (!options.force && (await exists(recordUri)) && (await exists(output))) {
+    const hadRecord = await exists(recordUri);
+    if (!options.force && hadRecord) {
+      let r: OutputRecord | undefined;
       try {
-        const r = JSON.parse(new TextDecoder().decode(await getObject(recordUri))) as OutputRecord;
-        if (
-          r.model_sha256 === this.modelSha256 && r.inputs === inputs &&
-          JSON.stringify(r.options) === JSON.stringify(opts)
-        ) {
-          return { id: c.id, status: "skipped", output, seconds: (performance.now() - t0) / 1000 };
-        }
+        r = JSON.parse(new TextDecoder().decode(await getObject(recordUri))) as OutputRecord;
       } catch {
         // an unreadable record: redo the case
+      }
+      const covered = Array.isArray(r?.outputs) && wanted.every((u) => r!.outputs.includes(u));
+      if (
+        r && covered && r.model_sha256 === this.modelSha256 && r.inputs === inputs &&
+        JSON.stringify(r.options) === JSON.stringify(opts) &&
+        (await Promise.all(wanted.map(exists))).every(Boolean)
+      ) {
+        return {
+          id: c.id,
+          status: "skipped",
+          output,
+          ...paths,
+          seconds: (performance.now() - t0) / 1000,
+        };
       }
     }
     const header = await readNiftiHeader(c.images.flair);
@@ -210,26 +296,42 @@ export class Segmenter {
     for (const l of labels) if (l) counts[l] = (counts[l] ?? 0) + 1;
     const grid = header.dims.slice(0, 3);
     const description = `revunet ${this.modelSha256.slice(0, 12)}`;
-    if (options.saveProbabilities) {
-      const full = uncropBox(probs, p.box, p.dims, 3);
-      await putObject(
-        joinUri(out, `${c.id}_probabilities.nii.gz`),
-        encodeNifti(channelMajor(full, 3), "float32", header, {
-          dims: [...grid, 3],
-          description,
-          name: `${c.id}_probabilities.nii.gz`,
-        }),
-      );
+    const labelBytes = encodeNifti(labels, "uint8", header, {
+      dims: grid,
+      description,
+      name: output,
+    });
+    // Scored before anything is written, from the bytes about to be written, as `evaluate` would
+    // score the file: a reference that cannot be read fails the case with nothing written.
+    let metrics: CaseMetricsRecord | undefined;
+    if (c.seg && metricsUri) {
+      const truth = decodeNifti(await getObject(c.seg), c.seg);
+      const scored = evaluateImages(decodeNifti(labelBytes, output), output, truth, c.seg, {
+        truthEnhancingLabel: c.enhancingLabel,
+      });
+      metrics = { case: c.id, ...scored.metrics, prediction: output, reference: c.seg };
     }
-    await putObject(
-      output,
-      encodeNifti(labels, "uint8", header, { dims: grid, description, name: output }),
-    );
+    const probabilityBytes = probabilitiesUri
+      ? encodeNifti(channelMajor(uncropBox(probs, p.box, p.dims, 3), 3), "float32", header, {
+        dims: [...grid, 3],
+        description,
+        name: probabilitiesUri,
+      })
+      : undefined;
+
+    // Labels first, then what depends on them, the record last: whatever a kill interrupts, a
+    // record is only ever beside the outputs it lists, and no file is there without the labels.
+    if (hadRecord) await deleteObject(recordUri);
+    await removeStaleTemps([...wanted, recordUri]);
+    await putObject(output, labelBytes);
+    if (probabilitiesUri) await putObject(probabilitiesUri, probabilityBytes!);
+    if (metricsUri) await putObject(metricsUri, JSON.stringify(metrics, null, 2) + "\n");
     const record: OutputRecord = {
       model_sha256: this.modelSha256,
       inputs,
       options: opts,
       output,
+      outputs: wanted,
       written: new Date().toISOString(),
     };
     await putObject(recordUri, new TextEncoder().encode(JSON.stringify(record, null, 2) + "\n"));
@@ -237,6 +339,7 @@ export class Segmenter {
       id: c.id,
       status: "done",
       output,
+      ...paths,
       seconds: (performance.now() - t0) / 1000,
       labels: counts,
     };
@@ -324,8 +427,13 @@ export interface SegmentOptions extends CaseOptions {
   out: string;
   backend?: BackendName;
   quiet?: boolean;
-  /** Only these case ids (after discovery). */
+  /** Only these cases (after discovery); cases that discovery rejected are still recorded. */
   only?: (c: Case) => boolean;
+  /**
+   * Only the cases of this shard of a batch job, including those discovery rejected: each is
+   * recorded by the one shard it belongs to.
+   */
+  shard?: Shard;
   /** Also write an HTML report under `out` (see {@linkcode segmentationReport}). */
   report?: boolean;
 }
@@ -335,7 +443,9 @@ export interface SegmentResult {
   backend: string;
   model: string;
   cases: CaseOutcome[];
+  /** Every case without an output: rejected by discovery or failed while segmented. */
   failed: { id: string; error: string }[];
+  /** The cases discovery rejected (a missing modality, two files, grids that disagree). */
   problems: { id: string; error: string }[];
   seconds: number;
   /** The report's URI, with `report`. */
@@ -343,21 +453,39 @@ export interface SegmentResult {
 }
 
 /**
- * Segments every case under `input` (one case's folder or a dataset). A case that fails is
- * recorded as `<out>/<id>.error.json` and the others go on.
+ * Segments every case under `input` (one case's folder or a dataset). A case that fails, or that
+ * discovery rejects (a missing modality, duplicate files, modalities on different grids), is
+ * recorded as `<out>/<id>.error.json` and listed in `failed`; the others go on.
  */
 export async function segment(options: SegmentOptions): Promise<SegmentResult> {
-  const { cases: found, problems } = await findCases(options.input);
-  for (const p of problems) {
-    if (!options.quiet) console.error(`segment: skipping ${p.id}: ${p.error}`);
-  }
-  if (found.length === 0) {
+  const listing = await findCases(options.input);
+  if (listing.cases.length === 0 && listing.problems.length === 0) {
     throw new Error(`${options.input}: no BraTS cases found (four modalities per case)`);
   }
-  return await segmentCases(options.only ? found.filter(options.only) : found, problems, options);
+  const mine = (id: string) => inShard(id, options.shard);
+  let cases = listing.cases.filter((c) => mine(c.id));
+  if (options.only) cases = cases.filter(options.only);
+  return await segmentCases(cases, listing.problems.filter((p) => mine(p.id)), options);
 }
 
-/** Segments the given cases (see {@linkcode segment}). */
+/** Writes `<out>/<id>.error.json`; a failure to write it is added to the error it returns. */
+async function recordError(out: string, id: string, error: string): Promise<string> {
+  const uri = joinUri(out, `${id}.error.json`);
+  try {
+    await putObject(
+      uri,
+      JSON.stringify({ case: id, error, time: new Date().toISOString() }, null, 2) + "\n",
+    );
+    return error;
+  } catch (e) {
+    return `${error}; the error record ${uri} could not be written: ${(e as Error).message}`;
+  }
+}
+
+/**
+ * Segments the given cases (see {@linkcode segment}); `problems` are cases discovery rejected,
+ * recorded as failed without loading anything.
+ */
 export async function segmentCases(
   cases: Case[],
   problems: { id: string; error: string }[],
@@ -365,9 +493,13 @@ export async function segmentCases(
 ): Promise<SegmentResult> {
   const t0 = performance.now();
   const progress = new Progress({ quiet: options.quiet });
+  const failed: { id: string; error: string }[] = [];
+  for (const p of problems) {
+    progress.log(`segment: ${p.id} cannot be segmented: ${p.error}`);
+    failed.push({ id: p.id, error: await recordError(options.out, p.id, p.error) });
+  }
   const segmenter = await Segmenter.load(options.model, options);
   const outcomes: CaseOutcome[] = [];
-  const failed: { id: string; error: string }[] = [];
   try {
     for (const [i, c] of cases.entries()) {
       const label = `case ${i + 1}/${cases.length} ${c.id}`;
@@ -381,6 +513,11 @@ export async function segmentCases(
           },
         });
         outcomes.push(r);
+        // A success supersedes the record of an earlier run's failure.
+        const stale = joinUri(options.out, `${c.id}.error.json`);
+        await deleteObject(stale).catch((e) =>
+          progress.log(`segment: ${c.id}: cannot remove ${stale}: ${(e as Error).message}`)
+        );
         progress.log(
           `segment: ${c.id} ${
             r.status === "skipped" ? "already done, skipped" : "→ " + r.output
@@ -388,14 +525,8 @@ export async function segmentCases(
         );
       } catch (e) {
         const error = (e as Error).message;
-        failed.push({ id: c.id, error });
         progress.log(`segment: ${c.id} failed: ${error}`);
-        await putObject(
-          joinUri(options.out, `${c.id}.error.json`),
-          new TextEncoder().encode(
-            JSON.stringify({ case: c.id, error, time: new Date().toISOString() }) + "\n",
-          ),
-        ).catch(() => {});
+        failed.push({ id: c.id, error: await recordError(options.out, c.id, error) });
       }
     }
   } finally {
@@ -403,7 +534,11 @@ export async function segmentCases(
   }
   let report: string | undefined;
   if (options.report && outcomes.length > 0) {
-    report = (await segmentationReport(cases, outcomes, options.out, {
+    // Shards sharing one output folder each get their own report.
+    const where = options.shard
+      ? joinUri(options.out, `shard-${options.shard.index}-of-${options.shard.count}`)
+      : options.out;
+    report = (await segmentationReport(cases, outcomes, where, {
       notes: [`model: ${segmenter.modelUri}`, `input: ${options.input}`],
     })).uri;
     progress.log(`segment: report ${report}`);
@@ -427,9 +562,14 @@ export const segmentCommand: Command = {
 Segments every BraTS case under --input (one case's folder or a dataset; local or s3://) with the
 model at --model (a model.safetensors file or a folder holding one, e.g. a training run's best/),
 writing <out>/<case>.nii.gz (uint8 labels in the case's own convention, on its exact grid and
-affine) and <out>/<case>.json (model and inputs it was made from). Cases already segmented with the
-same model, inputs and options are skipped unless --force. A failing case is recorded in
-<out>/<case>.error.json, the others go on, and the exit status is 1.
+affine). A case with a reference segmentation (its seg file) is also scored against it, as
+\`evaluate\` scores it: <out>/<case>.metrics.json holds Dice, HD95 (mm), sensitivity and
+specificity of ET, TC and WT. Last comes <out>/<case>.json, recording the model, inputs, options
+and outputs; each file is written whole or not at all. Cases already segmented with the same model,
+inputs and options, with every output now asked for, are skipped unless --force. A case that fails,
+or that cannot be used (a missing modality, two files for one, modalities on different grids), is
+recorded in <out>/<case>.error.json, the others go on, and the exit status is 1; a later success
+removes the error record.
 
 With --event FILE (or - for standard input), the cases come from one S3 event notification (AWS
 S3, SNS-wrapped or MinIO webhook JSON, as \`serve\` accepts): each case whose four modalities are
@@ -442,7 +582,7 @@ of its id, so it never moves when cases are added). Without the flag, AWS Batch 
 (AWS_BATCH_JOB_ARRAY_INDEX, AWS_BATCH_JOB_ARRAY_SIZE) and Kubernetes Indexed Jobs
 (JOB_COMPLETION_INDEX with REVUNET_SHARD_COUNT) set it; --shard auto/n takes the index from them.
 Finished cases are skipped, so a retried shard completes the work; evaluate over the whole --out
-merges the shards.
+merges the shards (evaluate --shard writes metrics-shard-<i>-of-<n>.json instead of metrics.json).
 
 Options:
   --model URI             trained model (required)
@@ -458,7 +598,8 @@ Options:
   --et-threshold N        an enhancing region under N voxels becomes necrosis (default 0: off)
   --force                 redo cases that are already done
   --report                write <out>/report/index.html: FLAIR slices with the prediction (and the
-                          reference and metrics for labelled cases)
+                          reference and metrics for labelled cases); with a shard,
+                          <out>/shard-<i>-of-<n>/report/index.html
   --backend B             auto|tensorflow|webgpu|wasm|cpu (default cpu)
   --quiet                 no progress output
   --json                  print a JSON summary
@@ -512,10 +653,7 @@ Example:
     };
     const result = values.event !== undefined
       ? await segmentEvent(await readEvent(values.event), common)
-      : await segment({
-        ...common,
-        ...(shard ? { only: (c: Case) => inShard(c.id, shard) } : {}),
-      });
+      : await segment({ ...common, ...(shard ? { shard } : {}) });
     if (shard && !values.quiet) {
       console.error(`segment: shard ${shard.index}/${shard.count}: ${result.cases.length} cases`);
     }

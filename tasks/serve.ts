@@ -61,7 +61,20 @@ export interface RunOutcome {
   id: string;
   status: "done" | "skipped";
   output: string;
+  /** `<out>/<case>.metrics.json`, for a case with a reference segmentation. */
+  metrics?: string;
   seconds: number;
+}
+
+/** The part of a case's outcome that crosses to the service (no label counts). */
+export function runOutcome(o: RunOutcome): RunOutcome {
+  return {
+    id: o.id,
+    status: o.status,
+    output: o.output,
+    ...(o.metrics ? { metrics: o.metrics } : {}),
+    seconds: o.seconds,
+  };
 }
 
 /** What a worker answers. */
@@ -223,8 +236,7 @@ export class InProcessRunner implements CaseRunner {
     if (this.#closed) throw new Error("the service is shutting down");
     this.#busy++;
     try {
-      const { id, status, output, seconds } = await this.segmenter.segmentCase(c, out, options);
-      return { id, status, output, seconds };
+      return runOutcome(await this.segmenter.segmentCase(c, out, options));
     } finally {
       if (--this.#busy === 0 && this.#closed) this.segmenter.dispose();
     }
@@ -276,7 +288,8 @@ export interface JobView {
   caseUri: string;
   /** The objects whose events led to the job. */
   trigger: string[];
-  /** The segmentation (done, skipped) or the error record (failed). */
+  /** The segmentation and, for a case with a reference, its metrics (done, skipped); or the
+   * error record (failed). */
   outputs: string[];
   error?: string;
   created: string;
@@ -456,7 +469,7 @@ export async function startEventService(
     try {
       const r = await runner.segment(job.id, job.c, options.out, caseOptions);
       job.status = r.status;
-      job.outputs = [r.output];
+      job.outputs = [r.output, ...(r.metrics ? [r.metrics] : [])];
       job.seconds = r.seconds;
       // A success supersedes an earlier failure's record.
       await deleteObject(errorUri).catch(() => {});
@@ -755,10 +768,13 @@ An HTTP service for S3 event notifications. POST an event (Amazon S3 via an SNS 
 a MinIO webhook, EventBridge, or the plain {"Records": [...]} JSON) to / or /events: for each new
 BraTS case file, the case's folder is listed, and once all four modalities are there the case is
 segmented into <out>/<case>.nii.gz (as \`segment\` does, on worker threads with the model loaded
-once). Answers 202 {"status":"queued","id":"<job>"} or 202 {"status":"waiting"} (a modality is
-still missing; its own event will start the case), 200 for ignored or duplicate records, 400 for a
-malformed event, 401 without the token, 413 for a body over --max-body, 503 when the queue is full
-or the service is shutting down.
+once); a case whose folder holds its reference segmentation (the seg file) is also scored against
+it into <out>/<case>.metrics.json (Dice, HD95, sensitivity, specificity of ET, TC and WT; a seg
+file arriving later starts the case again, and its metrics appear then). Answers 202
+{"status":"queued","id":"<job>"} or 202 {"status":"waiting"} (a modality is still missing; its own
+event will start the case), 200 for ignored or duplicate records, 400 for a malformed event, 401
+without the token, 413 for a body over --max-body, 503 when the queue is full or the service is
+shutting down.
 
 Events for objects under --out, for files that are not case inputs, and for object versions already
 seen are ignored, so outputs can never trigger the service. A failing case is recorded in
@@ -769,7 +785,8 @@ are written whole or not at all) and exits 0.
 Endpoints:
   POST /  or /events      an S3 event notification (JSON)
   GET  /healthz           {"status":"ok",...} (503 while shutting down; no token needed)
-  GET  /jobs/<id>         status queued|running|done|failed|skipped, case, outputs, error
+  GET  /jobs/<id>         status queued|running|done|failed|skipped, case, outputs (segmentation,
+                          metrics), error
   GET  /jobs              recent jobs, newest first
 
 Options:
