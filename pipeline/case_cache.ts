@@ -53,10 +53,44 @@ export function encodeCachedCase(p: PreprocessedCase, key: string): Uint8Array {
   return out;
 }
 
+/** Options of {@linkcode decodeCachedCase} and {@linkcode loadPreprocessed}. */
+export interface CaseMemoryOptions {
+  /**
+   * Put the case's image and regions in SharedArrayBuffers, so that worker threads (the batch
+   * prefetcher's) read them where they are instead of each holding a copy.
+   * @default false
+   */
+  shared?: boolean;
+}
+
+function allocate<T extends Float32Array | Uint8Array>(
+  kind: { new (b: ArrayBuffer | SharedArrayBuffer): T; BYTES_PER_ELEMENT: number },
+  length: number,
+  shared: boolean,
+): T {
+  const bytes = length * kind.BYTES_PER_ELEMENT;
+  return new kind(shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes));
+}
+
+/**
+ * The case with its arrays in shared memory (the same object when they already are). The ordinary
+ * arrays it held become garbage, so only one case at a time exists twice while a dataset loads.
+ */
+export function sharedCase(p: PreprocessedCase): PreprocessedCase {
+  const move = <T extends Float32Array | Uint8Array>(a: T): T => {
+    if (a.buffer instanceof SharedArrayBuffer) return a;
+    const out = allocate(a.constructor as typeof Float32Array, a.length, true) as T;
+    out.set(a);
+    return out;
+  };
+  return { ...p, image: move(p.image), ...(p.regions ? { regions: move(p.regions) } : {}) };
+}
+
 /** Parses a cache entry; `name` is used in errors. */
 export function decodeCachedCase(
   bytes: Uint8Array,
   name: string,
+  options: CaseMemoryOptions = {},
 ): PreprocessedCase & { key: string } {
   const bad = (why: string) =>
     new RangeError(`${name}: not a preprocessed-case cache entry (${why})`);
@@ -71,11 +105,14 @@ export function decodeCachedCase(
   const imageAt = head + ((4 - (head % 4)) % 4);
   const expected = imageAt + voxels * 16 + (meta.labelled ? voxels : 0);
   if (bytes.length !== expected) throw bad(`${bytes.length} bytes, expected ${expected}`);
-  const image = new Float32Array(voxels * 4);
+  const shared = options.shared ?? false;
+  const image = allocate(Float32Array, voxels * 4, shared);
   new Uint8Array(image.buffer).set(bytes.subarray(imageAt, imageAt + voxels * 16));
-  const regions = meta.labelled
-    ? bytes.slice(imageAt + voxels * 16, imageAt + voxels * 17)
-    : undefined;
+  let regions: Uint8Array | undefined;
+  if (meta.labelled) {
+    regions = allocate(Uint8Array, voxels, shared);
+    regions.set(bytes.subarray(imageAt + voxels * 16, imageAt + voxels * 17));
+  }
   return {
     id: meta.id,
     dims: meta.dims,
@@ -100,19 +137,24 @@ export async function cacheEntryUri(cacheUri: string, c: Case): Promise<string> 
 export async function loadPreprocessed(
   c: Case,
   cacheUri?: string,
+  options: CaseMemoryOptions = {},
 ): Promise<{ case: PreprocessedCase; cached: boolean }> {
-  if (!cacheUri) return { case: await preprocessCase(c), cached: false };
+  const fresh = async () => {
+    const p = await preprocessCase(c);
+    return options.shared ? sharedCase(p) : p;
+  };
+  if (!cacheUri) return { case: await fresh(), cached: false };
   const uri = await cacheEntryUri(cacheUri, c);
   if (await exists(uri)) {
     try {
-      const { key: _key, ...p } = decodeCachedCase(await getObject(uri), uri);
+      const { key: _key, ...p } = decodeCachedCase(await getObject(uri), uri, options);
       return { case: p, cached: true };
     } catch (e) {
       // A damaged entry is rebuilt rather than trusted or fatal.
       console.error(`cache: ${(e as Error).message}; rebuilding`);
     }
   }
-  const p = await preprocessCase(c);
+  const p = await fresh();
   await putObject(uri, encodeCachedCase(p, uri));
   return { case: p, cached: false };
 }

@@ -1,9 +1,11 @@
 /**
  * Batches prepared ahead of the training step, in worker threads, so the accelerator does not wait
  * on cropping and augmentation. The cases are placed in shared memory once and every worker reads
- * them without copying. Batch `k` is drawn from a generator seeded by (seed, k) alone, so what a
- * step gets does not depend on how many workers there are, how far ahead they run, or whether the
- * run was resumed: with 0 workers the same batches are made on the main thread.
+ * them without copying; cases already in shared memory (`loadPreprocessed` with `shared: true`)
+ * are used where they are, so the caller and the workers hold one copy between them. Batch `k` is
+ * drawn from a generator seeded by (seed, k) alone, so what a step gets does not depend on how many
+ * workers there are, how far ahead they run, or whether the run was resumed: with 0 workers the same
+ * batches are made on the main thread.
  * @module
  */
 import type { PreprocessedCase } from "./preprocess.ts";
@@ -38,7 +40,9 @@ export function batchForStep(
   );
 }
 
+/** `a` itself when it already lives in shared memory, else a copy that does. */
 function shared<T extends Float32Array | Uint8Array>(a: T): T {
+  if (a.buffer instanceof SharedArrayBuffer) return a;
   const sab = new SharedArrayBuffer(a.byteLength);
   const out = new (a.constructor as { new (b: SharedArrayBuffer): T })(sab);
   out.set(a);

@@ -7,6 +7,7 @@ import {
   decodeCachedCase,
   encodeCachedCase,
   loadPreprocessed,
+  sharedCase,
 } from "../pipeline/case_cache.ts";
 import {
   gaussianWeights,
@@ -260,6 +261,45 @@ Deno.test("prefetch in a worker hands out exactly the batches the main thread wo
   }
   const other = sampleBatch(cases, 2, { crop: 8 }, streamRandom(5, 0, 1));
   assert(other.image.some((v, i) => v !== batchForStep(cases, options, 0).image[i]));
+});
+
+Deno.test("prefetch uses cases already in shared memory where they are, without a second copy", async () => {
+  const c = sharedCase(syntheticCase([16, 14, 12], 1));
+  assert(
+    c.image.buffer instanceof SharedArrayBuffer && c.regions!.buffer instanceof SharedArrayBuffer,
+  );
+  const options = { batch: 1, seed: 4, sampling: { crop: 8, augment: false as const }, workers: 1 };
+  const p = new BatchPrefetcher([c], options);
+  try {
+    // Written after the prefetcher took the case: a worker sees it only if it reads the same memory.
+    c.image.fill(7);
+    const b = await p.next(0);
+    assert(b.image.every((v) => v === 7), "the worker read the caller's shared arrays");
+  } finally {
+    p.close();
+  }
+  assertEquals(sharedCase(c), c, "a case already in shared memory is returned as it is");
+});
+
+Deno.test("loadPreprocessed with shared: the same case in SharedArrayBuffers, from the NIfTI files and from the cache", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [20, 20, 16], seed: 9 });
+    const [c] = (await findCases(`${dir}/data`)).cases;
+    const plain = (await loadPreprocessed(c)).case;
+    assert(!(plain.image.buffer instanceof SharedArrayBuffer));
+    for (const expectCached of [false, true]) {
+      const r = await loadPreprocessed(c, `${dir}/cache`, { shared: true });
+      assertEquals(r.cached, expectCached);
+      assert(r.case.image.buffer instanceof SharedArrayBuffer, "image in shared memory");
+      assert(r.case.regions!.buffer instanceof SharedArrayBuffer, "regions in shared memory");
+      assertEquals([...r.case.image], [...plain.image]);
+      assertEquals([...r.case.regions!], [...plain.regions!]);
+      assertEquals(r.case.box, plain.box);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("sliding window: starts cover the volume; a whole-volume window equals the direct prediction", async () => {
