@@ -282,7 +282,9 @@ export class Segmenter {
       }
     }
     const header = await readNiftiHeader(c.images.flair);
-    const p = await preprocessCase(c);
+    // The reference is read once, below, for the metrics: inference needs only the images.
+    const { seg: _reference, ...images } = c;
+    const p = await preprocessCase(images);
     const probs = await slidingWindowProbabilities(this.net, p.image, p.box.size, {
       window: Math.min(opts.window, 1024),
       overlap: opts.overlap,

@@ -3,12 +3,14 @@ import { assert, assertEquals } from "@std/assert";
 import { createUNet, disposeUNet, resolveConfig } from "../model/mod.ts";
 import { findCases } from "../pipeline/cases.ts";
 import { saveModel } from "../pipeline/model_store.ts";
-import { decodeNifti, scaledData } from "../pipeline/nifti.ts";
+import { EVAL_REGIONS, evaluatePair, METRICS } from "../pipeline/evaluation.ts";
+import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti.ts";
 import { writePhantomDataset } from "../pipeline/phantom.ts";
-import { exists, getObject, listObjects, putObject } from "../pipeline/storage.ts";
+import { deleteObject, exists, getObject, listObjects, putObject } from "../pipeline/storage.ts";
 import { writeSynthDataset } from "../pipeline/synth.ts";
 import { regionsToLabels, segment } from "../tasks/segment.ts";
 import { defaultSettings, train } from "../tasks/train.ts";
+import { inShard } from "../pipeline/shard.ts";
 import { runMain } from "./_cli.ts";
 import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
 import { S3RVER_CREDENTIALS, startS3rver } from "./_s3rver.ts";
@@ -16,6 +18,30 @@ import { S3RVER_CREDENTIALS, startS3rver } from "./_s3rver.ts";
 await tf.setBackend("cpu");
 
 const TINY = { levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 };
+
+async function readJson(uri: string) {
+  return JSON.parse(new TextDecoder().decode(await getObject(uri)));
+}
+
+/** Checks a `<case>.metrics.json`: the case, its files, and finite values of every metric. */
+function assertMetricsRecord(m: Record<string, unknown>, id: string, reference: string): void {
+  assertEquals(m.case, id);
+  assertEquals(m.reference, reference);
+  for (const r of EVAL_REGIONS) {
+    for (const k of METRICS) {
+      const v = (m[r] as Record<string, number>)[k];
+      assert(Number.isFinite(v), `${id} ${r} ${k} = ${v}`);
+    }
+  }
+}
+
+/** A tiny random network saved as `<dir>/model` with a 16³ training crop. */
+async function tinyModel(dir: string, seed = 2): Promise<string> {
+  const net = createUNet(resolveConfig(TINY), { seed, zeroInitResidual: false });
+  await saveModel(`${dir}/model`, net, undefined, { train_crop: "16" });
+  disposeUNet(net);
+  return `${dir}/model`;
+}
 
 Deno.test("regionsToLabels: WT→2, TC→1, ET→4 or 3, each overwriting; small ET becomes necrosis", () => {
   const probs = Float32Array.from([
@@ -41,7 +67,7 @@ Deno.test("regionsToLabels: WT→2, TC→1, ET→4 or 3, each overwriting; small
   assertEquals([...regionsToLabels(probs, 4, 2)], [0, 2, 1, 4, 4]);
 });
 
-Deno.test("segment: outputs on the input's grid, skipped when done, redone with force, failures recorded", async () => {
+Deno.test("segment: outputs on the input's grid with evaluate's metrics, skipped when done, redone with force, failures recorded then cleared", async () => {
   const dir = await Deno.makeTempDir();
   try {
     await writePhantomDataset(`${dir}/data`, { cases: 2, dims: [24, 28, 20], seed: 4 });
@@ -53,7 +79,12 @@ Deno.test("segment: outputs on the input's grid, skipped when done, redone with 
     assertEquals(first.cases.map((c) => c.status), ["done", "done"]);
     assertEquals(first.failed, []);
     const { cases } = await findCases(`${dir}/data`);
+    assertEquals(
+      first.cases.map((c) => c.metrics),
+      cases.map((c) => `${dir}/seg/${c.id}.metrics.json`),
+    );
     for (const c of cases) {
+      assertMetricsRecord(await readJson(`${dir}/seg/${c.id}.metrics.json`), c.id, c.seg!);
       const seg = decodeNifti(await getObject(`${dir}/seg/${c.id}.nii.gz`), c.id);
       const flair = decodeNifti(await getObject(c.images.flair), c.id);
       assertEquals(seg.header.dims, flair.header.dims);
@@ -62,19 +93,6 @@ Deno.test("segment: outputs on the input's grid, skipped when done, redone with 
       assert(scaledData(seg).every((v) => [0, 1, 2, 4].includes(v)));
       const probs = decodeNifti(await getObject(`${dir}/seg/${c.id}_probabilities.nii.gz`), c.id);
       assertEquals(probs.header.dims, [...flair.header.dims.slice(0, 3), 3]);
-      if (HAS_NIBABEL) {
-        const out = await new Deno.Command(PYTHON, {
-          args: [
-            "-c",
-            "import sys, nibabel as nib, numpy as np; a = nib.load(sys.argv[1]); b = nib.load(sys.argv[2]); " +
-            "print(a.shape == b.shape and np.allclose(a.affine, b.affine) and a.get_data_dtype() == np.uint8)",
-            `${dir}/seg/${c.id}.nii.gz`,
-            c.images.flair,
-          ],
-          stdout: "piped",
-        }).output();
-        assertEquals(new TextDecoder().decode(out.stdout).trim(), "True");
-      }
     }
     const reported = await segment({ ...opts, report: true });
     assertEquals(reported.report, `${dir}/seg/report/index.html`);
@@ -93,7 +111,13 @@ Deno.test("segment: outputs on the input's grid, skipped when done, redone with 
       "--json",
     ]);
     assertEquals(evaluated.code, 0, evaluated.stderr);
-    assertEquals(JSON.parse(evaluated.stdout).cases.length, 2);
+    const evaluation = JSON.parse(evaluated.stdout);
+    assertEquals(evaluation.cases.length, 2);
+    // segment's per-case metrics are evaluate's, to the last bit.
+    for (const e of evaluation.cases) {
+      const { case: id, ET, TC, WT } = await readJson(`${dir}/seg/${e.case}.metrics.json`);
+      assertEquals({ case: id, ET, TC, WT }, e);
+    }
     const evalHtml = await Deno.readTextFile(`${dir}/eval/report/index.html`);
     for (const c of cases) assert(evalHtml.includes(c.id));
     assert(evalHtml.includes("data:image/png"), "slices from the dataset's FLAIR");
@@ -113,7 +137,8 @@ Deno.test("segment: outputs on the input's grid, skipped when done, redone with 
 
     // A broken input: the case fails with its file named, the other case is still segmented.
     const broken = cases[1].images.t2;
-    await putObject(broken, (await getObject(broken)).slice(0, 200));
+    const t2Bytes = await getObject(broken);
+    await putObject(broken, t2Bytes.slice(0, 200));
     const r = await runMain([
       "segment",
       "--model",
@@ -132,6 +157,12 @@ Deno.test("segment: outputs on the input's grid, skipped when done, redone with 
       new TextDecoder().decode(await getObject(`${dir}/seg2/${cases[1].id}.error.json`)),
     );
     assert(err.error.includes("t2"), err.error);
+    // The input repaired, a re-run succeeds and removes the stale error record.
+    await putObject(broken, t2Bytes);
+    const retried = await segment({ ...opts, out: `${dir}/seg2` });
+    assertEquals(retried.cases.map((c) => c.status), ["skipped", "done"]);
+    assertEquals(retried.failed, []);
+    assertEquals(await exists(`${dir}/seg2/${cases[1].id}.error.json`), false);
 
     const usage = await runMain(["segment", "--model", "m", "--input", "i"]);
     assertEquals(usage.code, 2);
@@ -141,11 +172,190 @@ Deno.test("segment: outputs on the input's grid, skipped when done, redone with 
   }
 });
 
-Deno.test("train then segment held-out synthetic cases from and to s3rver", async () => {
+Deno.test({
+  name: "segment: nibabel reads a written segmentation with the input's shape and affine, as uint8",
+  ignore: !HAS_NIBABEL,
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [24, 28, 20], seed: 4 });
+      const model = await tinyModel(dir);
+      const r = await segment({ model, input: `${dir}/data`, out: `${dir}/seg`, quiet: true });
+      const [c] = (await findCases(`${dir}/data`)).cases;
+      assertEquals(r.cases.map((o) => o.output), [`${dir}/seg/${c.id}.nii.gz`]);
+      const out = await new Deno.Command(PYTHON, {
+        args: [
+          "-c",
+          "import sys, nibabel as nib, numpy as np; a = nib.load(sys.argv[1]); b = nib.load(sys.argv[2]); " +
+          "print(a.shape == b.shape, np.allclose(a.affine, b.affine), a.get_data_dtype() == np.uint8, " +
+          "sorted(set(np.unique(np.asarray(a.dataobj)).tolist()) - {0, 1, 2, 4}) == [])",
+          `${dir}/seg/${c.id}.nii.gz`,
+          c.images.flair,
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assertEquals(
+        new TextDecoder().decode(out.stdout).trim(),
+        "True True True True",
+        new TextDecoder().decode(out.stderr),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("segment: cases with a missing modality, two files for one, or modalities on two grids are recorded as error.json, exit 1, per shard", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const ids = await writePhantomDataset(`${dir}/data`, { cases: 4, dims: [24, 24, 16], seed: 6 });
+    const file = (id: string, part: string, ext = ".nii.gz") =>
+      `${dir}/data/${id}/${id}_${part}${ext}`;
+    await Deno.remove(file(ids[1], "t1"));
+    await Deno.copyFile(file(ids[2], "flair"), file(ids[2], "flair", ".nii"));
+    const [other] = await writePhantomDataset(`${dir}/other`, {
+      cases: 1,
+      dims: [24, 24, 18],
+      seed: 6,
+    });
+    await Deno.copyFile(`${dir}/other/${other}/${other}_t2.nii.gz`, file(ids[3], "t2"));
+    const model = await tinyModel(dir);
+
+    const r = await runMain([
+      "segment",
+      "--model",
+      model,
+      "--input",
+      `${dir}/data`,
+      "--out",
+      `${dir}/seg`,
+      "--json",
+      "--quiet",
+    ]);
+    assertEquals(r.code, 1, r.stderr);
+    const result = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+    assertEquals(result.cases.map((c: { id: string }) => c.id), [ids[0]]);
+    const problems = ids.slice(1);
+    assertEquals(result.problems.map((p: { id: string }) => p.id), problems);
+    assertEquals(result.failed.map((p: { id: string }) => p.id), problems);
+    const why = ["missing modality t1", "more than one file for flair", "dims [24,24,18]"];
+    for (const [k, id] of problems.entries()) {
+      assert(r.stderr.includes(id), r.stderr);
+      const record = await readJson(`${dir}/seg/${id}.error.json`);
+      assertEquals(record.case, id);
+      assert(record.error.includes(why[k]), record.error);
+      assertEquals(await exists(`${dir}/seg/${id}.nii.gz`), false);
+    }
+    assert(await exists(`${dir}/seg/${ids[0]}.nii.gz`));
+
+    // Sharded, each problem is recorded by the one shard its case belongs to.
+    for (const index of [0, 1]) {
+      const shard = { index, count: 2 };
+      const out = `${dir}/shard${index}`;
+      const s = await segment({ model, input: `${dir}/data`, out, quiet: true, shard });
+      const mine = problems.filter((id) => inShard(id, shard));
+      assertEquals(s.failed.map((f) => f.id), mine);
+      for (const id of problems) {
+        assertEquals(await exists(`${out}/${id}.error.json`), mine.includes(id));
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("segment --save-probabilities after a run without them writes them; labels first, record last; a reference added later brings metrics", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [24, 24, 16], seed: 7 });
+    const model = await tinyModel(dir);
+    const [c] = (await findCases(`${dir}/data`)).cases;
+    const segBytes = await getObject(c.seg!);
+    await deleteObject(c.seg!);
+    const opts = { model, input: `${dir}/data`, out: `${dir}/seg`, quiet: true };
+    const at = (name: string, out = opts.out) => `${out}/${c.id}${name}`;
+
+    const plain = await segment(opts);
+    assertEquals(plain.cases.map((o) => [o.status, o.metrics]), [["done", undefined]]);
+    assertEquals(await exists(at("_probabilities.nii.gz")), false);
+    assertEquals(await exists(at(".metrics.json")), false, "no reference, no metrics");
+    const withProbs = await segment({ ...opts, saveProbabilities: true });
+    assertEquals(withProbs.cases.map((o) => o.status), ["done"], "probabilities were missing");
+    const probs = decodeNifti(await getObject(at("_probabilities.nii.gz")), c.id);
+    assertEquals(probs.header.dims, [24, 24, 16, 3]);
+    assertEquals((await readJson(at(".json"))).outputs, [
+      at(".nii.gz"),
+      at("_probabilities.nii.gz"),
+    ]);
+    assertEquals((await segment({ ...opts, saveProbabilities: true })).cases[0].status, "skipped");
+    assertEquals((await segment(opts)).cases[0].status, "skipped", "the record covers more");
+
+    // The probabilities cannot be written (a folder holds their name): the labels are written,
+    // no record (so a re-run redoes the case), the error is recorded; then the re-run completes.
+    const out2 = `${dir}/seg2`;
+    await Deno.mkdir(at("_probabilities.nii.gz", out2), { recursive: true });
+    await Deno.writeTextFile(`${at("_probabilities.nii.gz", out2)}/x`, "in the way");
+    const blocked = await segment({ ...opts, out: out2, saveProbabilities: true });
+    assertEquals(blocked.failed.map((f) => f.id), [c.id]);
+    assert(
+      blocked.failed[0].error.includes(`${c.id}_probabilities.nii.gz`),
+      blocked.failed[0].error,
+    );
+    assert(await exists(at(".nii.gz", out2)), "the labels come first");
+    assertEquals(await exists(at(".json", out2)), false, "no record over missing outputs");
+    assert(await exists(at(".error.json", out2)));
+    await Deno.remove(at("_probabilities.nii.gz", out2), { recursive: true });
+    const unblocked = await segment({ ...opts, out: out2, saveProbabilities: true });
+    assertEquals(unblocked.cases.map((o) => o.status), ["done"]);
+    assertEquals(await exists(at(".error.json", out2)), false);
+    assert(await exists(at("_probabilities.nii.gz", out2)));
+
+    // The reference arrives: the inputs changed, so the case is redone and scored.
+    await putObject(c.seg!, segBytes);
+    const scored = await segment(opts);
+    assertEquals(scored.cases.map((o) => [o.status, o.metrics]), [["done", at(".metrics.json")]]);
+    assertMetricsRecord(await readJson(at(".metrics.json")), c.id, c.seg!);
+    assertEquals(
+      (await readJson(at(".metrics.json"))).ET,
+      (await evaluatePair(at(".nii.gz"), c.seg!)).metrics.ET,
+    );
+
+    // A reference that cannot be scored fails the case before anything is written.
+    const labels = decodeNifti(segBytes, c.seg!);
+    const bad = new Uint8Array(labels.data.length);
+    bad[5] = 7;
+    await putObject(c.seg!, encodeNifti(bad, "uint8", labels.header, { name: c.seg! }));
+    const out3 = `${dir}/seg3`;
+    const unscorable = await segment({ ...opts, out: out3 });
+    assertEquals(unscorable.failed.map((f) => f.id), [c.id]);
+    assert(unscorable.failed[0].error.includes(c.seg!), unscorable.failed[0].error);
+    assertEquals(
+      (await listObjects(out3)).map((o) => o.key),
+      [`${c.id}.error.json`],
+      "nothing but the error record",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("train, then segment held-out synthetic cases (2023 naming) from and to s3rver, and evaluate them", async () => {
   await using _s3 = await startS3rver({ buckets: ["brats"] });
-  await writeSynthDataset("s3://brats/data", { cases: 3, seed: 5, dims: [32, 32, 32] });
-  const result = await train({
-    ...defaultSettings("s3://brats/data"),
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(Deno.env.toObject())) if (k.startsWith("AWS_")) env[k] = v;
+  const dims: [number, number, number] = [32, 32, 32];
+  const training = await writeSynthDataset("s3://brats/train", { cases: 3, seed: 5, dims });
+  const heldOut = await writeSynthDataset("s3://brats/heldout", {
+    cases: 2,
+    seed: 6,
+    dims,
+    naming: "brats2023",
+  });
+  const heldIds = heldOut.cases.map((c) => c.id);
+  const t0 = performance.now();
+  const trained = await train({
+    ...defaultSettings("s3://brats/train"),
     epochs: 1,
     stepsPerEpoch: 2,
     crop: 16,
@@ -153,19 +363,56 @@ Deno.test("train then segment held-out synthetic cases from and to s3rver", asyn
     valCases: 1,
     config: resolveConfig(TINY),
   }, { out: "s3://brats/run", quiet: true, workers: 0 });
-  assertEquals(result.epochs, 1);
+  const trainSeconds = (performance.now() - t0) / 1000;
+  const state = await readJson(`s3://brats/run/${trained.checkpoint}/state.json`);
+  const seen = [...state.split.train, ...state.split.val].sort();
+  assertEquals(seen, training.cases.map((c) => c.id).sort(), "trained on the training set only");
+
   const seg = await segment({
     model: "s3://brats/run/best",
-    input: "s3://brats/data",
+    input: "s3://brats/heldout",
     out: "s3://brats/seg",
     quiet: true,
   });
-  assertEquals(seg.cases.length, 3);
-  const keys = (await listObjects("s3://brats/seg/")).map((o) => o.key).sort();
-  assertEquals(keys.filter((k) => k.endsWith(".nii.gz")).length, 3);
-  const [c] = (await findCases("s3://brats/data")).cases;
-  const out = decodeNifti(await getObject(`s3://brats/seg/${c.id}.nii.gz`), c.id);
-  assertEquals(out.header.dims, [32, 32, 32]);
+  assertEquals(seg.failed, []);
+  assertEquals(seg.cases.map((c) => [c.id, c.status]), heldIds.map((id) => [id, "done"]));
+  for (const c of heldOut.cases) {
+    const out = decodeNifti(await getObject(`s3://brats/seg/${c.id}.nii.gz`), c.id);
+    const flair = decodeNifti(await getObject(c.files.flair), c.files.flair);
+    assertEquals(out.header.dims, flair.header.dims);
+    assertEquals(out.header.affine, flair.header.affine);
+    assertEquals(out.header.datatype, "uint8");
+    const present = new Set(scaledData(out));
+    assert([...present].every((v) => [0, 1, 2, 3].includes(v)), `2023 labels: ${[...present]}`);
+    assertMetricsRecord(await readJson(`s3://brats/seg/${c.id}.metrics.json`), c.id, c.files.seg);
+  }
+
+  const ev = await runMain([
+    "evaluate",
+    "--pred",
+    "s3://brats/seg",
+    "--truth",
+    "s3://brats/heldout",
+    "--out",
+    "s3://brats/eval",
+    "--json",
+  ], env);
+  assertEquals(ev.code, 0, ev.stderr);
+  const evaluation = JSON.parse(ev.stdout);
+  assertEquals(evaluation.cases.map((c: { case: string }) => c.case), heldIds);
+  assertEquals([evaluation.missing, evaluation.extra], [[], []]);
+  for (const e of evaluation.cases) {
+    assertMetricsRecord({ ...e, reference: e.case }, e.case, e.case);
+  }
+  assertEquals(
+    JSON.parse(new TextDecoder().decode(await getObject("s3://brats/eval/metrics.json"))),
+    evaluation,
+  );
+  console.log(
+    `trained ${trained.steps} steps in ${trainSeconds.toFixed(1)} s; held-out WT Dice ${
+      evaluation.cases.map((c: { WT: { dice: number } }) => c.WT.dice.toFixed(3)).join(", ")
+    }`,
+  );
 });
 
 Deno.test("segment --event: the case an S3 notification completes; output keys ignored; malformed → exit 1", async () => {
