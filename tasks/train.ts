@@ -7,13 +7,16 @@
  * reversible training step with a polynomial learning-rate decay; sliding-window validation with
  * Dice per region every few epochs; and after each epoch a checkpoint, `metrics.jsonl` and
  * `curves.svg` in the output. Every random draw of step k comes from a generator seeded by (seed, k),
- * so a resumed run draws what the uninterrupted run would have.
+ * so a resumed run draws what the uninterrupted run would have. An aborted signal (SIGTERM or SIGINT
+ * on the command line) stops the run before its next step, writes a checkpoint of where it is, even
+ * mid-epoch, and `--resume` continues from there bit for bit on the cpu backend.
  *
  * Output layout under `--out`:
  * - `checkpoints/epoch-EEEE-step-SSSSSSS/{model,optimizer}.safetensors, state.json`: the latest
  *   two checkpoints; `latest.json` names the newest and is written last, so a run killed while
  *   writing a checkpoint resumes from the previous one;
- * - `best/model.safetensors`: the weights with the best mean validation Dice so far;
+ * - `best/model.safetensors`: the weights with the best mean validation Dice so far, or the latest
+ *   weights when the run has no validation cases;
  * - `metrics.jsonl` (one JSON object per epoch), `curves.svg` (loss and validation Dice).
  * @module
  */
@@ -52,6 +55,7 @@ import {
   joinUri,
   listObjects,
   mapConcurrent,
+  parseUri,
   putObject,
 } from "../pipeline/storage.ts";
 import {
@@ -98,11 +102,23 @@ export interface TrainRuntime {
   quiet?: boolean;
   /** Stop (with a checkpoint) once this many epochs are complete: for tests and time-boxed jobs. */
   stopAfterEpoch?: number;
-  /** When aborted, the run checkpoints after the current step and returns. */
+  /**
+   * When aborted, the run starts no further step: it stops between cases while loading them, before
+   * the next step, or between validation cases (abandoning the validation, which the resumed run
+   * redoes), writes a checkpoint of its current weights and state, and returns with `interrupted`.
+   */
   signal?: AbortSignal;
+  /** Told of each case loaded, step taken and validation case scored, as they happen. */
+  onProgress?: (event: TrainEvent) => void;
   /** At the end, write `<out>/report/index.html` (validation cases, metrics, curves). */
   report?: boolean;
 }
+
+/** What {@linkcode TrainRuntime.onProgress} is told. `step` counts the steps of the whole run. */
+export type TrainEvent =
+  | { kind: "case-loaded"; id: string; done: number; total: number }
+  | { kind: "step"; epoch: number; step: number; loss: number }
+  | { kind: "validated-case"; epoch: number; id: string; done: number; total: number };
 
 /** One epoch's line in `metrics.jsonl`. */
 export interface EpochMetrics {
@@ -200,37 +216,209 @@ export function splitCases(
   return { val: sorted.slice(0, valCases), train: sorted.slice(valCases) };
 }
 
-/** Mean Dice per region of sliding-window predictions on the validation cases. */
+/** Options of {@linkcode validate}. */
+export interface ValidateOptions {
+  /** Checked before each case: once aborted, validation stops by throwing the signal's reason. */
+  signal?: AbortSignal;
+  /** Called after each case with its id and the number of cases done. */
+  onCase?: (id: string, done: number) => void;
+}
+
+/**
+ * Mean Dice per region of sliding-window predictions on the validation cases.
+ * @throws the signal's reason when `options.signal` is aborted before a case
+ */
 export async function validate(
   net: UNet,
   cases: PreprocessedCase[],
   window: number,
+  options: ValidateOptions = {},
 ): Promise<RegionScores> {
   const scores: RegionScores[] = [];
   for (const c of cases) {
+    options.signal?.throwIfAborted();
     const probs = await slidingWindowProbabilities(net, c.image, c.box.size, {
       window,
       overlap: 0.5,
     });
     scores.push(regionDice(probs, c.regions!));
+    options.onCase?.(c.id, scores.length);
   }
   return meanScores(scores);
 }
 
-/** Trains; see the module documentation. */
-export async function train(settings: TrainSettings, runtime: TrainRuntime): Promise<TrainResult> {
+/** The command-line flag of each setting, for messages. */
+const SETTING_FLAGS: Record<keyof TrainSettings, string> = {
+  data: "--data",
+  epochs: "--epochs",
+  stepsPerEpoch: "--steps-per-epoch",
+  crop: "--crop",
+  batch: "--batch",
+  lr: "--lr",
+  optimizer: "--optimizer",
+  weightDecay: "--weight-decay",
+  valCases: "--val-cases",
+  valEvery: "--val-every",
+  valWindow: "--val-window",
+  config: "--config",
+  seed: "--seed",
+  augment: "--no-augment",
+  foregroundFraction: "foregroundFraction",
+};
+
+/**
+ * Settings a resumed run may change: how long it runs, how it validates and where its cases are
+ * read from. The others decide what every step computes, so changing them would not continue the
+ * run but start another one from its weights.
+ */
+const RESUMABLE: ReadonlySet<keyof TrainSettings> = new Set([
+  "data",
+  "epochs",
+  "valEvery",
+  "valWindow",
+]);
+
+/** JSON with object keys sorted, to compare settings read back from a checkpoint. */
+function canonicalJson(value: unknown): string {
+  return JSON.stringify(
+    value,
+    (_key, v) =>
+      v && typeof v === "object" && !Array.isArray(v)
+        ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+        : v,
+  );
+}
+
+function conflictText(key: keyof TrainSettings, want: unknown, stored: unknown): string {
+  if (key === "augment") {
+    return want === false
+      ? "--no-augment (the run trains with augmentation)"
+      : "augmentation on (the run trains with --no-augment)";
+  }
+  if (key === "config") {
+    const w = want as Record<string, unknown>, s = stored as Record<string, unknown>;
+    const fields = [...new Set([...Object.keys(w), ...Object.keys(s)])].sort()
+      .filter((f) => canonicalJson(w[f]) !== canonicalJson(s[f]))
+      .map((f) => `${f} ${JSON.stringify(w[f])} (the run has ${JSON.stringify(s[f])})`);
+    return `--config: ${fields.join(", ")}`;
+  }
+  return `${SETTING_FLAGS[key]} ${JSON.stringify(want)} (the run has ${JSON.stringify(stored)})`;
+}
+
+/**
+ * The settings of a resumed run: the stored ones, with `epochs` (longer or shorter, but not before
+ * the epoch in progress), `valEvery`, `valWindow` and `data` (the run's cases, found by id, moved
+ * elsewhere) taken from `requested`. Any other requested setting must equal the stored one.
+ * @param progress where the run being resumed is: epochs completed, steps into the next one
+ * @returns the settings, and a line for each change
+ * @throws {UsageError} naming every flag that conflicts with the stored settings
+ */
+export function resumedSettings(
+  stored: TrainSettings,
+  requested: Partial<TrainSettings>,
+  progress: { epoch: number; stepInEpoch: number },
+): { settings: TrainSettings; changes: string[] } {
+  const settings = { ...stored };
+  const changes: string[] = [];
+  const conflicts: string[] = [];
+  for (const key of Object.keys(requested) as (keyof TrainSettings)[]) {
+    const want = requested[key];
+    if (want === undefined || canonicalJson(want) === canonicalJson(stored[key])) continue;
+    if (!RESUMABLE.has(key)) {
+      conflicts.push(conflictText(key, want, stored[key]));
+      continue;
+    }
+    if (key === "epochs") {
+      const epochs = want as number;
+      const started = progress.epoch + (progress.stepInEpoch > 0 ? 1 : 0);
+      if (!Number.isInteger(epochs) || epochs < Math.max(1, started)) {
+        throw new UsageError(
+          `--epochs ${epochs} with --resume: the run has ${
+            progress.stepInEpoch > 0
+              ? `started epoch ${started}`
+              : `completed ${progress.epoch} epochs`
+          }, so it can end after epoch ${Math.max(1, started)} at the earliest`,
+        );
+      }
+      changes.push(
+        `--epochs ${epochs}: the run now ends after epoch ${epochs} (it was ${stored.epochs}); ` +
+          `the learning rate decays over ${epochs * stored.stepsPerEpoch} steps from here on`,
+      );
+    } else if (key === "valWindow") {
+      const m = cropMultiple(stored.config);
+      if ((want as number) % m !== 0) {
+        throw new UsageError(`--val-window ${want} must be a multiple of ${m}`);
+      }
+      changes.push(`--val-window ${want} (it was ${stored.valWindow})`);
+    } else if (key === "valEvery") {
+      changes.push(`--val-every ${want} (it was ${stored.valEvery})`);
+    } else {
+      changes.push(`--data ${want}: the run's cases are read from there (it was ${stored.data})`);
+    }
+    (settings as Record<string, unknown>)[key] = want;
+  }
+  if (conflicts.length > 0) {
+    throw new UsageError(
+      `--resume keeps the settings the run started with, and these differ: ${
+        conflicts.join("; ")
+      }. Drop them (only --epochs, --val-every, --val-window and --data may change), or start a new run under another --out`,
+    );
+  }
+  return { settings, changes };
+}
+
+/** The error for a --data location without any case file: missing, or holding something else. */
+async function noCasesError(data: string): Promise<Error> {
+  const p = parseUri(data);
+  if (p.kind === "local") {
+    try {
+      await Deno.stat(p.path);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        return new Error(`--data ${data}: no such folder`, { cause: e });
+      }
+      throw e;
+    }
+  }
+  return new Error(
+    `--data ${data}: no BraTS case files there (names like BraTS2021_00000_flair.nii.gz or BraTS-GLI-00000-000-t2f.nii.gz)`,
+  );
+}
+
+/**
+ * Trains; see the module documentation.
+ *
+ * A new run takes every setting from `settings`. With `runtime.resume` the run under `runtime.out`
+ * continues from its latest checkpoint with the settings stored there; `settings` then holds only
+ * what the caller asks for, and {@linkcode resumedSettings} decides what may change (`epochs`,
+ * `valEvery`, `valWindow`, `data`) and rejects the rest when it differs.
+ */
+export function train(settings: TrainSettings, runtime: TrainRuntime): Promise<TrainResult>;
+export function train(
+  settings: Partial<TrainSettings>,
+  runtime: TrainRuntime & { resume: true },
+): Promise<TrainResult>;
+export async function train(
+  requested: Partial<TrainSettings>,
+  runtime: TrainRuntime,
+): Promise<TrainResult> {
   const out = runtime.out;
   const progress = new Progress({ quiet: runtime.quiet });
   const log = (m: string) => progress.log(`train: ${m}`);
+  const emit = (e: TrainEvent) => runtime.onProgress?.(e);
+  const aborted = () => runtime.signal?.aborted ?? false;
   const backend = await selectBackend(
     (runtime.backend ?? "cpu") as Parameters<typeof selectBackend>[0],
     log,
   );
   const latestUri = joinUri(out, "latest.json");
 
+  let settings: TrainSettings;
   let state: TrainState;
   let net: UNet;
   let optimizer: Optimizer;
+  /** The checkpoint that holds the current state, when one does. */
+  let saved: string | undefined;
   if (runtime.resume) {
     if (!(await exists(latestUri))) {
       throw new Error(`--resume: ${latestUri} does not exist; there is no run to resume there`);
@@ -241,13 +429,24 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
     if (state.format !== "revunet-train-state") {
       throw new Error(`${joinUri(dir, STATE_FILE)}: not a training state`);
     }
-    settings = state.settings;
+    const resumed = resumedSettings(state.settings, requested, state);
+    settings = state.settings = resumed.settings;
     net = (await loadModel(dir)).net;
-    const opt = await loadOptimizer(dir);
-    if (!opt) throw new Error(`${dir}: checkpoint has no optimizer state`);
+    const opt = await loadOptimizer(dir).catch((e) => {
+      disposeUNet(net);
+      throw e;
+    });
+    if (!opt) {
+      disposeUNet(net);
+      throw new Error(`${dir}: checkpoint has no optimizer state`);
+    }
     optimizer = opt;
+    // A changed setting is stored by the next checkpoint, even one written before any step.
+    saved = resumed.changes.length > 0 ? undefined : checkpoint;
     log(`resuming ${out} at epoch ${state.epoch}, step ${state.globalStep} (${checkpoint})`);
+    for (const change of resumed.changes) log(change);
   } else {
+    settings = requested as TrainSettings;
     checkSettings(settings);
     if (await exists(latestUri)) {
       throw new Error(
@@ -276,7 +475,23 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
   try {
     // Cases: find, split, preprocess (cached).
     const { cases: found, problems } = await findCases(settings.data);
-    for (const p of problems) log(`skipping case ${p.id}: ${p.error}`);
+    if (found.length === 0 && problems.length === 0) throw await noCasesError(settings.data);
+    // A case that cannot be read is an error, not skipped: the split, and so the run, would
+    // silently depend on which files happened to be readable. A resumed run only needs its own.
+    const ownIds = new Set([...state.split.train, ...state.split.val]);
+    const fatal = ownIds.size > 0 ? problems.filter((p) => ownIds.has(p.id)) : problems;
+    for (const p of problems) {
+      if (!fatal.includes(p)) log(`skipping case ${p.id} (not part of this run): ${p.error}`);
+    }
+    if (fatal.length > 0) {
+      throw new Error(
+        `${settings.data}: ${fatal.length} case${
+          fatal.length === 1 ? "" : "s"
+        } cannot be used; fix or remove ${fatal.length === 1 ? "it" : "them"} and run again:\n  ${
+          fatal.map((p) => p.error).join("\n  ")
+        }`,
+      );
+    }
     const labelled = found.filter((c) => c.seg);
     if (labelled.length === 0) {
       throw new Error(`${settings.data}: no labelled cases (image files with a _seg) to train on`);
@@ -307,44 +522,61 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
       : runtime.cache;
     const t0 = performance.now();
     let fromCache = 0;
-    const load = (list: Case[]) =>
+    let loaded = 0;
+    const total = split.train.length + split.val.length;
+    const load = (list: Case[], shared: boolean) =>
       mapConcurrent(list, 2, async (c) => {
-        const r = await loadPreprocessed(c, cacheUri);
+        // A signal stops the loading between cases; a case in flight finishes, so a cache entry
+        // is never left half written.
+        if (aborted()) return undefined;
+        const r = await loadPreprocessed(c, cacheUri, { shared });
         if (r.cached) fromCache++;
+        emit({ kind: "case-loaded", id: c.id, done: ++loaded, total });
         return r.case;
       });
-    const trainCases = await load(split.train);
-    const valCases = await load(split.val);
-    log(
-      `${trainCases.length} training and ${valCases.length} validation cases ready in ${
-        ((performance.now() - t0) / 1000).toFixed(1)
-      } s (${fromCache} from the cache${cacheUri ? ` ${cacheUri}` : ""})`,
-    );
+    // Training cases go straight into shared memory when sampler workers read them: the
+    // prefetcher then uses them where they are instead of holding a second copy.
+    const workers = runtime.workers ?? 1;
+    const trainCases = (await load(split.train, workers > 0)) as PreprocessedCase[];
+    const valCases = aborted() ? [] : (await load(split.val, false)) as PreprocessedCase[];
+    let interrupted = aborted();
+    if (!interrupted) {
+      log(
+        `${trainCases.length} training and ${valCases.length} validation cases ready in ${
+          ((performance.now() - t0) / 1000).toFixed(1)
+        } s (${fromCache} from the cache${cacheUri ? ` ${cacheUri}` : ""})`,
+      );
+    }
 
     const s = settings;
     const totalSteps = s.epochs * s.stepsPerEpoch;
-    prefetcher.current = new BatchPrefetcher(trainCases, {
-      batch: s.batch,
-      seed: s.seed,
-      workers: runtime.workers ?? 1,
-      sampling: {
-        crop: s.crop,
-        foregroundFraction: s.foregroundFraction,
-        ...(s.augment ? {} : { augment: false }),
-      },
-    });
     const shape = [s.batch, s.crop, s.crop, s.crop];
     let lastLoss: number | null = null;
     let lastValDice: RegionScores | null = state.history.at(-1)?.val_dice ?? null;
     const runStart = performance.now();
     const stepsAtStart = state.globalStep;
     const stopAfter = Math.min(runtime.stopAfterEpoch ?? s.epochs, s.epochs);
-    let interrupted = false;
+    if (!interrupted && state.epoch < stopAfter) {
+      prefetcher.current = new BatchPrefetcher(trainCases, {
+        batch: s.batch,
+        seed: s.seed,
+        workers,
+        sampling: {
+          crop: s.crop,
+          foregroundFraction: s.foregroundFraction,
+          ...(s.augment ? {} : { augment: false }),
+        },
+      });
+    }
 
-    while (state.epoch < stopAfter && !interrupted) {
+    while (!interrupted && state.epoch < stopAfter) {
       const epochStart = performance.now() - state.epochSeconds * 1000;
       while (state.stepInEpoch < s.stepsPerEpoch) {
-        const batch = await prefetcher.current.next(state.globalStep);
+        // A signal stops the run before the next step starts, also one that came while waiting
+        // for the batch.
+        if (aborted()) break;
+        const batch = await prefetcher.current!.next(state.globalStep);
+        if (aborted()) break;
         const lr = polyLearningRate(s.lr, state.globalStep, totalSteps);
         const x = tf.tensor5d(
           batch.image,
@@ -383,15 +615,15 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
           } ${perStep.toFixed(2)} s/step`,
           perStep * (totalSteps - state.globalStep),
         );
-        if (runtime.signal?.aborted) {
-          interrupted = true;
-          break;
-        }
+        emit({ kind: "step", epoch: state.epoch + 1, step: state.globalStep, loss });
       }
       state.epochSeconds = (performance.now() - epochStart) / 1000;
-      if (interrupted) break;
+      if (aborted()) {
+        interrupted = true;
+        break;
+      }
 
-      // End of an epoch: validation, metrics, curves, checkpoint.
+      // End of an epoch: validation, best weights, metrics, curves, checkpoint.
       const metrics: EpochMetrics = {
         epoch: state.epoch + 1,
         step: state.globalStep,
@@ -402,7 +634,28 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
       const last = state.epoch + 1 === s.epochs;
       if (valCases.length > 0 && ((state.epoch + 1) % s.valEvery === 0 || last)) {
         const v0 = performance.now();
-        const dice = await validate(net, valCases, s.valWindow);
+        let dice: RegionScores;
+        try {
+          dice = await validate(net, valCases, s.valWindow, {
+            signal: runtime.signal,
+            onCase: (id, done) =>
+              emit({
+                kind: "validated-case",
+                epoch: metrics.epoch,
+                id,
+                done,
+                total: valCases.length,
+              }),
+          });
+        } catch (e) {
+          // A signal abandons the validation: the checkpoint below holds the epoch's steps, and
+          // the resumed run validates and records the epoch before its next step.
+          if (runtime.signal?.aborted && e === runtime.signal.reason) {
+            interrupted = true;
+            break;
+          }
+          throw e;
+        }
         const mean = (dice.WT + dice.TC + dice.ET) / 3;
         metrics.val_dice = dice;
         metrics.val_mean_dice = mean;
@@ -423,6 +676,15 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
           });
         }
       } else {
+        if (valCases.length === 0) {
+          // Nothing to choose the best weights by: best/ holds the latest, so that <out>/best
+          // names the run's model either way.
+          await saveModel(joinUri(out, "best"), net, undefined, {
+            train_crop: String(s.crop),
+            epoch: String(metrics.epoch),
+            best_by: "latest (no validation cases)",
+          });
+        }
         log(`epoch ${metrics.epoch}: loss ${metrics.loss.toFixed(4)}`);
       }
       state.history.push(metrics);
@@ -432,14 +694,17 @@ export async function train(settings: TrainSettings, runtime: TrainRuntime): Pro
       state.epochSeconds = 0;
       await writeReports(out, state.history);
       await writeCheckpoint(out, net, optimizer, state);
-      if (runtime.signal?.aborted) interrupted = true;
+      saved = checkpointName(state);
+      if (aborted()) interrupted = true;
     }
     if (interrupted) {
-      await writeCheckpoint(out, net, optimizer, state);
+      if (checkpointName(state) !== saved) {
+        await writeCheckpoint(out, net, optimizer, state);
+        saved = checkpointName(state);
+      }
       log(
-        `stopped at epoch ${
-          state.epoch + 1
-        }, step ${state.stepInEpoch}/${s.stepsPerEpoch}: checkpoint saved; continue with --resume`,
+        `stopped at epoch ${state.epoch + 1}, step ${state.stepInEpoch}/${s.stepsPerEpoch} ` +
+          `(global step ${state.globalStep}): checkpoint ${saved}; continue with --resume`,
       );
     }
     const seconds = (performance.now() - runStart) / 1000;
@@ -647,16 +912,21 @@ export const trainCommand: Command = {
   name: "train",
   summary: "Train the reversible U-Net on BraTS cases (checkpoints, resume, validation)",
   help: `Usage: deno task train --data URI --out URI [options]
+       deno task train --out URI --resume [--epochs N] [options]
 
 Trains the reversible U-Net on the labelled BraTS cases under --data (a folder or s3:// prefix, any
 naming convention), writing checkpoints, best weights, metrics.jsonl and curves.svg under --out.
-SIGTERM or SIGINT (a preempted instance) saves a checkpoint and exits (status 143 or 130); run the
-same command with --resume to continue exactly where it stopped.
+A case that cannot be read (a damaged file, a missing modality) is an error naming it.
+
+SIGTERM or SIGINT (a preempted instance) stops the run before its next step starts, also while cases
+are loading or validation is running (validation is then abandoned and redone on resume), saves a
+checkpoint of the current weights, even mid-epoch, and exits with status 143 or 130. Run the command
+again with --resume to continue exactly where it stopped.
 
 Options:
   --data URI             cases to train on (required unless --resume)
   --out URI              output folder or s3:// prefix (required)
-  --epochs N             epochs (default 10)
+  --epochs N             epochs (default 10); with --resume, the run's new length (see --resume)
   --steps-per-epoch N    training steps per epoch (default 25)
   --crop N|auto          crop edge in voxels, a multiple of 8 (default 32); auto: the largest crop
                          whose training step fits --budget, from measured peak memory (as plan)
@@ -664,8 +934,9 @@ Options:
   --batch N              crops per step (default 1)
   --lr X                 initial learning rate, decayed as (1 - step/total)^0.9 (default 3e-3)
   --optimizer adam|sgd   Adam, or SGD with Nesterov momentum 0.99 (default adam)
-  --weight-decay X       L2 weight decay (default 0)
-  --val-cases N          labelled cases held out for validation (default 1)
+  --weight-decay X       decoupled (AdamW) for adam, L2 for sgd (default 0)
+  --val-cases N          labelled cases held out for validation (default 1); with 0, <out>/best
+                         holds the latest weights (rewritten after every epoch)
   --val-every N          validate every N epochs and after the last (default 1)
   --val-window N         sliding-window edge for validation (default: the crop)
   --config JSON|FILE     network configuration fields over the reference network
@@ -674,15 +945,25 @@ Options:
   --backend B            auto|tensorflow|webgpu|wasm|cpu (default cpu)
   --cache URI|none       preprocessed-case cache (default <out>/cache)
   --workers N            sampler threads preparing batches ahead (default 1; 0: none)
-  --resume               continue the run under --out from its latest checkpoint (its settings)
+  --resume               continue the run under --out from its latest checkpoint, with the settings
+                         it started with. --epochs N makes it longer or shorter (not shorter than
+                         the epoch in progress); the learning rate then decays over the new total
+                         from the current step on. --val-every, --val-window and --data (the same
+                         cases, found by id, moved elsewhere) may change too; any other setting
+                         flag must repeat the run's value or is an error naming it (--crop auto
+                         keeps the run's crop). --backend, --workers, --cache, --report, --quiet
+                         and --json apply as given (another backend continues the run, but not
+                         bit for bit)
   --report               at the end, write <out>/report/index.html: validation cases' slices with
                          reference and prediction, their metrics, and the training curves
   --quiet                no progress output
   --json                 print a JSON summary at the end
 
-Example:
+Examples:
   deno task synth --out out/synth --cases 6 --size 96,96,72
-  deno task train --data out/synth --out out/run1 --epochs 4 --steps-per-epoch 20 --crop 32`,
+  deno task train --data out/synth --out out/run1 --epochs 4 --steps-per-epoch 20 --crop 32
+  deno task train --out out/run1 --resume              # after SIGTERM: continue exactly
+  deno task train --out out/run1 --resume --epochs 8   # train the finished run 4 epochs longer`,
   async run(args) {
     const { values } = parseFlags("train", args, {
       data: { type: "string" },
@@ -710,42 +991,74 @@ Example:
       json: { type: "boolean" },
     });
     if (!values.out) throw new UsageError("--out is required (a folder or s3:// prefix)");
-    if (!values.data && !values.resume) throw new UsageError("--data is required");
+    const resume = values.resume ?? false;
+    if (!values.data && !resume) throw new UsageError("--data is required");
     const d = defaultSettings(values.data ?? "");
-    const optimizer = values.optimizer ?? d.optimizer;
-    if (optimizer !== "adam" && optimizer !== "sgd") {
-      throw new UsageError(`--optimizer must be adam or sgd, got "${optimizer}"`);
-    }
-    const config = parseConfigFlag(values.config);
-    const batch = intFlag("batch", values.batch, d.batch, 1, 256);
+    // The settings the command line names. A new run fills the rest with defaults; a resumed run
+    // compares these with its stored settings (resumedSettings), so defaults must not be added.
+    const given: Partial<TrainSettings> = {};
+    const set = <K extends keyof TrainSettings>(key: K, value: TrainSettings[K] | undefined) => {
+      if (value !== undefined) given[key] = value;
+    };
+    const optional = <T>(flag: string | undefined, parse: (v: string) => T) =>
+      flag === undefined ? undefined : parse(flag);
+    set("data", values.data);
+    set("epochs", optional(values.epochs, (v) => intFlag("epochs", v, d.epochs, 1)));
+    set(
+      "stepsPerEpoch",
+      optional(values["steps-per-epoch"], (v) => intFlag("steps-per-epoch", v, 0, 1)),
+    );
+    set("batch", optional(values.batch, (v) => intFlag("batch", v, d.batch, 1, 256)));
+    set("lr", optional(values.lr, (v) => numberFlag("lr", v, d.lr, 0)));
+    set(
+      "optimizer",
+      optional(values.optimizer, (v) => {
+        if (v !== "adam" && v !== "sgd") {
+          throw new UsageError(`--optimizer must be adam or sgd, got "${v}"`);
+        }
+        return v;
+      }),
+    );
+    set(
+      "weightDecay",
+      optional(values["weight-decay"], (v) => numberFlag("weight-decay", v, 0, 0)),
+    );
+    set("valCases", optional(values["val-cases"], (v) => intFlag("val-cases", v, 0, 0)));
+    set("valEvery", optional(values["val-every"], (v) => intFlag("val-every", v, 1, 1)));
+    set("valWindow", optional(values["val-window"], (v) => intFlag("val-window", v, 8, 8, 512)));
+    set("config", optional(values.config, parseConfigFlag));
+    set("seed", optional(values.seed, (v) => intFlag("seed", v, 0, 0)));
+    if (values["no-augment"]) given.augment = false;
     const backend = backendFlag(values.backend);
-    let crop: number;
+    const workers = intFlag("workers", values.workers, 1, 0, 16);
     if (values.crop === "auto") {
       if (values.budget === undefined) throw new UsageError("--crop auto needs --budget GiB");
       const budget = numberFlag("budget", values.budget, 0, 0.001) * 2 ** 30;
-      crop = await autoCrop(config, batch, budget, backend);
+      if (resume) {
+        if (!values.quiet) {
+          console.error("train: --crop auto with --resume: the run keeps the crop it started with");
+        }
+      } else {
+        given.crop = await autoCrop(
+          given.config ?? d.config,
+          given.batch ?? d.batch,
+          budget,
+          backend,
+        );
+      }
     } else {
       if (values.budget !== undefined) {
         throw new UsageError("--budget is only used with --crop auto");
       }
-      crop = intFlag("crop", values.crop, d.crop, 8, 512);
+      set("crop", optional(values.crop, (v) => intFlag("crop", v, d.crop, 8, 512)));
     }
-    const settings: TrainSettings = {
-      data: values.data ?? "",
-      epochs: intFlag("epochs", values.epochs, d.epochs, 1),
-      stepsPerEpoch: intFlag("steps-per-epoch", values["steps-per-epoch"], d.stepsPerEpoch, 1),
-      crop,
-      batch,
-      lr: numberFlag("lr", values.lr, d.lr, 0),
-      optimizer,
-      weightDecay: numberFlag("weight-decay", values["weight-decay"], d.weightDecay, 0),
-      valCases: intFlag("val-cases", values["val-cases"], d.valCases, 0),
-      valEvery: intFlag("val-every", values["val-every"], d.valEvery, 1),
-      valWindow: intFlag("val-window", values["val-window"], crop, 8, 512),
-      config,
-      seed: intFlag("seed", values.seed, d.seed, 0),
-      augment: !values["no-augment"],
-      foregroundFraction: d.foregroundFraction,
+    const runtime = {
+      out: values.out,
+      backend,
+      cache: values.cache === "none" ? "" : values.cache,
+      workers,
+      quiet: values.quiet ?? false,
+      report: values.report ?? false,
     };
     const abort = new AbortController();
     let signalName: Deno.Signal | undefined;
@@ -753,23 +1066,19 @@ Example:
       const handler = () => {
         if (signalName) return;
         signalName = sig;
-        console.error(`train: ${sig} received; saving a checkpoint after this step`);
+        console.error(`train: ${sig} received; stopping before the next step to save a checkpoint`);
         abort.abort();
       };
       Deno.addSignalListener(sig, handler);
       return [sig, handler] as const;
     });
     try {
-      const result = await train(settings, {
-        out: values.out,
-        resume: values.resume ?? false,
-        backend,
-        cache: values.cache === "none" ? "" : values.cache,
-        workers: intFlag("workers", values.workers, 1, 0, 16),
-        quiet: values.quiet ?? false,
-        report: values.report ?? false,
-        signal: abort.signal,
-      });
+      const result = resume
+        ? await train(given, { ...runtime, resume: true, signal: abort.signal })
+        : await train(
+          { ...d, ...given, valWindow: given.valWindow ?? given.crop ?? d.crop },
+          { ...runtime, signal: abort.signal },
+        );
       if (values.json) printJson(result);
       if (signalName) Deno.exit(signalName === "SIGTERM" ? 143 : 130);
     } finally {

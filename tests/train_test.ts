@@ -34,7 +34,7 @@ import { getObject, listObjects, putObject } from "../pipeline/storage.ts";
 import { renderCurves } from "../pipeline/plot.ts";
 import { createUNet, disposeUNet, predictLogits } from "../model/mod.ts";
 import { defaultSettings, splitCases, train, type TrainSettings } from "../tasks/train.ts";
-import { runMain } from "./_cli.ts";
+import { ROOT, runMain } from "./_cli.ts";
 
 await tf.setBackend("cpu");
 
@@ -429,68 +429,88 @@ Deno.test("train: same seed, same weights; N+M epochs equal N, resume, M; output
   }
 });
 
-Deno.test("train CLI: SIGTERM saves a loadable checkpoint and exits 143; --resume finishes the run", async () => {
+/** Starts `main.ts train` and watches its standard error as it comes. */
+function spawnTrain(args: string[]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", "train", ...args],
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let stderr = "";
+  const reading = (async () => {
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) stderr += chunk;
+  })();
+  return {
+    child,
+    async waitFor(pattern: RegExp, timeoutMs = 120_000): Promise<void> {
+      const deadline = Date.now() + timeoutMs;
+      while (!pattern.test(stderr)) {
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${pattern}:\n${stderr}`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    },
+    async finish(): Promise<{ code: number; stderr: string }> {
+      const { code } = await child.status;
+      await reading;
+      return { code, stderr };
+    },
+  };
+}
+
+Deno.test("train CLI: SIGTERM and SIGINT mid-epoch checkpoint the step the run stopped at and exit 143 and 130 (--resume: train_resume_test.ts)", async () => {
   const data = await dataset();
   const dir = await Deno.makeTempDir();
   try {
-    const args = [
-      "run",
-      "-A",
-      "main.ts",
-      "train",
-      "--data",
-      data,
-      "--out",
-      `${dir}/run`,
-      "--epochs",
-      "20",
-      "--steps-per-epoch",
-      "2",
-      "--crop",
-      "8",
-      "--val-every",
-      "100",
-      "--config",
-      JSON.stringify({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 }),
-    ];
-    const child = new Deno.Command(Deno.execPath(), {
-      args,
-      cwd: new URL("..", import.meta.url).pathname,
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    // Wait for the first epoch's checkpoint, then ask the run to stop.
-    const deadline = Date.now() + 120_000;
-    while (Date.now() < deadline) {
-      try {
-        await Deno.stat(`${dir}/run/latest.json`);
-        break;
-      } catch {
-        await new Promise((r) => setTimeout(r, 200));
-      }
+    // Far more steps than run before the signal lands, even on a loaded machine.
+    const stepsPerEpoch = 1000;
+    const runs = (["SIGTERM", "SIGINT"] as const).map((signal) => {
+      const out = `${dir}/${signal}`;
+      const p = spawnTrain([
+        "--data",
+        data,
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        String(stepsPerEpoch),
+        "--crop",
+        "8",
+        "--config",
+        JSON.stringify({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 }),
+      ]);
+      return { signal, out, p };
+    });
+    await Promise.all(runs.map(async ({ signal, p }) => {
+      // The first progress line is printed after step 1: the run is inside its first epoch.
+      await p.waitFor(/epoch 1\/1 \[[#.]+\] step 1\//);
+      p.child.kill(signal);
+    }));
+    for (const { signal, out, p } of runs) {
+      const { code, stderr } = await p.finish();
+      assertEquals(code, signal === "SIGTERM" ? 143 : 130, stderr);
+      assert(stderr.includes(`${signal} received`), stderr);
+      const m = /stopped at epoch 1, step (\d+)\/1000 \(global step (\d+)\): checkpoint (\S+);/
+        .exec(stderr);
+      assert(m, stderr);
+      const step = Number(m[2]);
+      assert(step >= 1 && step < stepsPerEpoch, `stopped mid-epoch, at step ${step}`);
+      // latest.json names the checkpoint the signal wrote: no epoch had ended, so no other exists.
+      const latest = JSON.parse(await Deno.readTextFile(`${out}/latest.json`));
+      assertEquals(latest, { checkpoint: m[3], epoch: 0, step });
+      const state = JSON.parse(
+        await Deno.readTextFile(`${out}/${latest.checkpoint}/state.json`),
+      );
+      assertEquals([state.epoch, state.stepInEpoch, state.globalStep], [0, step, step]);
+      const { net, metadata } = await loadModel(`${out}/${latest.checkpoint}`);
+      disposeUNet(net);
+      assertEquals(metadata.step, String(step));
     }
-    child.kill("SIGTERM");
-    const out = await child.output();
-    const stderr = new TextDecoder().decode(out.stderr);
-    assertEquals(out.code, 143, stderr);
-    assert(stderr.includes("SIGTERM received"), stderr);
-    const latest = JSON.parse(await Deno.readTextFile(`${dir}/run/latest.json`));
-    assert(latest.epoch < 20);
-    await loadModel(`${dir}/run/${latest.checkpoint}`).then(({ net }) => disposeUNet(net));
 
-    const resumed = await runMain([
-      "train",
-      "--out",
-      `${dir}/run`,
-      "--resume",
-      "--json",
-      "--quiet",
-    ]);
-    assertEquals(resumed.code, 0, resumed.stderr);
-    const result = JSON.parse(resumed.stdout);
-    assertEquals([result.epochs, result.steps, result.interrupted], [20, 40, false]);
-
-    const bad = await runMain(["train", "--out", `${dir}/run`, "--data", data, "--crop", "12"]);
+    const bad = await runMain(["train", "--out", `${dir}/x`, "--data", data, "--crop", "12"]);
     assertEquals(bad.code, 2);
     assert(bad.stderr.includes("--crop 12 must be a multiple of 8"), bad.stderr);
   } finally {
