@@ -202,8 +202,9 @@ at batch 1 with tf.profile, for the reversible network and its standard twin, an
 seed paper's experiment under a fixed budget: the largest cubic crop (multiple of 16), the most
 blocks per level and the widest base (multiple of 8) whose training step fits, each variant, the
 rest at the reference configuration (crop 96 for the depth and width searches). Peak memory is
-linear in voxels for a fixed network, so each figure is fitted from measured crops 16, 24 and 32;
-the fit's worst residual is printed with it.
+linear in voxels for a fixed network, so each figure is fitted from measured crops (reversible 32,
+48, 64; standard 16, 24, 32) and the fit's worst residual is printed with it; the reversible step
+is also measured at the search crop to check the fit ("fit_check").
 
 speed: times the reference network at batch 1 on the backend: the median of --steps training
 steps (reversible backward, Dice+BCE, Adam) and inference passes at a cubic crop, after one
