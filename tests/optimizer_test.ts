@@ -148,3 +148,38 @@ Deno.test("Optimizer: state() and load() continue exactly where the saved optimi
   t.dispose();
   sgd.dispose();
 });
+
+Deno.test("Adam's cpu loop equals the op-by-op float32 update bit for bit, weight decay included", () => {
+  const n = 1000;
+  const rand = (seed: number) => tf.randomNormal([n], 0, 1, "float32", seed) as tf.Tensor1D;
+  for (const weightDecay of [0, 0.01]) {
+    const init = rand(1);
+    const w = tf.variable(init, true, `adam-loop-${weightDecay}`);
+    const opt = new Optimizer({ kind: "adam", weightDecay });
+    const weights = new Map<string, tf.Tensor>([["w", w]]);
+    // The same three updates with tfjs ops, as the optimizer does on other backends.
+    let [rw, rm, rv]: tf.Tensor[] = [tf.clone(init), tf.zerosLike(init), tf.zerosLike(init)];
+    const { beta1, beta2, epsilon } = DEFAULT_OPTIMIZER;
+    for (let step = 1; step <= 3; step++) {
+      const g = rand(10 + step);
+      opt.apply(weights, new Map([["w", g]]), 0.01);
+      const next = tf.tidy(() => {
+        const m = tf.add(tf.mul(rm, beta1), tf.mul(g, 1 - beta1));
+        const v = tf.add(tf.mul(rv, beta2), tf.mul(tf.square(g), 1 - beta2));
+        const mHat = tf.div(m, 1 - Math.pow(beta1, step));
+        const vHat = tf.div(v, 1 - Math.pow(beta2, step));
+        let update = tf.div(mHat, tf.add(tf.sqrt(vHat), epsilon));
+        if (weightDecay > 0) update = tf.add(update, tf.mul(rw, weightDecay));
+        return [tf.sub(rw, tf.mul(update, 0.01)), m, v];
+      });
+      tf.dispose([rw, rm, rv, g]);
+      [rw, rm, rv] = next;
+    }
+    assertEquals([...w.dataSync()], [...rw.dataSync()], "weights");
+    const [m, v] = opt.slots.get("w")!;
+    assertEquals([...m.dataSync()], [...rm.dataSync()], "first moment");
+    assertEquals([...v.dataSync()], [...rv.dataSync()], "second moment");
+    tf.dispose([init, w, rw, rm, rv]);
+    opt.dispose();
+  }
+});
