@@ -468,14 +468,16 @@ export async function startEventService(
     const errorUri = joinUri(options.out, `${job.case}.error.json`);
     try {
       const r = await runner.segment(job.id, job.c, options.out, caseOptions);
-      job.status = r.status;
+      // A success supersedes an earlier failure's record; gone before the job shows as finished.
+      await deleteObject(errorUri).catch(() => {});
       job.outputs = [r.output, ...(r.metrics ? [r.metrics] : [])];
       job.seconds = r.seconds;
-      // A success supersedes an earlier failure's record.
-      await deleteObject(errorUri).catch(() => {});
+      job.status = r.status;
     } catch (e) {
-      job.status = "failed";
-      job.error = aborting ? "abandoned at shutdown" : describeError(e);
+      // The job turns "failed" only once its error record is written: GET /jobs/<id> never shows
+      // a failure without the record it names.
+      let error = aborting ? "abandoned at shutdown" : describeError(e);
+      let outputs: string[] = [];
       if (!aborting) {
         const record = {
           case: job.case,
@@ -484,16 +486,19 @@ export async function startEventService(
           model: options.model,
           job: job.id,
           trigger: job.trigger,
-          error: job.error,
+          error,
           time: new Date().toISOString(),
         };
         try {
           await putObject(errorUri, JSON.stringify(record, null, 2) + "\n");
-          job.outputs = [errorUri];
+          outputs = [errorUri];
         } catch (w) {
-          job.error += `; the error record ${errorUri} could not be written: ${describeError(w)}`;
+          error += `; the error record ${errorUri} could not be written: ${describeError(w)}`;
         }
       }
+      job.error = error;
+      job.outputs = outputs;
+      job.status = "failed";
     }
     job.finished = new Date().toISOString();
     counts[job.status as keyof typeof counts]++;

@@ -2,7 +2,7 @@
  * S3-triggered segmentation: pipeline/events.ts on real-shaped payloads (Amazon S3, SNS, MinIO,
  * EventBridge, s3:TestEvent), the service of tasks/serve.ts in-process with a fake segmenter
  * (queue, 503, 413, drain), and `main.ts serve` as a subprocess against s3rver with a real model:
- * events in, segmentations out, duplicates once, outputs and malformed or unauthenticated requests
+ * events in, segmentations and metrics out, duplicates once, outputs and malformed or unauthenticated requests
  * ignored, a broken case recorded, SIGTERM finishing the work in flight and exiting 0.
  * @module
  */
@@ -25,6 +25,7 @@ import {
   triageRecord,
 } from "../pipeline/events.ts";
 import { saveModel } from "../pipeline/model_store.ts";
+import { EVAL_REGIONS, evaluatePair, METRICS } from "../pipeline/evaluation.ts";
 import { decodeNiftiHeader } from "../pipeline/nifti.ts";
 import { writePhantomDataset } from "../pipeline/phantom.ts";
 import { exists, getObject, listObjects, putObject } from "../pipeline/storage.ts";
@@ -689,10 +690,28 @@ Deno.test({
       const latency = (performance.now() - t0) / 1000;
       assertEquals(done.status, "done", JSON.stringify(done));
       assertEquals(done.case, ids[0]);
-      assertEquals(done.outputs, [`s3://brats/seg/${ids[0]}.nii.gz`]);
+      // The case came with its reference: the segmentation and its metrics, as evaluate has them.
+      assertEquals(done.outputs, [
+        `s3://brats/seg/${ids[0]}.nii.gz`,
+        `s3://brats/seg/${ids[0]}.metrics.json`,
+      ]);
       const header = decodeNiftiHeader(await getObject(done.outputs[0]), done.outputs[0]);
       assertEquals(header.dims.slice(0, 3), [32, 32, 32]);
-      console.log(`event → segmentation of a 32³ case: ${latency.toFixed(2)} s`);
+      const reference = `s3://brats/incoming/${ids[0]}/${ids[0]}_seg.nii.gz`;
+      const metrics = JSON.parse(new TextDecoder().decode(await getObject(done.outputs[1])));
+      assertEquals([metrics.case, metrics.prediction, metrics.reference], [
+        ids[0],
+        done.outputs[0],
+        reference,
+      ]);
+      const expected = (await evaluatePair(done.outputs[0], reference)).metrics;
+      for (const r of EVAL_REGIONS) {
+        for (const k of METRICS) {
+          assert(Number.isFinite(metrics[r][k]), `${r} ${k}: ${metrics[r][k]}`);
+        }
+        assertEquals(metrics[r], expected[r]);
+      }
+      console.log(`event → segmentation and metrics of a 32³ case: ${latency.toFixed(2)} s`);
 
       // The same event again, and the events of the service's own outputs: nothing new.
       const outputEvents = asAws(
@@ -756,6 +775,11 @@ Deno.test({
       stopped = true;
       assertEquals(status.code, 0, serve.output());
       assert(await exists(`s3://brats/seg/${ids[2]}.nii.gz`), serve.output());
+      assertEquals(
+        await exists(`s3://brats/seg/${ids[2]}.metrics.json`),
+        false,
+        "no reference uploaded, no metrics",
+      );
       const events = serve.logs.map((l) => `${l.event}${l.status ? ":" + l.status : ""}`);
       assert(
         events.indexOf("job:done", events.indexOf("draining")) > 0 && events.at(-1) === "stopped",
