@@ -31,7 +31,10 @@ import {
   evaluatePair,
   type Evaluation,
   evaluationCsv,
+  metricsBaseName,
   regionMetrics,
+  summarize,
+  writeEvaluation,
 } from "../pipeline/evaluation.ts";
 import { createNiftiHeader, encodeNifti } from "../pipeline/nifti.ts";
 import { seededRandom } from "../pipeline/random.ts";
@@ -580,6 +583,59 @@ Deno.test("evaluateCases() matches by id and reports missing and extra cases", a
     Error,
     "No reference segmentations under",
   );
+});
+
+Deno.test("evaluateCases() with `only` (a shard): no case is an empty result, absent predictions are missing", async () => {
+  await using tmp = await tempDir();
+  const dims: Dims = [6, 5, 4];
+  const ids = ["BraTS2021_A", "BraTS2021_B"];
+  await writeTree(tmp.path, {
+    ...Object.fromEntries(
+      ids.map((id, k) => [`truth/${id}/${id}_seg.nii.gz`, segFile(labelsFor(30 + k, 4), dims)]),
+    ),
+    "pred/BraTS2021_A.nii.gz": segFile(labelsFor(30, 4), dims),
+  });
+  const [pred, truth] = [join(tmp.path, "pred"), join(tmp.path, "truth")];
+  const none = await evaluateCases(pred, truth, { only: () => false });
+  assertEquals([none.cases, none.missing, none.extra], [[], [], []]);
+  assertEquals(none.summary.WT.dice, { mean: null, std: null, median: null, q25: null, q75: null });
+  // A shard's own output folder that was never written: its cases are missing, not an error.
+  const unwritten = await evaluateCases(join(tmp.path, "never"), truth, {
+    only: (id) => id === "BraTS2021_B",
+  });
+  assertEquals([unwritten.cases, unwritten.missing], [[], ["BraTS2021_B"]]);
+  const a = await evaluateCases(pred, truth, { only: (id) => id === "BraTS2021_A" });
+  assertEquals([a.cases.map((c) => c.case), a.missing, a.extra], [["BraTS2021_A"], [], []]);
+  // Without a shard an empty or wrong --pred is still an error; no reference at all always is.
+  await assertRejects(() => evaluateCases(join(tmp.path, "never"), truth), Error, "No predictions");
+  await assertRejects(
+    () => evaluateCases(pred, join(tmp.path, "never"), { only: () => true }),
+    Error,
+    "No reference segmentations",
+  );
+});
+
+Deno.test("writeEvaluation() names its files after the shard so shards sharing --out keep theirs", async () => {
+  await using tmp = await tempDir();
+  const ev = { cases: [], summary: summarize([]), missing: [], extra: [] };
+  assertEquals(metricsBaseName(), "metrics");
+  assertEquals(metricsBaseName({ index: 1, count: 3 }), "metrics-shard-1-of-3");
+  const written = await writeEvaluation(tmp.path, ev, metricsBaseName({ index: 1, count: 3 }));
+  assertEquals(written, [
+    join(tmp.path, "metrics-shard-1-of-3.json"),
+    join(tmp.path, "metrics-shard-1-of-3.csv"),
+  ]);
+  assertEquals(JSON.parse(await Deno.readTextFile(written[0])), ev);
+  assertEquals(await Deno.readTextFile(written[1]), `case,${CSV_COLUMNS.join(",")}\n`);
+  await writeEvaluation(tmp.path, ev);
+  const names = [];
+  for await (const e of Deno.readDir(tmp.path)) names.push(e.name);
+  assertEquals(names.sort(), [
+    "metrics-shard-1-of-3.csv",
+    "metrics-shard-1-of-3.json",
+    "metrics.csv",
+    "metrics.json",
+  ]);
 });
 
 Deno.test("evaluateCases() reads both label conventions: BraTS naming, flat folders, --labels", async () => {
