@@ -103,18 +103,69 @@ for (const name of DOCKERFILES) {
   });
 }
 
-const HAS_PYYAML = await new Deno.Command("python3", {
-  args: ["-c", "import yaml"],
-  stdout: "null",
-  stderr: "null",
-}).output().then((o) => o.success, () => false);
+/** The Deno version a Dockerfile installs: `npm install -g deno@<v>`, with `ARG`s resolved. */
+function denoVersion(name: string, text: string): string {
+  const ins = instructions(text);
+  const args = new Map(
+    ins.filter((i) => i.op === "ARG").map((i) => i.args.split("=", 2) as [string, string]),
+  );
+  const install = ins.find((i) => i.op === "RUN" && /npm install -g deno@/.test(i.args));
+  assert(install, `${name} installs Deno with npm`);
+  const spec = /deno@(\S+)/.exec(install.args)![1]
+    .replace(/\$\{?(\w+)\}?/g, (_, v: string) => args.get(v) ?? `<unset ${v}>`);
+  return spec;
+}
+
+Deno.test("deploy/Dockerfile.*: both pin one exact Deno version", async () => {
+  const versions = await Promise.all(
+    DOCKERFILES.map(async (name) => denoVersion(name, await Deno.readTextFile(join(DEPLOY, name)))),
+  );
+  for (const [k, v] of versions.entries()) {
+    assert(/^\d+\.\d+\.\d+$/.test(v), `${DOCKERFILES[k]} installs deno@${v}: pin x.y.z`);
+  }
+  assertEquals(versions[0], versions[1], "the GPU and CPU images run the same Deno");
+  if (versions[0] !== Deno.version.deno) {
+    console.warn(`deploy images pin Deno ${versions[0]}; these tests run on ${Deno.version.deno}`);
+  }
+});
+
+Deno.test("deploy/Dockerfile.gpu: the NVIDIA Vulkan ICD and the libraries it links are installed", async () => {
+  const ins = instructions(await Deno.readTextFile(join(DEPLOY, "Dockerfile.gpu")));
+  const apt = ins.filter((i) => i.op === "RUN" && /apt-get install/.test(i.args))
+    .flatMap((i) => i.args.split(/\s+/));
+  // libGLX_nvidia.so.0 (mounted by the container runtime) needs these to load at all.
+  for (const pkg of ["libvulkan1", "libx11-6", "libxext6", "libglvnd0", "libegl1"]) {
+    assert(apt.includes(pkg), `Dockerfile.gpu does not install ${pkg}`);
+  }
+  const icd = ins.find((i) => i.op === "RUN" && /icd\.d\/nvidia_icd\.json/.test(i.args));
+  assert(icd, "Dockerfile.gpu writes /etc/vulkan/icd.d/nvidia_icd.json");
+  const json = /'(\{.*\})\\n'/.exec(icd.args);
+  assert(json, icd.args);
+  assertEquals(JSON.parse(json[1]).ICD.library_path, "libGLX_nvidia.so.0");
+  const env = ins.filter((i) => i.op === "ENV").map((i) => i.args).join(" ");
+  assert(/NVIDIA_DRIVER_CAPABILITIES=\S*graphics/.test(env), "graphics capability for Vulkan");
+});
+
+/** A python that has PyYAML: Debian's (python3-yaml), else the one on PATH. */
+const YAML_PYTHON = await (async () => {
+  for (const python of ["/usr/bin/python3", "python3"]) {
+    const ok = await new Deno.Command(python, {
+      args: ["-c", "import yaml"],
+      stdout: "null",
+      stderr: "null",
+    }).output().then((o) => o.success, () => false);
+    if (ok) return python;
+  }
+  return undefined;
+})();
 
 Deno.test({
-  name:
-    "deploy/k8s-indexed-job.yaml: an Indexed Job, shards = completions = parallelism, GPU limits",
-  ignore: !HAS_PYYAML,
+  // Without PyYAML the test is reported as ignored, and its name says why.
+  name: "deploy/k8s-indexed-job.yaml: an Indexed Job, shards = completions = parallelism, GPU " +
+    `limits${YAML_PYTHON ? "" : " (IGNORED: no python3 with PyYAML; apt install python3-yaml)"}`,
+  ignore: !YAML_PYTHON,
   async fn() {
-    const out = await new Deno.Command("python3", {
+    const out = await new Deno.Command(YAML_PYTHON!, {
       args: [
         "-c",
         "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
