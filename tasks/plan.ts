@@ -6,6 +6,7 @@
 import {
   cropModel,
   cropMultiple,
+  fitCrops,
   maxCropEdge,
   type NetworkConfig,
   predictPeak,
@@ -32,7 +33,11 @@ export interface PlanOptions {
   config?: Partial<NetworkConfig>;
   /** Batch size. @default 1 */
   batch?: number;
-  /** Crops measured to fit peak memory against voxels. @default [2m, 3m], m = max(8, crop multiple) */
+  /**
+   * Crops measured to fit peak memory against voxels.
+   * @default {@linkcode fitCrops} of each variant: [4m, 6m] reversible, [2m, 3m] standard,
+   *   m = max(8, crop multiple)
+   */
   measureCrops?: number[];
 }
 
@@ -41,15 +46,14 @@ export async function planCrop(o: PlanOptions) {
   const base = resolveConfig(o.config ?? {});
   const batch = o.batch ?? 1;
   const m = cropMultiple(base);
-  const step = Math.max(8, m);
-  const crops = o.measureCrops ?? [2 * step, 3 * step];
-  for (const c of crops) {
+  for (const c of o.measureCrops ?? []) {
     if (c % m !== 0) {
       throw new RangeError(`Measured crop ${c} is not a multiple of ${m} (${base.levels} levels)`);
     }
   }
   const variant = async (reversible: boolean) => {
-    const model = await cropModel(resolveConfig({ ...base, reversible }), crops, batch);
+    const config = resolveConfig({ ...base, reversible });
+    const model = await cropModel(config, o.measureCrops ?? fitCrops(config), batch);
     const maxCrop = maxCropEdge(model, o.budget, m, batch);
     return {
       max_crop: maxCrop,
@@ -76,8 +80,9 @@ export const planCommand: Command = {
     `Usage: deno task plan --budget GiB [--config JSON] [--batch N] [--measure-crops A,B] [--backend B]
 
 Measures the peak memory of one training step (forward, loss, backward, Adam update) of the
-configured network at two small crops with tf.profile, fits bytes = fixed + per-voxel · voxels
-(exact for a fixed network: every activation is a fixed number of channels per voxel), and prints
+configured network at two crops with tf.profile, fits bytes = fixed + per-voxel · voxels (exact
+for a fixed network once the fixed costs stop bending the curve: every activation is a fixed
+number of channels per voxel), and prints
 the largest cubic crop (a multiple of 2^(levels-1)) whose step fits the budget, for the reversible
 network and its standard twin, as one JSON object.
 
@@ -85,7 +90,8 @@ Options:
   --budget GiB          memory budget (required), e.g. 16 for a 16 GiB GPU with headroom
   --config JSON         network fields over the reference, e.g. '{"baseChannels":32}'
   --batch N             batch size (default 1)
-  --measure-crops A,B   crops to measure (default 16,24 for the reference network)
+  --measure-crops A,B   crops to measure (default for the reference network: 32,48 for the
+                        reversible step, 16,24 for the standard one, where each is linear)
   --backend B           auto|tensorflow|webgpu|wasm|cpu (default cpu; memory is counted the same)
 
 Example:

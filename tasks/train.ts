@@ -33,7 +33,7 @@ import {
   type UNet,
 } from "../model/mod.ts";
 import { type BackendChoice, selectBackend } from "../model/backend.ts";
-import { cropModel, maxCropEdge, predictPeak } from "../model/memory.ts";
+import { cropModel, fitCrops, maxCropEdge, predictPeak } from "../model/memory.ts";
 import { loadPreprocessed } from "../pipeline/case_cache.ts";
 import { type Case, findCases } from "../pipeline/cases.ts";
 import { slidingWindowProbabilities } from "../pipeline/inference.ts";
@@ -853,7 +853,7 @@ async function writeReports(out: string, history: EpochMetrics[]) {
 
 /**
  * The largest crop (a multiple of the network's crop multiple) whose training step fits `budget`
- * bytes: peak memory measured at two small crops and fitted linearly in voxels, as `plan` does.
+ * bytes: peak memory measured at two crops and fitted linearly in voxels, as `plan` does.
  */
 async function autoCrop(
   config: NetworkConfig,
@@ -863,8 +863,8 @@ async function autoCrop(
 ): Promise<number> {
   await selectBackend(backend as Parameters<typeof selectBackend>[0]);
   const m = cropMultiple(config);
-  const step = Math.max(8, m);
-  const model = await cropModel(config, [2 * step, 3 * step], batch);
+  const crops = fitCrops(config);
+  const model = await cropModel(config, crops, batch);
   const crop = maxCropEdge(model, budget, m, batch);
   if (crop < m) {
     throw new UsageError(
@@ -878,7 +878,7 @@ async function autoCrop(
       (predictPeak(model, crop, batch) / 2 ** 30).toFixed(2)
     } GiB of ${(budget / 2 ** 30).toFixed(2)} GiB; ${
       Math.round(model.fit.slope)
-    } bytes/voxel measured at ${2 * step}³ and ${3 * step}³)`,
+    } bytes/voxel measured at ${crops[0]}³ and ${crops[1]}³)`,
   );
   return crop;
 }

@@ -2,8 +2,12 @@ import { assert, assertEquals, assertRejects } from "@std/assert";
 import * as tf from "../model/tf.ts";
 import {
   cropModel,
+  disableNativeKernels,
+  enableNativeKernels,
+  fitCrops,
   measureStepPeak,
   predictPeak,
+  REFERENCE_CONFIG,
   resolveConfig,
   reversibleLowerBound,
 } from "../model/mod.ts";
@@ -37,4 +41,36 @@ Deno.test("plan: the reversible network fits a larger crop than its standard twi
     RangeError,
     "multiple of 8",
   );
+});
+
+const probe = enableNativeKernels();
+disableNativeKernels();
+const NATIVE = probe.layers && probe.matMul;
+
+Deno.test({
+  name: "reference network: the reversible step fitted at fitCrops() predicts 64³ within 1%, " +
+    `and stays within 1.5× its analytic lower bound${
+      NATIVE ? "" : ` (skipped: ${probe.notes.join("; ")})`
+    }`,
+  ignore: !NATIVE,
+  async fn() {
+    enableNativeKernels();
+    try {
+      const cfg = resolveConfig(REFERENCE_CONFIG);
+      const crops = fitCrops(cfg);
+      assertEquals(crops, [32, 48]);
+      assertEquals(fitCrops(resolveConfig({ ...cfg, reversible: false })), [16, 24]);
+      const model = await cropModel(cfg, crops);
+      const measured = await measureStepPeak(cfg, 64);
+      const predicted = predictPeak(model, 64);
+      assert(
+        Math.abs(predicted - measured) / measured < 0.01,
+        `predicted ${predicted}, measured ${measured}`,
+      );
+      const ratio = measured / reversibleLowerBound(cfg, 64);
+      assert(ratio >= 1 && ratio <= 1.5, `peak / lower bound at 64³ = ${ratio}`);
+    } finally {
+      disableNativeKernels();
+    }
+  },
 });
