@@ -11,7 +11,8 @@
  * `<case>.metrics.json`, and last `<out>/<case>.json` recording the model, inputs, options and the
  * outputs it covers. A case whose record matches the current model, inputs and options and covers
  * every output now requested is skipped unless `--force`; the record is removed before a case is
- * rewritten, so a run killed mid-case never leaves a record over outputs it does not describe.
+ * rewritten, so a run killed mid-case never leaves a record over outputs it does not describe, and
+ * an earlier run's probabilities or metrics that this run does not rewrite are removed with it.
  * @module
  */
 import { type BackendName, selectBackend } from "../model/backend.ts";
@@ -323,8 +324,16 @@ export class Segmenter {
 
     // Labels first, then what depends on them, the record last: whatever a kill interrupts, a
     // record is only ever beside the outputs it lists, and no file is there without the labels.
+    // Files of an earlier run that this one does not rewrite would describe other labels: gone.
+    const every = [
+      output,
+      joinUri(out, `${c.id}_probabilities.nii.gz`),
+      joinUri(out, `${c.id}.metrics.json`),
+      recordUri,
+    ];
     if (hadRecord) await deleteObject(recordUri);
-    await removeStaleTemps([...wanted, recordUri]);
+    await removeStaleTemps(every);
+    for (const uri of every.slice(1, 3)) if (!wanted.includes(uri)) await deleteObject(uri);
     await putObject(output, labelBytes);
     if (probabilitiesUri) await putObject(probabilitiesUri, probabilityBytes!);
     if (metricsUri) await putObject(metricsUri, JSON.stringify(metrics, null, 2) + "\n");

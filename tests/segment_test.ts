@@ -315,6 +315,11 @@ Deno.test("segment --save-probabilities after a run without them writes them; la
     await putObject(c.seg!, segBytes);
     const scored = await segment(opts);
     assertEquals(scored.cases.map((o) => [o.status, o.metrics]), [["done", at(".metrics.json")]]);
+    assertEquals(
+      await exists(at("_probabilities.nii.gz")),
+      false,
+      "redone without --save-probabilities: no probabilities of the previous labels left",
+    );
     assertMetricsRecord(await readJson(at(".metrics.json")), c.id, c.seg!);
     assertEquals(
       (await readJson(at(".metrics.json"))).ET,
