@@ -9,9 +9,7 @@ import { assert, assertEquals, assertThrows } from "@std/assert";
 import { disposeUNet, resolveConfig } from "../model/mod.ts";
 import { decodeCachedCase } from "../pipeline/case_cache.ts";
 import { loadModel } from "../pipeline/model_store.ts";
-import { writePhantomDataset } from "../pipeline/phantom.ts";
 import {
-  defaultSettings,
   resumedSettings,
   train,
   type TrainEvent,
@@ -19,33 +17,16 @@ import {
 } from "../tasks/train.ts";
 import { UsageError } from "../tasks/_cli.ts";
 import { runMain } from "./_cli.ts";
+import { phantomDataset, TINY, TINY_JSON, tinySettings as tinyRun } from "./_train_fixtures.ts";
 
 await tf.setBackend("cpu");
 
-const TINY_JSON = JSON.stringify({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 });
-const TINY = resolveConfig(JSON.parse(TINY_JSON));
+/** The phantom dataset of this file's tests. */
+const dataset = () => phantomDataset("revunet-resume-");
 
-let datasetDir: string | undefined;
-/** Three phantom cases 24×28×20, written once for this file. */
-async function dataset(): Promise<string> {
-  if (!datasetDir) {
-    datasetDir = await Deno.makeTempDir({ prefix: "revunet-resume-" });
-    await writePhantomDataset(`${datasetDir}/data`, { cases: 3, dims: [24, 28, 20], seed: 3 });
-  }
-  return `${datasetDir}/data`;
-}
-
-function tinySettings(data: string, over: Partial<TrainSettings> = {}): TrainSettings {
-  return {
-    ...defaultSettings(data),
-    epochs: 2,
-    stepsPerEpoch: 3,
-    crop: 8,
-    valWindow: 16,
-    config: TINY,
-    ...over,
-  };
-}
+/** Short runs of 3 steps per epoch, so that a stop can land inside an epoch. */
+const tinySettings = (data: string, over: Partial<TrainSettings> = {}): TrainSettings =>
+  tinyRun(data, { stepsPerEpoch: 3, ...over });
 
 const quiet = { quiet: true, workers: 1 };
 

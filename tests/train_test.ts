@@ -1,6 +1,5 @@
 import * as tf from "../model/tf.ts";
 import { assert, assertAlmostEquals, assertEquals, assertRejects, assertThrows } from "@std/assert";
-import { resolveConfig } from "../model/mod.ts";
 import { findCases } from "../pipeline/cases.ts";
 import {
   caseKey,
@@ -33,35 +32,14 @@ import { sampleBatch, sampleCrop, tumorVoxels } from "../pipeline/sampling.ts";
 import { getObject, listObjects, putObject } from "../pipeline/storage.ts";
 import { renderCurves } from "../pipeline/plot.ts";
 import { createUNet, disposeUNet, predictLogits } from "../model/mod.ts";
-import { defaultSettings, splitCases, train, type TrainSettings } from "../tasks/train.ts";
+import { splitCases, train } from "../tasks/train.ts";
 import { ROOT, runMain } from "./_cli.ts";
+import { phantomDataset, TINY, tinySettings } from "./_train_fixtures.ts";
 
 await tf.setBackend("cpu");
 
-/** A small network so that training tests take seconds. */
-const TINY = resolveConfig({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 });
-
-let datasetDir: string | undefined;
-/** Three phantom cases 24×28×20 (written once per test file). */
-async function dataset(): Promise<string> {
-  if (!datasetDir) {
-    datasetDir = await Deno.makeTempDir({ prefix: "revunet-train-" });
-    await writePhantomDataset(`${datasetDir}/data`, { cases: 3, dims: [24, 28, 20], seed: 3 });
-  }
-  return `${datasetDir}/data`;
-}
-
-function tinySettings(data: string, over: Partial<TrainSettings> = {}): TrainSettings {
-  return {
-    ...defaultSettings(data),
-    epochs: 2,
-    stepsPerEpoch: 2,
-    crop: 8,
-    valWindow: 16,
-    config: TINY,
-    ...over,
-  };
-}
+/** The phantom dataset of this file's tests. */
+const dataset = () => phantomDataset("revunet-train-");
 
 async function weightsOf(uri: string): Promise<Map<string, Float32Array>> {
   const { net } = await loadModel(uri);
