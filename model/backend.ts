@@ -27,6 +27,7 @@
  */
 import * as tf from "./tf.ts";
 import { disableNativeKernels, enableNativeKernels, nativeRequested } from "./native/mod.ts";
+import { disableWebGpuKernels, enableWebGpuKernels } from "./webgpu/kernels.ts";
 
 /** A backend that can be asked for; `"auto"` picks the fastest that works here. */
 export type BackendName = "auto" | "tensorflow" | "webgpu" | "wasm" | "cpu";
@@ -274,7 +275,16 @@ async function useWebGpu(
     );
   }
   const kind = probe.software ? "software" : "hardware";
-  return { name: tf.getBackend(), reason, device: `webgpu: ${probe.description} (${kind})` };
+  // The project's WGSL kernels, unless REVUNET_NATIVE=0 asks for tfjs's own kernels only.
+  const own = nativeRequested();
+  if (own) enableWebGpuKernels();
+  else disableWebGpuKernels();
+  const kernels = own ? ", WGSL depthwise conv3d and GroupNorm" : ", tfjs kernels only";
+  return {
+    name: tf.getBackend(),
+    reason,
+    device: `webgpu: ${probe.description} (${kind})${kernels}`,
+  };
 }
 
 /**

@@ -18,3 +18,4 @@ export * from "./memory.ts";
 export * from "./grad_check.ts";
 export * from "./backend.ts";
 export * from "./native/mod.ts";
+export * from "./webgpu/kernels.ts";

@@ -14,7 +14,9 @@ import * as tf from "../model/tf.ts";
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
 import { type BackendName, selectBackend } from "../model/backend.ts";
 import { depthwiseConv3d } from "../model/depthwise_conv3d.ts";
-import { groupNorm } from "../model/group_norm.ts";
+import { groupNorm, type GroupNormActivation } from "../model/group_norm.ts";
+import { hasKernel, REV_DEPTHWISE_CONV3D, REV_GROUP_NORM_ACT_GRAD } from "../model/native/names.ts";
+import { disableWebGpuKernels, webGpuKernelsEnabled } from "../model/webgpu/kernels.ts";
 import {
   createUNet,
   diceBceLoss,
@@ -323,6 +325,119 @@ Deno.test({
         tensor(w),
       )
     );
+  },
+});
+
+Deno.test({
+  name: `webgpu: selecting it registers the WGSL kernels; REVUNET_NATIVE=0 leaves tfjs's${SKIP}`,
+  ignore,
+  fn: async () => {
+    const saved = Deno.env.get("REVUNET_NATIVE");
+    try {
+      const on = await selectBackend("webgpu");
+      assert(webGpuKernelsEnabled() && hasKernel(REV_DEPTHWISE_CONV3D), on.device);
+      assert(hasKernel(REV_GROUP_NORM_ACT_GRAD));
+      assertStringIncludes(on.device, "WGSL");
+      Deno.env.set("REVUNET_NATIVE", "0");
+      const off = await selectBackend("webgpu");
+      assert(!webGpuKernelsEnabled() && !hasKernel(REV_DEPTHWISE_CONV3D), off.device);
+      assertStringIncludes(off.device, "tfjs kernels only");
+    } finally {
+      if (saved === undefined) Deno.env.delete("REVUNET_NATIVE");
+      else Deno.env.set("REVUNET_NATIVE", saved);
+      await selectBackend("cpu");
+    }
+  },
+});
+
+// Odd sizes, a batch of 2, kernels 1×3×5 and 5×5×5, channel counts that are not powers of two.
+for (
+  const [xShape, k] of [
+    [[2, 5, 6, 7, 3], [3, 3, 3]],
+    [[1, 4, 3, 6, 5], [1, 3, 5]],
+    [[1, 6, 5, 4, 2], [5, 5, 5]],
+  ] as [number[], number[]][]
+) {
+  Deno.test({
+    name:
+      `webgpu WGSL depthwiseConv3d matches cpu: value, dx, dfilter, x=[${xShape}] k=[${k}]${SKIP}`,
+    ignore,
+    fn: async () => {
+      const x = normal(xShape, 31);
+      const filter = normal([...k, xShape[4], 1], 32, 0.3);
+      const w = normal(xShape, 33);
+      await assertSameOnWebGpu(() =>
+        valueAndGrads(
+          (a, b) => depthwiseConv3d(a as tf.Tensor5D, b as tf.Tensor5D),
+          { x: tensor(x), filter: tensor(filter) },
+          tensor(w),
+        )
+      );
+    },
+  });
+}
+
+for (
+  const [xShape, groups, activation] of [
+    [[2, 3, 5, 4, 12], 3, "none"],
+    [[1, 6, 5, 7, 16], 8, "relu"],
+    [[3, 2, 3, 4, 6], 6, "relu6"],
+    [[1, 4, 4, 3, 8], 1, "relu6"],
+  ] as [number[], number, GroupNormActivation][]
+) {
+  Deno.test({
+    name: `webgpu WGSL groupNorm matches cpu: value, dx, dgamma, dbeta, x=[${xShape}] ` +
+      `groups=${groups} ${activation}${SKIP}`,
+    ignore,
+    fn: async () => {
+      const c = xShape[4];
+      const x = normal(xShape, 41, 2);
+      const gamma = normal([c], 42);
+      const beta = normal([c], 43);
+      const w = normal(xShape, 44);
+      await assertSameOnWebGpu(() =>
+        valueAndGrads(
+          (a, g, b) =>
+            groupNorm(a as tf.Tensor5D, g as tf.Tensor1D, b as tf.Tensor1D, {
+              groups,
+              activation,
+            }),
+          { x: tensor(x), gamma: tensor(gamma), beta: tensor(beta) },
+          tensor(w),
+        )
+      );
+    },
+  });
+}
+
+Deno.test({
+  name: `webgpu: the WGSL kernels give the layers' composite values on webgpu itself${SKIP}`,
+  ignore,
+  fn: async () => {
+    const x = normal([1, 6, 6, 6, 8], 51, 2);
+    const filter = normal([3, 3, 3, 8, 1], 52, 0.3);
+    const gamma = normal([8], 53);
+    const beta = normal([8], 54);
+    const compute = async () => {
+      const out = tf.tidy(() => {
+        const y = depthwiseConv3d(tensor(x), tensor(filter));
+        return groupNorm(y, tensor(gamma), tensor(beta), { groups: 4, activation: "relu6" });
+      });
+      const values = Float32Array.from(await out.data());
+      out.dispose();
+      return values;
+    };
+    try {
+      await selectBackend("webgpu");
+      const wgsl = await compute();
+      disableWebGpuKernels();
+      assert(!hasKernel(REV_DEPTHWISE_CONV3D));
+      const composite = await compute();
+      const err = relativeError(wgsl, composite);
+      assert(err <= RTOL, `relative error ${err}`);
+    } finally {
+      await selectBackend("cpu");
+    }
   },
 });
 

@@ -1,0 +1,606 @@
+/**
+ * The project's own kernels for tfjs's `webgpu` backend, in WGSL: the depthwise 3D convolution
+ * with its two gradients, and GroupNorm with a fused activation and its analytic gradient — the
+ * kernels the cpu backend gets from model/native, under the same names (native/names.ts), so the
+ * layers pick them the same way.
+ *
+ * Why: without them the webgpu backend runs the layers' composite paths — a depthwise convolution
+ * as kd depthwise conv2d calls with a slice and an add each, GroupNorm as a dozen full-size
+ * element-wise and reduction kernels — so a bottleneck is some 60 dispatches and as many
+ * full-size intermediates. Here each layer is one to three dispatches over the data.
+ *
+ * Layout: every thread computes one output element with the channel as the fastest axis, so
+ * neighbouring threads read neighbouring addresses. Reductions over voxels (the statistics and
+ * the weight gradients) run in two stages: `P` partial sums per channel over contiguous voxel
+ * ranges, enough of them to fill the GPU, then one small pass over the partials. Sums are in f32.
+ * @module
+ */
+import * as tf from "../tf.ts";
+import {
+  REV_DEPTHWISE_CONV3D,
+  REV_DEPTHWISE_CONV3D_BACKPROP_FILTER,
+  REV_DEPTHWISE_CONV3D_BACKPROP_INPUT,
+  REV_GROUP_NORM_ACT,
+  REV_GROUP_NORM_ACT_GRAD,
+} from "../native/names.ts";
+
+const BACKEND = "webgpu";
+const ACTIVATIONS: Record<string, number> = { none: 0, relu: 1, relu6: 2 };
+/** Threads a partial-sum stage aims for: enough to fill a large GPU, few partials per output. */
+const TARGET_THREADS = 1 << 16;
+const WORKGROUP: [number, number, number] = [64, 1, 1];
+
+/** What tfjs-backend-webgpu's `WebGPUBackend` offers a kernel (its class is not needed here). */
+interface WebGpuBackend {
+  runWebGPUProgram(
+    program: Program,
+    inputs: tf.TensorInfo[],
+    dtype: tf.DataType,
+    uniforms?: Uniform[],
+  ): tf.TensorInfo;
+  disposeData(dataId: unknown): boolean;
+}
+
+interface KernelArgs {
+  inputs: Record<string, tf.TensorInfo>;
+  backend: WebGpuBackend;
+  attrs?: Record<string, unknown>;
+}
+
+/** The flat-dispatch layout tfjs-webgpu's own element-wise programs use. */
+function dispatchFor(size: number): [number, number, number] {
+  const groups = Math.ceil(size / WORKGROUP[0]);
+  // WebGPU allows 65,535 workgroups per dimension: spread the rest over y (and z).
+  if (groups <= 65535) return [groups, 1, 1];
+  const x = Math.ceil(Math.sqrt(groups));
+  if (x <= 65535) return [x, Math.ceil(groups / x), 1];
+  const c = Math.ceil(Math.cbrt(groups));
+  return [c, c, c];
+}
+
+/** A WebGPUProgram of tfjs-backend-webgpu: one thread per output element, `main(index)`. */
+class Program {
+  readonly workgroupSize = WORKGROUP;
+  readonly size = true;
+  readonly dispatchLayout: { x: number[] };
+  readonly dispatch: [number, number, number];
+
+  constructor(
+    readonly shaderKey: string,
+    readonly variableNames: string[],
+    readonly outputShape: number[],
+    readonly uniforms: string,
+    private readonly body: string,
+  ) {
+    this.dispatchLayout = { x: outputShape.map((_, i) => i) };
+    this.dispatch = dispatchFor(tf.util.sizeFromShape(outputShape));
+  }
+
+  getUserCode(): string {
+    return `
+      fn main(index : i32) {
+        if (index < uniforms.size) {
+          ${this.body}
+        }
+      }`;
+  }
+}
+
+/** Uniforms, one entry per scalar: tfjs aligns a multi-value entry as a vector. */
+type Uniform = { type: "int32" | "float32"; data: number[] };
+const ints = (...values: number[]): Uniform[] => values.map((v) => ({ type: "int32", data: [v] }));
+const floats = (...values: number[]): Uniform[] =>
+  values.map((v) => ({ type: "float32", data: [v] }));
+
+/** Partial-sum ranges over `voxels` for `outputs` sums: [parts, voxels per part]. */
+function partition(voxels: number, outputs: number): [number, number] {
+  const parts = Math.max(1, Math.min(voxels, Math.ceil(TARGET_THREADS / Math.max(1, outputs))));
+  const per = Math.max(1, Math.ceil(voxels / parts));
+  return [Math.max(1, Math.ceil(voxels / per)), per];
+}
+
+// ---- depthwise conv3d ----------------------------------------------------------------------------
+
+/** [n, d, h, w, c] and [kd, kh, kw] of a depthwise call, checked. */
+function depthwiseDims(x: number[], filter: number[], kernel: string) {
+  const [kd, kh, kw, fc, m] = filter;
+  if (
+    x.length !== 5 || filter.length !== 5 || fc !== x[4] || m !== 1 ||
+    [kd, kh, kw].some((s) => s % 2 !== 1)
+  ) {
+    throw new TypeError(
+      `${kernel}: needs x [n,d,h,w,c] and filter [kd,kh,kw,c,1] with odd sizes, found ` +
+        `[${x}] and [${filter}]`,
+    );
+  }
+  return { dims: x, k: [kd, kh, kw] };
+}
+
+const VOXEL_COORDS = `
+          let c = uniforms.c;
+          let ch = index % c;
+          var r = index / c;
+          let ox = r % uniforms.wd;
+          r = r / uniforms.wd;
+          let oy = r % uniforms.h;
+          r = r / uniforms.h;
+          let oz = r % uniforms.d;
+          let n = r / uniforms.d;`;
+
+const DEPTHWISE_UNIFORMS =
+  "d : i32, h : i32, wd : i32, c : i32, kd : i32, kh : i32, kw : i32, flip : i32,";
+
+/**
+ * y = x ⋆ filter (stride 1, "same"), or with `flip` the input gradient dy ⋆ flipped filter
+ * (the same correlation with the taps reversed).
+ */
+function depthwise(args: KernelArgs, input: "x" | "dy", kernel: string): tf.TensorInfo {
+  const x = args.inputs[input];
+  const filter = args.inputs.filter;
+  const { dims, k } = depthwiseDims(x.shape, filter.shape, kernel);
+  const flip = input === "dy" ? 1 : 0;
+  const program = new Program(
+    "rev_dwconv3d",
+    ["xs", "filt"],
+    dims,
+    DEPTHWISE_UNIFORMS,
+    `${VOXEL_COORDS}
+          let taps = uniforms.kd * uniforms.kh * uniforms.kw;
+          var acc = 0.0;
+          for (var a = 0; a < uniforms.kd; a++) {
+            let iz = oz + a - (uniforms.kd - 1) / 2;
+            if (iz < 0 || iz >= uniforms.d) { continue; }
+            for (var b = 0; b < uniforms.kh; b++) {
+              let iy = oy + b - (uniforms.kh - 1) / 2;
+              if (iy < 0 || iy >= uniforms.h) { continue; }
+              let row = ((n * uniforms.d + iz) * uniforms.h + iy) * uniforms.wd;
+              for (var e = 0; e < uniforms.kw; e++) {
+                let ix = ox + e - (uniforms.kw - 1) / 2;
+                if (ix < 0 || ix >= uniforms.wd) { continue; }
+                var t = (a * uniforms.kh + b) * uniforms.kw + e;
+                if (uniforms.flip == 1) { t = taps - 1 - t; }
+                acc = acc + xs[(row + ix) * c + ch] * filt[t * c + ch];
+              }
+            }
+          }
+          result[index] = acc;`,
+  );
+  return args.backend.runWebGPUProgram(
+    program,
+    [x, filter],
+    "float32",
+    ints(dims[1], dims[2], dims[3], dims[4], k[0], k[1], k[2], flip),
+  );
+}
+
+/** dfilter[t, ch] = Σ over samples and output voxels of x[o + t − pad, ch] · dy[o, ch]. */
+function depthwiseFilterGrad(args: KernelArgs): tf.TensorInfo {
+  const kernel = REV_DEPTHWISE_CONV3D_BACKPROP_FILTER;
+  const { x, dy } = args.inputs;
+  const filterShape = args.attrs?.filterShape as number[] | undefined;
+  if (!filterShape) throw new TypeError(`${kernel}: the filterShape attribute is missing`);
+  const { dims, k } = depthwiseDims(x.shape, filterShape, kernel);
+  if (dy.shape.join() !== x.shape.join()) {
+    throw new TypeError(`${kernel}: dy [${dy.shape}] must have the shape of x [${x.shape}]`);
+  }
+  const [n, d, h, w, c] = dims;
+  const taps = k[0] * k[1] * k[2];
+  const voxels = n * d * h * w;
+  const [parts, per] = partition(voxels, taps * c);
+  const partial = args.backend.runWebGPUProgram(
+    new Program(
+      "rev_dwconv3d_filter_partial",
+      ["xs", "dys"],
+      [parts, taps, c],
+      `${DEPTHWISE_UNIFORMS} per : i32, voxels : i32,`,
+      `
+          let c = uniforms.c;
+          let ch = index % c;
+          let t = (index / c) % (uniforms.kd * uniforms.kh * uniforms.kw);
+          let p = index / (c * uniforms.kd * uniforms.kh * uniforms.kw);
+          let a = t / (uniforms.kh * uniforms.kw);
+          let b = (t / uniforms.kw) % uniforms.kh;
+          let e = t % uniforms.kw;
+          let first = p * uniforms.per;
+          let last = min(first + uniforms.per, uniforms.voxels);
+          var acc = 0.0;
+          for (var v = first; v < last; v++) {
+            var r = v;
+            let ox = r % uniforms.wd;
+            r = r / uniforms.wd;
+            let oy = r % uniforms.h;
+            r = r / uniforms.h;
+            let oz = r % uniforms.d;
+            let n = r / uniforms.d;
+            let iz = oz + a - (uniforms.kd - 1) / 2;
+            let iy = oy + b - (uniforms.kh - 1) / 2;
+            let ix = ox + e - (uniforms.kw - 1) / 2;
+            if (iz >= 0 && iz < uniforms.d && iy >= 0 && iy < uniforms.h && ix >= 0 &&
+                ix < uniforms.wd) {
+              let src = (((n * uniforms.d + iz) * uniforms.h + iy) * uniforms.wd + ix) * c + ch;
+              acc = acc + xs[src] * dys[v * c + ch];
+            }
+          }
+          result[index] = acc;`,
+    ),
+    [x, dy],
+    "float32",
+    ints(d, h, w, c, k[0], k[1], k[2], 0, per, voxels),
+  );
+  try {
+    return sumParts(args.backend, partial, parts, taps * c, filterShape);
+  } finally {
+    args.backend.disposeData(partial.dataId);
+  }
+}
+
+/** out[j] = Σ_p partial[p, j] for a [parts, width] partial, shaped `shape`. */
+function sumParts(
+  backend: WebGpuBackend,
+  partial: tf.TensorInfo,
+  parts: number,
+  width: number,
+  shape: number[],
+): tf.TensorInfo {
+  return backend.runWebGPUProgram(
+    new Program(
+      "rev_sum_parts",
+      ["parts"],
+      shape,
+      "count : i32, width : i32,",
+      `
+          var acc = 0.0;
+          for (var p = 0; p < uniforms.count; p++) { acc = acc + parts[p * uniforms.width + index]; }
+          result[index] = acc;`,
+    ),
+    [partial],
+    "float32",
+    ints(parts, width),
+  );
+}
+
+// ---- GroupNorm + activation ----------------------------------------------------------------------
+
+/** Samples, voxels per sample, channels, groups and activation code of a GroupNorm call, checked. */
+function groupNormDims(args: KernelArgs, kernel: string) {
+  const { x, gamma, beta } = args.inputs;
+  const groups = Number(args.attrs?.groups);
+  const activation = String(args.attrs?.activation ?? "none");
+  const act = ACTIVATIONS[activation];
+  const n = x.shape[0];
+  const c = x.shape[x.shape.length - 1];
+  if (x.shape.length < 2 || gamma.shape.join() !== `${c}` || beta.shape.join() !== `${c}`) {
+    throw new TypeError(
+      `${kernel}: needs x [n,...,c] with gamma and beta [c], found [${x.shape}], [${gamma.shape}] ` +
+        `and [${beta.shape}]`,
+    );
+  }
+  if (!Number.isInteger(groups) || groups < 1 || c % groups !== 0) {
+    throw new RangeError(`${kernel}: groups must divide the ${c} channels, found ${groups}`);
+  }
+  if (act === undefined) {
+    throw new RangeError(
+      `${kernel}: activation must be none, relu or relu6, found "${activation}"`,
+    );
+  }
+  const voxels = n * c === 0 ? 0 : tf.util.sizeFromShape(x.shape) / (n * c);
+  return { n, voxels, c, groups, act };
+}
+
+/**
+ * Per sample, part and channel: Σ x over the part's voxels, or with `centred` Σ (x − mean_g)².
+ * Output [n, parts, c].
+ */
+function channelPartials(
+  backend: WebGpuBackend,
+  x: tf.TensorInfo,
+  mean: tf.TensorInfo | null,
+  dims: { n: number; voxels: number; c: number; groups: number },
+  parts: number,
+  per: number,
+): tf.TensorInfo {
+  const centred = mean !== null;
+  return backend.runWebGPUProgram(
+    new Program(
+      centred ? "rev_gn_partial_centred" : "rev_gn_partial",
+      centred ? ["xs", "mean"] : ["xs"],
+      [dims.n, parts, dims.c],
+      "c : i32, groups : i32, voxels : i32, parts : i32, per : i32,",
+      `
+          let c = uniforms.c;
+          let ch = index % c;
+          let p = (index / c) % uniforms.parts;
+          let i = index / (c * uniforms.parts);
+          let first = p * uniforms.per;
+          let last = min(first + uniforms.per, uniforms.voxels);
+          let base = i * uniforms.voxels * c + ch;
+          ${centred ? "let m = mean[i * uniforms.groups + ch / (c / uniforms.groups)];" : ""}
+          var acc = 0.0;
+          for (var v = first; v < last; v++) {
+            ${
+        centred
+          ? "let e = xs[base + v * c] - m;\n            acc = acc + e * e;"
+          : "acc = acc + xs[base + v * c];"
+      }
+          }
+          result[index] = acc;`,
+    ),
+    centred ? [x, mean] : [x],
+    "float32",
+    ints(dims.c, dims.groups, dims.voxels, parts, per),
+  );
+}
+
+/**
+ * Per sample and group, from [n, parts, c] partials: the mean (Σ / count), or with `rstd`
+ * 1 / sqrt(Σ / count + ε). Output [n, groups].
+ */
+function groupStat(
+  backend: WebGpuBackend,
+  partial: tf.TensorInfo,
+  dims: { n: number; voxels: number; c: number; groups: number },
+  parts: number,
+  rstd: { epsilon: number } | null,
+): tf.TensorInfo {
+  const per = dims.c / dims.groups;
+  return backend.runWebGPUProgram(
+    new Program(
+      rstd ? "rev_gn_rstd" : "rev_gn_mean",
+      ["parts"],
+      [dims.n, dims.groups],
+      "c : i32, groups : i32, count : i32, cpg : i32, total : f32, epsilon : f32,",
+      `
+          let g = index % uniforms.groups;
+          let i = index / uniforms.groups;
+          var acc = 0.0;
+          for (var p = 0; p < uniforms.count; p++) {
+            let row = (i * uniforms.count + p) * uniforms.c + g * uniforms.cpg;
+            for (var k = 0; k < uniforms.cpg; k++) { acc = acc + parts[row + k]; }
+          }
+          ${
+        rstd
+          ? "result[index] = inverseSqrt(acc / uniforms.total + uniforms.epsilon);"
+          : "result[index] = acc / uniforms.total;"
+      }`,
+    ),
+    [partial],
+    "float32",
+    [...ints(dims.c, dims.groups, parts, per), ...floats(dims.voxels * per, rstd?.epsilon ?? 0)],
+  );
+}
+
+/** WGSL: `pre` = x·scale + shift of element `index`, with `ch`, `i`, `g` and `xhat` defined. */
+const PRE_ACTIVATION = `
+          let c = uniforms.c;
+          let ch = index % c;
+          let i = index / (uniforms.voxels * c);
+          let g = i * uniforms.groups + ch / (c / uniforms.groups);
+          let scale = gamma[ch] * rstd[g];
+          let shift = beta[ch] - mean[g] * scale;
+          let xv = xs[index];
+          let pre = xv * scale + shift;
+          let xhat = (xv - mean[g]) * rstd[g];`;
+
+/** WGSL: `mask` = the activation's derivative at `pre` (tfjs's Relu/Relu6 convention). */
+const MASK = `
+          var mask = 1.0;
+          if (uniforms.act == 1 && pre <= 0.0) { mask = 0.0; }
+          if (uniforms.act == 2 && (pre <= 0.0 || pre > 6.0)) { mask = 0.0; }`;
+
+const NORM_UNIFORMS = "c : i32, groups : i32, voxels : i32, act : i32,";
+
+function groupNormAct(args: KernelArgs): tf.TensorInfo[] {
+  const dims = groupNormDims(args, REV_GROUP_NORM_ACT);
+  const epsilon = Number(args.attrs?.epsilon);
+  if (!(epsilon > 0)) {
+    throw new RangeError(`${REV_GROUP_NORM_ACT}: epsilon must be positive, found ${epsilon}`);
+  }
+  const { x, gamma, beta } = args.inputs;
+  const { backend } = args;
+  const [parts, per] = partition(dims.voxels, dims.n * dims.c);
+  const sums = channelPartials(backend, x, null, dims, parts, per);
+  const mean = groupStat(backend, sums, dims, parts, null);
+  backend.disposeData(sums.dataId);
+  const squares = channelPartials(backend, x, mean, dims, parts, per);
+  const rstd = groupStat(backend, squares, dims, parts, { epsilon });
+  backend.disposeData(squares.dataId);
+  const y = backend.runWebGPUProgram(
+    new Program(
+      "rev_gn_apply",
+      ["xs", "gamma", "beta", "mean", "rstd"],
+      x.shape,
+      NORM_UNIFORMS,
+      `${PRE_ACTIVATION}
+          var out = pre;
+          if (uniforms.act >= 1) { out = max(out, 0.0); }
+          if (uniforms.act == 2) { out = min(out, 6.0); }
+          result[index] = out;`,
+    ),
+    [x, gamma, beta, mean, rstd],
+    "float32",
+    ints(dims.c, dims.groups, dims.voxels, dims.act),
+  );
+  return [y, mean, rstd];
+}
+
+/**
+ * The analytic gradient, as the native kernel: with g = dy masked by the activation and sums over
+ * a group's voxels and channels (N values), dbeta = Σ g, dgamma = Σ g·x̂ (over samples too), and
+ * dx = rstd·(γ·g − A/N − x̂·B/N) with A = Σ γ·g, B = Σ γ·g·x̂.
+ */
+function groupNormActGrad(args: KernelArgs): tf.TensorInfo[] {
+  const kernel = REV_GROUP_NORM_ACT_GRAD;
+  const dims = groupNormDims(args, kernel);
+  const { dy, x, gamma, beta, mean, rstd } = args.inputs;
+  const { backend } = args;
+  const { n, c, groups, voxels } = dims;
+  if (dy.shape.join() !== x.shape.join()) {
+    throw new TypeError(`${kernel}: dy [${dy.shape}] must have the shape of x [${x.shape}]`);
+  }
+  for (const [name, t] of [["mean", mean], ["rstd", rstd]] as const) {
+    if (t.shape.join() !== `${n},${groups}`) {
+      throw new TypeError(`${kernel}: ${name} must be [${n},${groups}], found [${t.shape}]`);
+    }
+  }
+  const normInputs = [x, gamma, beta, mean, rstd];
+  const normUniforms = ints(c, groups, voxels, dims.act);
+  const [parts, per] = partition(voxels, n * c);
+  // [2, n, parts, c]: Σ g and Σ g·x̂ over each part's voxels
+  const partial = backend.runWebGPUProgram(
+    new Program(
+      "rev_gn_grad_partial",
+      ["dys", "xs", "gamma", "beta", "mean", "rstd"],
+      [2, n, parts, c],
+      `${NORM_UNIFORMS} parts : i32, per : i32, samples : i32,`,
+      `
+          let c = uniforms.c;
+          let ch = index % c;
+          let p = (index / c) % uniforms.parts;
+          let i = (index / (c * uniforms.parts)) % uniforms.samples;
+          let which = index / (c * uniforms.parts * uniforms.samples);
+          let g = i * uniforms.groups + ch / (c / uniforms.groups);
+          let scale = gamma[ch] * rstd[g];
+          let shift = beta[ch] - mean[g] * scale;
+          let first = p * uniforms.per;
+          let last = min(first + uniforms.per, uniforms.voxels);
+          var acc = 0.0;
+          for (var v = first; v < last; v++) {
+            let at = (i * uniforms.voxels + v) * c + ch;
+            let xv = xs[at];
+            let pre = xv * scale + shift;
+            ${MASK}
+            let gv = dys[at] * mask;
+            if (which == 0) { acc = acc + gv; } else { acc = acc + gv * (xv - mean[g]) * rstd[g]; }
+          }
+          result[index] = acc;`,
+    ),
+    [dy, ...normInputs],
+    "float32",
+    [...normUniforms, ...ints(parts, per, n)],
+  );
+  // [2, n, c]: the partials summed over the parts
+  const sums = backend.runWebGPUProgram(
+    new Program(
+      "rev_gn_grad_sums",
+      ["parts"],
+      [2, n, c],
+      "c : i32, count : i32,",
+      `
+          let ch = index % uniforms.c;
+          let row = index / uniforms.c;
+          var acc = 0.0;
+          for (var p = 0; p < uniforms.count; p++) {
+            acc = acc + parts[(row * uniforms.count + p) * uniforms.c + ch];
+          }
+          result[index] = acc;`,
+    ),
+    [partial],
+    "float32",
+    ints(c, parts),
+  );
+  backend.disposeData(partial.dataId);
+  // dbeta, dgamma [c]: the sums over the samples
+  const paramGrad = (which: number) =>
+    backend.runWebGPUProgram(
+      new Program(
+        "rev_gn_param_grad",
+        ["sums"],
+        [c],
+        "c : i32, samples : i32, which : i32,",
+        `
+          var acc = 0.0;
+          for (var i = 0; i < uniforms.samples; i++) {
+            acc = acc + sums[(uniforms.which * uniforms.samples + i) * uniforms.c + index];
+          }
+          result[index] = acc;`,
+      ),
+      [sums],
+      "float32",
+      ints(c, n, which),
+    );
+  const dBeta = paramGrad(0);
+  const dGamma = paramGrad(1);
+  // [2, n, groups]: A = Σ γ·g and B = Σ γ·g·x̂ over each group's channels
+  const ab = backend.runWebGPUProgram(
+    new Program(
+      "rev_gn_group_grad",
+      ["sums", "gamma"],
+      [2, n, groups],
+      "c : i32, groups : i32,",
+      `
+          let g = index % uniforms.groups;
+          let row = index / uniforms.groups;
+          let cpg = uniforms.c / uniforms.groups;
+          var acc = 0.0;
+          for (var k = 0; k < cpg; k++) {
+            let ch = g * cpg + k;
+            acc = acc + gamma[ch] * sums[row * uniforms.c + ch];
+          }
+          result[index] = acc;`,
+    ),
+    [sums, gamma],
+    "float32",
+    ints(c, groups),
+  );
+  backend.disposeData(sums.dataId);
+  const dx = backend.runWebGPUProgram(
+    new Program(
+      "rev_gn_input_grad",
+      ["xs", "gamma", "beta", "mean", "rstd", "dys", "ab"],
+      x.shape,
+      `${NORM_UNIFORMS} samples : i32, total : f32,`,
+      `${PRE_ACTIVATION}
+          ${MASK}
+          let gv = dys[index] * mask;
+          let a = ab[g];
+          let b = ab[uniforms.samples * uniforms.groups + g];
+          result[index] = rstd[g] * (gamma[ch] * gv - a / uniforms.total - xhat * b / uniforms.total);`,
+    ),
+    [...normInputs, dy, ab],
+    "float32",
+    [...normUniforms, ...ints(n), ...floats(voxels * (c / groups))],
+  );
+  backend.disposeData(ab.dataId);
+  return [dx, dGamma, dBeta];
+}
+
+// ---- registration --------------------------------------------------------------------------------
+
+const KERNELS: [string, (args: KernelArgs) => tf.TensorInfo | tf.TensorInfo[]][] = [
+  [REV_DEPTHWISE_CONV3D, (args) => depthwise(args, "x", REV_DEPTHWISE_CONV3D)],
+  [
+    REV_DEPTHWISE_CONV3D_BACKPROP_INPUT,
+    (args) => depthwise(args, "dy", REV_DEPTHWISE_CONV3D_BACKPROP_INPUT),
+  ],
+  [REV_DEPTHWISE_CONV3D_BACKPROP_FILTER, depthwiseFilterGrad],
+  [REV_GROUP_NORM_ACT, groupNormAct],
+  [REV_GROUP_NORM_ACT_GRAD, groupNormActGrad],
+];
+
+/**
+ * Registers the WGSL kernels for the `webgpu` backend (idempotent). The layers then use them
+ * whenever webgpu is the active backend; {@linkcode disableWebGpuKernels} puts the composite
+ * paths back.
+ */
+export function enableWebGpuKernels(): void {
+  for (const [name, fn] of KERNELS) {
+    if (tf.getKernel(name, BACKEND)) continue;
+    tf.registerKernel({
+      kernelName: name,
+      backendName: BACKEND,
+      kernelFunc: fn as unknown as tf.KernelFunc,
+    });
+  }
+}
+
+/** Unregisters the WGSL kernels (idempotent). */
+export function disableWebGpuKernels(): void {
+  for (const [name] of KERNELS) {
+    if (tf.getKernel(name, BACKEND)) tf.unregisterKernel(name, BACKEND);
+  }
+}
+
+/** Whether the WGSL kernels are registered. */
+export function webGpuKernelsEnabled(): boolean {
+  return KERNELS.every(([name]) => tf.getKernel(name, BACKEND) !== undefined);
+}
