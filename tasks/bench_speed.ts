@@ -14,6 +14,7 @@ import {
   createUNet,
   cropMultiple,
   disposeUNet,
+  nativeKernelStatus,
   Optimizer,
   paramCount,
   predictLogits,
@@ -113,38 +114,14 @@ function syntheticImage(dims: [number, number, number], seed: number): Float32Ar
   return image;
 }
 
-/** Whether model/native (the OpenBLAS/C kernels, when present) is active; null when unknown. */
-async function nativeStatus(): Promise<Record<string, unknown> | null> {
-  const env = Deno.env.get("REVUNET_NATIVE") ?? null;
-  // A computed specifier: this file must build whether or not model/native exists.
-  const specifier = new URL("../model/native/mod.ts", import.meta.url).href;
-  let mod: Record<string, unknown>;
-  try {
-    mod = await import(specifier);
-  } catch {
-    return { present: false, REVUNET_NATIVE: env };
-  }
-  for (const name of ["nativeKernelStatus", "nativeStatus"]) {
-    const f = mod[name];
-    if (typeof f === "function") {
-      try {
-        const v = await f();
-        if (v && typeof v === "object") {
-          const o = v as Record<string, unknown>;
-          return {
-            present: true,
-            active: o.matMul === true || o.layers === true,
-            REVUNET_NATIVE: env,
-            ...o,
-          };
-        }
-        return { present: true, active: v, REVUNET_NATIVE: env };
-      } catch (e) {
-        return { present: true, REVUNET_NATIVE: env, error: String(e) };
-      }
-    }
-  }
-  return { present: true, REVUNET_NATIVE: env, active: null };
+/** What model/native has switched on (the C and OpenBLAS kernels, the typed-array loops). */
+function nativeStatus(): Record<string, unknown> {
+  const status = nativeKernelStatus();
+  return {
+    active: status.matMul || status.layers,
+    REVUNET_NATIVE: Deno.env.get("REVUNET_NATIVE") ?? null,
+    ...status,
+  };
 }
 
 /** The peer's result, or null with the reason there is none. */
@@ -401,7 +378,7 @@ export async function benchSpeed(options: BenchSpeedOptions = {}) {
         }
         : {}),
     },
-    native: await nativeStatus(),
+    native: nativeStatus(),
     versions: { deno: Deno.version.deno, tfjs: tf.version_core },
     peer: peerResult,
     ...(peerResult ? {} : { peer_reason: peerReason }),
