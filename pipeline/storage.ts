@@ -28,6 +28,7 @@ import {
   headLocal,
   listLocal,
   putLocal,
+  removeStaleTemporaries,
 } from "./storage_local.ts";
 import {
   deleteS3,
@@ -158,6 +159,17 @@ export async function putObject(
 export async function deleteObject(uri: string): Promise<void> {
   const p = parseUri(uri);
   return p.kind === "local" ? await deleteLocal(uri, p.path) : await deleteS3(uri, p.bucket, p.key);
+}
+
+/**
+ * Clears what killed writes of these objects left behind: local temporary files (see
+ * `putLocal`); nothing on S3, where a PUT is whole or absent.
+ */
+export async function removeStaleWrites(uris: string[]): Promise<void> {
+  for (const uri of uris) {
+    const p = parseUri(uri);
+    if (p.kind === "local") await removeStaleTemporaries(p.path);
+  }
 }
 
 /**

@@ -103,6 +103,25 @@ export async function putLocal(uri: string, path: string, data: Uint8Array): Pro
   }
 }
 
+/**
+ * Removes the temporary files that writes of `path` left behind when their process was killed
+ * between writing and renaming ({@linkcode putLocal}'s `.<name>.tmp-<hex>`; listings never show
+ * them). Only `path`'s own: other writers in the same folder are left alone.
+ */
+export async function removeStaleTemporaries(path: string): Promise<void> {
+  const dir = dirname(path);
+  const prefix = `.${baseName(path)}.tmp-`;
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (e.isFile && e.name.startsWith(prefix) && TEMP_NAME.test(e.name)) {
+        await Deno.remove(join(dir, e.name)).catch(() => {});
+      }
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+}
+
 /** Deletes a file; a missing file is not an error (as on S3), a folder is. */
 export async function deleteLocal(uri: string, path: string): Promise<void> {
   try {

@@ -40,8 +40,8 @@ import {
   getObject,
   joinUri,
   mapConcurrent,
-  parseUri,
   putObject,
+  removeStaleWrites,
 } from "../pipeline/storage.ts";
 import {
   backendFlag,
@@ -103,38 +103,6 @@ interface OutputRecord {
 export interface CaseMetricsRecord extends CaseResult {
   prediction: string;
   reference: string;
-}
-
-/**
- * Names of the temporary files a local write leaves when its process is killed between writing
- * and renaming (pipeline/storage_local.ts writes `.<name>.tmp-<12 hex>` beside the target).
- */
-const TEMP_SUFFIX = /^\.tmp-[0-9a-f]{12}$/;
-
-/**
- * Removes what a killed earlier run left of these outputs' local temporary files (a listing never
- * shows them, so nothing else would). Only this case's own names: another worker writing other
- * cases into the same folder is left alone. Nothing to do on S3, where a PUT is all or nothing.
- */
-async function removeStaleTemps(uris: string[]): Promise<void> {
-  for (const uri of uris) {
-    const p = parseUri(uri);
-    if (p.kind !== "local") continue;
-    const slash = p.path.lastIndexOf("/");
-    const dir = slash < 0 ? "." : p.path.slice(0, slash) || "/";
-    const prefix = `.${p.path.slice(slash + 1)}`;
-    try {
-      for await (const e of Deno.readDir(dir)) {
-        if (
-          e.isFile && e.name.startsWith(prefix) && TEMP_SUFFIX.test(e.name.slice(prefix.length))
-        ) {
-          await Deno.remove(`${dir}/${e.name}`).catch(() => {});
-        }
-      }
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-    }
-  }
 }
 
 /**
@@ -332,7 +300,7 @@ export class Segmenter {
       recordUri,
     ];
     if (hadRecord) await deleteObject(recordUri);
-    await removeStaleTemps(every);
+    await removeStaleWrites(every);
     for (const uri of every.slice(1, 3)) if (!wanted.includes(uri)) await deleteObject(uri);
     await putObject(output, labelBytes);
     if (probabilitiesUri) await putObject(probabilitiesUri, probabilityBytes!);
