@@ -8,11 +8,16 @@
  * Format of one entry (`<case id>-<key>.rvcase`), little-endian:
  * `"RVCASE01"` · u32 JSON length · JSON {id, dims, box, stats, labelled, key} · zero padding to a
  * multiple of 4 · float32 image [z, y, x, 4] over the box · uint8 region bits [z, y, x] if labelled.
+ *
+ * Training cases too many for memory stay in local entries of this format, read when a sampler
+ * draws them ({@linkcode StreamedCases}); their headers alone say what the run needs to know
+ * about them beforehand ({@linkcode readCachedHeader}).
  * @module
  */
 import { type Case, MODALITIES } from "./cases.ts";
-import { preprocessCase, type PreprocessedCase } from "./preprocess.ts";
-import { exists, getObject, headObject, joinUri, putObject } from "./storage.ts";
+import { type Box, type Dims, preprocessCase, type PreprocessedCase } from "./preprocess.ts";
+import type { CaseSource } from "./sampling.ts";
+import { exists, getObject, getObjectRange, headObject, joinUri, putObject } from "./storage.ts";
 
 /** Bumped whenever preprocessing changes what it produces. */
 export const PREPROCESS_VERSION = 1;
@@ -61,6 +66,13 @@ export interface CaseMemoryOptions {
    * @default false
    */
   shared?: boolean;
+  /**
+   * Let the case's arrays view the entry's bytes instead of copying them, when they are aligned
+   * for float32 (they are in a buffer of their own, as a file just read is): no second copy while
+   * decoding. The caller must not reuse `bytes`. Ignored with `shared`.
+   * @default false
+   */
+  inPlace?: boolean;
 }
 
 function allocate<T extends Float32Array | Uint8Array>(
@@ -86,32 +98,82 @@ export function sharedCase(p: PreprocessedCase): PreprocessedCase {
   return { ...p, image: move(p.image), ...(p.regions ? { regions: move(p.regions) } : {}) };
 }
 
+/** What a cache entry's header says about the case, without its arrays. */
+export interface CachedCaseHeader {
+  id: string;
+  dims: Dims;
+  box: Box;
+  stats: { mean: number; std: number }[];
+  labelled: boolean;
+  key: string;
+}
+
+/** The bytes of a case's arrays in memory: float32 image [z, y, x, 4] and, if labelled, regions. */
+export function caseBytes(box: Box, labelled: boolean): number {
+  return box.size[0] * box.size[1] * box.size[2] * (16 + (labelled ? 1 : 0));
+}
+
+/**
+ * Parses the header at the start of an entry (at least its first 12 bytes, more when the JSON is
+ * longer) and checks that the whole entry has `totalBytes`.
+ * @returns the header, where the image starts, and how many bytes the header needs (when `bytes`
+ * holds too few of them, `header` is undefined: read that many and call again)
+ */
+function parseHeader(
+  bytes: Uint8Array,
+  totalBytes: number,
+  name: string,
+): { header?: CachedCaseHeader; imageAt: number; needed: number } {
+  const bad = (why: string) =>
+    new RangeError(`${name}: not a preprocessed-case cache entry (${why})`);
+  if (totalBytes < 12 || bytes.length < 12) throw bad(`${totalBytes} bytes`);
+  if (new TextDecoder().decode(bytes.subarray(0, 8)) !== MAGIC) throw bad("bad magic");
+  const metaLength = new DataView(bytes.buffer, bytes.byteOffset).getUint32(8, true);
+  const head = 12 + metaLength;
+  if (head > totalBytes) throw bad("truncated header");
+  const imageAt = head + ((4 - (head % 4)) % 4);
+  if (bytes.length < head) return { imageAt, needed: head };
+  let meta: CachedCaseHeader;
+  try {
+    meta = JSON.parse(new TextDecoder().decode(bytes.subarray(12, head)));
+  } catch (e) {
+    throw bad(`header is not JSON: ${(e as Error).message}`);
+  }
+  const size = meta?.box?.size;
+  if (
+    !Array.isArray(size) || size.length !== 3 || !size.every((d) => Number.isInteger(d) && d > 0)
+  ) {
+    throw bad(`box size ${JSON.stringify(size)}`);
+  }
+  const expected = imageAt + caseBytes(meta.box, meta.labelled);
+  if (totalBytes !== expected) throw bad(`${totalBytes} bytes, expected ${expected}`);
+  return { header: meta, imageAt, needed: head };
+}
+
 /** Parses a cache entry; `name` is used in errors. */
 export function decodeCachedCase(
   bytes: Uint8Array,
   name: string,
   options: CaseMemoryOptions = {},
 ): PreprocessedCase & { key: string } {
-  const bad = (why: string) =>
-    new RangeError(`${name}: not a preprocessed-case cache entry (${why})`);
-  if (bytes.length < 12 || new TextDecoder().decode(bytes.subarray(0, 8)) !== MAGIC) {
-    throw bad("bad magic");
+  const { header: meta, imageAt } = parseHeader(bytes, bytes.length, name);
+  if (!meta) {
+    throw new RangeError(`${name}: not a preprocessed-case cache entry (truncated header)`);
   }
-  const metaLength = new DataView(bytes.buffer, bytes.byteOffset).getUint32(8, true);
-  if (12 + metaLength > bytes.length) throw bad("truncated header");
-  const meta = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + metaLength)));
   const voxels = meta.box.size[0] * meta.box.size[1] * meta.box.size[2];
-  const head = 12 + metaLength;
-  const imageAt = head + ((4 - (head % 4)) % 4);
-  const expected = imageAt + voxels * 16 + (meta.labelled ? voxels : 0);
-  if (bytes.length !== expected) throw bad(`${bytes.length} bytes, expected ${expected}`);
   const shared = options.shared ?? false;
-  const image = allocate(Float32Array, voxels * 4, shared);
-  new Uint8Array(image.buffer).set(bytes.subarray(imageAt, imageAt + voxels * 16));
+  let image: Float32Array;
   let regions: Uint8Array | undefined;
-  if (meta.labelled) {
-    regions = allocate(Uint8Array, voxels, shared);
-    regions.set(bytes.subarray(imageAt + voxels * 16, imageAt + voxels * 17));
+  if (options.inPlace && !shared && (bytes.byteOffset + imageAt) % 4 === 0) {
+    image = new Float32Array(bytes.buffer as ArrayBuffer, bytes.byteOffset + imageAt, voxels * 4);
+    if (meta.labelled) regions = bytes.subarray(imageAt + voxels * 16, imageAt + voxels * 17);
+  } else {
+    image = allocate(Float32Array, voxels * 4, shared);
+    new Uint8Array(image.buffer).set(bytes.subarray(imageAt, imageAt + voxels * 16));
+    if (meta.labelled) {
+      regions = allocate(Uint8Array, voxels, shared);
+      regions.set(bytes.subarray(imageAt + voxels * 16, imageAt + voxels * 17));
+    }
   }
   return {
     id: meta.id,
@@ -124,6 +186,23 @@ export function decodeCachedCase(
   };
 }
 
+/**
+ * Reads only the header of the cache entry at `uri` and checks the entry's size against it: what
+ * is known about the case without reading its arrays.
+ * @throws {RangeError} naming `uri` when it is not a whole entry
+ * @throws {ObjectNotFoundError} when it does not exist
+ */
+export async function readCachedHeader(uri: string): Promise<CachedCaseHeader> {
+  const { size } = await headObject(uri);
+  let bytes = await getObjectRange(uri, 0, Math.min(size, 4096));
+  let parsed = parseHeader(bytes, size, uri);
+  if (!parsed.header) {
+    bytes = await getObjectRange(uri, 0, parsed.needed);
+    parsed = parseHeader(bytes, size, uri);
+  }
+  return parsed.header!;
+}
+
 /** Where a case's cache entry lives under `cacheUri`. */
 export async function cacheEntryUri(cacheUri: string, c: Case): Promise<string> {
   return joinUri(cacheUri, `${c.id}-${(await caseKey(c)).slice(0, 24)}.rvcase`);
@@ -132,13 +211,13 @@ export async function cacheEntryUri(cacheUri: string, c: Case): Promise<string> 
 /**
  * A preprocessed case: read from the cache under `cacheUri` when an entry for the current inputs
  * exists, else preprocessed from the NIfTI files and written there. Without `cacheUri`, no cache.
- * @returns the case and whether it came from the cache
+ * @returns the case, whether it came from the cache, and the entry's URI (with `cacheUri`)
  */
 export async function loadPreprocessed(
   c: Case,
   cacheUri?: string,
   options: CaseMemoryOptions = {},
-): Promise<{ case: PreprocessedCase; cached: boolean }> {
+): Promise<{ case: PreprocessedCase; cached: boolean; uri?: string }> {
   const fresh = async () => {
     const p = await preprocessCase(c);
     return options.shared ? sharedCase(p) : p;
@@ -148,7 +227,7 @@ export async function loadPreprocessed(
   if (await exists(uri)) {
     try {
       const { key: _key, ...p } = decodeCachedCase(await getObject(uri), uri, options);
-      return { case: p, cached: true };
+      return { case: p, cached: true, uri };
     } catch (e) {
       // A damaged entry is rebuilt rather than trusted or fatal.
       console.error(`cache: ${(e as Error).message}; rebuilding`);
@@ -156,5 +235,136 @@ export async function loadPreprocessed(
   }
   const p = await fresh();
   await putObject(uri, encodeCachedCase(p, uri));
-  return { case: p, cached: false };
+  return { case: p, cached: false, uri };
+}
+
+/**
+ * A training case kept on local disk instead of in memory: where its cache entry is, and what
+ * is known about it without its arrays. Plain data, so it can be posted to worker threads.
+ */
+export interface StreamedEntry {
+  id: string;
+  /** Local path of the case's cache entry. */
+  path: string;
+  dims: Dims;
+  box: Box;
+  stats: { mean: number; std: number }[];
+  labelled: boolean;
+}
+
+/** The entry of a case whose cache entry is at `path`, from the case or its entry's header. */
+export function streamedEntry(
+  p: Omit<PreprocessedCase, "image"> | CachedCaseHeader,
+  path: string,
+): StreamedEntry {
+  const labelled = "labelled" in p ? p.labelled : p.regions !== undefined;
+  return { id: p.id, path, dims: p.dims, box: p.box, stats: p.stats, labelled };
+}
+
+/** The bytes a streamed case takes in memory once read. */
+export function streamedBytes(e: StreamedEntry): number {
+  return caseBytes(e.box, e.labelled);
+}
+
+/** Options of {@linkcode StreamedCases}. */
+export interface StreamedCasesOptions {
+  /**
+   * Cases kept in memory after use, the most recently used first: a case drawn again soon (the
+   * same batch, the next step) is not read again.
+   * @default 3
+   */
+  capacity?: number;
+}
+
+/**
+ * Training cases read from their local cache entries when they are asked for, holding at most
+ * `capacity` of them (the most recently used): so a dataset far larger than memory trains with a
+ * few cases' worth of it, as nnU-Net reads its preprocessed cases from disk. Reads are
+ * synchronous: a sampler worker does nothing else meanwhile, and the batch of a step stays a
+ * function of the step alone. The arrays are the entry's bytes, exactly as an in-memory run holds
+ * them, so the batches are the same bit for bit.
+ */
+export class StreamedCases implements CaseSource {
+  readonly entries: readonly StreamedEntry[];
+  readonly capacity: number;
+  /** Resident cases by index; Map order is recency, least recent first. */
+  readonly #resident = new Map<number, PreprocessedCase>();
+  #reads = 0;
+
+  constructor(entries: readonly StreamedEntry[], options: StreamedCasesOptions = {}) {
+    const capacity = options.capacity ?? 3;
+    if (!Number.isInteger(capacity) || capacity < 1) {
+      throw new RangeError(`StreamedCases: capacity must be a positive integer, got ${capacity}`);
+    }
+    this.entries = entries;
+    this.capacity = capacity;
+  }
+
+  get length(): number {
+    return this.entries.length;
+  }
+
+  /** How many cases are in memory now (at most `capacity`). */
+  get resident(): number {
+    return this.#resident.size;
+  }
+
+  /** How many times a case has been read from disk. */
+  get reads(): number {
+    return this.#reads;
+  }
+
+  /**
+   * Case `index`, from memory or read from its entry.
+   * @throws {Error} naming the entry's file when it is missing, damaged or holds another case
+   */
+  get(index: number): PreprocessedCase {
+    const hit = this.#resident.get(index);
+    if (hit) {
+      this.#resident.delete(index);
+      this.#resident.set(index, hit);
+      return hit;
+    }
+    const e = this.entries[index];
+    if (!e) throw new RangeError(`StreamedCases: no case ${index} of ${this.entries.length}`);
+    // Evicted first, so that no more than `capacity` cases are held even while reading one.
+    while (this.#resident.size >= this.capacity) {
+      this.#resident.delete(this.#resident.keys().next().value!);
+    }
+    const c = this.#read(e);
+    this.#reads++;
+    this.#resident.set(index, c);
+    return c;
+  }
+
+  #read(e: StreamedEntry): PreprocessedCase {
+    let bytes: Uint8Array;
+    try {
+      bytes = Deno.readFileSync(e.path);
+    } catch (err) {
+      const why = err instanceof Deno.errors.NotFound ? "no such file" : (err as Error).message;
+      throw new Error(`Cannot read training case "${e.id}" from ${e.path}: ${why}`, {
+        cause: err,
+      });
+    }
+    let p: PreprocessedCase;
+    try {
+      const { key: _key, ...decoded } = decodeCachedCase(bytes, e.path, { inPlace: true });
+      p = decoded;
+    } catch (err) {
+      throw new Error(`Cannot read training case "${e.id}": ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    if (
+      p.id !== e.id || p.box.size.join() !== e.box.size.join() ||
+      p.box.start.join() !== e.box.start.join() || (p.regions !== undefined) !== e.labelled
+    ) {
+      throw new Error(
+        `Cannot read training case "${e.id}" from ${e.path}: it holds case "${p.id}" with box ` +
+          `${JSON.stringify(p.box)}, expected box ${JSON.stringify(e.box)}`,
+      );
+    }
+    return p;
+  }
 }

@@ -6,11 +6,16 @@
  * drawn from a generator seeded by (seed, k) alone, so what a step gets does not depend on how many
  * workers there are, how far ahead they run, or whether the run was resumed: with 0 workers the same
  * batches are made on the main thread.
+ *
+ * Cases too many for memory come as {@linkcode StreamedCases}: each worker (or the calling thread)
+ * then reads the drawn cases from their local cache entries, keeping its own few most recently
+ * used, and makes the same batches as from cases in memory.
  * @module
  */
+import { StreamedCases } from "./case_cache.ts";
 import type { PreprocessedCase } from "./preprocess.ts";
 import { streamRandom } from "./random.ts";
-import { type Batch, sampleBatch, type SamplingOptions } from "./sampling.ts";
+import { type Batch, type Cases, sampleBatch, type SamplingOptions } from "./sampling.ts";
 
 /** Options of {@linkcode BatchPrefetcher}. */
 export interface PrefetchOptions {
@@ -28,7 +33,7 @@ export const SAMPLING_STREAM = 1;
 
 /** The batch of step `step`, made on the calling thread. */
 export function batchForStep(
-  cases: PreprocessedCase[],
+  cases: Cases,
   options: PrefetchOptions,
   step: number,
 ): Batch {
@@ -51,7 +56,7 @@ function shared<T extends Float32Array | Uint8Array>(a: T): T {
 
 /** Hands out the batch of each step, prepared ahead. Call {@linkcode close} when done. */
 export class BatchPrefetcher {
-  readonly #cases: PreprocessedCase[];
+  readonly #cases: Cases;
   readonly #options: PrefetchOptions;
   readonly #workers: Worker[] = [];
   readonly #pending = new Map<
@@ -65,16 +70,18 @@ export class BatchPrefetcher {
   >();
   #failure?: Error;
 
-  constructor(cases: PreprocessedCase[], options: PrefetchOptions) {
+  /**
+   * @param cases in memory, or streamed from local disk (each worker then reads with its own
+   * `StreamedCases` of the same entries and capacity)
+   */
+  constructor(cases: PreprocessedCase[] | StreamedCases, options: PrefetchOptions) {
     this.#options = options;
     const workers = options.workers ?? 1;
-    this.#cases = workers > 0
-      ? cases.map((c) => ({
-        ...c,
-        image: shared(c.image),
-        ...(c.regions ? { regions: shared(c.regions) } : {}),
-      }))
-      : cases;
+    this.#cases = cases instanceof StreamedCases || workers === 0 ? cases : cases.map((c) => ({
+      ...c,
+      image: shared(c.image),
+      ...(c.regions ? { regions: shared(c.regions) } : {}),
+    }));
     for (let i = 0; i < workers; i++) {
       const w = new Worker(new URL("./sampler_worker.ts", import.meta.url).href, {
         type: "module",
@@ -91,7 +98,15 @@ export class BatchPrefetcher {
         e.preventDefault();
         this.#fail(new Error(`sampler worker failed: ${e.message}`));
       };
-      w.postMessage({ kind: "init", cases: this.#cases, options: this.#options });
+      w.postMessage(
+        cases instanceof StreamedCases
+          ? {
+            kind: "init",
+            stream: { entries: cases.entries, capacity: cases.capacity },
+            options: this.#options,
+          }
+          : { kind: "init", cases: this.#cases, options: this.#options },
+      );
       this.#workers.push(w);
     }
   }

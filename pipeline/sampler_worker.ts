@@ -1,19 +1,24 @@
 /**
- * Worker side of {@linkcode BatchPrefetcher}: receives the shared cases once, then makes the batch
- * of each step it is asked for and sends it back, transferring its buffers.
+ * Worker side of {@linkcode BatchPrefetcher}: receives the shared cases (or the local cache
+ * entries of streamed cases) once, then makes the batch of each step it is asked for and sends it
+ * back, transferring its buffers.
  * @module
  */
 /// <reference lib="deno.worker" />
-import type { PreprocessedCase } from "./preprocess.ts";
+import { StreamedCases } from "./case_cache.ts";
 import { batchForStep, type PrefetchOptions } from "./prefetch.ts";
+import type { Cases } from "./sampling.ts";
 
-let cases: PreprocessedCase[] = [];
+let cases: Cases = [];
 let options: PrefetchOptions | undefined;
 
 self.onmessage = (e: MessageEvent) => {
   const msg = e.data;
   if (msg.kind === "init") {
-    cases = msg.cases;
+    // Streamed: this worker's own reader, holding its own few most recently used cases.
+    cases = msg.stream
+      ? new StreamedCases(msg.stream.entries, { capacity: msg.stream.capacity })
+      : msg.cases;
     options = msg.options;
     return;
   }

@@ -51,6 +51,23 @@ export interface SamplingOptions {
   augment?: false | Partial<AugmentOptions>;
 }
 
+/**
+ * Cases by index, for when they are not all in memory: `get` returns case `index`, reading it
+ * when it must (e.g. `StreamedCases` in case_cache.ts, from local disk).
+ */
+export interface CaseSource {
+  readonly length: number;
+  get(index: number): PreprocessedCase;
+}
+
+/** The cases to sample from: in memory, or a {@linkcode CaseSource}. */
+export type Cases = readonly PreprocessedCase[] | CaseSource;
+
+/** Case `index` of `cases`. */
+export function caseAt(cases: Cases, index: number): PreprocessedCase {
+  return "get" in cases ? cases.get(index) : cases[index];
+}
+
 /** A batch: channel-last arrays [batch, crop, crop, crop, channels]. */
 export interface Batch {
   image: Float32Array;
@@ -244,9 +261,12 @@ export function sampleCrop(
   return { image, target, forced };
 }
 
-/** A batch of `batch` crops from cases drawn uniformly at random. */
+/**
+ * A batch of `batch` crops from cases drawn uniformly at random. Only the number of cases decides
+ * which is drawn, so cases read on demand give the same batch as cases in memory.
+ */
 export function sampleBatch(
-  cases: PreprocessedCase[],
+  cases: Cases,
   batch: number,
   options: SamplingOptions,
   rand: () => number,
@@ -258,7 +278,7 @@ export function sampleBatch(
   const forced: boolean[] = [];
   const ids: string[] = [];
   for (let b = 0; b < batch; b++) {
-    const c = cases[randInt(rand, 0, cases.length - 1)];
+    const c = caseAt(cases, randInt(rand, 0, cases.length - 1));
     const crop = sampleCrop(c, options, rand);
     image.set(crop.image, b * s ** 3 * 4);
     target.set(crop.target, b * s ** 3 * 3);

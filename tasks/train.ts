@@ -34,7 +34,17 @@ import {
 } from "../model/mod.ts";
 import { type BackendChoice, selectBackend } from "../model/backend.ts";
 import { cropModel, fitCrops, maxCropEdge, predictPeak } from "../model/memory.ts";
-import { loadPreprocessed } from "../pipeline/case_cache.ts";
+import {
+  cacheEntryUri,
+  caseBytes,
+  encodeCachedCase,
+  loadPreprocessed,
+  readCachedHeader,
+  streamedBytes,
+  StreamedCases,
+  type StreamedEntry,
+  streamedEntry,
+} from "../pipeline/case_cache.ts";
 import { type Case, findCases } from "../pipeline/cases.ts";
 import { slidingWindowProbabilities } from "../pipeline/inference.ts";
 import { meanScores, regionDice, type RegionScores } from "../pipeline/metrics.ts";
@@ -46,6 +56,7 @@ import { renderCaseSlices, writeReport } from "../pipeline/report.ts";
 import { regionsToLabels } from "./segment.ts";
 import { BatchPrefetcher } from "../pipeline/prefetch.ts";
 import type { PreprocessedCase } from "../pipeline/preprocess.ts";
+import { caseAt, type Cases } from "../pipeline/sampling.ts";
 import { formatDuration, Progress } from "../pipeline/progress.ts";
 import { streamRandom } from "../pipeline/random.ts";
 import {
@@ -55,6 +66,7 @@ import {
   joinUri,
   listObjects,
   mapConcurrent,
+  ObjectNotFoundError,
   parseUri,
   putObject,
 } from "../pipeline/storage.ts";
@@ -99,6 +111,14 @@ export interface TrainRuntime {
   cache?: string;
   /** Sampler worker threads (0: main thread). */
   workers?: number;
+  /**
+   * Bytes the run's preprocessed cases (training and validation) may take in memory. When they
+   * need more, they are kept on local disk in the case cache (a temporary folder when the cache
+   * is on S3 or off) and read when drawn, a few at a time per sampler; 0 always streams. The
+   * batches, and so the run's result, are the same either way.
+   * @default {@linkcode defaultCaseMemory}()
+   */
+  caseMemory?: number;
   quiet?: boolean;
   /** Stop (with a checkpoint) once this many epochs are complete: for tests and time-boxed jobs. */
   stopAfterEpoch?: number;
@@ -165,6 +185,11 @@ export interface TrainResult {
   checkpoint: string;
   /** The report's URI, with `report`. */
   report?: string;
+  /**
+   * Where the cases were read from while training, when they did not fit `caseMemory`: a local
+   * folder of cache entries; `temporary` when the run made it (and has removed it).
+   */
+  streamed?: { dir: string; temporary: boolean };
 }
 
 const STATE_FILE = "state.json";
@@ -225,18 +250,20 @@ export interface ValidateOptions {
 }
 
 /**
- * Mean Dice per region of sliding-window predictions on the validation cases.
+ * Mean Dice per region of sliding-window predictions on the validation cases (in memory, or read
+ * one at a time when streamed).
  * @throws the signal's reason when `options.signal` is aborted before a case
  */
 export async function validate(
   net: UNet,
-  cases: PreprocessedCase[],
+  cases: Cases,
   window: number,
   options: ValidateOptions = {},
 ): Promise<RegionScores> {
   const scores: RegionScores[] = [];
-  for (const c of cases) {
+  for (let i = 0; i < cases.length; i++) {
     options.signal?.throwIfAborted();
+    const c = caseAt(cases, i);
     const probs = await slidingWindowProbabilities(net, c.image, c.box.size, {
       window,
       overlap: 0.5,
@@ -367,6 +394,173 @@ export function resumedSettings(
   return { settings, changes };
 }
 
+const GIB = 2 ** 30;
+const gib = (bytes: number) => (bytes / GIB).toFixed(bytes < 10 * GIB ? 2 : 1);
+
+/** Used when the machine's memory cannot be read. */
+const FALLBACK_MEMORY = 16 * GIB;
+
+/** The cgroup (container) memory limit, v2 or v1, when one is set and readable. */
+function cgroupMemoryLimit(): number | undefined {
+  for (const file of ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]) {
+    try {
+      const n = Number(Deno.readTextFileSync(file).trim()); // "max" (no limit) is NaN
+      if (Number.isFinite(n) && n > 0 && n < 2 ** 60) return n;
+    } catch {
+      // not in a cgroup with a memory controller, or not readable: no limit known
+    }
+  }
+  return undefined;
+}
+
+/**
+ * The default memory budget of the run's cases: half of the machine's memory (the smaller of
+ * `Deno.systemMemoryInfo().total` and a container's cgroup limit), or 8 GiB when neither can be
+ * read. The other half is left to the network, the optimizer and everything else.
+ */
+export function defaultCaseMemory(): number {
+  let total: number | undefined;
+  try {
+    total = Deno.systemMemoryInfo().total;
+  } catch {
+    // no permission or not supported here: fall back below
+  }
+  const limit = cgroupMemoryLimit();
+  const known = [total, limit].filter((v): v is number => v !== undefined && v > 0);
+  return (known.length > 0 ? Math.min(...known) : FALLBACK_MEMORY) / 2;
+}
+
+/** Cases each sampler (worker or main thread) keeps in memory when streaming. */
+export const STREAMED_CASES_PER_SAMPLER = 3;
+
+/** The path of a local URI (a path or `file://` URL). */
+function localPath(uri: string): string {
+  const p = parseUri(uri);
+  if (p.kind !== "local") throw new TypeError(`${uri} is not a local path`);
+  return p.path;
+}
+
+/** Options of {@linkcode loadCases}. */
+interface LoadOptions {
+  cacheUri?: string;
+  /** Bytes the cases may take in memory; more, and they are streamed from local disk. */
+  budget: number;
+  /** Training cases in memory go to shared memory (for sampler workers). */
+  shared: boolean;
+  aborted: () => boolean;
+  onCase: (id: string, done: number, total: number) => void;
+  /** Told of a temporary folder as soon as it is made, so that it is removed whatever happens. */
+  onTemporaryDir: (dir: string) => void;
+  log: (message: string) => void;
+}
+
+/** The run's cases, in memory or streamed. */
+interface LoadedCases {
+  train: PreprocessedCase[] | StreamedCases;
+  val: PreprocessedCase[] | StreamedCases;
+  fromCache: number;
+  /** The local folder of cache entries the cases are read from, when streamed. */
+  streamedFrom?: string;
+}
+
+/**
+ * Loads (preprocessing or reading the cache) the training and validation cases, in memory while
+ * their total fits `budget`. Once it would not, every case is kept on local disk instead: in the
+ * case cache when that is a local folder (where a case already cached costs one header read),
+ * else in a temporary folder; the cases held so far go there too and are released. A signal stops
+ * the loading between cases (a case in flight finishes, so no cache entry is left half written);
+ * the result is then partial and must not be used.
+ */
+async function loadCases(trainList: Case[], valList: Case[], o: LoadOptions): Promise<LoadedCases> {
+  const all = [...trainList, ...valList];
+  const local = o.cacheUri !== undefined && parseUri(o.cacheUri).kind === "local";
+  const inMemory: (PreprocessedCase | undefined)[] = new Array(all.length);
+  const entryUris: (string | undefined)[] = new Array(all.length);
+  const entries: (StreamedEntry | undefined)[] = new Array(all.length);
+  let used = 0;
+  let fromCache = 0;
+  let done = 0;
+  let dir: Promise<string> | undefined;
+  const streamDir = () =>
+    dir ??= local
+      ? Promise.resolve(localPath(o.cacheUri!))
+      : Deno.makeTempDir({ prefix: "revunet-train-cases-" }).then((d) => {
+        o.onTemporaryDir(d);
+        return d;
+      });
+  /** Where case `i` is on local disk: its cache entry, or a copy written to the temporary folder. */
+  const spill = async (i: number, p: PreprocessedCase) => {
+    const uri = entryUris[i];
+    if (local) return streamedEntry(p, localPath(uri!));
+    const path = joinUri(await streamDir(), `${p.id}.rvcase`);
+    await putObject(path, encodeCachedCase(p, uri ?? p.id));
+    return streamedEntry(p, path);
+  };
+  await mapConcurrent(all, 2, async (c, i) => {
+    if (o.aborted()) return;
+    if (dir && local) {
+      // Streaming from the local cache already: an entry there needs only its header read.
+      const uri = await cacheEntryUri(o.cacheUri!, c);
+      try {
+        entries[i] = streamedEntry(await readCachedHeader(uri), localPath(uri));
+        fromCache++;
+        o.onCase(c.id, ++done, all.length);
+        return;
+      } catch (e) {
+        if (!(e instanceof ObjectNotFoundError)) {
+          o.log(`cache: ${(e as Error).message}; rebuilding`);
+        }
+      }
+    }
+    const r = await loadPreprocessed(c, o.cacheUri, {
+      shared: o.shared && i < trainList.length && !dir,
+    });
+    if (r.cached) fromCache++;
+    entryUris[i] = r.uri;
+    const bytes = caseBytes(r.case.box, r.case.regions !== undefined);
+    if (!dir && used + bytes > o.budget) void streamDir();
+    if (dir) entries[i] = await spill(i, r.case);
+    else {
+      inMemory[i] = r.case;
+      used += bytes;
+    }
+    o.onCase(c.id, ++done, all.length);
+  });
+  if (!dir) {
+    return {
+      train: inMemory.slice(0, trainList.length) as PreprocessedCase[],
+      val: inMemory.slice(trainList.length) as PreprocessedCase[],
+      fromCache,
+    };
+  }
+  for (let i = 0; i < all.length; i++) {
+    const p = inMemory[i];
+    if (p && !o.aborted()) entries[i] = await spill(i, p);
+    inMemory[i] = undefined;
+  }
+  const from = await dir;
+  const present = entries.filter((e): e is StreamedEntry => e !== undefined);
+  if (!o.aborted()) {
+    const total = present.reduce((sum, e) => sum + streamedBytes(e), 0);
+    o.log(
+      `the ${all.length} cases take ${gib(total)} GiB, more than --case-memory ${
+        gib(o.budget)
+      } GiB: streaming them from ${from}${
+        local ? "" : " (a temporary folder, removed at the end of the run)"
+      }, ${STREAMED_CASES_PER_SAMPLER} cases in memory per sampler`,
+    );
+  }
+  return {
+    train: new StreamedCases(entries.slice(0, trainList.length) as StreamedEntry[], {
+      capacity: STREAMED_CASES_PER_SAMPLER,
+    }),
+    // Validation goes through its cases one after another: one in memory at a time.
+    val: new StreamedCases(entries.slice(trainList.length) as StreamedEntry[], { capacity: 1 }),
+    fromCache,
+    streamedFrom: from,
+  };
+}
+
 /** The error for a --data location without any case file: missing, or holding something else. */
 async function noCasesError(data: string): Promise<Error> {
   const p = parseUri(data);
@@ -472,6 +666,9 @@ export async function train(
   }
 
   const prefetcher: { current?: BatchPrefetcher } = {};
+  /** The folder streamed cases were written to, when the run made one: removed at the end. */
+  let tempDir: string | undefined;
+  let streamed: TrainResult["streamed"];
   try {
     // Cases: find, split, preprocess (cached).
     const { cases: found, problems } = await findCases(settings.data);
@@ -521,30 +718,28 @@ export async function train(
       ? undefined
       : runtime.cache;
     const t0 = performance.now();
-    let fromCache = 0;
-    let loaded = 0;
-    const total = split.train.length + split.val.length;
-    const load = (list: Case[], shared: boolean) =>
-      mapConcurrent(list, 2, async (c) => {
-        // A signal stops the loading between cases; a case in flight finishes, so a cache entry
-        // is never left half written.
-        if (aborted()) return undefined;
-        const r = await loadPreprocessed(c, cacheUri, { shared });
-        if (r.cached) fromCache++;
-        emit({ kind: "case-loaded", id: c.id, done: ++loaded, total });
-        return r.case;
-      });
-    // Training cases go straight into shared memory when sampler workers read them: the
-    // prefetcher then uses them where they are instead of holding a second copy.
     const workers = runtime.workers ?? 1;
-    const trainCases = (await load(split.train, workers > 0)) as PreprocessedCase[];
-    const valCases = aborted() ? [] : (await load(split.val, false)) as PreprocessedCase[];
+    const loaded = await loadCases(split.train, split.val, {
+      cacheUri,
+      budget: runtime.caseMemory ?? defaultCaseMemory(),
+      // Training cases go straight into shared memory when sampler workers read them: the
+      // prefetcher then uses them where they are instead of holding a second copy.
+      shared: workers > 0,
+      aborted,
+      onCase: (id, done, total) => emit({ kind: "case-loaded", id, done, total }),
+      onTemporaryDir: (dir) => (tempDir = dir),
+      log,
+    });
+    const { train: trainCases, val: valCases } = loaded;
+    if (loaded.streamedFrom) {
+      streamed = { dir: loaded.streamedFrom, temporary: loaded.streamedFrom === tempDir };
+    }
     let interrupted = aborted();
     if (!interrupted) {
       log(
         `${trainCases.length} training and ${valCases.length} validation cases ready in ${
           ((performance.now() - t0) / 1000).toFixed(1)
-        } s (${fromCache} from the cache${cacheUri ? ` ${cacheUri}` : ""})`,
+        } s (${loaded.fromCache} from the cache${cacheUri ? ` ${cacheUri}` : ""})`,
       );
     }
 
@@ -716,6 +911,7 @@ export async function train(
     }
     return {
       ...(report ? { report } : {}),
+      ...(streamed ? { streamed } : {}),
       out,
       backend: backend.name,
       epochs: state.epoch,
@@ -731,6 +927,13 @@ export async function train(
     prefetcher.current?.close();
     optimizer.dispose();
     disposeUNet(net);
+    if (tempDir) {
+      await Deno.remove(tempDir, { recursive: true }).catch((e) => {
+        if (!(e instanceof Deno.errors.NotFound)) {
+          log(`could not remove the temporary case folder ${tempDir}: ${(e as Error).message}`);
+        }
+      });
+    }
   }
 }
 
@@ -747,12 +950,13 @@ async function trainingReport(
   out: string,
   net: UNet,
   cases: Case[],
-  preprocessed: PreprocessedCase[],
+  preprocessed: Cases,
   s: TrainSettings,
   history: EpochMetrics[],
 ): Promise<string> {
   const entries = [];
-  for (const [i, p] of preprocessed.entries()) {
+  for (let i = 0; i < preprocessed.length; i++) {
+    const p = caseAt(preprocessed, i);
     const c = cases[i];
     const probs = await slidingWindowProbabilities(net, p.image, p.box.size, {
       window: s.valWindow,
@@ -944,6 +1148,12 @@ Options:
   --seed N               seed of the split, weights, crops and augmentation (default 0)
   --backend B            auto|tensorflow|webgpu|wasm|cpu (default cpu)
   --cache URI|none       preprocessed-case cache (default <out>/cache)
+  --case-memory GiB      memory the preprocessed cases may take (default: half the machine's
+                         memory, or 8 GiB when it cannot be read). Cases needing more stay on
+                         local disk, and each sampler reads the ones it draws (keeping the last
+                         ${STREAMED_CASES_PER_SAMPLER}): from --cache when it is a local folder, else from a temporary
+                         folder removed at the end of the run. Same batches and weights either
+                         way; 0 always streams
   --workers N            sampler threads preparing batches ahead (default 1; 0: none)
   --resume               continue the run under --out from its latest checkpoint, with the settings
                          it started with. --epochs N makes it longer or shorter (not shorter than
@@ -951,8 +1161,8 @@ Options:
                          from the current step on. --val-every, --val-window and --data (the same
                          cases, found by id, moved elsewhere) may change too; any other setting
                          flag must repeat the run's value or is an error naming it (--crop auto
-                         keeps the run's crop). --backend, --workers, --cache, --report, --quiet
-                         and --json apply as given (another backend continues the run, but not
+                         keeps the run's crop). --backend, --workers, --cache, --case-memory,
+                         --report, --quiet and --json apply as given (another backend continues the run, but not
                          bit for bit)
   --report               at the end, write <out>/report/index.html: validation cases' slices with
                          reference and prediction, their metrics, and the training curves
@@ -984,6 +1194,7 @@ Examples:
       seed: { type: "string" },
       backend: { type: "string" },
       cache: { type: "string" },
+      "case-memory": { type: "string" },
       workers: { type: "string" },
       resume: { type: "boolean" },
       quiet: { type: "boolean" },
@@ -1031,6 +1242,9 @@ Examples:
     if (values["no-augment"]) given.augment = false;
     const backend = backendFlag(values.backend);
     const workers = intFlag("workers", values.workers, 1, 0, 16);
+    const caseMemory = values["case-memory"] === undefined
+      ? undefined
+      : numberFlag("case-memory", values["case-memory"], 0, 0) * GIB;
     if (values.crop === "auto") {
       if (values.budget === undefined) throw new UsageError("--crop auto needs --budget GiB");
       const budget = numberFlag("budget", values.budget, 0, 0.001) * 2 ** 30;
@@ -1057,6 +1271,7 @@ Examples:
       backend,
       cache: values.cache === "none" ? "" : values.cache,
       workers,
+      ...(caseMemory === undefined ? {} : { caseMemory }),
       quiet: values.quiet ?? false,
       report: values.report ?? false,
     };
