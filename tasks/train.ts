@@ -1,15 +1,17 @@
 /**
  * `train`: trains the reversible U-Net on BraTS cases held under a storage URI.
  *
- * Stages, as nnU-Net separates them: find the labelled cases and split off validation cases (seeded);
- * preprocess every case once (brain crop, z-score; cached by the inputs' identity); then epochs of
- * random crops (a third forced onto tumor, augmented, prepared ahead in a worker) through the
- * reversible training step with a polynomial learning-rate decay; sliding-window validation with
- * Dice per region every few epochs; and after each epoch a checkpoint, `metrics.jsonl` and
- * `curves.svg` in the output. Every random draw of step k comes from a generator seeded by (seed, k),
- * so a resumed run draws what the uninterrupted run would have. An aborted signal (SIGTERM or SIGINT
- * on the command line) stops the run before its next step, writes a checkpoint of where it is, even
- * mid-epoch, and `--resume` continues from there bit for bit on the cpu backend.
+ * Stages, as nnU-Net separates them: find the labelled cases and split off validation cases
+ * (seeded); preprocess every case once (brain crop, z-score; cached by the inputs' identity), held
+ * in memory or, when they do not fit `caseMemory`, kept as local cache files that the samplers read
+ * as they draw them; then epochs of random crops (a third forced onto tumor, augmented, prepared
+ * ahead in a worker) through the reversible training step with a polynomial learning-rate decay;
+ * sliding-window validation with Dice per region every few epochs; and after each epoch a
+ * checkpoint, `metrics.jsonl` and `curves.svg` in the output. Every random draw of step k comes
+ * from a generator seeded by (seed, k), so a resumed run draws what the uninterrupted run would
+ * have. An aborted signal (SIGTERM or SIGINT on the command line) stops the run before its next
+ * step, writes a checkpoint of where it is, even mid-epoch, and `--resume` continues from there bit
+ * for bit on the cpu backend.
  *
  * Output layout under `--out`:
  * - `checkpoints/epoch-EEEE-step-SSSSSSS/{model,optimizer}.safetensors, state.json`: the latest
