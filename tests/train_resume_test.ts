@@ -9,12 +9,7 @@ import { assert, assertEquals, assertThrows } from "@std/assert";
 import { disposeUNet, resolveConfig } from "../model/mod.ts";
 import { decodeCachedCase } from "../pipeline/case_cache.ts";
 import { loadModel } from "../pipeline/model_store.ts";
-import {
-  resumedSettings,
-  train,
-  type TrainEvent,
-  type TrainSettings,
-} from "../tasks/train.ts";
+import { resumedSettings, train, type TrainEvent, type TrainSettings } from "../tasks/train.ts";
 import { UsageError } from "../tasks/_cli.ts";
 import { runMain } from "./_cli.ts";
 import { phantomDataset, TINY, TINY_JSON, tinySettings as tinyRun } from "./_train_fixtures.ts";
