@@ -3,9 +3,11 @@
  * phantom dataset written once per test file, and settings for short runs on it.
  * @module
  */
-import { resolveConfig } from "../model/mod.ts";
+import { disposeUNet, resolveConfig } from "../model/mod.ts";
+import { loadModel } from "../pipeline/model_store.ts";
 import { writePhantomDataset } from "../pipeline/phantom.ts";
 import { defaultSettings, type TrainSettings } from "../tasks/train.ts";
+import { ROOT } from "./_cli.ts";
 
 /** The tiny network's fields as `--config` JSON. */
 export const TINY_JSON = JSON.stringify({
@@ -44,5 +46,57 @@ export function tinySettings(data: string, over: Partial<TrainSettings> = {}): T
     valWindow: 16,
     config: TINY,
     ...over,
+  };
+}
+
+/** A saved model's weights by name, read back to plain arrays. */
+export async function weightsOf(uri: string): Promise<Map<string, Float32Array>> {
+  const { net } = await loadModel(uri);
+  const out = new Map([...net.named].map(([k, t]) => [k, t.dataSync() as Float32Array]));
+  disposeUNet(net);
+  return out;
+}
+
+/** Whether nothing exists at `path`. */
+export async function pathMissing(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return false;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return true;
+    throw e;
+  }
+}
+
+/** Starts `main.ts train` and watches its standard error as it comes. */
+export function spawnTrain(args: string[]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", "train", ...args],
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let stderr = "";
+  const reading = (async () => {
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) stderr += chunk;
+  })();
+  return {
+    child,
+    /** What the run has printed on standard error so far. */
+    stderr: () => stderr,
+    async waitFor(pattern: RegExp, timeoutMs = 120_000): Promise<void> {
+      const deadline = Date.now() + timeoutMs;
+      while (!pattern.test(stderr)) {
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${pattern}:\n${stderr}`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    },
+    async finish(): Promise<{ code: number; stderr: string }> {
+      const { code } = await child.status;
+      await reading;
+      return { code, stderr };
+    },
   };
 }

@@ -12,7 +12,14 @@ import { loadModel } from "../pipeline/model_store.ts";
 import { resumedSettings, train, type TrainEvent, type TrainSettings } from "../tasks/train.ts";
 import { UsageError } from "../tasks/_cli.ts";
 import { runMain } from "./_cli.ts";
-import { phantomDataset, TINY, TINY_JSON, tinySettings as tinyRun } from "./_train_fixtures.ts";
+import {
+  pathMissing,
+  phantomDataset,
+  TINY,
+  TINY_JSON,
+  tinySettings as tinyRun,
+  weightsOf,
+} from "./_train_fixtures.ts";
 
 await tf.setBackend("cpu");
 
@@ -29,13 +36,6 @@ async function readJson(path: string) {
   return JSON.parse(await Deno.readTextFile(path));
 }
 
-async function weightsOf(uri: string): Promise<Map<string, Float32Array>> {
-  const { net } = await loadModel(uri);
-  const out = new Map([...net.named].map(([k, t]) => [k, t.dataSync() as Float32Array]));
-  disposeUNet(net);
-  return out;
-}
-
 async function assertSameWeights(a: string, b: string, what: string) {
   const wa = await weightsOf(a);
   const wb = await weightsOf(b);
@@ -50,16 +50,6 @@ async function metricsOf(out: string) {
     const { seconds: _s, ...m } = JSON.parse(l);
     return m;
   });
-}
-
-async function missing(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return false;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return true;
-    throw e;
-  }
 }
 
 /** An abort controller and an onProgress that aborts at the first event `when` accepts. */
@@ -148,8 +138,8 @@ Deno.test("train: an abort between validation cases abandons validation, keeps t
     assertEquals(latest.checkpoint, "checkpoints/epoch-0000-step-0000002");
     const state = await readJson(`${dir}/cut/${latest.checkpoint}/state.json`);
     assertEquals([state.epoch, state.stepInEpoch, state.history], [0, 2, []]);
-    assert(await missing(`${dir}/cut/metrics.jsonl`), "the epoch is not recorded yet");
-    assert(await missing(`${dir}/cut/best`), "no best weights without a finished validation");
+    assert(await pathMissing(`${dir}/cut/metrics.jsonl`), "the epoch is not recorded yet");
+    assert(await pathMissing(`${dir}/cut/best`), "no best weights without a finished validation");
 
     const events: TrainEvent[] = [];
     const resumed = await train(settings, {
@@ -330,7 +320,7 @@ Deno.test("train CLI: a corrupt NIfTI or a missing --data folder is an error nam
     const none = await runMain(args(`${dir}/nothere`, `${dir}/out0`));
     assertEquals(none.code, 1, none.stderr);
     assert(none.stderr.includes(`--data ${dir}/nothere: no such folder`), none.stderr);
-    assert(await missing(`${dir}/out0`), "nothing written under --out");
+    assert(await pathMissing(`${dir}/out0`), "nothing written under --out");
 
     // A file that is not NIfTI at all: found when the headers are read, before anything is written.
     await copy(`${dir}/garbage`);
@@ -339,7 +329,7 @@ Deno.test("train CLI: a corrupt NIfTI or a missing --data folder is an error nam
     const garbage = await runMain(args(`${dir}/garbage`, `${dir}/out1`));
     assertEquals(garbage.code, 1, garbage.stderr);
     assert(garbage.stderr.includes(bad), garbage.stderr);
-    assert(await missing(`${dir}/out1`), "nothing written under --out");
+    assert(await pathMissing(`${dir}/out1`), "nothing written under --out");
 
     // A truncated gzip stream whose header still reads: found while preprocessing. Only whole
     // cache entries of the cases preprocessed before it may remain, to be reused by the next run.

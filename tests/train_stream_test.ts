@@ -6,7 +6,6 @@
  */
 import * as tf from "../model/tf.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
-import { disposeUNet } from "../model/mod.ts";
 import {
   decodeCachedCase,
   encodeCachedCase,
@@ -14,13 +13,19 @@ import {
   StreamedCases,
   streamedEntry,
 } from "../pipeline/case_cache.ts";
-import { loadModel } from "../pipeline/model_store.ts";
 import { batchForStep, BatchPrefetcher, type PrefetchOptions } from "../pipeline/prefetch.ts";
 import type { Dims, PreprocessedCase } from "../pipeline/preprocess.ts";
 import { streamRandom } from "../pipeline/random.ts";
 import { defaultCaseMemory, train, type TrainRuntime } from "../tasks/train.ts";
-import { ROOT, runMain } from "./_cli.ts";
-import { phantomDataset, TINY_JSON, tinySettings } from "./_train_fixtures.ts";
+import { runMain } from "./_cli.ts";
+import {
+  pathMissing,
+  phantomDataset,
+  spawnTrain,
+  TINY_JSON,
+  tinySettings,
+  weightsOf,
+} from "./_train_fixtures.ts";
 
 await tf.setBackend("cpu");
 
@@ -55,23 +60,6 @@ async function writeEntries(dir: string, cases: PreprocessedCase[]) {
     await Deno.writeFile(path, encodeCachedCase(c, c.id));
     return streamedEntry(c, path);
   }));
-}
-
-async function weightsOf(uri: string): Promise<Map<string, Float32Array>> {
-  const { net } = await loadModel(uri);
-  const out = new Map([...net.named].map(([k, t]) => [k, t.dataSync() as Float32Array]));
-  disposeUNet(net);
-  return out;
-}
-
-async function isGone(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return false;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return true;
-    throw e;
-  }
 }
 
 Deno.test("StreamedCases reads cases from their entries and holds at most `capacity`, least recently used evicted", async () => {
@@ -200,10 +188,10 @@ Deno.test("train: streamed runs equal the in-memory run bit for bit (local cache
     };
     const first = await train(settings, { ...runtime, stopAfterEpoch: 1 });
     assert(first.streamed?.temporary, JSON.stringify(first.streamed));
-    assert(await isGone(first.streamed.dir), `${first.streamed.dir} removed`);
+    assert(await pathMissing(first.streamed.dir), `${first.streamed.dir} removed`);
     const resumed = await train({}, { ...runtime, workers: 1, resume: true });
     assert(resumed.streamed?.temporary && resumed.streamed.dir !== first.streamed.dir);
-    assert(await isGone(resumed.streamed.dir), `${resumed.streamed.dir} removed`);
+    assert(await pathMissing(resumed.streamed.dir), `${resumed.streamed.dir} removed`);
     assertEquals(resumed.epochs, 3);
 
     const expected = await weightsOf(`${dir}/memory/${memory.checkpoint}`);
@@ -249,7 +237,7 @@ Deno.test("train: a streamed case whose file is gone is an error naming it, and 
           .test(message),
         message,
       );
-      assert(await isGone(`${out}/latest.json`), "no checkpoint");
+      assert(await pathMissing(`${out}/latest.json`), "no checkpoint");
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -271,53 +259,34 @@ Deno.test("train CLI: --case-memory usage errors; --cache none streams from a te
   const data = await dataset();
   const dir = await Deno.makeTempDir();
   try {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        "main.ts",
-        "train",
-        "--data",
-        data,
-        "--out",
-        `${dir}/run`,
-        "--cache",
-        "none",
-        "--case-memory",
-        "0",
-        "--epochs",
-        "1",
-        "--steps-per-epoch",
-        "1000",
-        "--crop",
-        "8",
-        "--config",
-        TINY_JSON,
-      ],
-      cwd: ROOT,
-      env: { NO_COLOR: "1" },
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    let stderr = "";
-    const reading = (async () => {
-      for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) stderr += chunk;
-    })();
-    const deadline = Date.now() + 120_000;
-    while (!/epoch 1\/1 \[[#.]+\] step 1\//.test(stderr)) {
-      if (Date.now() > deadline) throw new Error(`the run did not start a step:\n${stderr}`);
-      await new Promise((r) => setTimeout(r, 25));
-    }
+    const run = spawnTrain([
+      "--data",
+      data,
+      "--out",
+      `${dir}/run`,
+      "--cache",
+      "none",
+      "--case-memory",
+      "0",
+      "--epochs",
+      "1",
+      "--steps-per-epoch",
+      "1000",
+      "--crop",
+      "8",
+      "--config",
+      TINY_JSON,
+    ]);
+    await run.waitFor(/epoch 1\/1 \[[#.]+\] step 1\//);
+    const stderr = run.stderr();
     const m = /streaming them from (\S+) \(a temporary folder, removed at the end of the run\)/
       .exec(stderr);
     assert(m, stderr);
-    assert(!(await isGone(m[1])), "the folder exists while the run streams from it");
-    child.kill("SIGTERM");
-    const { code } = await child.status;
-    await reading;
-    assertEquals(code, 143, stderr);
-    assert(await isGone(m[1]), `${m[1]} removed after SIGTERM`);
+    assert(!(await pathMissing(m[1])), "the folder exists while the run streams from it");
+    run.child.kill("SIGTERM");
+    const { code, stderr: all } = await run.finish();
+    assertEquals(code, 143, all);
+    assert(await pathMissing(m[1]), `${m[1]} removed after SIGTERM`);
     const latest = JSON.parse(await Deno.readTextFile(`${dir}/run/latest.json`));
     assert(latest.step >= 1, "the signal's checkpoint was written");
   } finally {

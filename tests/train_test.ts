@@ -33,20 +33,13 @@ import { getObject, listObjects, putObject } from "../pipeline/storage.ts";
 import { renderCurves } from "../pipeline/plot.ts";
 import { createUNet, disposeUNet, predictLogits } from "../model/mod.ts";
 import { splitCases, train } from "../tasks/train.ts";
-import { ROOT, runMain } from "./_cli.ts";
-import { phantomDataset, TINY, tinySettings } from "./_train_fixtures.ts";
+import { runMain } from "./_cli.ts";
+import { phantomDataset, spawnTrain, TINY, tinySettings, weightsOf } from "./_train_fixtures.ts";
 
 await tf.setBackend("cpu");
 
 /** The phantom dataset of this file's tests. */
 const dataset = () => phantomDataset("revunet-train-");
-
-async function weightsOf(uri: string): Promise<Map<string, Float32Array>> {
-  const { net } = await loadModel(uri);
-  const out = new Map([...net.named].map(([k, t]) => [k, t.dataSync() as Float32Array]));
-  disposeUNet(net);
-  return out;
-}
 
 function syntheticCase(size: Dims, seed: number): PreprocessedCase {
   const n = size[0] * size[1] * size[2];
@@ -406,38 +399,6 @@ Deno.test("train: same seed, same weights; N+M epochs equal N, resume, M; output
     await Deno.remove(dir, { recursive: true });
   }
 });
-
-/** Starts `main.ts train` and watches its standard error as it comes. */
-function spawnTrain(args: string[]) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", "train", ...args],
-    cwd: ROOT,
-    env: { NO_COLOR: "1" },
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let stderr = "";
-  const reading = (async () => {
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) stderr += chunk;
-  })();
-  return {
-    child,
-    async waitFor(pattern: RegExp, timeoutMs = 120_000): Promise<void> {
-      const deadline = Date.now() + timeoutMs;
-      while (!pattern.test(stderr)) {
-        if (Date.now() > deadline) throw new Error(`timed out waiting for ${pattern}:\n${stderr}`);
-        await new Promise((r) => setTimeout(r, 25));
-      }
-    },
-    async finish(): Promise<{ code: number; stderr: string }> {
-      const { code } = await child.status;
-      await reading;
-      return { code, stderr };
-    },
-  };
-}
-
 Deno.test("train CLI: SIGTERM and SIGINT mid-epoch checkpoint the step the run stopped at and exit 143 and 130 (--resume: train_resume_test.ts)", async () => {
   const data = await dataset();
   const dir = await Deno.makeTempDir();

@@ -13,13 +13,7 @@
  * @module
  */
 import * as tf from "../tf.ts";
-import {
-  ACTIVATION_CODES,
-  type BlasSymbols,
-  type KernelSymbols,
-  loadBlas,
-  loadKernels,
-} from "./library.ts";
+import { type BlasSymbols, type KernelSymbols, loadBlas, loadKernels } from "./library.ts";
 import { stridedSlice } from "./slice.ts";
 import {
   BINARY_KERNELS,
@@ -30,6 +24,8 @@ import {
   transposeFast,
 } from "./elementwise.ts";
 import {
+  depthwiseKernelSize,
+  groupNormCall,
   REV_DEPTHWISE_CONV3D,
   REV_DEPTHWISE_CONV3D_BACKPROP_FILTER,
   REV_DEPTHWISE_CONV3D_BACKPROP_INPUT,
@@ -314,26 +310,18 @@ function floats(backend: CpuBackend, t: tf.TensorInfo, kernel: string, name: str
   return values;
 }
 
+/** The shapes a GroupNorm call is checked on. */
+const shapesOf = (args: KernelArgs) => ({
+  x: args.inputs.x.shape,
+  gamma: args.inputs.gamma.shape,
+  beta: args.inputs.beta.shape,
+});
+
 /** Throws naming the kernel when the native code reports a failure (out of memory). */
 function check(rc: number, kernel: string): void {
   if (rc !== 0) {
     throw new Error(`${kernel}: the native kernel failed (status ${rc}, out of memory)`);
   }
-}
-
-/** [kd, kh, kw] of a `[kd, kh, kw, c, 1]` filter for `x` with `c` channels, checked. */
-function depthwiseKernelSize(x: number[], filter: number[], kernel: string): number[] {
-  const [kd, kh, kw, fc, m] = filter;
-  if (
-    x.length !== 5 || filter.length !== 5 || fc !== x[4] || m !== 1 ||
-    [kd, kh, kw].some((s) => s % 2 !== 1)
-  ) {
-    throw new TypeError(
-      `${kernel}: needs x [n,d,h,w,c] and filter [kd,kh,kw,c,1] with odd sizes, found ` +
-        `[${x}] and [${filter}]`,
-    );
-  }
-  return [kd, kh, kw];
 }
 
 function depthwise(
@@ -374,38 +362,9 @@ function depthwiseFilterGrad(args: KernelArgs, lib: KernelSymbols): tf.TensorInf
   return args.backend.makeTensorInfo(filterShape, "float32", df);
 }
 
-/** Samples, voxels per sample, channels and groups of a GroupNorm kernel call, checked. */
-function groupNormDims(
-  args: KernelArgs,
-  kernel: string,
-): { n: number; voxels: number; c: number; groups: number; act: number } {
-  const { x, gamma, beta } = args.inputs;
-  const groups = Number(args.attrs?.groups);
-  const activation = String(args.attrs?.activation ?? "none");
-  const act = ACTIVATION_CODES[activation as keyof typeof ACTIVATION_CODES];
-  const n = x.shape[0];
-  const c = x.shape[x.shape.length - 1];
-  if (x.shape.length < 2 || gamma.shape.join() !== `${c}` || beta.shape.join() !== `${c}`) {
-    throw new TypeError(
-      `${kernel}: needs x [n,...,c] with gamma and beta [c], found [${x.shape}], [${gamma.shape}] ` +
-        `and [${beta.shape}]`,
-    );
-  }
-  if (!Number.isInteger(groups) || groups < 1 || c % groups !== 0) {
-    throw new RangeError(`${kernel}: groups must divide the ${c} channels, found ${groups}`);
-  }
-  if (act === undefined) {
-    throw new RangeError(
-      `${kernel}: activation must be none, relu or relu6, found "${activation}"`,
-    );
-  }
-  const voxels = n * c === 0 ? 0 : tf.util.sizeFromShape(x.shape) / (n * c);
-  return { n, voxels, c, groups, act };
-}
-
 function groupNormAct(args: KernelArgs, lib: KernelSymbols): tf.TensorInfo[] {
   const kernel = REV_GROUP_NORM_ACT;
-  const { n, voxels, c, groups, act } = groupNormDims(args, kernel);
+  const { n, voxels, c, groups, act } = groupNormCall(shapesOf(args), args.attrs, kernel);
   const epsilon = Number(args.attrs?.epsilon);
   if (!(epsilon > 0)) throw new RangeError(`${kernel}: epsilon must be positive, found ${epsilon}`);
   const { x, gamma, beta } = args.inputs;
@@ -430,7 +389,7 @@ function groupNormAct(args: KernelArgs, lib: KernelSymbols): tf.TensorInfo[] {
 
 function groupNormActGrad(args: KernelArgs, lib: KernelSymbols): tf.TensorInfo[] {
   const kernel = REV_GROUP_NORM_ACT_GRAD;
-  const { n, voxels, c, groups, act } = groupNormDims(args, kernel);
+  const { n, voxels, c, groups, act } = groupNormCall(shapesOf(args), args.attrs, kernel);
   const { dy, x, gamma, beta, mean, rstd } = args.inputs;
   if (dy.shape.join() !== x.shape.join()) {
     throw new TypeError(`${kernel}: dy [${dy.shape}] must have the shape of x [${x.shape}]`);

@@ -8,9 +8,6 @@
  */
 import { buildKernelLibrary } from "./build.ts";
 
-/** The activation codes of `kernels.c`. */
-export const ACTIVATION_CODES = { none: 0, relu: 1, relu6: 2 } as const;
-
 /** `rev_abi_version()` of the `kernels.c` this file was written against. */
 const ABI_VERSION = 2;
 

@@ -17,6 +17,8 @@
  */
 import * as tf from "../tf.ts";
 import {
+  depthwiseKernelSize,
+  groupNormCall,
   REV_DEPTHWISE_CONV3D,
   REV_DEPTHWISE_CONV3D_BACKPROP_FILTER,
   REV_DEPTHWISE_CONV3D_BACKPROP_INPUT,
@@ -25,7 +27,6 @@ import {
 } from "../native/names.ts";
 
 const BACKEND = "webgpu";
-const ACTIVATIONS: Record<string, number> = { none: 0, relu: 1, relu6: 2 };
 /** Threads a partial-sum stage aims for: enough to fill a large GPU, few partials per output. */
 const TARGET_THREADS = 1 << 16;
 const WORKGROUP: [number, number, number] = [64, 1, 1];
@@ -46,6 +47,13 @@ interface KernelArgs {
   backend: WebGpuBackend;
   attrs?: Record<string, unknown>;
 }
+
+/** The shapes a GroupNorm call is checked on. */
+const shapesOf = (args: KernelArgs) => ({
+  x: args.inputs.x.shape,
+  gamma: args.inputs.gamma.shape,
+  beta: args.inputs.beta.shape,
+});
 
 /** The flat-dispatch layout tfjs-webgpu's own element-wise programs use. */
 function dispatchFor(size: number): [number, number, number] {
@@ -101,21 +109,6 @@ function partition(voxels: number, outputs: number): [number, number] {
 
 // ---- depthwise conv3d ----------------------------------------------------------------------------
 
-/** [n, d, h, w, c] and [kd, kh, kw] of a depthwise call, checked. */
-function depthwiseDims(x: number[], filter: number[], kernel: string) {
-  const [kd, kh, kw, fc, m] = filter;
-  if (
-    x.length !== 5 || filter.length !== 5 || fc !== x[4] || m !== 1 ||
-    [kd, kh, kw].some((s) => s % 2 !== 1)
-  ) {
-    throw new TypeError(
-      `${kernel}: needs x [n,d,h,w,c] and filter [kd,kh,kw,c,1] with odd sizes, found ` +
-        `[${x}] and [${filter}]`,
-    );
-  }
-  return { dims: x, k: [kd, kh, kw] };
-}
-
 const VOXEL_COORDS = `
           let c = uniforms.c;
           let ch = index % c;
@@ -137,7 +130,8 @@ const DEPTHWISE_UNIFORMS =
 function depthwise(args: KernelArgs, input: "x" | "dy", kernel: string): tf.TensorInfo {
   const x = args.inputs[input];
   const filter = args.inputs.filter;
-  const { dims, k } = depthwiseDims(x.shape, filter.shape, kernel);
+  const k = depthwiseKernelSize(x.shape, filter.shape, kernel);
+  const dims = x.shape;
   const flip = input === "dy" ? 1 : 0;
   const program = new Program(
     "rev_dwconv3d",
@@ -179,7 +173,8 @@ function depthwiseFilterGrad(args: KernelArgs): tf.TensorInfo {
   const { x, dy } = args.inputs;
   const filterShape = args.attrs?.filterShape as number[] | undefined;
   if (!filterShape) throw new TypeError(`${kernel}: the filterShape attribute is missing`);
-  const { dims, k } = depthwiseDims(x.shape, filterShape, kernel);
+  const k = depthwiseKernelSize(x.shape, filterShape, kernel);
+  const dims = x.shape;
   if (dy.shape.join() !== x.shape.join()) {
     throw new TypeError(`${kernel}: dy [${dy.shape}] must have the shape of x [${x.shape}]`);
   }
@@ -260,32 +255,6 @@ function sumParts(
 }
 
 // ---- GroupNorm + activation ----------------------------------------------------------------------
-
-/** Samples, voxels per sample, channels, groups and activation code of a GroupNorm call, checked. */
-function groupNormDims(args: KernelArgs, kernel: string) {
-  const { x, gamma, beta } = args.inputs;
-  const groups = Number(args.attrs?.groups);
-  const activation = String(args.attrs?.activation ?? "none");
-  const act = ACTIVATIONS[activation];
-  const n = x.shape[0];
-  const c = x.shape[x.shape.length - 1];
-  if (x.shape.length < 2 || gamma.shape.join() !== `${c}` || beta.shape.join() !== `${c}`) {
-    throw new TypeError(
-      `${kernel}: needs x [n,...,c] with gamma and beta [c], found [${x.shape}], [${gamma.shape}] ` +
-        `and [${beta.shape}]`,
-    );
-  }
-  if (!Number.isInteger(groups) || groups < 1 || c % groups !== 0) {
-    throw new RangeError(`${kernel}: groups must divide the ${c} channels, found ${groups}`);
-  }
-  if (act === undefined) {
-    throw new RangeError(
-      `${kernel}: activation must be none, relu or relu6, found "${activation}"`,
-    );
-  }
-  const voxels = n * c === 0 ? 0 : tf.util.sizeFromShape(x.shape) / (n * c);
-  return { n, voxels, c, groups, act };
-}
 
 /**
  * Per sample, part and channel: Σ x over the part's voxels, or with `centred` Σ (x − mean_g)².
@@ -390,7 +359,7 @@ const MASK = `
 const NORM_UNIFORMS = "c : i32, groups : i32, voxels : i32, act : i32,";
 
 function groupNormAct(args: KernelArgs): tf.TensorInfo[] {
-  const dims = groupNormDims(args, REV_GROUP_NORM_ACT);
+  const dims = groupNormCall(shapesOf(args), args.attrs, REV_GROUP_NORM_ACT);
   const epsilon = Number(args.attrs?.epsilon);
   if (!(epsilon > 0)) {
     throw new RangeError(`${REV_GROUP_NORM_ACT}: epsilon must be positive, found ${epsilon}`);
@@ -430,7 +399,7 @@ function groupNormAct(args: KernelArgs): tf.TensorInfo[] {
  */
 function groupNormActGrad(args: KernelArgs): tf.TensorInfo[] {
   const kernel = REV_GROUP_NORM_ACT_GRAD;
-  const dims = groupNormDims(args, kernel);
+  const dims = groupNormCall(shapesOf(args), args.attrs, kernel);
   const { dy, x, gamma, beta, mean, rstd } = args.inputs;
   const { backend } = args;
   const { n, c, groups, voxels } = dims;
