@@ -85,14 +85,16 @@ interface KernelArgs {
 
 /** tfjs's own kernels that an override replaced, to put back on disable. */
 const originals = new Map<string, tf.KernelConfig>();
-let state: NativeStatus = {
+/** Everything off: before the first enable and after a disable. */
+const OFF: Readonly<NativeStatus> = Object.freeze({
   matMul: false,
   layers: false,
   slices: false,
   elementwise: false,
   threads: 0,
   notes: [],
-};
+});
+let state: NativeStatus = { ...OFF, notes: [] };
 
 /** tfjs cpu kernels with a typed-array fast path (elementwise.ts), each falling back to tfjs. */
 const ELEMENTWISE_OVERRIDES: [string, (args: ElementwiseArgs) => tf.TensorInfo | undefined][] = [
@@ -157,14 +159,7 @@ export function disableNativeKernels(): void {
     tf.registerKernel(config);
   }
   originals.clear();
-  state = {
-    matMul: false,
-    layers: false,
-    slices: false,
-    elementwise: false,
-    threads: 0,
-    notes: [],
-  };
+  state = { ...OFF, notes: [] };
 }
 
 /** What is on now (a copy). */
