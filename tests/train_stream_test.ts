@@ -16,7 +16,8 @@ import {
 import { batchForStep, BatchPrefetcher, type PrefetchOptions } from "../pipeline/prefetch.ts";
 import type { Dims, PreprocessedCase } from "../pipeline/preprocess.ts";
 import { streamRandom } from "../pipeline/random.ts";
-import { defaultCaseMemory, train, type TrainRuntime } from "../tasks/train.ts";
+import { train, type TrainRuntime } from "../tasks/train.ts";
+import { defaultCaseMemory } from "../pipeline/training_cases.ts";
 import { runMain } from "./_cli.ts";
 import {
   pathMissing,
