@@ -12,7 +12,7 @@
  * used, and makes the same batches as from cases in memory.
  * @module
  */
-import { StreamedCases } from "./case_cache.ts";
+import { sharedCase, StreamedCases } from "./case_cache.ts";
 import type { PreprocessedCase } from "./preprocess.ts";
 import { streamRandom } from "./random.ts";
 import { type Batch, type Cases, sampleBatch, type SamplingOptions } from "./sampling.ts";
@@ -45,15 +45,6 @@ export function batchForStep(
   );
 }
 
-/** `a` itself when it already lives in shared memory, else a copy that does. */
-function shared<T extends Float32Array | Uint8Array>(a: T): T {
-  if (a.buffer instanceof SharedArrayBuffer) return a;
-  const sab = new SharedArrayBuffer(a.byteLength);
-  const out = new (a.constructor as { new (b: SharedArrayBuffer): T })(sab);
-  out.set(a);
-  return out;
-}
-
 /** Hands out the batch of each step, prepared ahead. Call {@linkcode close} when done. */
 export class BatchPrefetcher {
   readonly #cases: Cases;
@@ -77,11 +68,7 @@ export class BatchPrefetcher {
   constructor(cases: PreprocessedCase[] | StreamedCases, options: PrefetchOptions) {
     this.#options = options;
     const workers = options.workers ?? 1;
-    this.#cases = cases instanceof StreamedCases || workers === 0 ? cases : cases.map((c) => ({
-      ...c,
-      image: shared(c.image),
-      ...(c.regions ? { regions: shared(c.regions) } : {}),
-    }));
+    this.#cases = cases instanceof StreamedCases || workers === 0 ? cases : cases.map(sharedCase);
     for (let i = 0; i < workers; i++) {
       const w = new Worker(new URL("./sampler_worker.ts", import.meta.url).href, {
         type: "module",
