@@ -28,6 +28,7 @@ import { ENHANCING_LABEL, parseCaseFileName } from "./cases.ts";
 import { type Box, boxDims, hd95, type MaskArray, percentile } from "./distance.ts";
 import { decodeNifti, type NiftiHeader, type NiftiImage } from "./nifti.ts";
 import type { Region } from "./metrics.ts";
+import { shardName } from "./shard.ts";
 import { getObject, joinUri, listObjects, mapConcurrent, putObject } from "./storage.ts";
 
 /** The regions in the order they are reported (JSON keys, CSV columns, table). */
@@ -718,7 +719,7 @@ export function evaluationCsv(cases: readonly CaseResult[]): string {
  * ```
  */
 export function metricsBaseName(shard?: { index: number; count: number }): string {
-  return shard ? `metrics-shard-${shard.index}-of-${shard.count}` : "metrics";
+  return shard ? `metrics-${shardName(shard)}` : "metrics";
 }
 
 /**

@@ -177,3 +177,11 @@ export function shardOf(caseId: string, count: number): number {
 export function inShard(caseId: string, shard: Shard | undefined): boolean {
   return shard === undefined || shardOf(caseId, shard.count) === shard.index;
 }
+
+/**
+ * The name of a shard's own files and folders in an output that shards share (its report, its
+ * metrics): `shard-<i>-of-<n>`.
+ */
+export function shardName(shard: Shard): string {
+  return `shard-${shard.index}-of-${shard.count}`;
+}

@@ -20,7 +20,7 @@ import { findCases } from "../pipeline/cases.ts";
 import { Progress } from "../pipeline/progress.ts";
 import { writeReport } from "../pipeline/report.ts";
 import { joinUri, mapConcurrent } from "../pipeline/storage.ts";
-import { inShard } from "../pipeline/shard.ts";
+import { inShard, shardName } from "../pipeline/shard.ts";
 import {
   type Command,
   intFlag,
@@ -145,9 +145,7 @@ Examples:
     const written = values.out ? await writeEvaluation(values.out, evaluation, name) : undefined;
     if (values.report) {
       // One report folder per shard, for the same reason as the metrics' names.
-      const reportOut = shard
-        ? joinUri(values.out!, `shard-${shard.index}-of-${shard.count}`)
-        : values.out!;
+      const reportOut = shard ? joinUri(values.out!, shardName(shard)) : values.out!;
       const uri = await writeEvaluationReport(values.pred, values.truth, reportOut, evaluation);
       progress.log(`evaluate: report ${uri}`);
     }

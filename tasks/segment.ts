@@ -25,7 +25,7 @@ import { decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
 import { preprocessCase, uncropBox } from "../pipeline/preprocess.ts";
 import { casesFromEvent, type IgnoredRecord, type WaitingCase } from "../pipeline/events.ts";
 import { formatDuration, Progress } from "../pipeline/progress.ts";
-import { inShard, type Shard } from "../pipeline/shard.ts";
+import { inShard, type Shard, shardName } from "../pipeline/shard.ts";
 import { caseReport } from "../pipeline/case_report.ts";
 import {
   type CaseMetrics,
@@ -514,9 +514,7 @@ export async function segmentCases(
   let report: string | undefined;
   if (options.report && outcomes.length > 0) {
     // Shards sharing one output folder each get their own report.
-    const where = options.shard
-      ? joinUri(options.out, `shard-${options.shard.index}-of-${options.shard.count}`)
-      : options.out;
+    const where = options.shard ? joinUri(options.out, shardName(options.shard)) : options.out;
     report = (await segmentationReport(cases, outcomes, where, {
       notes: [`model: ${segmenter.modelUri}`, `input: ${options.input}`],
     })).uri;
