@@ -17,7 +17,7 @@
  */
 import * as tf from "../tf.ts";
 
-/** The cpu backend's parts used here. */
+/** The cpu backend's parts used here (MathBackendCPU is not exported by the umbrella package). */
 export interface CpuStore {
   data: { get(dataId: unknown): { values?: unknown } };
   makeTensorInfo(shape: number[], dtype: tf.DataType, values: Float32Array): tf.TensorInfo;

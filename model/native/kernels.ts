@@ -19,6 +19,7 @@ import {
   BINARY_KERNELS,
   binaryFast,
   concatFast,
+  type CpuStore,
   type ElementwiseArgs,
   sumFast,
   transposeFast,
@@ -71,15 +72,9 @@ export interface EnableOptions {
   log?: (msg: string) => void;
 }
 
-/** The cpu backend's parts used here (MathBackendCPU is not exported by the umbrella package). */
-interface CpuBackend {
-  data: { get(dataId: unknown): { values?: unknown } };
-  makeTensorInfo(shape: number[], dtype: tf.DataType, values: Float32Array): tf.TensorInfo;
-}
-
 interface KernelArgs {
   inputs: Record<string, tf.TensorInfo>;
-  backend: CpuBackend;
+  backend: CpuStore;
   attrs?: Record<string, unknown>;
 }
 
@@ -293,7 +288,7 @@ function registerLayers(lib: KernelSymbols): void {
 }
 
 /** The dense float32 values of a kernel input, checked against its shape. */
-function floats(backend: CpuBackend, t: tf.TensorInfo, kernel: string, name: string): Float32Array {
+function floats(backend: CpuStore, t: tf.TensorInfo, kernel: string, name: string): Float32Array {
   const values = backend.data.get(t.dataId).values;
   const size = tf.util.sizeFromShape(t.shape);
   if (t.dtype !== "float32" || !(values instanceof Float32Array) || values.length !== size) {
