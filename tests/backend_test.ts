@@ -350,12 +350,18 @@ Deno.test({
   },
 });
 
-// Odd sizes, a batch of 2, kernels 1×3×5 and 5×5×5, channel counts that are not powers of two.
+// Odd sizes, a batch of 2, kernels 1×3×5 and 5×5×5, channel counts that are not powers of two;
+// volumes of several 4×4×8 tiles with partial tiles at every edge and a partial channel block; and
+// one of 1,859 tiles, so each workgroup of the filter gradient sums a run of two tiles, the last
+// run half empty.
 for (
   const [xShape, k] of [
     [[2, 5, 6, 7, 3], [3, 3, 3]],
     [[1, 4, 3, 6, 5], [1, 3, 5]],
     [[1, 6, 5, 4, 2], [5, 5, 5]],
+    [[2, 9, 7, 19, 12], [3, 3, 3]],
+    [[1, 9, 7, 19, 12], [5, 5, 5]],
+    [[1, 52, 52, 88, 1], [3, 3, 3]],
   ] as [number[], number[]][]
 ) {
   Deno.test({

@@ -34,12 +34,25 @@ const WORKGROUP: [number, number, number] = [64, 1, 1];
 /** What tfjs-backend-webgpu's `WebGPUBackend` offers a kernel (its class is not needed here). */
 interface WebGpuBackend {
   runWebGPUProgram(
-    program: Program,
+    program: WebGpuProgram,
     inputs: tf.TensorInfo[],
     dtype: tf.DataType,
     uniforms?: Uniform[],
   ): tf.TensorInfo;
   disposeData(dataId: unknown): boolean;
+}
+
+/** The part of tfjs-backend-webgpu's `WebGPUProgram` these kernels fill in. */
+interface WebGpuProgram {
+  shaderKey: string;
+  variableNames: string[];
+  outputShape: number[];
+  uniforms: string;
+  workgroupSize: [number, number, number];
+  size: boolean;
+  dispatchLayout: { x: number[] };
+  dispatch: [number, number, number];
+  getUserCode(): string;
 }
 
 interface KernelArgs {
@@ -56,8 +69,8 @@ const shapesOf = (args: KernelArgs) => ({
 });
 
 /** The flat-dispatch layout tfjs-webgpu's own element-wise programs use. */
-function dispatchFor(size: number): [number, number, number] {
-  const groups = Math.ceil(size / WORKGROUP[0]);
+function dispatchFor(size: number, threads = WORKGROUP[0]): [number, number, number] {
+  const groups = Math.ceil(size / threads);
   // WebGPU allows 65,535 workgroups per dimension: spread the rest over y (and z).
   if (groups <= 65535) return [groups, 1, 1];
   const x = Math.ceil(Math.sqrt(groups));
@@ -67,8 +80,8 @@ function dispatchFor(size: number): [number, number, number] {
 }
 
 /** A WebGPUProgram of tfjs-backend-webgpu: one thread per output element, `main(index)`. */
-class Program {
-  readonly workgroupSize = WORKGROUP;
+class Program implements WebGpuProgram {
+  readonly workgroupSize: [number, number, number] = WORKGROUP;
   readonly size = true;
   readonly dispatchLayout: { x: number[] };
   readonly dispatch: [number, number, number];
@@ -91,6 +104,37 @@ class Program {
           ${this.body}
         }
       }`;
+  }
+}
+
+/**
+ * A WebGPUProgram whose workgroups each own a tile: `workgroups` groups of `threads` threads,
+ * `code` declares its `var<workgroup>` arrays and `fn main(index : i32)` itself. `main` runs in
+ * every thread of every dispatched group (the dispatch may round the count up), so the code
+ * guards its reads and writes, never its barriers.
+ */
+class TiledProgram implements WebGpuProgram {
+  readonly workgroupSize: [number, number, number];
+  readonly size = true;
+  readonly dispatchLayout: { x: number[] };
+  readonly dispatch: [number, number, number];
+
+  constructor(
+    readonly shaderKey: string,
+    readonly variableNames: string[],
+    readonly outputShape: number[],
+    readonly uniforms: string,
+    threads: number,
+    workgroups: number,
+    private readonly code: string,
+  ) {
+    this.workgroupSize = [threads, 1, 1];
+    this.dispatchLayout = { x: outputShape.map((_, i) => i) };
+    this.dispatch = dispatchFor(workgroups * threads, threads);
+  }
+
+  getUserCode(): string {
+    return this.code;
   }
 }
 
@@ -133,6 +177,8 @@ function depthwise(args: KernelArgs, input: "x" | "dy", kernel: string): tf.Tens
   const k = depthwiseKernelSize(x.shape, filter.shape, kernel);
   const dims = x.shape;
   const flip = input === "dy" ? 1 : 0;
+  const tiling = depthwiseTiling(k);
+  if (tiling) return depthwiseTiled(args.backend, x, filter, k, flip, tiling);
   const program = new Program(
     "rev_dwconv3d",
     ["xs", "filt"],
@@ -180,6 +226,15 @@ function depthwiseFilterGrad(args: KernelArgs): tf.TensorInfo {
   }
   const [n, d, h, w, c] = dims;
   const taps = k[0] * k[1] * k[2];
+  const tiling = filterGradTiling(k);
+  if (tiling) {
+    const [parts, partial] = filterGradTiled(args.backend, x, dy, k, tiling);
+    try {
+      return sumParts(args.backend, partial, parts, taps * c, filterShape);
+    } finally {
+      args.backend.disposeData(partial.dataId);
+    }
+  }
   const voxels = n * d * h * w;
   const [parts, per] = partition(voxels, taps * c);
   const partial = args.backend.runWebGPUProgram(
@@ -227,6 +282,291 @@ function depthwiseFilterGrad(args: KernelArgs): tf.TensorInfo {
   } finally {
     args.backend.disposeData(partial.dataId);
   }
+}
+
+// ---- depthwise conv3d, tiled ------------------------------------------------------------------
+//
+// A workgroup owns a tile of TILE[0]×TILE[1]×TILE[2] output voxels (z, y, x) and `cb` channels.
+// It copies the input the tile reads (the tile plus the kernel's halo) and the filter's taps for
+// its channels into workgroup memory once, coalesced (channels fastest), then each thread computes
+// one x-row of the tile for one channel from there, holding the row's inputs in registers: each
+// input value is read from global memory once per tile instead of once per tap and output, and
+// each filter tap once per row instead of once per voxel. The filter gradient loads the same
+// halo and the tile's dy, one thread per (tap, channel) sums over the tile, and a workgroup walks
+// a run of tiles, so its partial sums cover many voxels before the small pass over the partials.
+
+/** Output voxels per tile, (z, y, x): a thread computes one x-row of TILE[2] voxels. */
+const TILE = [4, 4, 8] as const;
+const TILE_VOXELS = TILE[0] * TILE[1] * TILE[2];
+/** Floats of workgroup memory a program may use: WebGPU's guaranteed minimum, 16 KiB. */
+const SHARED_FLOATS = 4096;
+/** Threads per workgroup WebGPU guarantees (maxComputeInvocationsPerWorkgroup). */
+const MAX_THREADS = 256;
+/** Workgroups the filter gradient's partial-sum stage aims for: a few per multiprocessor. */
+const TARGET_GROUPS = 1024;
+
+interface Tiling {
+  /** Channels per workgroup. */
+  cb: number;
+  /** The input a tile reads, (z, y, x): the tile plus the kernel's halo. */
+  halo: [number, number, number];
+  /** Threads per workgroup. */
+  threads: number;
+}
+
+const haloOf = (k: number[]): [number, number, number] => [
+  TILE[0] + k[0] - 1,
+  TILE[1] + k[1] - 1,
+  TILE[2] + k[2] - 1,
+];
+const volume = (v: readonly number[]) => v[0] * v[1] * v[2];
+
+/** The largest channel block whose halo and taps fit workgroup memory, or null (untiled). */
+export function depthwiseTiling(k: number[]): Tiling | null {
+  const halo = haloOf(k);
+  for (const cb of [8, 4, 2, 1]) {
+    if ((volume(halo) + volume(k)) * cb <= SHARED_FLOATS) {
+      return { cb, halo, threads: TILE[0] * TILE[1] * cb };
+    }
+  }
+  return null;
+}
+
+/** As {@linkcode depthwiseTiling} for the filter gradient: one thread per (tap, channel). */
+export function filterGradTiling(k: number[]): Tiling | null {
+  const halo = haloOf(k);
+  for (const cb of [8, 4, 2, 1]) {
+    if (volume(k) * cb <= MAX_THREADS && (volume(halo) + TILE_VOXELS) * cb <= SHARED_FLOATS) {
+      return { cb, halo, threads: volume(k) * cb };
+    }
+  }
+  return null;
+}
+
+/** WGSL constants of a tiled program: the kernel, the tile, the halo, the channel block. */
+function tileConstants(k: number[], t: Tiling): string {
+  return `
+      const KD = ${k[0]}; const KH = ${k[1]}; const KW = ${k[2]}; const TAPS = ${volume(k)};
+      const TD = ${TILE[0]}; const TH = ${TILE[1]}; const TW = ${TILE[2]};
+      const HD = ${t.halo[0]}; const HH = ${t.halo[1]}; const HW = ${t.halo[2]};
+      const HALO = ${volume(t.halo)}; const CB = ${t.cb}; const THREADS = ${t.threads};`;
+}
+
+/**
+ * WGSL statements: copy the input `src` of a (tz, ty, tx, n) tile's halo, channels cb·CB.. of it,
+ * into \`rev_halo\` (zero outside the volume, past the channels, or when not \`live\`).
+ */
+const LOAD_HALO = (src: string) => `
+          let z0 = tz * TD - (KD - 1) / 2;
+          let y0 = ty * TH - (KH - 1) / 2;
+          let x0 = tx * TW - (KW - 1) / 2;
+          for (var i = lid; i < HALO * CB; i += THREADS) {
+            let ch = cb * CB + i % CB;
+            var v = i / CB;
+            let ix = x0 + v % HW;
+            v = v / HW;
+            let iy = y0 + v % HH;
+            let iz = z0 + v / HH;
+            var value = 0.0;
+            if (live && ch < uniforms.c && iz >= 0 && iz < uniforms.d && iy >= 0 && iy < uniforms.h &&
+                ix >= 0 && ix < uniforms.wd) {
+              value = ${src}[(((n * uniforms.d + iz) * uniforms.h + iy) * uniforms.wd + ix) * uniforms.c + ch];
+            }
+            rev_halo[i] = value;
+          }`;
+
+/** WGSL statements: split tile number `q` into (tz, ty, tx, n). */
+const TILE_COORDS = (q: string) => `
+          var q = ${q};
+          let tx = q % uniforms.tx;
+          q = q / uniforms.tx;
+          let ty = q % uniforms.ty;
+          q = q / uniforms.ty;
+          let tz = q % uniforms.tz;
+          let n = q / uniforms.tz;`;
+
+const TILE_UNIFORMS = "d : i32, h : i32, wd : i32, c : i32, tz : i32, ty : i32, tx : i32,";
+
+/** Tiles per axis of an [n, d, h, w, c] volume, and their number. */
+function tilesOf(dims: number[]) {
+  const tz = Math.ceil(dims[1] / TILE[0]);
+  const ty = Math.ceil(dims[2] / TILE[1]);
+  const tx = Math.ceil(dims[3] / TILE[2]);
+  return { tz, ty, tx, count: dims[0] * tz * ty * tx };
+}
+
+/** y = x ⋆ filter (or, with `flip`, the input gradient), one workgroup per tile and channel block. */
+function depthwiseTiled(
+  backend: WebGpuBackend,
+  x: tf.TensorInfo,
+  filter: tf.TensorInfo,
+  k: number[],
+  flip: number,
+  t: Tiling,
+): tf.TensorInfo {
+  const dims = x.shape;
+  const tiles = tilesOf(dims);
+  const blocks = Math.ceil(dims[4] / t.cb);
+  const groups = tiles.count * blocks;
+  const code = `${tileConstants(k, t)}
+      var<workgroup> rev_halo : array<f32, ${volume(t.halo) * t.cb}>;
+      var<workgroup> rev_taps : array<f32, ${volume(k) * t.cb}>;
+
+      fn main(index : i32) {
+          let lid = index % THREADS;
+          let group = index / THREADS;
+          let live = group < uniforms.groups;
+          let cb = group % uniforms.blocks;
+          ${TILE_COORDS("group / uniforms.blocks")}
+          ${LOAD_HALO("xs")}
+          for (var i = lid; i < TAPS * CB; i += THREADS) {
+            let ch = cb * CB + i % CB;
+            var tap = i / CB;
+            if (uniforms.flip == 1) { tap = TAPS - 1 - tap; }
+            var value = 0.0;
+            if (ch < uniforms.c) { value = filt[tap * uniforms.c + ch]; }
+            rev_taps[i] = value;
+          }
+          workgroupBarrier();
+
+          let cl = lid % CB;
+          let ry = (lid / CB) % TH;
+          let rz = lid / (CB * TH);
+          var acc : array<f32, ${TILE[2]}>;
+          for (var a = 0; a < KD; a++) {
+            for (var b = 0; b < KH; b++) {
+              let base = ((rz + a) * HH + ry + b) * HW;
+              var row : array<f32, ${t.halo[2]}>;
+              for (var j = 0; j < HW; j++) { row[j] = rev_halo[(base + j) * CB + cl]; }
+              for (var e = 0; e < KW; e++) {
+                let wv = rev_taps[((a * KH + b) * KW + e) * CB + cl];
+                for (var j = 0; j < TW; j++) { acc[j] = acc[j] + row[j + e] * wv; }
+              }
+            }
+          }
+          let ch = cb * CB + cl;
+          let oz = tz * TD + rz;
+          let oy = ty * TH + ry;
+          if (live && ch < uniforms.c && oz < uniforms.d && oy < uniforms.h) {
+            let at = ((n * uniforms.d + oz) * uniforms.h + oy) * uniforms.wd;
+            for (var j = 0; j < TW; j++) {
+              let ox = tx * TW + j;
+              if (ox < uniforms.wd) { result[(at + ox) * uniforms.c + ch] = acc[j]; }
+            }
+          }
+      }`;
+  return backend.runWebGPUProgram(
+    new TiledProgram(
+      `rev_dwconv3d_tiled_${k.join("x")}_${t.cb}`,
+      ["xs", "filt"],
+      dims,
+      `${TILE_UNIFORMS} blocks : i32, groups : i32, flip : i32,`,
+      t.threads,
+      groups,
+      code,
+    ),
+    [x, filter],
+    "float32",
+    ints(dims[1], dims[2], dims[3], dims[4], tiles.tz, tiles.ty, tiles.tx, blocks, groups, flip),
+  );
+}
+
+/**
+ * The filter gradient's first stage, tiled: [parts, taps, c] partial sums, each workgroup summing
+ * over a run of `per` consecutive tiles for its channel block. Returns [parts, partial].
+ */
+function filterGradTiled(
+  backend: WebGpuBackend,
+  x: tf.TensorInfo,
+  dy: tf.TensorInfo,
+  k: number[],
+  t: Tiling,
+): [number, tf.TensorInfo] {
+  const dims = x.shape;
+  const c = dims[4];
+  const tiles = tilesOf(dims);
+  const blocks = Math.ceil(c / t.cb);
+  const wanted = Math.max(1, Math.min(tiles.count, Math.ceil(TARGET_GROUPS / blocks)));
+  const per = Math.ceil(tiles.count / wanted);
+  const parts = Math.ceil(tiles.count / per);
+  const groups = parts * blocks;
+  const code = `${tileConstants(k, t)}
+      var<workgroup> rev_halo : array<f32, ${volume(t.halo) * t.cb}>;
+      var<workgroup> rev_dy : array<f32, ${TILE_VOXELS * t.cb}>;
+
+      fn main(index : i32) {
+          let lid = index % THREADS;
+          let group = index / THREADS;
+          let cb = group % uniforms.blocks;
+          let p = group / uniforms.blocks;
+          let cl = lid % CB;
+          let tap = lid / CB;
+          let a = tap / (KH * KW);
+          let b = (tap / KW) % KH;
+          let e = tap % KW;
+          var acc = 0.0;
+          for (var s = 0; s < uniforms.per; s++) {
+            let tile = p * uniforms.per + s;
+            let live = group < uniforms.groups && tile < uniforms.tiles;
+            ${TILE_COORDS("tile")}
+            ${LOAD_HALO("xs")}
+            for (var i = lid; i < ${TILE_VOXELS} * CB; i += THREADS) {
+              let ch = cb * CB + i % CB;
+              var v = i / CB;
+              let ox = tx * TW + v % TW;
+              v = v / TW;
+              let oy = ty * TH + v % TH;
+              let oz = tz * TD + v / TH;
+              var value = 0.0;
+              if (live && ch < uniforms.c && oz < uniforms.d && oy < uniforms.h && ox < uniforms.wd) {
+                value = dys[(((n * uniforms.d + oz) * uniforms.h + oy) * uniforms.wd + ox) * uniforms.c + ch];
+              }
+              rev_dy[i] = value;
+            }
+            workgroupBarrier();
+            for (var jz = 0; jz < TD; jz++) {
+              for (var jy = 0; jy < TH; jy++) {
+                let hb = ((jz + a) * HH + jy + b) * HW + e;
+                let db = (jz * TH + jy) * TW;
+                for (var jx = 0; jx < TW; jx++) {
+                  acc = acc + rev_halo[(hb + jx) * CB + cl] * rev_dy[(db + jx) * CB + cl];
+                }
+              }
+            }
+            workgroupBarrier();
+          }
+          let ch = cb * CB + cl;
+          if (group < uniforms.groups && ch < uniforms.c) {
+            result[(p * TAPS + tap) * uniforms.c + ch] = acc;
+          }
+      }`;
+  const partial = backend.runWebGPUProgram(
+    new TiledProgram(
+      `rev_dwconv3d_filter_tiled_${k.join("x")}_${t.cb}`,
+      ["xs", "dys"],
+      [parts, volume(k), c],
+      `${TILE_UNIFORMS} blocks : i32, groups : i32, per : i32, tiles : i32,`,
+      t.threads,
+      groups,
+      code,
+    ),
+    [x, dy],
+    "float32",
+    ints(
+      dims[1],
+      dims[2],
+      dims[3],
+      c,
+      tiles.tz,
+      tiles.ty,
+      tiles.tx,
+      blocks,
+      groups,
+      per,
+      tiles.count,
+    ),
+  );
+  return [parts, partial];
 }
 
 /** out[j] = Σ_p partial[p, j] for a [parts, width] partial, shaped `shape`. */
