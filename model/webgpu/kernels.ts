@@ -292,8 +292,10 @@ function depthwiseFilterGrad(args: KernelArgs): tf.TensorInfo {
 // one x-row of the tile for one channel from there, holding the row's inputs in registers: each
 // input value is read from global memory once per tile instead of once per tap and output, and
 // each filter tap once per row instead of once per voxel. The filter gradient loads the same
-// halo and the tile's dy, one thread per (tap, channel) sums over the tile, and a workgroup walks
-// a run of tiles, so its partial sums cover many voxels before the small pass over the partials.
+// halo and the tile's dy; a thread owns the kw taps of one (kz, ky) for one channel and sums over
+// a share of the tile's x-rows, each row's inputs and dy in registers (kw·8 products from kw+14
+// reads); a workgroup walks a run of tiles, so its partial sums cover many voxels before the small
+// pass over the partials.
 
 /** Output voxels per tile, (z, y, x): a thread computes one x-row of TILE[2] voxels. */
 const TILE = [4, 4, 8] as const;
@@ -332,12 +334,18 @@ export function depthwiseTiling(k: number[]): Tiling | null {
   return null;
 }
 
-/** As {@linkcode depthwiseTiling} for the filter gradient: one thread per (tap, channel). */
-export function filterGradTiling(k: number[]): Tiling | null {
+/**
+ * As {@linkcode depthwiseTiling} for the filter gradient, whose threads each own one (kz, ky) row
+ * of taps for one channel and one of `rowGroups` interleaved sets of the tile's x-rows.
+ */
+export function filterGradTiling(k: number[]): (Tiling & { rowGroups: number }) | null {
   const halo = haloOf(k);
+  const rows = TILE[0] * TILE[1];
   for (const cb of [8, 4, 2, 1]) {
-    if (volume(k) * cb <= MAX_THREADS && (volume(halo) + TILE_VOXELS) * cb <= SHARED_FLOATS) {
-      return { cb, halo, threads: volume(k) * cb };
+    const owners = k[0] * k[1] * cb;
+    if (owners <= MAX_THREADS && (volume(halo) + TILE_VOXELS) * cb <= SHARED_FLOATS) {
+      const rowGroups = Math.max(1, Math.min(rows, Math.floor(MAX_THREADS / owners)));
+      return { cb, halo, threads: owners * rowGroups, rowGroups };
     }
   }
   return null;
@@ -472,15 +480,16 @@ function depthwiseTiled(
 }
 
 /**
- * The filter gradient's first stage, tiled: [parts, taps, c] partial sums, each workgroup summing
- * over a run of `per` consecutive tiles for its channel block. Returns [parts, partial].
+ * The filter gradient's first stage, tiled: [parts·rowGroups, taps, c] partial sums, each
+ * workgroup summing over a run of `per` consecutive tiles for its channel block, each of its
+ * threads over one set of x-rows for the kw taps of one (kz, ky). Returns [partial rows, partial].
  */
 function filterGradTiled(
   backend: WebGpuBackend,
   x: tf.TensorInfo,
   dy: tf.TensorInfo,
   k: number[],
-  t: Tiling,
+  t: Tiling & { rowGroups: number },
 ): [number, tf.TensorInfo] {
   const dims = x.shape;
   const c = dims[4];
@@ -494,17 +503,19 @@ function filterGradTiled(
       var<workgroup> rev_halo : array<f32, ${volume(t.halo) * t.cb}>;
       var<workgroup> rev_dy : array<f32, ${TILE_VOXELS * t.cb}>;
 
+      const ROW_GROUPS = ${t.rowGroups};
+
       fn main(index : i32) {
           let lid = index % THREADS;
           let group = index / THREADS;
           let cb = group % uniforms.blocks;
           let p = group / uniforms.blocks;
           let cl = lid % CB;
-          let tap = lid / CB;
-          let a = tap / (KH * KW);
-          let b = (tap / KW) % KH;
-          let e = tap % KW;
-          var acc = 0.0;
+          let ab = (lid / CB) % (KD * KH);
+          let rg = lid / (CB * KD * KH);
+          let a = ab / KH;
+          let b = ab % KH;
+          var acc : array<f32, ${k[2]}>;
           for (var s = 0; s < uniforms.per; s++) {
             let tile = p * uniforms.per + s;
             let live = group < uniforms.groups && tile < uniforms.tiles;
@@ -524,27 +535,31 @@ function filterGradTiled(
               rev_dy[i] = value;
             }
             workgroupBarrier();
-            for (var jz = 0; jz < TD; jz++) {
-              for (var jy = 0; jy < TH; jy++) {
-                let hb = ((jz + a) * HH + jy + b) * HW + e;
-                let db = (jz * TH + jy) * TW;
-                for (var jx = 0; jx < TW; jx++) {
-                  acc = acc + rev_halo[(hb + jx) * CB + cl] * rev_dy[(db + jx) * CB + cl];
-                }
+            for (var r = rg; r < TD * TH; r += ROW_GROUPS) {
+              let hb = ((r / TH + a) * HH + r % TH + b) * HW;
+              var xr : array<f32, ${t.halo[2]}>;
+              for (var j = 0; j < HW; j++) { xr[j] = rev_halo[(hb + j) * CB + cl]; }
+              var dr : array<f32, ${TILE[2]}>;
+              for (var j = 0; j < TW; j++) { dr[j] = rev_dy[(r * TW + j) * CB + cl]; }
+              for (var e = 0; e < KW; e++) {
+                var sum = acc[e];
+                for (var j = 0; j < TW; j++) { sum = sum + xr[j + e] * dr[j]; }
+                acc[e] = sum;
               }
             }
             workgroupBarrier();
           }
           let ch = cb * CB + cl;
           if (group < uniforms.groups && ch < uniforms.c) {
-            result[(p * TAPS + tap) * uniforms.c + ch] = acc;
+            let at = ((p * ROW_GROUPS + rg) * TAPS + ab * KW) * uniforms.c + ch;
+            for (var e = 0; e < KW; e++) { result[at + e * uniforms.c] = acc[e]; }
           }
       }`;
   const partial = backend.runWebGPUProgram(
     new TiledProgram(
-      `rev_dwconv3d_filter_tiled_${k.join("x")}_${t.cb}`,
+      `rev_dwconv3d_filter_tiled_${k.join("x")}_${t.cb}_${t.rowGroups}`,
       ["xs", "dys"],
-      [parts, volume(k), c],
+      [parts * t.rowGroups, volume(k), c],
       `${TILE_UNIFORMS} blocks : i32, groups : i32, per : i32, tiles : i32,`,
       t.threads,
       groups,
@@ -566,7 +581,7 @@ function filterGradTiled(
       tiles.count,
     ),
   );
-  return [parts, partial];
+  return [parts * t.rowGroups, partial];
 }
 
 /** out[j] = Σ_p partial[p, j] for a [parts, width] partial, shaped `shape`. */
@@ -640,6 +655,70 @@ function channelPartials(
   );
 }
 
+/** Threads of a workgroup that reduces one output ({@linkcode reduceRuns}). */
+const REDUCE_THREADS = 256;
+
+/**
+ * Few sums of many partials, one workgroup per output: out[o] for row = o / cols and col = o % cols
+ * is the sum over p < count and k < span of partial[(row·count + p)·width + col·span + k], each
+ * thread summing a strided share, then a tree over the workgroup. `finish` is WGSL that turns
+ * `total` into the output value (`total` itself when absent). Replaces a loop of count·span reads
+ * in one thread per output, which left a GPU with a handful of busy threads.
+ */
+function reduceRuns(
+  backend: WebGpuBackend,
+  partial: tf.TensorInfo,
+  shape: number[],
+  layout: { cols: number; count: number; span: number; width: number },
+  finish: { key: string; wgsl: string; uniforms: string; values: Uniform[] } | null,
+): tf.TensorInfo {
+  const outs = tf.util.sizeFromShape(shape);
+  const code = `
+      var<workgroup> rev_sums : array<f32, ${REDUCE_THREADS}>;
+
+      fn main(index : i32) {
+          let lid = index % ${REDUCE_THREADS};
+          let o = index / ${REDUCE_THREADS};
+          let live = o < uniforms.outs;
+          let row = o / uniforms.cols;
+          let col = o % uniforms.cols;
+          let first = row * uniforms.count * uniforms.width + col * uniforms.span;
+          var acc = 0.0;
+          if (live) {
+            for (var m = lid; m < uniforms.count * uniforms.span; m += ${REDUCE_THREADS}) {
+              acc = acc + parts[first + (m / uniforms.span) * uniforms.width + m % uniforms.span];
+            }
+          }
+          rev_sums[lid] = acc;
+          workgroupBarrier();
+          for (var half = ${REDUCE_THREADS / 2}; half > 0; half = half / 2) {
+            if (lid < half) { rev_sums[lid] = rev_sums[lid] + rev_sums[lid + half]; }
+            workgroupBarrier();
+          }
+          if (live && lid == 0) {
+            let total = rev_sums[0];
+            result[o] = ${finish?.wgsl ?? "total"};
+          }
+      }`;
+  return backend.runWebGPUProgram(
+    new TiledProgram(
+      `rev_reduce_runs_${finish?.key ?? "sum"}`,
+      ["parts"],
+      shape,
+      `outs : i32, cols : i32, count : i32, span : i32, width : i32, ${finish?.uniforms ?? ""}`,
+      REDUCE_THREADS,
+      outs,
+      code,
+    ),
+    [partial],
+    "float32",
+    [
+      ...ints(outs, layout.cols, layout.count, layout.span, layout.width),
+      ...(finish?.values ?? []),
+    ],
+  );
+}
+
 /**
  * Per sample and group, from [n, parts, c] partials: the mean (Σ / count), or with `rstd`
  * 1 / sqrt(Σ / count + ε). Output [n, groups].
@@ -651,30 +730,26 @@ function groupStat(
   parts: number,
   rstd: { epsilon: number } | null,
 ): tf.TensorInfo {
-  const per = dims.c / dims.groups;
-  return backend.runWebGPUProgram(
-    new Program(
-      rstd ? "rev_gn_rstd" : "rev_gn_mean",
-      ["parts"],
-      [dims.n, dims.groups],
-      "c : i32, groups : i32, count : i32, cpg : i32, total : f32, epsilon : f32,",
-      `
-          let g = index % uniforms.groups;
-          let i = index / uniforms.groups;
-          var acc = 0.0;
-          for (var p = 0; p < uniforms.count; p++) {
-            let row = (i * uniforms.count + p) * uniforms.c + g * uniforms.cpg;
-            for (var k = 0; k < uniforms.cpg; k++) { acc = acc + parts[row + k]; }
-          }
-          ${
-        rstd
-          ? "result[index] = inverseSqrt(acc / uniforms.total + uniforms.epsilon);"
-          : "result[index] = acc / uniforms.total;"
-      }`,
-    ),
-    [partial],
-    "float32",
-    [...ints(dims.c, dims.groups, parts, per), ...floats(dims.voxels * per, rstd?.epsilon ?? 0)],
+  const cpg = dims.c / dims.groups;
+  const count = dims.voxels * cpg;
+  return reduceRuns(
+    backend,
+    partial,
+    [dims.n, dims.groups],
+    { cols: dims.groups, count: parts, span: cpg, width: dims.c },
+    rstd
+      ? {
+        key: "rstd",
+        wgsl: "inverseSqrt(total / uniforms.total + uniforms.epsilon)",
+        uniforms: "total : f32, epsilon : f32,",
+        values: floats(count, rstd.epsilon),
+      }
+      : {
+        key: "mean",
+        wgsl: "total / uniforms.total",
+        uniforms: "total : f32,",
+        values: floats(count),
+      },
   );
 }
 
@@ -788,25 +863,12 @@ function groupNormActGrad(args: KernelArgs): tf.TensorInfo[] {
     [...normUniforms, ...ints(parts, per, n)],
   );
   // [2, n, c]: the partials summed over the parts
-  const sums = backend.runWebGPUProgram(
-    new Program(
-      "rev_gn_grad_sums",
-      ["parts"],
-      [2, n, c],
-      "c : i32, count : i32,",
-      `
-          let ch = index % uniforms.c;
-          let row = index / uniforms.c;
-          var acc = 0.0;
-          for (var p = 0; p < uniforms.count; p++) {
-            acc = acc + parts[(row * uniforms.count + p) * uniforms.c + ch];
-          }
-          result[index] = acc;`,
-    ),
-    [partial],
-    "float32",
-    ints(c, parts),
-  );
+  const sums = reduceRuns(backend, partial, [2, n, c], {
+    cols: c,
+    count: parts,
+    span: 1,
+    width: c,
+  }, null);
   backend.disposeData(partial.dataId);
   // dbeta, dgamma [c]: the sums over the samples
   const paramGrad = (which: number) =>
