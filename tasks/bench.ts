@@ -26,6 +26,7 @@ import {
 } from "../model/mod.ts";
 import { selectBackend } from "../model/backend.ts";
 import { benchSpeed, BRATS_DIMS, formatSpeed } from "./bench_speed.ts";
+import { benchKernels, formatKernels } from "./bench_kernels.ts";
 import {
   backendFlag,
   type Command,
@@ -188,14 +189,25 @@ function caseSizesFlag(value: string | undefined): [number, number, number][] | 
   });
 }
 
+/** Flags every benchmark takes. */
+const COMMON_FLAGS = ["json", "crop", "backend"];
+/** Each benchmark's own flags. */
+const OWN_FLAGS: Record<"memory" | "speed" | "kernels", string[]> = {
+  memory: ["budget", "search-crop"],
+  speed: ["steps", "case-sizes", "window", "threads", "no-peer"],
+  kernels: ["steps"],
+};
+
 export const benchCommand: Command = {
   name: "bench",
   summary:
-    "Benchmarks: memory (reversible vs standard under a budget), speed (with a PyTorch peer)",
+    "Benchmarks: memory (reversible vs standard under a budget), speed (with a PyTorch peer), " +
+    "kernels (the project's own, one by one)",
   help:
     `Usage: deno task bench memory [--json] [--budget GiB] [--crop N] [--search-crop N] [--backend B]
        deno task bench speed [--json] [--crop N] [--steps N] [--case-sizes XxYxZ,...] [--window N]
                              [--threads N] [--no-peer] [--backend B]
+       deno task bench kernels [--json] [--crop N] [--steps N] [--backend B]
 
 memory: measures the peak bytes of one full training step (forward, loss, backward, Adam update)
 at batch 1 with tf.profile, for the reversible network and its standard twin, and reproduces the
@@ -216,14 +228,24 @@ are known for any size). Then runs the same network in PyTorch
 and steps and reports it as "peer" with the ratios ours/peer of voxels per second; without PyTorch,
 "peer" is null and "peer_reason" says why.
 
+kernels: times the project's own kernels one by one — depthwise conv3d, its input and filter
+gradients, GroupNorm+activation and its gradient — at the reference network's depthwise shapes at
+the crop (one per level), the median of --steps calls each with the result read back. On webgpu
+the depthwise kernels are also timed untiled (one thread per output, as REVUNET_WGSL_TILES=0
+runs them), alternating with the tiled ones, and "ratio" is untiled / tiled. The backend must
+have the kernels: cpu with the native library, or webgpu.
+
 Options:
   --json             print only the JSON object (default: progress on stderr; memory prints its
                      JSON on stdout, speed a summary)
   --budget GiB       memory: budget for the searches (default 16)
   --crop N           memory: crop for the reported peak bytes (default 32); speed: the timed crop,
-                     a multiple of 8 (default 32 on cpu and wasm, 128 on a GPU backend)
+                     a multiple of 8 (default 32 on cpu and wasm, 128 on a GPU backend);
+                     kernels: the network's crop whose layer shapes are timed (default 32 on cpu,
+                     64 on a GPU backend)
   --search-crop N    memory: crop for the depth and width searches (default 96)
-  --steps N          speed: timed steps and passes, the median is reported (default 3)
+  --steps N          speed, kernels: timed steps, passes or calls; the median is reported
+                     (default 3)
   --case-sizes S     speed: XxYxZ sizes for sliding-window inference, comma-separated, or "none"
                      (default WxWxW,WxWx2W,WxWx4W for the window W, plus ${BRATS_DIMS.join("x")}
                      on a GPU backend: a whole case takes hours on the cpu backend)
@@ -235,7 +257,8 @@ Options:
 Examples:
   deno task bench memory --json
   deno task bench speed
-  deno task bench speed --json --crop 16 --case-sizes 64x64x40 --no-peer`,
+  deno task bench speed --json --crop 16 --case-sizes 64x64x40 --no-peer
+  deno task bench kernels --backend webgpu`,
   async run(args) {
     const { values, positionals } = parseFlags("bench", args, {
       json: { type: "boolean" },
@@ -250,30 +273,41 @@ Examples:
       backend: { type: "string" },
     }, true);
     const [which, ...extra] = positionals;
-    if (which !== "memory" && which !== "speed") {
+    if (which !== "memory" && which !== "speed" && which !== "kernels") {
       throw new UsageError(
-        `bench: expected a benchmark name (memory or speed), got ${which ?? "none"}`,
+        `bench: expected a benchmark name (memory, speed or kernels), got ${which ?? "none"}`,
       );
     }
     if (extra.length > 0) throw new UsageError(`bench: unexpected arguments: ${extra.join(" ")}`);
-    const only = which === "memory"
-      ? ["budget", "search-crop"]
-      : ["steps", "case-sizes", "window", "threads", "no-peer"];
-    const other = which === "memory"
-      ? ["steps", "case-sizes", "window", "threads", "no-peer"]
-      : ["budget", "search-crop"];
-    const misplaced = other.filter((k) => (values as Record<string, unknown>)[k] !== undefined);
-    if (misplaced.length > 0) {
+    const own = OWN_FLAGS[which];
+    const given = Object.keys(values).filter((k) =>
+      (values as Record<string, unknown>)[k] !== undefined
+    );
+    const misplaced = given.find((k) => !COMMON_FLAGS.includes(k) && !own.includes(k));
+    if (misplaced) {
+      const owners = Object.entries(OWN_FLAGS).filter(([, flags]) => flags.includes(misplaced));
       throw new UsageError(
-        `bench ${which}: --${misplaced[0]} belongs to bench ${
-          which === "memory" ? "speed" : "memory"
-        } (bench ${which} takes --json, --crop, --backend, ${
-          only.map((k) => `--${k}`).join(", ")
-        })`,
+        `bench ${which}: --${misplaced} belongs to bench ${
+          owners.map(([name]) => name).join(" and ")
+        } (bench ${which} takes ${[...COMMON_FLAGS, ...own].map((k) => `--${k}`).join(", ")})`,
       );
     }
     const log = values.json ? () => {} : (m: string) => console.error(`bench: ${m}`);
     const choice = await selectBackend(backendFlag(values.backend), log);
+    if (which === "kernels") {
+      const gpu = choice.name === "webgpu" || /CUDA GPU/.test(choice.device);
+      const crop = intFlag("crop", values.crop, gpu ? 64 : 32, 8);
+      if (crop % 8 !== 0) throw new UsageError(`--crop must be a multiple of 8, got ${crop}`);
+      const result = await benchKernels({
+        crop,
+        steps: intFlag("steps", values.steps, 3, 1),
+        device: choice.device,
+        log,
+      });
+      if (values.json) printJson(result);
+      else console.log(`${formatKernels(result)}\n${JSON.stringify(result)}`);
+      return;
+    }
     if (which === "speed") {
       const gpu = choice.name === "webgpu" || /CUDA GPU/.test(choice.device);
       const crop = intFlag("crop", values.crop, gpu ? 128 : 32, 8);

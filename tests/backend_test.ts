@@ -16,7 +16,13 @@ import { type BackendName, selectBackend } from "../model/backend.ts";
 import { depthwiseConv3d } from "../model/depthwise_conv3d.ts";
 import { groupNorm, type GroupNormActivation } from "../model/group_norm.ts";
 import { hasKernel, REV_DEPTHWISE_CONV3D, REV_GROUP_NORM_ACT_GRAD } from "../model/native/names.ts";
-import { disableWebGpuKernels, webGpuKernelsEnabled } from "../model/webgpu/kernels.ts";
+import {
+  depthwiseTiling,
+  disableWebGpuKernels,
+  filterGradTiling,
+  setWgslTiles,
+  webGpuKernelsEnabled,
+} from "../model/webgpu/kernels.ts";
 import {
   createUNet,
   diceBceLoss,
@@ -382,6 +388,61 @@ for (
     },
   });
 }
+
+// The untiled programs: REVUNET_WGSL_TILES=0, and kernels whose halo outgrows workgroup memory.
+Deno.test({
+  name: `webgpu WGSL depthwiseConv3d untiled (REVUNET_WGSL_TILES=0) matches cpu${SKIP}`,
+  ignore,
+  fn: async () => {
+    for (const [xShape, k] of [[[2, 9, 7, 19, 12], [3, 3, 3]], [[1, 4, 3, 6, 5], [1, 3, 5]]]) {
+      const x = normal(xShape, 31);
+      const filter = normal([...k, xShape[4], 1], 32, 0.3);
+      const w = normal(xShape, 33);
+      const was = setWgslTiles(false);
+      try {
+        await assertSameOnWebGpu(() =>
+          valueAndGrads(
+            (a, b) => depthwiseConv3d(a as tf.Tensor5D, b as tf.Tensor5D),
+            { x: tensor(x), filter: tensor(filter) },
+            tensor(w),
+          )
+        );
+      } finally {
+        setWgslTiles(was);
+      }
+    }
+  },
+});
+
+Deno.test("WGSL tiling fits WebGPU's guaranteed limits, and gives up on kernels that cannot", () => {
+  for (const k of [[1, 1, 1], [3, 3, 3], [1, 3, 5], [5, 5, 5], [7, 7, 7], [9, 9, 9]]) {
+    const halo = k.map((v, i) => v - 1 + [4, 4, 8][i]);
+    const haloVoxels = halo[0] * halo[1] * halo[2];
+    const taps = k[0] * k[1] * k[2];
+    const fwd = depthwiseTiling(k);
+    if (fwd) {
+      assert(fwd.threads <= 256, `${k}: ${fwd.threads} threads`);
+      assert((haloVoxels + taps) * fwd.cb * 4 <= 16384, `${k}: forward workgroup memory`);
+    }
+    const grad = filterGradTiling(k);
+    if (grad) {
+      assert(grad.threads <= 256, `${k}: ${grad.threads} threads`);
+      assert((haloVoxels + 128) * grad.cb * 4 <= 16384, `${k}: filter-gradient workgroup memory`);
+    }
+  }
+  assertEquals(depthwiseTiling([3, 3, 3])?.cb, 8);
+  assertEquals(filterGradTiling([3, 3, 3]), {
+    cb: 8,
+    halo: [6, 6, 10],
+    threads: 216,
+    rowGroups: 3,
+  });
+  // 14·14·18 halo voxels + 1,331 taps > 4,096 floats even for one channel: the untiled program
+  // runs; the filter gradient keeps dy's 128 voxels instead of the taps, and gives up at 13³.
+  assertEquals(depthwiseTiling([11, 11, 11]), null);
+  assertEquals(filterGradTiling([11, 11, 11])?.cb, 1);
+  assertEquals(filterGradTiling([13, 13, 13]), null);
+});
 
 for (
   const [xShape, groups, activation] of [

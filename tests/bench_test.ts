@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 import { assert, assertEquals } from "@std/assert";
 import { countParams, REFERENCE_CONFIG, resolveConfig } from "../model/mod.ts";
 import { PEER_PYTHON } from "../tasks/bench_speed.ts";
+import { depthwiseShapes } from "../tasks/bench_kernels.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -112,4 +113,61 @@ Deno.test({
     // Its reversible backward (inputs recomputed from outputs) against ordinary autograd.
     assert(j.grad_rel_err < 1e-4, `grad_rel_err ${j.grad_rel_err}`);
   },
+});
+
+Deno.test("bench kernels: the network's depthwise shapes per level", () => {
+  assertEquals(depthwiseShapes(64), [
+    [1, 64, 64, 64, 32],
+    [1, 32, 32, 32, 64],
+    [1, 16, 16, 16, 128],
+    [1, 8, 8, 8, 256],
+  ]);
+});
+
+Deno.test("bench kernels --json times every kernel at every level; misplaced flags are usage errors", async () => {
+  const out = await run(Deno.execPath(), [
+    "run",
+    "-A",
+    "main.ts",
+    "bench",
+    "kernels",
+    "--json",
+    "--crop",
+    "8",
+    "--steps",
+    "1",
+  ]);
+  if (out.code !== 0 && /has none of the project's kernels/.test(out.stderr)) {
+    // No gcc or OpenBLAS: the error must say what is missing, and nothing else may fail.
+    assertEquals(out.code, 1, out.stderr);
+  } else {
+    assertEquals(out.code, 0, out.stderr);
+    const result = JSON.parse(out.stdout);
+    assertEquals(result.crop, 8);
+    assertEquals(result.kernels.length, 5 * depthwiseShapes(8).length);
+    for (const k of result.kernels) {
+      assert(Number.isFinite(k.ms) && k.ms > 0, `${k.kernel} [${k.shape}]: ${k.ms} ms`);
+    }
+    assertEquals(
+      result.kernels.map((k: { kernel: string }) => k.kernel).slice(0, 5),
+      [
+        "depthwise_conv3d",
+        "depthwise_conv3d_input_grad",
+        "depthwise_conv3d_filter_grad",
+        "group_norm_act",
+        "group_norm_act_grad",
+      ],
+    );
+  }
+  const bad = await run(Deno.execPath(), [
+    "run",
+    "-A",
+    "main.ts",
+    "bench",
+    "kernels",
+    "--budget",
+    "2",
+  ]);
+  assertEquals(bad.code, 2, bad.stderr);
+  assert(bad.stderr.includes("--budget belongs to bench memory"), bad.stderr);
 });

@@ -177,7 +177,7 @@ function depthwise(args: KernelArgs, input: "x" | "dy", kernel: string): tf.Tens
   const k = depthwiseKernelSize(x.shape, filter.shape, kernel);
   const dims = x.shape;
   const flip = input === "dy" ? 1 : 0;
-  const tiling = depthwiseTiling(k);
+  const tiling = wgslTiles && depthwiseTiling(k);
   if (tiling) return depthwiseTiled(args.backend, x, filter, k, flip, tiling);
   const program = new Program(
     "rev_dwconv3d",
@@ -226,7 +226,7 @@ function depthwiseFilterGrad(args: KernelArgs): tf.TensorInfo {
   }
   const [n, d, h, w, c] = dims;
   const taps = k[0] * k[1] * k[2];
-  const tiling = filterGradTiling(k);
+  const tiling = wgslTiles && filterGradTiling(k);
   if (tiling) {
     const [parts, partial] = filterGradTiled(args.backend, x, dy, k, tiling);
     try {
@@ -306,6 +306,20 @@ const SHARED_FLOATS = 4096;
 const MAX_THREADS = 256;
 /** Workgroups the filter gradient's partial-sum stage aims for: a few per multiprocessor. */
 const TARGET_GROUPS = 1024;
+
+/** Whether the depthwise kernels use their tiled programs; `REVUNET_WGSL_TILES=0` turns them off. */
+let wgslTiles = Deno.env.get("REVUNET_WGSL_TILES") !== "0";
+
+/**
+ * Chooses the tiled depthwise programs (the default) or the one-thread-per-output ones, which need
+ * no workgroup memory: for a driver that mishandles it, and for `bench kernels` to compare the two.
+ * Returns the previous setting.
+ */
+export function setWgslTiles(on: boolean): boolean {
+  const was = wgslTiles;
+  wgslTiles = on;
+  return was;
+}
 
 interface Tiling {
   /** Channels per workgroup. */
