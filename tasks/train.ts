@@ -20,6 +20,9 @@
  * - `best/model.safetensors`: the weights with the best mean validation Dice so far, or the latest
  *   weights when the run has no validation cases;
  * - `metrics.jsonl` (one JSON object per epoch), `curves.svg` (loss and validation Dice).
+ *
+ * The checkpoints are written and read by pipeline/checkpoint.ts; which settings `--resume` may
+ * change is decided by tasks/_train_resume.ts.
  * @module
  */
 import * as tf from "../model/tf.ts";
@@ -44,7 +47,18 @@ import {
 import { type Case, findCases } from "../pipeline/cases.ts";
 import { slidingWindowProbabilities } from "../pipeline/inference.ts";
 import { meanScores, regionDice, type RegionScores } from "../pipeline/metrics.ts";
-import { loadModel, loadOptimizer, saveModel } from "../pipeline/model_store.ts";
+import {
+  checkpointName,
+  type EpochMetrics,
+  latestUri,
+  loadCheckpointWeights,
+  newTrainState,
+  readCheckpointState,
+  type TrainSettings,
+  type TrainState,
+  writeBest,
+  writeCheckpoint,
+} from "../pipeline/checkpoint.ts";
 import { reportMetrics } from "../pipeline/case_report.ts";
 import { caseMetrics } from "../pipeline/evaluation.ts";
 import { renderCurves } from "../pipeline/plot.ts";
@@ -54,15 +68,7 @@ import { BatchPrefetcher } from "../pipeline/prefetch.ts";
 import { caseAt, type Cases } from "../pipeline/sampling.ts";
 import { formatDuration, Progress } from "../pipeline/progress.ts";
 import { streamRandom } from "../pipeline/random.ts";
-import {
-  deleteObject,
-  exists,
-  getObject,
-  joinUri,
-  listObjects,
-  parseUri,
-  putObject,
-} from "../pipeline/storage.ts";
+import { exists, getObject, joinUri, parseUri, putObject } from "../pipeline/storage.ts";
 import {
   backendFlag,
   type Command,
@@ -72,28 +78,10 @@ import {
   printJson,
   UsageError,
 } from "./_cli.ts";
+import { resumedSettings } from "./_train_resume.ts";
 
-/** What a run is: everything that decides its result, stored in every checkpoint. */
-export interface TrainSettings {
-  data: string;
-  epochs: number;
-  stepsPerEpoch: number;
-  crop: number;
-  batch: number;
-  lr: number;
-  optimizer: "adam" | "sgd";
-  weightDecay: number;
-  /** Validation cases split off the labelled cases (seeded). */
-  valCases: number;
-  /** Validate every this many epochs (and after the last). */
-  valEvery: number;
-  /** Sliding-window edge for validation; default the crop. */
-  valWindow: number;
-  config: NetworkConfig;
-  seed: number;
-  augment: boolean;
-  foregroundFraction: number;
-}
+export type { EpochMetrics, TrainSettings } from "../pipeline/checkpoint.ts";
+export { resumedSettings } from "./_train_resume.ts";
 
 /** How a run is executed: does not change its result. */
 export interface TrainRuntime {
@@ -133,37 +121,6 @@ export type TrainEvent =
   | { kind: "step"; epoch: number; step: number; loss: number }
   | { kind: "validated-case"; epoch: number; id: string; done: number; total: number };
 
-/** One epoch's line in `metrics.jsonl`. */
-export interface EpochMetrics {
-  epoch: number;
-  step: number;
-  loss: number;
-  lr: number;
-  seconds: number;
-  val_dice?: RegionScores;
-  val_mean_dice?: number;
-}
-
-/** What a checkpoint's `state.json` holds besides the weights and optimizer state. */
-interface TrainState {
-  format: "revunet-train-state";
-  version: 1;
-  settings: TrainSettings;
-  /** Epochs completed. */
-  epoch: number;
-  /** Steps done in the current (incomplete) epoch. */
-  stepInEpoch: number;
-  /** Steps done in all: the counter of the per-step random streams. */
-  globalStep: number;
-  epochLossSum: number;
-  epochSeconds: number;
-  history: EpochMetrics[];
-  best: { epoch: number; meanDice: number } | null;
-  split: { train: string[]; val: string[] };
-  /** The run's generators are counter-based: (seed, step) is their whole state. */
-  rng: { kind: "mulberry32-counter"; seed: number; counter: number };
-}
-
 /** The result of {@linkcode train}. */
 export interface TrainResult {
   out: string;
@@ -185,8 +142,6 @@ export interface TrainResult {
   streamed?: { dir: string; temporary: boolean };
 }
 
-const STATE_FILE = "state.json";
-
 /** The default settings: they work on the embedded default (a few small synthetic cases). */
 export function defaultSettings(data: string): TrainSettings {
   return {
@@ -207,17 +162,6 @@ export function defaultSettings(data: string): TrainSettings {
     foregroundFraction: 1 / 3,
   };
 }
-
-async function readJson<T>(uri: string): Promise<T> {
-  const text = new TextDecoder().decode(await getObject(uri));
-  try {
-    return JSON.parse(text) as T;
-  } catch (e) {
-    throw new SyntaxError(`${uri}: not valid JSON (${(e as Error).message})`);
-  }
-}
-
-const pad = (n: number, w: number) => String(n).padStart(w, "0");
 
 /** The labelled cases, split into training and validation cases by a seeded shuffle. */
 export function splitCases(
@@ -267,126 +211,6 @@ export async function validate(
   return meanScores(scores);
 }
 
-/** The command-line flag of each setting, for messages. */
-const SETTING_FLAGS: Record<keyof TrainSettings, string> = {
-  data: "--data",
-  epochs: "--epochs",
-  stepsPerEpoch: "--steps-per-epoch",
-  crop: "--crop",
-  batch: "--batch",
-  lr: "--lr",
-  optimizer: "--optimizer",
-  weightDecay: "--weight-decay",
-  valCases: "--val-cases",
-  valEvery: "--val-every",
-  valWindow: "--val-window",
-  config: "--config",
-  seed: "--seed",
-  augment: "--no-augment",
-  foregroundFraction: "foregroundFraction",
-};
-
-/**
- * Settings a resumed run may change: how long it runs, how it validates and where its cases are
- * read from. The others decide what every step computes, so changing them would not continue the
- * run but start another one from its weights.
- */
-const RESUMABLE: ReadonlySet<keyof TrainSettings> = new Set([
-  "data",
-  "epochs",
-  "valEvery",
-  "valWindow",
-]);
-
-/** JSON with object keys sorted, to compare settings read back from a checkpoint. */
-function canonicalJson(value: unknown): string {
-  return JSON.stringify(
-    value,
-    (_key, v) =>
-      v && typeof v === "object" && !Array.isArray(v)
-        ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
-        : v,
-  );
-}
-
-function conflictText(key: keyof TrainSettings, want: unknown, stored: unknown): string {
-  if (key === "augment") {
-    return want === false
-      ? "--no-augment (the run trains with augmentation)"
-      : "augmentation on (the run trains with --no-augment)";
-  }
-  if (key === "config") {
-    const w = want as Record<string, unknown>, s = stored as Record<string, unknown>;
-    const fields = [...new Set([...Object.keys(w), ...Object.keys(s)])].sort()
-      .filter((f) => canonicalJson(w[f]) !== canonicalJson(s[f]))
-      .map((f) => `${f} ${JSON.stringify(w[f])} (the run has ${JSON.stringify(s[f])})`);
-    return `--config: ${fields.join(", ")}`;
-  }
-  return `${SETTING_FLAGS[key]} ${JSON.stringify(want)} (the run has ${JSON.stringify(stored)})`;
-}
-
-/**
- * The settings of a resumed run: the stored ones, with `epochs` (longer or shorter, but not before
- * the epoch in progress), `valEvery`, `valWindow` and `data` (the run's cases, found by id, moved
- * elsewhere) taken from `requested`. Any other requested setting must equal the stored one.
- * @param progress where the run being resumed is: epochs completed, steps into the next one
- * @returns the settings, and a line for each change
- * @throws {UsageError} naming every flag that conflicts with the stored settings
- */
-export function resumedSettings(
-  stored: TrainSettings,
-  requested: Partial<TrainSettings>,
-  progress: { epoch: number; stepInEpoch: number },
-): { settings: TrainSettings; changes: string[] } {
-  const settings = { ...stored };
-  const changes: string[] = [];
-  const conflicts: string[] = [];
-  for (const key of Object.keys(requested) as (keyof TrainSettings)[]) {
-    const want = requested[key];
-    if (want === undefined || canonicalJson(want) === canonicalJson(stored[key])) continue;
-    if (!RESUMABLE.has(key)) {
-      conflicts.push(conflictText(key, want, stored[key]));
-      continue;
-    }
-    if (key === "epochs") {
-      const epochs = want as number;
-      const started = progress.epoch + (progress.stepInEpoch > 0 ? 1 : 0);
-      if (!Number.isInteger(epochs) || epochs < Math.max(1, started)) {
-        throw new UsageError(
-          `--epochs ${epochs} with --resume: the run has ${
-            progress.stepInEpoch > 0
-              ? `started epoch ${started}`
-              : `completed ${progress.epoch} epochs`
-          }, so it can end after epoch ${Math.max(1, started)} at the earliest`,
-        );
-      }
-      changes.push(
-        `--epochs ${epochs}: the run now ends after epoch ${epochs} (it was ${stored.epochs}); ` +
-          `the learning rate decays over ${epochs * stored.stepsPerEpoch} steps from here on`,
-      );
-    } else if (key === "valWindow") {
-      const m = cropMultiple(stored.config);
-      if ((want as number) % m !== 0) {
-        throw new UsageError(`--val-window ${want} must be a multiple of ${m}`);
-      }
-      changes.push(`--val-window ${want} (it was ${stored.valWindow})`);
-    } else if (key === "valEvery") {
-      changes.push(`--val-every ${want} (it was ${stored.valEvery})`);
-    } else {
-      changes.push(`--data ${want}: the run's cases are read from there (it was ${stored.data})`);
-    }
-    (settings as Record<string, unknown>)[key] = want;
-  }
-  if (conflicts.length > 0) {
-    throw new UsageError(
-      `--resume keeps the settings the run started with, and these differ: ${
-        conflicts.join("; ")
-      }. Drop them (only --epochs, --val-every, --val-window and --data may change), or start a new run under another --out`,
-    );
-  }
-  return { settings, changes };
-}
-
 const GIB = 2 ** 30;
 
 /** The error for a --data location without any case file: missing, or holding something else. */
@@ -433,7 +257,7 @@ export async function train(
     (runtime.backend ?? "cpu") as Parameters<typeof selectBackend>[0],
     log,
   );
-  const latestUri = joinUri(out, "latest.json");
+  const latest = latestUri(out);
 
   let settings: TrainSettings;
   let state: TrainState;
@@ -442,27 +266,14 @@ export async function train(
   /** The checkpoint that holds the current state, when one does. */
   let saved: string | undefined;
   if (runtime.resume) {
-    if (!(await exists(latestUri))) {
-      throw new Error(`--resume: ${latestUri} does not exist; there is no run to resume there`);
+    if (!(await exists(latest))) {
+      throw new Error(`--resume: ${latest} does not exist; there is no run to resume there`);
     }
-    const { checkpoint } = await readJson<{ checkpoint: string }>(latestUri);
-    const dir = joinUri(out, checkpoint);
-    state = await readJson<TrainState>(joinUri(dir, STATE_FILE));
-    if (state.format !== "revunet-train-state") {
-      throw new Error(`${joinUri(dir, STATE_FILE)}: not a training state`);
-    }
+    const { checkpoint, dir, state: stored } = await readCheckpointState(out);
+    state = stored;
     const resumed = resumedSettings(state.settings, requested, state);
     settings = state.settings = resumed.settings;
-    net = (await loadModel(dir)).net;
-    const opt = await loadOptimizer(dir).catch((e) => {
-      disposeUNet(net);
-      throw e;
-    });
-    if (!opt) {
-      disposeUNet(net);
-      throw new Error(`${dir}: checkpoint has no optimizer state`);
-    }
-    optimizer = opt;
+    ({ net, optimizer } = await loadCheckpointWeights(dir));
     // A changed setting is stored by the next checkpoint, even one written before any step.
     saved = resumed.changes.length > 0 ? undefined : checkpoint;
     log(`resuming ${out} at epoch ${state.epoch}, step ${state.globalStep} (${checkpoint})`);
@@ -470,25 +281,12 @@ export async function train(
   } else {
     settings = requested as TrainSettings;
     checkSettings(settings);
-    if (await exists(latestUri)) {
+    if (await exists(latest)) {
       throw new Error(
-        `${out} already holds a training run (${latestUri}); pass --resume to continue it or choose another --out`,
+        `${out} already holds a training run (${latest}); pass --resume to continue it or choose another --out`,
       );
     }
-    state = {
-      format: "revunet-train-state",
-      version: 1,
-      settings,
-      epoch: 0,
-      stepInEpoch: 0,
-      globalStep: 0,
-      epochLossSum: 0,
-      epochSeconds: 0,
-      history: [],
-      best: null,
-      split: { train: [], val: [] },
-      rng: { kind: "mulberry32-counter", seed: settings.seed, counter: 0 },
-    };
+    state = newTrainState(settings);
     net = createUNet(settings.config, { seed: settings.seed });
     optimizer = new Optimizer({ kind: settings.optimizer, weightDecay: settings.weightDecay });
   }
@@ -626,7 +424,7 @@ export async function train(
         state.epochLossSum += loss;
         state.stepInEpoch++;
         state.globalStep++;
-        state.rng.counter = state.globalStep;
+        state.rng.counter = state.globalStep; // checked against globalStep when resumed
         const done = state.globalStep - stepsAtStart;
         const perStep = (performance.now() - runStart) / 1000 / done;
         progress.update(
@@ -692,21 +490,13 @@ export async function train(
         );
         if (!state.best || mean > state.best.meanDice) {
           state.best = { epoch: metrics.epoch, meanDice: mean };
-          await saveModel(joinUri(out, "best"), net, undefined, {
-            train_crop: String(s.crop),
-            epoch: String(metrics.epoch),
-            val_dice: JSON.stringify(dice),
-          });
+          await writeBest(out, net, { crop: s.crop, epoch: metrics.epoch, valDice: dice });
         }
       } else {
         if (valCases.length === 0) {
           // Nothing to choose the best weights by: best/ holds the latest, so that <out>/best
           // names the run's model either way.
-          await saveModel(joinUri(out, "best"), net, undefined, {
-            train_crop: String(s.crop),
-            epoch: String(metrics.epoch),
-            best_by: "latest (no validation cases)",
-          });
+          await writeBest(out, net, { crop: s.crop, epoch: metrics.epoch });
         }
         log(`epoch ${metrics.epoch}: loss ${metrics.loss.toFixed(4)}`);
       }
@@ -716,14 +506,12 @@ export async function train(
       state.epochLossSum = 0;
       state.epochSeconds = 0;
       await writeReports(out, state.history);
-      await writeCheckpoint(out, net, optimizer, state);
-      saved = checkpointName(state);
+      saved = await writeCheckpoint(out, net, optimizer, state);
       if (aborted()) interrupted = true;
     }
     if (interrupted) {
       if (checkpointName(state) !== saved) {
-        await writeCheckpoint(out, net, optimizer, state);
-        saved = checkpointName(state);
+        saved = await writeCheckpoint(out, net, optimizer, state);
       }
       log(
         `stopped at epoch ${state.epoch + 1}, step ${state.stepInEpoch}/${s.stepsPerEpoch} ` +
@@ -822,37 +610,6 @@ function checkSettings(s: TrainSettings): void {
   }
   if (s.valWindow % m !== 0) {
     throw new UsageError(`--val-window ${s.valWindow} must be a multiple of ${m}`);
-  }
-}
-
-function checkpointName(state: TrainState): string {
-  return `checkpoints/epoch-${pad(state.epoch, 4)}-step-${pad(state.globalStep, 7)}`;
-}
-
-/**
- * Writes a checkpoint folder, then `latest.json` naming it (the commit point), then removes all but
- * the two newest checkpoint folders.
- */
-async function writeCheckpoint(out: string, net: UNet, optimizer: Optimizer, state: TrainState) {
-  const name = checkpointName(state);
-  const dir = joinUri(out, name);
-  await saveModel(dir, net, optimizer, {
-    train_crop: String(state.settings.crop),
-    epoch: String(state.epoch),
-    step: String(state.globalStep),
-  });
-  await putObject(joinUri(dir, STATE_FILE), new TextEncoder().encode(JSON.stringify(state)));
-  await putObject(
-    joinUri(out, "latest.json"),
-    new TextEncoder().encode(
-      JSON.stringify({ checkpoint: name, epoch: state.epoch, step: state.globalStep }) + "\n",
-    ),
-  );
-  const objects = await listObjects(joinUri(out, "checkpoints"));
-  const folders = [...new Set(objects.map((o) => o.key.split("/")[0]))].sort();
-  const keep = new Set(folders.slice(-2));
-  for (const o of objects) {
-    if (!keep.has(o.key.split("/")[0])) await deleteObject(o.uri);
   }
 }
 

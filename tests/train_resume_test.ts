@@ -9,7 +9,8 @@ import { assert, assertEquals, assertThrows } from "@std/assert";
 import { disposeUNet, resolveConfig } from "../model/mod.ts";
 import { decodeCachedCase } from "../pipeline/case_cache.ts";
 import { loadModel } from "../pipeline/model_store.ts";
-import { resumedSettings, train, type TrainEvent, type TrainSettings } from "../tasks/train.ts";
+import { train, type TrainEvent, type TrainSettings } from "../tasks/train.ts";
+import { resumedSettings } from "../tasks/_train_resume.ts";
 import { UsageError } from "../tasks/_cli.ts";
 import { runMain } from "./_cli.ts";
 import {

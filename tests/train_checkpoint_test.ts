@@ -1,0 +1,366 @@
+/**
+ * A training run's checkpoints without a run: the rules of `--resume` on settings
+ * (tasks/_train_resume.ts), and writing and reading checkpoints (pipeline/checkpoint.ts) — the
+ * commit by `latest.json`, the two folders kept, the state read back, and states refused.
+ */
+import * as tf from "../model/tf.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
+import { createUNet, disposeUNet, Optimizer, resolveConfig, trainStep } from "../model/mod.ts";
+import {
+  checkpointName,
+  latestUri,
+  loadCheckpointWeights,
+  newTrainState,
+  readCheckpointState,
+  type TrainSettings,
+  type TrainState,
+  writeBest,
+  writeCheckpoint,
+} from "../pipeline/checkpoint.ts";
+import { loadModel } from "../pipeline/model_store.ts";
+import { resumedSettings } from "../tasks/_train_resume.ts";
+import { UsageError } from "../tasks/_cli.ts";
+import { defaultSettings } from "../tasks/train.ts";
+import { randomBatch } from "./_model_fixtures.ts";
+import { TINY } from "./_train_fixtures.ts";
+
+await tf.setBackend("cpu");
+
+/** A stored run of the tiny network (crop multiple 2): 4 epochs of 5 steps. */
+const stored: TrainSettings = {
+  ...defaultSettings("s3://bucket/brats"),
+  epochs: 4,
+  stepsPerEpoch: 5,
+  crop: 16,
+  valWindow: 16,
+  config: TINY,
+};
+/** Two epochs done and one step into the third. */
+const midEpoch = { epoch: 2, stepInEpoch: 1 };
+
+Deno.test("resumedSettings: a setting other than epochs, valEvery, valWindow and data conflicts, named by its flag", () => {
+  const other: [Partial<TrainSettings>, string][] = [
+    [{ stepsPerEpoch: 6 }, "--steps-per-epoch 6 (the run has 5)"],
+    [{ crop: 32 }, "--crop 32 (the run has 16)"],
+    [{ batch: 2 }, "--batch 2 (the run has 1)"],
+    [{ lr: 0.01 }, "--lr 0.01 (the run has 0.003)"],
+    [{ optimizer: "sgd" }, '--optimizer "sgd" (the run has "adam")'],
+    [{ weightDecay: 0.1 }, "--weight-decay 0.1 (the run has 0)"],
+    [{ valCases: 2 }, "--val-cases 2 (the run has 1)"],
+    [{ seed: 5 }, "--seed 5 (the run has 0)"],
+    [{ augment: false }, "--no-augment (the run trains with augmentation)"],
+    [{ foregroundFraction: 0.5 }, "foregroundFraction 0.5 (the run has 0.3333333333333333)"],
+    [
+      { config: resolveConfig({ ...TINY, baseChannels: 8 }) },
+      "--config: baseChannels 8 (the run has 4)",
+    ],
+  ];
+  for (const [requested, text] of other) {
+    const e = assertThrows(() => resumedSettings(stored, requested, midEpoch), UsageError);
+    assertEquals(
+      e.message,
+      `--resume keeps the settings the run started with, and these differ: ${text}. Drop them ` +
+        "(only --epochs, --val-every, --val-window and --data may change), or start a new run " +
+        "under another --out",
+    );
+  }
+  const reverse = assertThrows(
+    () => resumedSettings({ ...stored, augment: false }, { augment: true }, midEpoch),
+    UsageError,
+  );
+  assert(reverse.message.includes("augmentation on (the run trains with --no-augment)"));
+
+  // Every conflict at once, in the order asked, even beside changes that are allowed.
+  const all = assertThrows(
+    () => resumedSettings(stored, { batch: 2, epochs: 6, seed: 5, lr: 0.01 }, midEpoch),
+    UsageError,
+  );
+  assert(
+    all.message.includes(
+      "differ: --batch 2 (the run has 1); --seed 5 (the run has 0); --lr 0.01 (the run has 0.003).",
+    ),
+    all.message,
+  );
+});
+
+Deno.test("resumedSettings: the changes it applies and reports, the same values, and the stored settings untouched", () => {
+  const copy = structuredClone(stored);
+  const r = resumedSettings(stored, {
+    data: "/mnt/brats",
+    epochs: 6,
+    valEvery: 2,
+    valWindow: 24,
+  }, midEpoch);
+  assertEquals(r.settings, {
+    ...stored,
+    data: "/mnt/brats",
+    epochs: 6,
+    valEvery: 2,
+    valWindow: 24,
+  });
+  assertEquals(r.changes, [
+    "--data /mnt/brats: the run's cases are read from there (it was s3://bucket/brats)",
+    "--epochs 6: the run now ends after epoch 6 (it was 4); the learning rate decays over 30 steps from here on",
+    "--val-every 2 (it was 1)",
+    "--val-window 24 (it was 16)",
+  ]);
+  assertEquals(stored, copy, "the stored settings are not changed");
+
+  // The command line repeating the run's values, the configuration's fields in another order.
+  const reordered = Object.fromEntries(Object.entries(TINY).reverse()) as typeof TINY;
+  const again = resumedSettings(stored, {
+    ...stored,
+    config: reordered,
+    foregroundFraction: 1 / 3,
+  }, midEpoch);
+  assertEquals(again, { settings: stored, changes: [] });
+});
+
+Deno.test("resumedSettings: --epochs may end the run no earlier than the epoch in progress", () => {
+  // One step into epoch 3: it may end after epoch 3, not 2.
+  assertEquals(resumedSettings(stored, { epochs: 3 }, midEpoch).settings.epochs, 3);
+  assertThrows(
+    () => resumedSettings(stored, { epochs: 2 }, midEpoch),
+    UsageError,
+    "--epochs 2 with --resume: the run has started epoch 3, so it can end after epoch 3 at the earliest",
+  );
+  // Two epochs complete: the run may end there.
+  const done = { epoch: 2, stepInEpoch: 0 };
+  assertEquals(resumedSettings(stored, { epochs: 2 }, done).settings.epochs, 2);
+  assertThrows(
+    () => resumedSettings(stored, { epochs: 1 }, done),
+    UsageError,
+    "--epochs 1 with --resume: the run has completed 2 epochs, so it can end after epoch 2 at the earliest",
+  );
+  // Nothing done yet: at least one epoch.
+  assertThrows(
+    () => resumedSettings(stored, { epochs: 0 }, { epoch: 0, stepInEpoch: 0 }),
+    UsageError,
+    "after epoch 1 at the earliest",
+  );
+  assertThrows(
+    () => resumedSettings(stored, { epochs: 3.5 }, midEpoch),
+    UsageError,
+    "--epochs 3.5",
+  );
+  assertThrows(
+    () => resumedSettings(stored, { valWindow: 15 }, midEpoch),
+    UsageError,
+    "--val-window 15 must be a multiple of 2",
+  );
+});
+
+/** A tiny network and an Adam optimizer after one step, so that it has moments to save. */
+function trainedNet() {
+  const net = createUNet(TINY, { seed: 5 });
+  const optimizer = new Optimizer({ kind: "adam" });
+  const { x, target } = randomBatch(net, 8);
+  trainStep(net, optimizer, x, target, 1e-3);
+  tf.dispose([x, target]);
+  return { net, optimizer };
+}
+
+/** The state of `settings` after `epoch` epochs and `step` steps in all. */
+function stateAt(settings: TrainSettings, epoch: number, step: number): TrainState {
+  const s = newTrainState(settings);
+  s.epoch = epoch;
+  s.stepInEpoch = step - epoch * settings.stepsPerEpoch;
+  s.globalStep = s.rng.counter = step;
+  s.split = { train: ["BraTS2021_00001"], val: ["BraTS2021_00002"] };
+  return s;
+}
+
+const readJson = async (path: string) => JSON.parse(await Deno.readTextFile(path));
+
+Deno.test("writeCheckpoint commits with latest.json and keeps the two newest folders; the latest reads back whole", async () => {
+  const dir = await Deno.makeTempDir();
+  const before = tf.memory().numTensors;
+  const { net, optimizer } = trainedNet();
+  try {
+    const settings = { ...stored, stepsPerEpoch: 2 };
+    const names = [];
+    for (const [epoch, step] of [[0, 0], [1, 2], [1, 3], [2, 4]]) {
+      const state = stateAt(settings, epoch, step);
+      const name = await writeCheckpoint(dir, net, optimizer, state);
+      assertEquals(name, checkpointName(state));
+      assertEquals(await readJson(latestUri(dir)), { checkpoint: name, epoch, step });
+      assertEquals(await readJson(`${dir}/${name}/state.json`), state);
+      names.push(name);
+    }
+    assertEquals(names[1], "checkpoints/epoch-0001-step-0000002");
+    // The folders that still hold files (a local folder whose files were deleted stays, empty).
+    const left = [];
+    for await (const e of Deno.readDir(`${dir}/checkpoints`)) {
+      const files = [];
+      for await (const f of Deno.readDir(`${dir}/checkpoints/${e.name}`)) files.push(f.name);
+      if (files.length > 0) left.push(`checkpoints/${e.name}`);
+    }
+    assertEquals(left.sort(), names.slice(-2), "the two newest folders are kept");
+
+    // Killed while writing a newer checkpoint: its folder is there, latest.json still names the
+    // one before, and that is what a resumed run reads.
+    await Deno.mkdir(`${dir}/checkpoints/epoch-0002-step-0000005`);
+    await Deno.copyFile(
+      `${dir}/${names[3]}/model.safetensors`,
+      `${dir}/checkpoints/epoch-0002-step-0000005/model.safetensors`,
+    );
+    const read = await readCheckpointState(dir);
+    assertEquals(read.checkpoint, names[3]);
+    assertEquals(read.dir, `${dir}/${names[3]}`);
+    assertEquals(read.state, stateAt(settings, 2, 4));
+
+    const back = await loadCheckpointWeights(read.dir);
+    assertEquals(back.optimizer.step, 1);
+    for (const [name, w] of net.named) {
+      assertEquals(back.net.named.get(name)!.dataSync(), w.dataSync(), name);
+    }
+    back.optimizer.dispose();
+    disposeUNet(back.net);
+
+    await Deno.remove(`${dir}/${names[3]}/optimizer.safetensors`);
+    await assertRejects(
+      () => loadCheckpointWeights(read.dir),
+      Error,
+      `${dir}/${names[3]}: checkpoint has no optimizer state`,
+    );
+  } finally {
+    optimizer.dispose();
+    disposeUNet(net);
+    await Deno.remove(dir, { recursive: true });
+  }
+  assertEquals(tf.memory().numTensors, before, "every tensor disposed, also on the refused load");
+});
+
+Deno.test("writeBest stores the validation Dice with the best weights, or says they are the latest", async () => {
+  const dir = await Deno.makeTempDir();
+  const { net, optimizer } = trainedNet();
+  try {
+    const metadataOf = async () => {
+      const { net: back, metadata } = await loadModel(`${dir}/best`);
+      disposeUNet(back);
+      return metadata;
+    };
+    const dice = { WT: 0.5, TC: 0.25, ET: 0.125 };
+    await writeBest(dir, net, { crop: 16, epoch: 3, valDice: dice });
+    const m = await metadataOf();
+    assertEquals([m.train_crop, m.epoch, JSON.parse(m.val_dice), m.best_by], [
+      "16",
+      "3",
+      dice,
+      undefined,
+    ]);
+    await writeBest(dir, net, { crop: 16, epoch: 4 });
+    const latest = await metadataOf();
+    assertEquals([latest.epoch, latest.best_by, latest.val_dice], [
+      "4",
+      "latest (no validation cases)",
+      undefined,
+    ]);
+  } finally {
+    optimizer.dispose();
+    disposeUNet(net);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** A `state.json` as the code before pipeline/checkpoint.ts wrote it, one step into epoch 2. */
+const WRITTEN_BEFORE = {
+  format: "revunet-train-state",
+  version: 1,
+  settings: {
+    data: "/tmp/rf-compat/data",
+    epochs: 2,
+    stepsPerEpoch: 3,
+    crop: 8,
+    batch: 1,
+    lr: 0.003,
+    optimizer: "adam",
+    weightDecay: 0,
+    valCases: 1,
+    valEvery: 1,
+    valWindow: 16,
+    config: {
+      inChannels: 4,
+      outChannels: 3,
+      levels: 2,
+      baseChannels: 4,
+      blocksPerLevel: 1,
+      expansion: 2,
+      maxGroups: 8,
+      activation: "relu6",
+      epsilon: 0.00001,
+      reversible: true,
+    },
+    seed: 0,
+    augment: true,
+    foregroundFraction: 0.3333333333333333,
+  },
+  epoch: 1,
+  stepInEpoch: 1,
+  globalStep: 4,
+  epochLossSum: 1.5787575244903564,
+  epochSeconds: 0.019646118000000115,
+  history: [{
+    epoch: 1,
+    step: 3,
+    loss: 1.733365813891093,
+    lr: 0.0020827594879848214,
+    seconds: 0.35,
+    val_dice: { WT: 0.02113248442156597, TC: 0.001989060169070114, ET: 0.0011037527593818985 },
+    val_mean_dice: 0.00807509911667266,
+  }],
+  best: { epoch: 1, meanDice: 0.00807509911667266 },
+  split: { train: ["BraTS2021_00001", "BraTS2021_00003"], val: ["BraTS2021_00002"] },
+  rng: { kind: "mulberry32-counter", seed: 0, counter: 4 },
+};
+
+Deno.test("readCheckpointState reads a state written before it, and refuses by name one whose rng disagrees or that is no training state", async () => {
+  const dir = await Deno.makeTempDir();
+  const name = "checkpoints/epoch-0001-step-0000004";
+  const stateFile = `${dir}/${name}/state.json`;
+  const put = (state: unknown) => Deno.writeTextFile(stateFile, JSON.stringify(state));
+  try {
+    await Deno.mkdir(`${dir}/${name}`, { recursive: true });
+    await Deno.writeTextFile(
+      latestUri(dir),
+      JSON.stringify({ checkpoint: name, epoch: 1, step: 4 }) + "\n",
+    );
+    await put(WRITTEN_BEFORE);
+    const read = await readCheckpointState(dir);
+    assertEquals([read.checkpoint, read.dir], [name, `${dir}/${name}`]);
+    assertEquals(read.state, WRITTEN_BEFORE as TrainState);
+
+    const rng = WRITTEN_BEFORE.rng;
+    for (
+      const bad of [
+        { ...rng, counter: 3 },
+        { ...rng, seed: 1 },
+        { ...rng, kind: "xorshift-counter" },
+        undefined,
+      ]
+    ) {
+      await put({ ...WRITTEN_BEFORE, rng: bad });
+      await assertRejects(
+        () => readCheckpointState(dir),
+        Error,
+        `${stateFile}: rng ${
+          JSON.stringify(bad)
+        } does not restate the run's seed 0 and step 4, so resuming would not draw what the run drew`,
+      );
+    }
+    await put({ ...WRITTEN_BEFORE, format: "something-else" });
+    await assertRejects(
+      () => readCheckpointState(dir),
+      Error,
+      `${stateFile}: not a training state`,
+    );
+    await Deno.writeTextFile(stateFile, '{"format": "revunet-train-state",');
+    await assertRejects(
+      () => readCheckpointState(dir),
+      SyntaxError,
+      `${stateFile}: not valid JSON`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
