@@ -122,7 +122,11 @@ export async function removeStaleTemporaries(path: string): Promise<void> {
   }
 }
 
-/** Deletes a file; a missing file is not an error (as on S3), a folder is. */
+/**
+ * Deletes a file; a missing file is not an error (as on S3), a folder is. The file's own folder
+ * goes with its last file, as an S3 prefix does (so pruned checkpoints leave no empty folders);
+ * folders above it are left alone.
+ */
 export async function deleteLocal(uri: string, path: string): Promise<void> {
   try {
     const st = await Deno.lstat(path);
@@ -130,6 +134,8 @@ export async function deleteLocal(uri: string, path: string): Promise<void> {
       throw new Error(`Cannot delete "${uri}": it is a folder, not a file`);
     }
     await Deno.remove(path);
+    // Fails, harmlessly, while the folder holds anything else.
+    await Deno.remove(dirname(path)).catch(() => {});
   } catch (e) {
     if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return;
     if (e instanceof Error && e.message.startsWith("Cannot delete")) throw e;

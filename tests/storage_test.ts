@@ -158,6 +158,12 @@ Deno.test("local: put/get/head/exists/delete and a nested, sorted listing", asyn
   await deleteObject(join(root, "002/seg.nii")); // again: not an error
   assert(!(await exists(join(root, "002/seg.nii"))));
   await assertRejects(() => deleteObject(join(root, "001")), Error, "is a folder");
+  // As an S3 prefix, a folder goes with its last file; one holding anything else stays.
+  await assertRejects(() => Deno.stat(join(root, "002")), Deno.errors.NotFound);
+  await deleteObject(join(root, "001/sub/deep.txt"));
+  await assertRejects(() => Deno.stat(join(root, "001/sub")), Deno.errors.NotFound);
+  assert((await Deno.stat(join(root, "001"))).isDirectory);
+  assertEquals((await listObjects(root)).map((o) => o.key), ["001/t1.nii"]);
 });
 
 Deno.test("local: missing objects throw ObjectNotFoundError naming the path", async () => {

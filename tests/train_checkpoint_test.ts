@@ -188,13 +188,9 @@ Deno.test("writeCheckpoint commits with latest.json and keeps the two newest fol
       names.push(name);
     }
     assertEquals(names[1], "checkpoints/epoch-0001-step-0000002");
-    // The folders that still hold files (a local folder whose files were deleted stays, empty).
+    // Pruned folders go entirely (no empty folders left, as with S3 prefixes).
     const left = [];
-    for await (const e of Deno.readDir(`${dir}/checkpoints`)) {
-      const files = [];
-      for await (const f of Deno.readDir(`${dir}/checkpoints/${e.name}`)) files.push(f.name);
-      if (files.length > 0) left.push(`checkpoints/${e.name}`);
-    }
+    for await (const e of Deno.readDir(`${dir}/checkpoints`)) left.push(`checkpoints/${e.name}`);
     assertEquals(left.sort(), names.slice(-2), "the two newest folders are kept");
 
     // Killed while writing a newer checkpoint: its folder is there, latest.json still names the
