@@ -20,7 +20,7 @@ import {
   predictLogits,
   REFERENCE_CONFIG,
   resolveConfig,
-  trainStep,
+  trainStepAsync,
 } from "../model/mod.ts";
 import { slidingWindowProbabilities, windowShape, windowStarts } from "../pipeline/inference.ts";
 import { seededRandom } from "../pipeline/random.ts";
@@ -30,6 +30,23 @@ export const BRATS_DIMS: readonly [number, number, number] = Object.freeze([240,
 
 /** The Python that has Debian's python3-torch (the PATH python3 may be a pyenv without it). */
 export const PEER_PYTHON = "/usr/bin/python3";
+
+/** The environment variable naming another Python for the peer (e.g. a venv with CUDA torch). */
+export const PEER_PYTHON_ENV = "REVUNET_PEER_PYTHON";
+
+/**
+ * The Python the peer runs with: `$REVUNET_PEER_PYTHON` when set and not empty, else
+ * {@linkcode PEER_PYTHON}.
+ */
+export function peerPython(): string {
+  let value: string | undefined;
+  try {
+    value = Deno.env.get(PEER_PYTHON_ENV);
+  } catch {
+    value = undefined; // no env permission: the default
+  }
+  return value?.trim() || PEER_PYTHON;
+}
 
 const PEER_SCRIPT = new URL("./peer_torch.py", import.meta.url);
 
@@ -143,17 +160,18 @@ export async function runPeer(
     "--device",
     args.device,
   ];
-  log(`peer: ${PEER_PYTHON} ${argv.join(" ")}`);
+  const python = peerPython();
+  log(`peer: ${python} ${argv.join(" ")}`);
   let out: Deno.CommandOutput;
   try {
-    out = await new Deno.Command(PEER_PYTHON, {
+    out = await new Deno.Command(python, {
       args: argv,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
     }).output();
   } catch (e) {
-    return { peer: null, reason: `cannot run ${PEER_PYTHON}: ${(e as Error).message}` };
+    return { peer: null, reason: `cannot run ${python}: ${(e as Error).message}` };
   }
   const dec = new TextDecoder();
   const lines = dec.decode(out.stdout).split("\n").filter((l) => l.trim() !== "");
@@ -233,10 +251,11 @@ export async function benchSpeed(options: BenchSpeedOptions = {}) {
   let caseNote: string | undefined;
   try {
     log(`train: ${warmup} warm-up + ${steps} timed steps at ${crop}^3`);
-    // trainStep reads the loss back (dataSync), so each step is finished when it returns.
+    // trainStepAsync reads the loss back, so each step is finished when it returns; the async
+    // read because WebGPU's synchronous one needs a canvas that Deno lacks.
     trainTimes = await timeRuns(
-      () => {
-        trainStep(net, optimizer, x, target, 1e-4);
+      async () => {
+        await trainStepAsync(net, optimizer, x, target, 1e-4);
       },
       warmup,
       steps,

@@ -1,0 +1,151 @@
+/**
+ * deploy/device/: the GPU-machine kit, checked without a GPU, the network or a packed .device/.
+ * The scripts parse, run.sh records what is missing instead of failing silently, summary.py reads
+ * back what run.sh records, and the bench's peer honours REVUNET_PEER_PYTHON.
+ * @module
+ */
+import { join } from "node:path";
+import { assert, assertEquals, assertStringIncludes } from "@std/assert";
+import { PEER_PYTHON, PEER_PYTHON_ENV, peerPython, runPeer } from "../tasks/bench_speed.ts";
+import { ROOT } from "./_cli.ts";
+
+const DEVICE = join(ROOT, "deploy", "device");
+
+async function run(cmd: string, args: string[], env: Record<string, string> = {}) {
+  const out = await new Deno.Command(cmd, {
+    args,
+    cwd: ROOT,
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** Sets or removes an environment variable for the length of `fn`. */
+async function withEnv<T>(name: string, value: string | undefined, fn: () => Promise<T> | T) {
+  const before = Deno.env.get(name);
+  if (value === undefined) Deno.env.delete(name);
+  else Deno.env.set(name, value);
+  try {
+    return await fn();
+  } finally {
+    if (before === undefined) Deno.env.delete(name);
+    else Deno.env.set(name, before);
+  }
+}
+
+Deno.test("deploy/device: pack.sh and run.sh parse (bash -n)", async () => {
+  for (const script of ["pack.sh", "run.sh"]) {
+    const r = await run("bash", ["-n", join(DEVICE, script)]);
+    assertEquals(r.code, 0, `${script}: ${r.stderr}`);
+  }
+});
+
+Deno.test("deploy/device: .device/ is git-ignored", async () => {
+  const ignore = await Deno.readTextFile(join(ROOT, ".gitignore"));
+  assert(ignore.split("\n").some((l) => l.trim() === "/.device/"), ".gitignore lacks /.device/");
+});
+
+Deno.test("bench speed: the peer's Python is REVUNET_PEER_PYTHON when set, else the default", async () => {
+  assertEquals(PEER_PYTHON_ENV, "REVUNET_PEER_PYTHON");
+  await withEnv(PEER_PYTHON_ENV, undefined, () => assertEquals(peerPython(), PEER_PYTHON));
+  await withEnv(PEER_PYTHON_ENV, "", () => assertEquals(peerPython(), PEER_PYTHON));
+  await withEnv(PEER_PYTHON_ENV, "/opt/venv/bin/python3", () => {
+    assertEquals(peerPython(), "/opt/venv/bin/python3");
+  });
+  const missing = "/nonexistent/revunet/python3";
+  const r = await withEnv(
+    PEER_PYTHON_ENV,
+    missing,
+    () => runPeer({ crop: 16, steps: 1, warmup: 0, threads: 1, device: "cpu" }),
+  );
+  assertEquals(r.peer, null);
+  assertStringIncludes(r.reason ?? "", `cannot run ${missing}`);
+});
+
+Deno.test("deploy/device: run.sh without OUT refuses; with an empty kit it records why", async () => {
+  const noOut = await run("bash", [join(DEVICE, "run.sh")], { PATH: Deno.env.get("PATH") ?? "" });
+  assertEquals(noOut.code, 2);
+  assertStringIncludes(noOut.stderr, "OUT");
+
+  const tmp = await Deno.makeTempDir({ prefix: "device_kit_test_" });
+  try {
+    const out = join(tmp, "out");
+    const r = await run("bash", [join(DEVICE, "run.sh")], {
+      PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+      OUT: out,
+      DEVICE_KIT: join(tmp, "empty-kit"),
+      DEVICE_WORK: join(tmp, "work"),
+      DEVICE_INSTALL_DEBS: "0",
+      DEVICE_CROPS: "32",
+      DEVICE_FULL_CROPS: "32",
+      DEVICE_PEER_CROPS: "",
+      REVUNET_PEER_PYTHON: "/nonexistent/revunet/python3",
+    });
+    assertEquals(r.code, 0, r.stdout + r.stderr);
+    const log = await Deno.readTextFile(join(out, "device.log"));
+    assertStringIncludes(log, "deno = NOT AVAILABLE");
+    const summary = JSON.parse(await Deno.readTextFile(join(out, "summary.json")));
+    assertStringIncludes(summary.facts.deno, "NOT AVAILABLE");
+    const steps = summary.steps as { name: string; status: string; note: string }[];
+    for (const name of ["probe", "bench-webgpu-32", "bench-webgpu-32-full"]) {
+      const step = steps.find((s) => s.name === name);
+      assertEquals(step?.status, "skipped", JSON.stringify(steps));
+      assertStringIncludes(step?.note ?? "", "deno not available");
+    }
+    // Only the two files that are always there: nothing else was produced.
+    const files = [];
+    for await (const e of Deno.readDir(out)) files.push(e.name);
+    assertEquals(files.sort(), ["device.log", "summary.json"]);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("deploy/device: summary.py embeds each step's JSON and pulls out the figures", async () => {
+  const work = await Deno.makeTempDir({ prefix: "device_kit_summary_" });
+  try {
+    const bench = {
+      backend: "webgpu",
+      device: "webgpu: NVIDIA H200 (hardware)",
+      crop: 32,
+      train_step_ms: 12.5,
+      infer_ms: 4.25,
+      case_seconds: 30.5,
+      case: { measured: true, windows: 1764, sizes: [{ dims: [240, 240, 155], seconds: 30.5 }] },
+      peer: { device: "cuda: NVIDIA H200", train_step_ms: 10, infer_ms: 3 },
+      ratio: { train: 0.8, infer: 0.7 },
+    };
+    await Deno.writeTextFile(join(work, "b.json"), JSON.stringify(bench) + "\n");
+    await Deno.writeTextFile(
+      join(work, "p.jsonl"),
+      `${JSON.stringify({ grad_rel_err: 1e-7, device: "cuda", param_count: 479955 })}\n` +
+        `${JSON.stringify({ crop: 128, train_step_ms: 50, infer_ms: 9, device: "cuda" })}\n`,
+    );
+    await Deno.writeTextFile(join(work, "facts.tsv"), "gpu\tNVIDIA H200, 580.1, 143771 MiB\n");
+    await Deno.writeTextFile(
+      join(work, "steps.tsv"),
+      `bench-webgpu-32\tok\t0\t41.2\t${join(work, "b.json")}\t\n` +
+        `peer-cuda-128\tok\t0\t9.0\t${join(work, "p.jsonl")}\t\n` +
+        `bench-webgpu-64-full\ttimeout\t124\t300.0\t-\tkilled after 300 s\n`,
+    );
+    const r = await run("python3", [join(DEVICE, "summary.py"), work]);
+    assertEquals(r.code, 0, r.stderr);
+    const s = JSON.parse(r.stdout);
+    assertEquals(s.facts.gpu, "NVIDIA H200, 580.1, 143771 MiB");
+    assertEquals(s.steps.length, 3);
+    assertEquals(s.steps[2].status, "timeout");
+    assertEquals(s.steps[2].exit_code, 124);
+    assertEquals(s.steps[0].result.train_step_ms, 12.5);
+    const h = s.highlights;
+    assertEquals(h[0].case_measured, true);
+    assertEquals(h[0].peer_device, "cuda: NVIDIA H200");
+    assertEquals(h[1].grad_rel_err, 1e-7);
+    assertEquals(h[2].crop, 128);
+  } finally {
+    await Deno.remove(work, { recursive: true });
+  }
+});
