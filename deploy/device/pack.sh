@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fills .device/ (git-ignored) with what the lent GPU machine lacks, so that deploy/device/run.sh
 # can run the benchmarks there with no network: the Deno binary (compressed), the npm files the
-# bench actually loads (a trimmed node_modules), and the Vulkan loader debs for the WebGPU backend.
+# bench actually loads (a trimmed node_modules), and the Vulkan loader debs for the WebGPU backend
+# (plus the X11 libraries the NVIDIA Vulkan driver links against, used there only if missing).
 # Run it here, from anywhere in the checkout; it needs the npm registry (for `npx deno@2` when no
 # deno is on PATH), Debian's apt (for the debs), strace (installed with apt when missing) and
 # Mesa's Vulkan drivers for a WebGPU trace (else the trace runs on the cpu backend).
@@ -173,6 +174,17 @@ if [ "${PACK_DEBS:-1}" != 0 ]; then
     rm -rf "$KIT/gl"
     mkdir -p "$KIT/gl"
     mv "$TMP"/gl/*.deb "$KIT/gl/"
+    # The X11 libraries the NVIDIA ICD (libGLX_nvidia.so.0) links against, in case the machine
+    # lacks them: run.sh unpacks these outside / and only when ldd says one is missing.
+    mkdir -p "$TMP/x11"
+    if (cd "$TMP/x11" && apt-get $o download libx11-6 libxext6 libxcb1 libxau6 libxdmcp6 libbsd0 \
+      libmd0) >>"$TMP/apt.log" 2>&1; then
+      rm -rf "$KIT/x11"
+      mkdir -p "$KIT/x11"
+      mv "$TMP"/x11/*.deb "$KIT/x11/"
+    else
+      log "debs: the X11 libraries could not be downloaded ($(tail -1 "$TMP/apt.log")); going on without"
+    fi
   elif ls "$KIT"/gl/*.deb >/dev/null 2>&1; then
     log "debs: apt-get failed ($(tail -1 "$TMP/apt.log")); keeping the debs already in .device/gl"
   else
@@ -181,6 +193,12 @@ if [ "${PACK_DEBS:-1}" != 0 ]; then
   fi
 fi
 ls "$KIT"/gl/*.deb >/dev/null 2>&1 || die ".device/gl has no debs (run without PACK_DEBS=0)"
+# Plain names (apt writes an epoch's colon as %3a): only letters, digits, '.', '_' and '-'.
+for f in "$KIT"/gl/*.deb "$KIT"/x11/*.deb; do
+  [ -e "$f" ] || continue
+  plain=$(dirname "$f")/$(basename "$f" | sed 's/%3a/_/g; s/[^A-Za-z0-9._-]/_/g')
+  [ "$f" = "$plain" ] || mv "$f" "$plain"
+done
 
 # ---- 4. the manifest -----------------------------------------------------------------------------
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
@@ -196,6 +214,7 @@ git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
   echo "node_modules_bytes=$nm_bytes"
   echo "node_modules_traced_on=$traced"
   echo "debs=$(cd "$KIT/gl" && ls ./*.deb | sed 's|^\./||' | tr '\n' ' ')"
+  echo "x11_debs=$(cd "$KIT/x11" 2>/dev/null && ls ./*.deb 2>/dev/null | sed 's|^\./||' | tr '\n' ' ')"
 } >"$KIT/MANIFEST.txt"
 
 # ---- 5. an offline check in a fresh copy of what travels --------------------------------------------

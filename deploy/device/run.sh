@@ -17,7 +17,7 @@
 # every step's status and JSON, and "highlights"), bench-webgpu-<c>[-full].json, peer-<dev>.jsonl.
 #
 # Environment (defaults are for the H200; smaller values for a CPU-only rehearsal):
-#   DEVICE_BUDGET_S=480         seconds for everything; a step gets min(its cap, what is left)
+#   DEVICE_BUDGET_S=420         seconds for everything; a step gets min(its cap, what is left)
 #   DEVICE_CROPS="32 64"        crops of the bench runs with small cases and the peer
 #   DEVICE_FULL_CROPS="64 32"   crops (= windows) of the whole-case runs, in this order; "" skips
 #   DEVICE_FULL_CASE=240x240x155  the whole case's size
@@ -29,6 +29,7 @@
 #   DEVICE_T_BENCH=150 DEVICE_T_PEER=90 DEVICE_T_FULL=300  per-step caps (seconds)
 #   DEVICE_INSTALL_DEBS=auto    auto: dpkg -x the debs into / only when no libvulkan.so.1; 1; 0
 #   DEVICE_WORK=/tmp/revunet-device  scratch space (Deno binary, DENO_DIR, step outputs)
+#   DEVICE_NVIDIA_DIR=/usr/local/nvidia  where the driver's Vulkan ICD and EGL vendor files are
 #   REVUNET_PEER_PYTHON         the peer's Python (default: python3 on PATH)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
@@ -41,7 +42,7 @@ fi
 mkdir -p "$OUT"
 KIT=${DEVICE_KIT:-$ROOT/.device}
 WORK=${DEVICE_WORK:-/tmp/revunet-device}
-BUDGET=${DEVICE_BUDGET_S:-480}
+BUDGET=${DEVICE_BUDGET_S:-420}
 CROPS=${DEVICE_CROPS-32 64}
 FULL_CROPS=${DEVICE_FULL_CROPS-64 32}
 FULL_CASE=${DEVICE_FULL_CASE:-240x240x155}
@@ -261,7 +262,7 @@ elif have_lib libvulkan.so.1; then
 else
   fact vulkan_loader "NONE: no libvulkan.so.1 and the debs were not installed (DEVICE_INSTALL_DEBS=$install_debs)"
 fi
-NV=/usr/local/nvidia
+NV=${DEVICE_NVIDIA_DIR:-/usr/local/nvidia} # the driver folder the device mounts
 if ! have_lib libGLX_nvidia.so.0; then
   for d in "$NV/lib64" "$NV/lib"; do
     if [ -e "$d/libGLX_nvidia.so.0" ]; then
@@ -284,6 +285,14 @@ if [ -f "$nv_icd" ]; then
   if [ -n "$icd_path" ] && [ -e "$icd_path" ]; then
     missing=$(ldd "$icd_path" 2>&1 | grep 'not found' | awk '{print $1}' | tr '\n' ' ')
     fact nvidia_icd "$nv_icd -> $icd_path${missing:+; MISSING: $missing}"
+    # Missing X11 libraries: the kit's debs, unpacked outside / and put on LD_LIBRARY_PATH.
+    if [ -n "$missing" ] && ls "$KIT"/x11/*.deb >/dev/null 2>&1 && command -v dpkg >/dev/null 2>&1; then
+      x11=$WORK/x11root
+      for f in "$KIT"/x11/*.deb; do dpkg -x "$f" "$x11" || say "dpkg -x $f failed"; done
+      export LD_LIBRARY_PATH=$x11/usr/lib/x86_64-linux-gnu:$x11/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+      missing=$(ldd "$icd_path" 2>&1 | grep 'not found' | awk '{print $1}' | tr '\n' ' ')
+      fact nvidia_icd_x11 "unpacked .device/x11 into $x11; still missing: ${missing:-nothing}"
+    fi
   else
     fact nvidia_icd "$nv_icd names ${icd_lib:-nothing}, not found by ldconfig"
   fi
