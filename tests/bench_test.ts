@@ -115,6 +115,71 @@ Deno.test({
   },
 });
 
+/** Whether this process sees a WebGPU adapter (the tests run with --unstable-webgpu). */
+async function webGpuAdapter(): Promise<string | null> {
+  const gpu = (navigator as unknown as { gpu?: { requestAdapter(): Promise<unknown> } }).gpu;
+  if (!gpu) return "navigator.gpu is missing";
+  if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+  return (await gpu.requestAdapter()) ? null : "no WebGPU adapter (install mesa-vulkan-drivers)";
+}
+const noWebGpu = await webGpuAdapter();
+
+// The bench's reads must all be asynchronous there: tfjs-webgpu's synchronous read needs a canvas.
+Deno.test({
+  name: `bench speed and bench kernels run on webgpu${noWebGpu ? ` (skipped: ${noWebGpu})` : ""}`,
+  ignore: noWebGpu !== null,
+  fn: async () => {
+    const speed = await run(Deno.execPath(), [
+      "run",
+      "-A",
+      "--unstable-webgpu",
+      "main.ts",
+      "bench",
+      "speed",
+      "--json",
+      "--backend",
+      "webgpu",
+      "--crop",
+      "8",
+      "--steps",
+      "1",
+      "--case-sizes",
+      "8x8x8",
+      "--no-peer",
+    ]);
+    assertEquals(speed.code, 0, speed.stderr);
+    const j = JSON.parse(speed.stdout);
+    assertEquals(j.backend, "webgpu");
+    for (const k of ["train_step_ms", "train_voxels_per_s", "infer_voxels_per_s"]) {
+      assert(positive(j[k]), `${k} = ${j[k]}`);
+    }
+    const kernels = await run(Deno.execPath(), [
+      "run",
+      "-A",
+      "--unstable-webgpu",
+      "main.ts",
+      "bench",
+      "kernels",
+      "--json",
+      "--backend",
+      "webgpu",
+      "--crop",
+      "8",
+      "--steps",
+      "1",
+    ]);
+    assertEquals(kernels.code, 0, kernels.stderr);
+    const k = JSON.parse(kernels.stdout);
+    assertEquals(k.backend, "webgpu");
+    assertEquals(k.kernels.length, 5 * depthwiseShapes(8).length);
+    for (const row of k.kernels) {
+      assert(positive(row.ms), `${row.kernel}: ${row.ms}`);
+      // Only the depthwise kernels have an untiled variant to compare with.
+      assertEquals(positive(row.ms_untiled), row.kernel.startsWith("depthwise"), row.kernel);
+    }
+  },
+});
+
 Deno.test("bench kernels: the network's depthwise shapes per level", () => {
   assertEquals(depthwiseShapes(64), [
     [1, 64, 64, 64, 32],
