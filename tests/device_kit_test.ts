@@ -91,7 +91,7 @@ Deno.test("deploy/device: run.sh without OUT refuses; with an empty kit it recor
     const summary = JSON.parse(await Deno.readTextFile(join(out, "summary.json")));
     assertStringIncludes(summary.facts.deno, "NOT AVAILABLE");
     const steps = summary.steps as { name: string; status: string; note: string }[];
-    for (const name of ["probe", "bench-webgpu-32", "bench-webgpu-32-full"]) {
+    for (const name of ["probe", "bench-webgpu-32", "kernels-webgpu", "bench-webgpu-32-full"]) {
       const step = steps.find((s) => s.name === name);
       assertEquals(step?.status, "skipped", JSON.stringify(steps));
       assertStringIncludes(step?.note ?? "", "deno not available");
@@ -125,26 +125,41 @@ Deno.test("deploy/device: summary.py embeds each step's JSON and pulls out the f
       `${JSON.stringify({ grad_rel_err: 1e-7, device: "cuda", param_count: 479955 })}\n` +
         `${JSON.stringify({ crop: 128, train_step_ms: 50, infer_ms: 9, device: "cuda" })}\n`,
     );
+    const kernels = {
+      backend: "webgpu",
+      device: "webgpu: NVIDIA H200 (hardware)",
+      crop: 128,
+      kernels: [
+        { kernel: "depthwise_conv3d", shape: [1, 128, 128, 128, 32], ms: 1.5, ms_untiled: 3 },
+        { kernel: "group_norm_act", shape: [1, 128, 128, 128, 32], ms: 0.5 },
+      ],
+    };
+    await Deno.writeTextFile(join(work, "k.json"), JSON.stringify(kernels) + "\n");
     await Deno.writeTextFile(join(work, "facts.tsv"), "gpu\tNVIDIA H200, 580.1, 143771 MiB\n");
     await Deno.writeTextFile(
       join(work, "steps.tsv"),
       `bench-webgpu-32\tok\t0\t41.2\t${join(work, "b.json")}\t\n` +
         `peer-cuda-128\tok\t0\t9.0\t${join(work, "p.jsonl")}\t\n` +
+        `kernels-webgpu\tok\t0\t20.0\t${join(work, "k.json")}\t\n` +
         `bench-webgpu-64-full\ttimeout\t124\t300.0\t-\tkilled after 300 s\n`,
     );
     const r = await run("python3", [join(DEVICE, "summary.py"), work]);
     assertEquals(r.code, 0, r.stderr);
     const s = JSON.parse(r.stdout);
     assertEquals(s.facts.gpu, "NVIDIA H200, 580.1, 143771 MiB");
-    assertEquals(s.steps.length, 3);
-    assertEquals(s.steps[2].status, "timeout");
-    assertEquals(s.steps[2].exit_code, 124);
+    assertEquals(s.steps.length, 4);
+    assertEquals(s.steps[3].status, "timeout");
+    assertEquals(s.steps[3].exit_code, 124);
     assertEquals(s.steps[0].result.train_step_ms, 12.5);
     const h = s.highlights;
     assertEquals(h[0].case_measured, true);
     assertEquals(h[0].peer_device, "cuda: NVIDIA H200");
     assertEquals(h[1].grad_rel_err, 1e-7);
     assertEquals(h[2].crop, 128);
+    assertEquals(h[3].kernels_ms, [
+      ["depthwise_conv3d", [1, 128, 128, 128, 32], 1.5, 3],
+      ["group_norm_act", [1, 128, 128, 128, 32], 0.5, null],
+    ]);
   } finally {
     await Deno.remove(work, { recursive: true });
   }

@@ -6,6 +6,8 @@
 #
 #   bench-webgpu-<c>       bench speed --backend webgpu --crop c (c in DEVICE_CROPS), small cases
 #                          (c³, c×c×2c, c×c×4c) and the PyTorch peer on CUDA in the same run
+#   kernels-webgpu         bench kernels --backend webgpu --crop DEVICE_KERNEL_CROP: each WGSL kernel
+#                          at the network's shapes, the depthwise ones tiled vs untiled
 #   peer-<dev>             python3 tasks/peer_torch.py --check, then --crop p (p in DEVICE_PEER_CROPS)
 #                          alone on CUDA: figures even when Deno cannot start
 #   bench-webgpu-<c>-full  bench speed --crop c --case-sizes 240x240x155 --steps 1 --no-peer (c in
@@ -14,7 +16,8 @@
 # Usage, from the repository root, OUT set to the folder that comes back:
 #   bash deploy/device/run.sh
 # Writes at most 8 files to $OUT: device.log (everything printed), summary.json (what was found,
-# every step's status and JSON, and "highlights"), bench-webgpu-<c>[-full].json, peer-<dev>.jsonl.
+# every step's status and JSON, and "highlights"), bench-webgpu-<c>[-full].json, kernels-webgpu.json,
+# peer-<dev>.jsonl.
 #
 # Environment (defaults are for the H200; smaller values for a CPU-only rehearsal):
 #   DEVICE_BUDGET_S=420         seconds for everything; a step gets min(its cap, what is left)
@@ -23,6 +26,7 @@
 #   DEVICE_FULL_CASE=240x240x155  the whole case's size
 #   DEVICE_SMALL_CASES=auto     --case-sizes of the first runs (auto: c³,c×c×2c,c×c×4c; or "none")
 #   DEVICE_STEPS=3              --steps of the first runs
+#   DEVICE_KERNEL_CROP=128      crop of the bench kernels run; "" skips it
 #   DEVICE_PEER_CROPS="32 64 128"  crops of the standalone peer runs; "" skips them
 #   DEVICE_PEER_DEVICE=auto     cuda when torch sees CUDA, else cpu (and says so); or cuda, cpu
 #   DEVICE_BACKEND=webgpu       --backend of the bench runs
@@ -49,6 +53,7 @@ FULL_CASE=${DEVICE_FULL_CASE:-240x240x155}
 SMALL_CASES=${DEVICE_SMALL_CASES:-auto}
 STEPS=${DEVICE_STEPS:-3}
 PEER_CROPS=${DEVICE_PEER_CROPS-32 64 128}
+KERNEL_CROP=${DEVICE_KERNEL_CROP-128}
 PEER_DEVICE=${DEVICE_PEER_DEVICE:-auto}
 BACKEND=${DEVICE_BACKEND:-webgpu}
 T_BENCH=${DEVICE_T_BENCH:-150}
@@ -342,6 +347,19 @@ for c in $CROPS; do
   [ "$cases" = auto ] && cases="${c}x${c}x${c},${c}x${c}x$((2 * c)),${c}x${c}x$((4 * c))"
   bench "bench-$BACKEND-$c" "$T_BENCH" --crop "$c" --steps "$STEPS" --case-sizes "$cases"
 done
+
+# Each of the project's kernels alone (the depthwise ones tiled and untiled): where the time goes.
+if [ -n "$KERNEL_CROP" ]; then
+  if [ "$DENO_OK" != 1 ]; then
+    record "kernels-$BACKEND" skipped "" 0 - "deno not available"
+  elif [ "$BACKEND" = webgpu ] && [ "$ADAPTER_OK" != 1 ]; then
+    record "kernels-$BACKEND" skipped "" 0 - "no WebGPU adapter (see the probe step)"
+  else
+    run_step "kernels-$BACKEND" 90 last "${DENO_RUN[@]}" main.ts bench kernels \
+      --backend "$BACKEND" --crop "$KERNEL_CROP" --steps 5
+    [ "$STEP_JSON" != - ] && out_copy "$STEP_JSON" "kernels-$BACKEND.json"
+  fi
+fi
 
 if [ -n "$PEER_CROPS" ] && [ -n "$PEER_PY" ]; then
   dev=$PEER_DEVICE

@@ -112,6 +112,14 @@ def main():
         h = bench_highlight(name, result)
         if h:
             highlights.append(h)
+        elif isinstance(result, dict) and isinstance(result.get("kernels"), list):
+            highlights.append({
+                "step": name,
+                "device": result.get("device"),
+                "crop": result.get("crop"),
+                "kernels_ms": [[k.get("kernel"), k.get("shape"), k.get("ms"), k.get("ms_untiled")]
+                               for k in result["kernels"] if isinstance(k, dict)],
+            })
         elif isinstance(result, list):
             highlights.extend(peer_highlights(name, result))
         elif isinstance(result, dict) and name == "probe":
