@@ -5,6 +5,7 @@
  */
 import { type Command, UsageError } from "./tasks/_cli.ts";
 import { commands } from "./tasks/mod.ts";
+import { checkWebGpuErrors } from "./model/backend.ts";
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));
@@ -38,6 +39,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   try {
     await command.run(rest);
+    checkWebGpuErrors();
     return 0;
   } catch (e) {
     if (e instanceof UsageError) {

@@ -258,6 +258,39 @@ async function probeWebGpu(): Promise<WebGpuProbe> {
   return { ok: true, software, description };
 }
 
+/** Errors the WebGPU device reported that nothing caught, oldest first, since the last check. */
+const webGpuErrors: string[] = [];
+/** Devices already listened to. */
+const watched = new WeakSet<object>();
+
+/**
+ * Throws when the WebGPU device has reported an error since the last call (and forgets them).
+ * tfjs-webgpu never asks the device whether a dispatch was valid, and an invalid one writes
+ * nothing, so a refused kernel would read back as zeros; the training step, the sliding window
+ * and the command line call this so that such a run fails instead of going on with them.
+ */
+export function checkWebGpuErrors(): void {
+  if (webGpuErrors.length === 0) return;
+  const errors = webGpuErrors.splice(0);
+  throw new Error(
+    `the WebGPU device reported ${errors.length} error${errors.length === 1 ? "" : "s"}, so ` +
+      `results computed since are wrong; the first: ${errors[0]}`,
+  );
+}
+
+/** Records the uncaptured errors of the webgpu backend's device (once per device). */
+function watchWebGpuErrors(): void {
+  const device = (tf.backend() as unknown as { device?: EventTarget }).device;
+  if (!device || watched.has(device) || typeof device.addEventListener !== "function") return;
+  watched.add(device);
+  device.addEventListener("uncapturederror", (event) => {
+    const error = (event as Event & { error?: { message?: string } }).error;
+    const message = error?.message?.trim() || "an error without a message";
+    webGpuErrors.push(message);
+    console.error(`error: WebGPU: ${message}`);
+  });
+}
+
 async function useWebGpu(
   probe: { software: boolean; description: string },
   reason: string,
@@ -274,6 +307,7 @@ async function useWebGpu(
       `Backend "webgpu": tfjs could not initialize it on ${probe.description} (see the warning above)`,
     );
   }
+  watchWebGpuErrors();
   const kind = probe.software ? "software" : "hardware";
   // The project's WGSL kernels, unless REVUNET_NATIVE=0 asks for tfjs's own kernels only.
   const own = nativeRequested();

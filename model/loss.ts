@@ -51,3 +51,19 @@ export function diceBceLoss(
     ) as tf.Scalar;
   });
 }
+
+/**
+ * A random target of 0s and 1s, each voxel and region 1 with probability 1 − `threshold`, made in
+ * float32 from the start (step of uniform − threshold): tfjs-webgpu 4.22 cannot transpose an int32
+ * or bool tensor — its shader fails validation and the result is zeros — and a cast of a
+ * comparison keeps that buffer, so summing the cast over the spatial axes, as the loss does, fails.
+ */
+export function randomTarget(
+  shape: [number, number, number, number, number],
+  seed: number,
+  threshold: number,
+): tf.Tensor5D {
+  return tf.tidy(() =>
+    tf.step(tf.sub(tf.randomUniform(shape, 0, 1, "float32", seed), threshold))
+  ) as tf.Tensor5D;
+}

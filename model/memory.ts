@@ -19,6 +19,7 @@ import {
 } from "./config.ts";
 import { Optimizer } from "./optimizer.ts";
 import { trainStep } from "./train_step.ts";
+import { randomTarget } from "./loss.ts";
 import { createUNet, disposeUNet } from "./unet.ts";
 
 /**
@@ -39,15 +40,7 @@ export async function measureStepPeak(
     "float32",
     2,
   ) as tf.Tensor5D;
-  const target = tf.tidy(() =>
-    tf.cast(
-      tf.greater(
-        tf.randomUniform([batch, crop, crop, crop, config.outChannels], 0, 1, "float32", 3),
-        0.8,
-      ),
-      "float32",
-    )
-  ) as tf.Tensor5D;
+  const target = randomTarget([batch, crop, crop, crop, config.outChannels], 3, 0.8);
   try {
     trainStep(net, opt, x, target, 1e-4);
     const info = await tf.profile(() => {

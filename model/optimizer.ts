@@ -7,6 +7,7 @@
  * @module
  */
 import * as tf from "./tf.ts";
+import { hasKernel, REV_ADAM_UPDATE } from "./native/names.ts";
 
 /** Which optimizer and its hyper-parameters. */
 export interface OptimizerConfig {
@@ -88,6 +89,10 @@ export class Optimizer {
         this.adamOnCpu(w, g, s, lr);
         continue;
       }
+      if (kind === "adam" && hasKernel(REV_ADAM_UPDATE)) {
+        this.adamFused(w, g, s, lr);
+        continue;
+      }
       tf.tidy(() => {
         if (kind === "adam") {
           const [m, v] = s;
@@ -143,6 +148,25 @@ export class Optimizer {
       m.assign(tf.tensor(m2, m.shape, "float32"));
       v.assign(tf.tensor(v2, v.shape, "float32"));
       w.assign(tf.tensor(w2, w.shape, "float32"));
+    });
+  }
+
+  /** The Adam update of one weight by the backend's fused kernel (webgpu's WGSL one). */
+  private adamFused(w: tf.Variable, g: tf.Tensor, slots: tf.Variable[], lr: number): void {
+    const { beta1, beta2, epsilon, weightDecay } = this.config;
+    const [m, v] = slots;
+    tf.tidy(() => {
+      const [w2, m2, v2] = tf.engine().runKernel(REV_ADAM_UPDATE, { w, g, m, v }, {
+        beta1,
+        beta2,
+        epsilon,
+        weightDecay,
+        lr,
+        step: this.step,
+      }) as tf.Tensor[];
+      m.assign(m2);
+      v.assign(v2);
+      w.assign(w2);
     });
   }
 

@@ -6,6 +6,7 @@ import * as tf from "./tf.ts";
 import { diceBceLoss, type DiceBceOptions } from "./loss.ts";
 import type { Optimizer } from "./optimizer.ts";
 import { computeGrads, type UNet } from "./unet.ts";
+import { checkWebGpuErrors } from "./backend.ts";
 
 /** The step itself; returns the loss tensor (the caller reads and disposes it). */
 function step(
@@ -68,7 +69,9 @@ export async function trainStepAsync(
 ): Promise<number> {
   const loss = step(net, optimizer, x, target, lr, lossOptions);
   try {
-    return (await loss.data())[0];
+    const value = (await loss.data())[0];
+    checkWebGpuErrors();
+    return value;
   } finally {
     loss.dispose();
   }

@@ -9,6 +9,7 @@
  */
 import * as tf from "../model/tf.ts";
 import { cropMultiple, predictLogits, type UNet } from "../model/mod.ts";
+import { checkWebGpuErrors } from "../model/backend.ts";
 import { cropBox, type Dims } from "./preprocess.ts";
 
 /** Options of {@linkcode slidingWindowProbabilities}. */
@@ -134,6 +135,7 @@ export async function slidingWindowProbabilities(
       // An asynchronous read: WebGPU's synchronous one needs a canvas, which Deno lacks.
       const values = (await out.data()) as Float32Array;
       out.dispose();
+      checkWebGpuErrors();
       group.forEach((_, i) => {
         const p = mirrorVolume(
           values.subarray(i * wv * cout, (i + 1) * wv * cout),

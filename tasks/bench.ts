@@ -18,6 +18,7 @@ import {
   maxFieldValue,
   measureStepPeak,
   predictPeak,
+  randomTarget,
   REFERENCE_CONFIG,
   resolveConfig,
   reversibleGrads,
@@ -59,9 +60,7 @@ export async function benchMemory(options: BenchMemoryOptions = {}) {
 
   log("gradient check: reversible vs standard, reference network, 16^3");
   const x = tf.randomNormal([1, 16, 16, 16, 4], 0, 1, "float32", 5) as tf.Tensor5D;
-  const target = tf.tidy(() =>
-    tf.cast(tf.greater(tf.randomUniform([1, 16, 16, 16, 3], 0, 1, "float32", 6), 0.7), "float32")
-  ) as tf.Tensor5D;
+  const target = randomTarget([1, 16, 16, 16, 3], 6, 0.7);
   const net = createUNet(ref, { seed: 7, zeroInitResidual: false });
   const loss = (logits: tf.Tensor5D) => diceBceLoss(logits, target);
   const rev = reversibleGrads(net, x, loss, true);

@@ -18,6 +18,7 @@ import {
   Optimizer,
   paramCount,
   predictLogits,
+  randomTarget,
   REFERENCE_CONFIG,
   resolveConfig,
   trainStepAsync,
@@ -239,12 +240,7 @@ export async function benchSpeed(options: BenchSpeedOptions = {}) {
   const net = createUNet(config, { seed: 0 });
   const optimizer = new Optimizer({ kind: "adam" });
   const x = tf.randomNormal([1, crop, crop, crop, 4], 0, 1, "float32", 1) as tf.Tensor5D;
-  const target = tf.tidy(() =>
-    tf.cast(
-      tf.greater(tf.randomUniform([1, crop, crop, crop, 3], 0, 1, "float32", 2), 0.7),
-      "float32",
-    )
-  ) as tf.Tensor5D;
+  const target = randomTarget([1, crop, crop, crop, 3], 2, 0.7);
   let trainTimes: number[];
   let inferTimes: number[];
   let caseTimings: CaseTiming[] = [];

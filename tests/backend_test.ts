@@ -12,10 +12,15 @@
  */
 import * as tf from "../model/tf.ts";
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
-import { type BackendName, selectBackend } from "../model/backend.ts";
+import { type BackendName, checkWebGpuErrors, selectBackend } from "../model/backend.ts";
 import { depthwiseConv3d } from "../model/depthwise_conv3d.ts";
 import { groupNorm, type GroupNormActivation } from "../model/group_norm.ts";
-import { hasKernel, REV_DEPTHWISE_CONV3D, REV_GROUP_NORM_ACT_GRAD } from "../model/native/names.ts";
+import {
+  hasKernel,
+  REV_ADAM_UPDATE,
+  REV_DEPTHWISE_CONV3D,
+  REV_GROUP_NORM_ACT_GRAD,
+} from "../model/native/names.ts";
 import {
   depthwiseTiling,
   disableWebGpuKernels,
@@ -389,6 +394,69 @@ for (
   });
 }
 
+// Adam and AdamW: the fused WGSL update against the cpu backend's loop, over three steps. A large
+// learning rate, so that a wrong update shows against the weights' own magnitude.
+Deno.test({
+  name: `webgpu fused Adam/AdamW update matches cpu: weights and both moments over 3 steps${SKIP}`,
+  ignore,
+  fn: async () => {
+    const shapes = [[3, 3, 3, 8, 1], [16, 32], [7]];
+    const init = shapes.map((shape, i) => normal(shape, 60 + i));
+    const grads = [0, 1, 2].map((step) =>
+      shapes.map((shape, i) => normal(shape, 70 + 10 * step + i))
+    );
+    for (const weightDecay of [0, 0.1]) {
+      await assertSameOnWebGpu(() => {
+        const weights = new Map<string, tf.Tensor>(init.map((a, i) => {
+          const t = tensor(a);
+          const w = tf.variable(t);
+          t.dispose();
+          return [`w${i}`, w];
+        }));
+        const optimizer = new Optimizer({ kind: "adam", weightDecay });
+        for (const step of grads) {
+          const g = new Map(step.map((a, i) => [`w${i}`, tensor(a)]));
+          optimizer.apply(weights, g, 0.3);
+          tf.dispose([...g.values()]);
+        }
+        const out = new Map<string, tf.Tensor>();
+        for (const [name, w] of weights) out.set(name, w);
+        for (const [name, t] of optimizer.state()) out.set(name, tf.clone(t));
+        optimizer.dispose();
+        return out;
+      });
+    }
+  },
+});
+
+Deno.test({
+  name: `webgpu: an Adam step is three dispatches per weight, not the op-by-op fifteen${SKIP}`,
+  ignore,
+  fn: async () => {
+    await selectBackend("webgpu");
+    try {
+      assert(hasKernel(REV_ADAM_UPDATE));
+      const weights = new Map<string, tf.Tensor>([
+        ["a", tf.variable(tf.ones([4, 4]))],
+        ["b", tf.variable(tf.ones([5]))],
+      ]);
+      const grads = new Map([["a", tf.fill([4, 4], 0.5)], ["b", tf.fill([5], -0.5)]]);
+      const optimizer = new Optimizer({ kind: "adam" });
+      optimizer.apply(weights, grads, 0.1); // creates the moments
+      const info = await tf.profile(() => optimizer.apply(weights, grads, 0.1));
+      assertEquals(info.kernels.map((k) => k.name), [REV_ADAM_UPDATE, REV_ADAM_UPDATE]);
+      // 1 − 0.1 · m̂ / (√v̂ + ε) with m̂ = g and v̂ = g² at every step: 0.8 after two steps.
+      const a = (await weights.get("a")!.data())[0];
+      const b = (await weights.get("b")!.data())[0];
+      assert(Math.abs(a - 0.8) < 1e-5 && Math.abs(b - 1.2) < 1e-5, `a = ${a}, b = ${b}`);
+      optimizer.dispose();
+      tf.dispose([...weights.values(), ...grads.values()]);
+    } finally {
+      await selectBackend("cpu");
+    }
+  },
+});
+
 // The untiled programs: REVUNET_WGSL_TILES=0, and kernels whose halo outgrows workgroup memory.
 Deno.test({
   name: `webgpu WGSL depthwiseConv3d untiled (REVUNET_WGSL_TILES=0) matches cpu${SKIP}`,
@@ -582,6 +650,47 @@ Deno.test({
     } finally {
       await selectBackend("cpu");
       await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: `webgpu: an error the device reports fails the next training step and window${SKIP}`,
+  ignore,
+  fn: async () => {
+    await selectBackend("webgpu");
+    const config = resolveConfig({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 });
+    const net = createUNet(config, { seed: 1 });
+    const opt = new Optimizer();
+    const x = tf.randomNormal([1, 8, 8, 8, 4], 0, 1, "float32", 3) as tf.Tensor5D;
+    const t = tf.randomUniform([1, 8, 8, 8, 3], 0, 1, "float32", 4).round() as tf.Tensor5D;
+    const device = (tf.backend() as unknown as { device: GPUDevice }).device;
+    // An invalid request, as a dispatch the device refuses would be: tfjs-webgpu never looks.
+    const refuse = async () => {
+      device.createBuffer({ size: 4, usage: 0 });
+      await new Promise((resolve) => setTimeout(resolve, 100)); // errors arrive as events
+    };
+    try {
+      await refuse();
+      await assertRejects(
+        () => trainStepAsync(net, opt, x, t, 1e-3),
+        Error,
+        "the WebGPU device reported 1 error",
+      );
+      checkWebGpuErrors(); // reported once, then forgotten
+      const image = Float32Array.from({ length: 8 * 8 * 8 * 4 }, (_, i) => Math.sin(i));
+      await refuse();
+      await assertRejects(
+        () => slidingWindowProbabilities(net, image, [8, 8, 8], { window: 8 }),
+        Error,
+        "results computed since are wrong",
+      );
+      assert(Number.isFinite(await trainStepAsync(net, opt, x, t, 1e-3)));
+    } finally {
+      tf.dispose([x, t]);
+      opt.dispose();
+      disposeUNet(net);
+      await selectBackend("cpu");
     }
   },
 });

@@ -27,6 +27,13 @@ export const REV_GROUP_NORM_ACT = "RevGroupNormAct";
  * `[dx, dgamma, dbeta]`.
  */
 export const REV_GROUP_NORM_ACT_GRAD = "RevGroupNormActGrad";
+/**
+ * One Adam(W) update of one weight: inputs `{w, g, m, v}`, attrs `{beta1, beta2, epsilon,
+ * weightDecay, lr, step}` (step counted from 1) → `[w', m', v']`, the arithmetic of the op-by-op
+ * update in model/optimizer.ts. Registered on webgpu, where the op-by-op update is some fifteen
+ * dispatches per weight.
+ */
+export const REV_ADAM_UPDATE = "RevAdamUpdate";
 
 /** Whether `kernelName` is registered for the active backend. */
 export function hasKernel(kernelName: string): boolean {
