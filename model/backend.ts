@@ -258,6 +258,14 @@ async function probeWebGpu(): Promise<WebGpuProbe> {
   return { ok: true, software, description };
 }
 
+/** Whether the webgpu backend runs on a software adapter (llvmpipe, SwiftShader, a fallback). */
+let softwareAdapter = false;
+
+/** Whether the active webgpu backend's adapter is a software one (false before any is chosen). */
+export function webGpuAdapterIsSoftware(): boolean {
+  return softwareAdapter;
+}
+
 /** Errors the WebGPU device reported that nothing caught, oldest first, since the last check. */
 const webGpuErrors: string[] = [];
 /** Devices already listened to. */
@@ -308,6 +316,7 @@ async function useWebGpu(
     );
   }
   watchWebGpuErrors();
+  softwareAdapter = probe.software;
   const kind = probe.software ? "software" : "hardware";
   // The project's WGSL kernels, unless REVUNET_NATIVE=0 asks for tfjs's own kernels only.
   const own = nativeRequested();

@@ -26,6 +26,9 @@ import {
   sequenceForward,
 } from "./reversible.ts";
 import { upsampleConv } from "./upsample.ts";
+import { conv3dFilterGradByTaps, convFilterGradByTaps } from "./conv_grad.ts";
+
+type FilterShape = [number, number, number, number, number];
 
 /** A convolution's kernel and bias. */
 export interface ConvWeights<K extends tf.Tensor = tf.Tensor5D> {
@@ -256,11 +259,14 @@ function convVjp(
 ): { kernel: tf.Tensor; bias: tf.Tensor; dx?: tf.Tensor5D } {
   const strides: [number, number, number] = [stride, stride, stride];
   const engine = tf.engine();
-  const kernel = engine.runKernel<tf.Tensor>("Conv3DBackpropFilterV2", { x, dy }, {
-    strides,
-    pad,
-    filterShape: w.kernel.shape,
-  });
+  // webgpu's own kernel is one thread per filter value looping over every voxel (conv_grad.ts).
+  const kernel = convFilterGradByTaps()
+    ? conv3dFilterGradByTaps(x, dy, w.kernel.shape as FilterShape, stride, pad)
+    : engine.runKernel<tf.Tensor>("Conv3DBackpropFilterV2", { x, dy }, {
+      strides,
+      pad,
+      filterShape: w.kernel.shape,
+    });
   const bias = tf.sum(dy, [0, 1, 2, 3]);
   const dx = wantInput
     ? engine.runKernel<tf.Tensor5D>("Conv3DBackpropInputV2", { dy, filter: w.kernel }, {

@@ -229,10 +229,12 @@ and steps and reports it as "peer" with the ratios ours/peer of voxels per secon
 
 kernels: times the project's own kernels one by one — depthwise conv3d, its input and filter
 gradients, GroupNorm+activation and its gradient — at the reference network's depthwise shapes at
-the crop (one per level), the median of --steps calls each with the result read back. On webgpu
-the depthwise kernels are also timed untiled (one thread per output, as REVUNET_WGSL_TILES=0
-runs them), alternating with the tiled ones, and "ratio" is untiled / tiled. The backend must
-have the kernels: cpu with the native library, or webgpu.
+the crop (one per level), and the filter gradients of the stem and the first down-sampling
+convolution, the median of --steps calls each with the result read back. On webgpu each is also
+timed against what it replaces ("baseline", "ms_baseline", "ratio" = baseline / ours): the
+depthwise kernels untiled (one thread per output, as REVUNET_WGSL_TILES=0 runs them), the filter
+gradient by tfjs's kernel instead of by taps; alternately, in the same run. The backend must have
+the kernels: cpu with the native library, or webgpu.
 
 Options:
   --json             print only the JSON object (default: progress on stderr; memory prints its

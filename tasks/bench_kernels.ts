@@ -2,9 +2,11 @@
  * `bench kernels`: the project's own kernels one by one — depthwise 3D convolution, its input and
  * filter gradients, GroupNorm with its activation and its gradient — at the shapes the reference
  * network gives them at a crop (one shape per level: the expanded channels of that level's
- * bottlenecks), on the active backend. On webgpu the depthwise kernels are timed with the tiled
- * WGSL programs and with the untiled ones (one thread per output), alternately in the same run, so
- * the ratio is the figure to trust.
+ * bottlenecks), and the filter gradients of the stem and the first down-sampling convolution, on
+ * the active backend. On webgpu each of those is also timed against what it replaces — the
+ * depthwise kernels' untiled WGSL programs (one thread per output), tfjs's convolution-filter
+ * gradient (one thread per filter value) against the project's tap-by-tap one — alternately in
+ * the same run, so the ratio is the figure to trust.
  * @module
  */
 import * as tf from "../model/tf.ts";
@@ -18,17 +20,21 @@ import {
   REV_GROUP_NORM_ACT_GRAD,
 } from "../model/native/names.ts";
 import { setWgslTiles } from "../model/webgpu/kernels.ts";
+import { conv3dFilterGradByTaps } from "../model/conv_grad.ts";
 
 /** One kernel at one shape. */
 export interface KernelTiming {
   kernel: string;
   /** The input's shape, [n, d, h, w, c]. */
   shape: number[];
-  /** Median milliseconds per call, the result read back (tiled programs on webgpu). */
+  /** Median milliseconds per call, the result read back: the project's way (on webgpu the tiled
+   * depthwise programs, the convolution-filter gradient by taps). */
   ms: number;
-  /** webgpu: the same with the untiled programs. */
-  ms_untiled?: number;
-  /** webgpu: ms_untiled / ms. */
+  /** webgpu: what it replaces, "untiled WGSL" or "tfjs Conv3DBackpropFilterV2". */
+  baseline?: string;
+  /** webgpu: the baseline's median milliseconds. */
+  ms_baseline?: number;
+  /** webgpu: ms_baseline / ms. */
   ratio?: number;
 }
 
@@ -149,32 +155,67 @@ export async function benchKernels(options: BenchKernelsOptions = {}) {
         for (const [kernel, call] of calls) {
           log(`${kernel} [${shape}]`);
           // Tiling is the depthwise kernels' alone: GroupNorm has one set of programs.
-          if (!compare || !kernel.startsWith("depthwise")) {
-            kernels.push({ kernel, shape, ms: round(await median(call, steps)) });
-            continue;
-          }
-          // Alternate the two variants twice and keep each one's better median: the machine's
-          // noise then falls on both alike.
-          const tiled: number[] = [];
-          const untiled: number[] = [];
-          for (let pass = 0; pass < 2; pass++) {
-            for (const on of [true, false]) {
-              setWgslTiles(on);
-              (on ? tiled : untiled).push(await median(call, steps));
-            }
-          }
-          const ms = Math.min(...tiled);
-          const msUntiled = Math.min(...untiled);
-          kernels.push({
-            kernel,
-            shape,
-            ms: round(ms),
-            ms_untiled: round(msUntiled),
-            ratio: Math.round((msUntiled / ms) * 100) / 100,
-          });
+          kernels.push(
+            compare && kernel.startsWith("depthwise")
+              ? await compareTimes(kernel, shape, call, steps, "untiled WGSL", setWgslTiles)
+              : { kernel, shape, ms: round(await median(call, steps)) },
+          );
         }
       } finally {
         tf.dispose([x, dy, filter, gamma, beta, mean, rstd]);
+      }
+    }
+    // The dense convolutions' filter gradients: the stem's and the first down-sampling one's.
+    const channels = config.baseChannels;
+    const convs: [string, FilterShape, FilterShape, number, "same" | "valid"][] = [
+      [
+        "stem",
+        [1, crop, crop, crop, config.inChannels],
+        [3, 3, 3, config.inChannels, channels],
+        1,
+        "same",
+      ],
+      ["down", [1, crop, crop, crop, channels], [2, 2, 2, channels, 2 * channels], 2, "valid"],
+    ];
+    for (const [which, shape, filterShape, stride, pad] of convs) {
+      const kernel = `conv3d_filter_grad_${which}`;
+      log(`${kernel} [${shape}]`);
+      const x = tf.randomNormal(shape, 0, 1, "float32", 7) as tf.Tensor5D;
+      const o = tf.backend_util.computeConv3DInfo(x.shape, filterShape, stride, 1, pad);
+      const dy = tf.randomNormal(
+        [1, o.outDepth, o.outHeight, o.outWidth, filterShape[4]],
+        0,
+        1,
+        "float32",
+        8,
+      ) as tf.Tensor5D;
+      const byKernel = () =>
+        engine.runKernel("Conv3DBackpropFilterV2", { x, dy }, {
+          strides: [stride, stride, stride],
+          pad,
+          filterShape,
+        }) as tf.Tensor;
+      const byTaps = () => conv3dFilterGradByTaps(x, dy, filterShape, stride, pad);
+      let taps = true;
+      try {
+        kernels.push(
+          compare
+            ? await compareTimes(
+              kernel,
+              shape,
+              () => (taps ? byTaps() : byKernel()),
+              steps,
+              "tfjs Conv3DBackpropFilterV2",
+              (on) => {
+                const was = taps;
+                taps = on;
+                return was;
+              },
+            )
+            : { kernel, shape, ms: round(await median(byKernel, steps)) },
+        );
+      } finally {
+        tf.dispose([x, dy]);
       }
     }
   } finally {
@@ -183,13 +224,52 @@ export async function benchKernels(options: BenchKernelsOptions = {}) {
   return { backend, device, crop, steps, kernels };
 }
 
+type FilterShape = [number, number, number, number, number];
+
+/**
+ * Times `call` the project's way (`use(true)`) and the baseline's (`use(false)`), alternating
+ * twice and keeping each one's better median, so that the machine's noise falls on both alike.
+ */
+async function compareTimes(
+  kernel: string,
+  shape: number[],
+  call: () => tf.Tensor | tf.Tensor[],
+  steps: number,
+  baseline: string,
+  use: (on: boolean) => boolean,
+): Promise<KernelTiming> {
+  const ours: number[] = [];
+  const theirs: number[] = [];
+  const before = use(true);
+  try {
+    for (let pass = 0; pass < 2; pass++) {
+      for (const on of [true, false]) {
+        use(on);
+        (on ? ours : theirs).push(await median(call, steps));
+      }
+    }
+  } finally {
+    use(before);
+  }
+  const ms = Math.min(...ours);
+  const msBaseline = Math.min(...theirs);
+  return {
+    kernel,
+    shape,
+    ms: round(ms),
+    baseline,
+    ms_baseline: round(msBaseline),
+    ratio: Math.round((msBaseline / ms) * 100) / 100,
+  };
+}
+
 /** A table of {@linkcode benchKernels}'s result for people. */
 export function formatKernels(result: Awaited<ReturnType<typeof benchKernels>>): string {
   const lines = [`${result.device}, crop ${result.crop}, median of ${result.steps}`];
   for (const k of result.kernels) {
-    const compare = k.ms_untiled === undefined
+    const compare = k.ms_baseline === undefined
       ? ""
-      : `  untiled ${k.ms_untiled.toFixed(2)} ms  (${k.ratio}×)`;
+      : `  ${k.baseline} ${k.ms_baseline.toFixed(2)} ms  (${k.ratio}×)`;
     lines.push(
       `${k.kernel.padEnd(30)} [${k.shape.join(",")}]`.padEnd(56) +
         `${k.ms.toFixed(2)} ms${compare}`,

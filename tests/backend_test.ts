@@ -13,6 +13,7 @@
 import * as tf from "../model/tf.ts";
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
 import { type BackendName, checkWebGpuErrors, selectBackend } from "../model/backend.ts";
+import { setConvFilterGradMode } from "../model/conv_grad.ts";
 import { depthwiseConv3d } from "../model/depthwise_conv3d.ts";
 import { groupNorm, type GroupNormActivation } from "../model/group_norm.ts";
 import {
@@ -576,48 +577,60 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: `webgpu matches cpu: 2-level network logits, reversible and standard gradients${SKIP}`,
-  ignore,
-  fn: async () => {
-    const config: NetworkConfig = resolveConfig({ levels: 2, baseChannels: 8, blocksPerLevel: 1 });
-    // Random weights read to plain arrays, norm scales included (zeroInitResidual: false), so that
-    // no block is the identity and every gradient is non-zero.
-    const init = createUNet(config, { seed: 5, zeroInitResidual: false, variables: false });
-    const weights = new Map(
-      [...init.named].map((
-        [n, t],
-      ) => [n, { shape: t.shape, values: t.dataSync() as Float32Array }]),
-    );
-    disposeUNet(init);
-    const x = normal([1, 8, 8, 8, config.inChannels], 31);
-    const target = normal([1, 8, 8, 8, config.outChannels], 32);
-    target.values = target.values.map((v) => (v > 0.5 ? 1 : 0));
-    await assertSameOnWebGpu(() => {
-      const named = new Map([...weights].map(([n, a]) => [n, tensor(a)]));
-      const net = unetFromWeights(config, named, false);
-      tf.dispose([...named.values()]);
-      const xt = tensor<tf.Tensor5D>(x);
-      const tt = tensor<tf.Tensor5D>(target);
-      const loss = (logits: tf.Tensor5D) => diceBceLoss(logits, tt);
-      const out = new Map<string, tf.Tensor>([["logits", predictLogits(net, xt)]]);
-      for (
-        const [method, grads] of [["reversible", reversibleGrads], [
-          "standard",
-          standardGrads,
-        ]] as const
-      ) {
-        const r = grads(net, xt, loss, true);
-        out.set(`${method}/loss`, r.loss);
-        out.set(`${method}/dx`, r.inputGrad!);
-        for (const [n, g] of r.grads) out.set(`${method}/${n}`, g);
+for (const filterGrad of ["kernel", "taps"] as const) {
+  Deno.test({
+    name: `webgpu matches cpu: 2-level network logits, reversible and standard gradients, ` +
+      `convolution filter gradients by ${filterGrad}${SKIP}`,
+    ignore,
+    fn: async () => {
+      const was = setConvFilterGradMode(filterGrad);
+      try {
+        const config: NetworkConfig = resolveConfig({
+          levels: 2,
+          baseChannels: 8,
+          blocksPerLevel: 1,
+        });
+        // Random weights read to plain arrays, norm scales included (zeroInitResidual: false), so that
+        // no block is the identity and every gradient is non-zero.
+        const init = createUNet(config, { seed: 5, zeroInitResidual: false, variables: false });
+        const weights = new Map(
+          [...init.named].map((
+            [n, t],
+          ) => [n, { shape: t.shape, values: t.dataSync() as Float32Array }]),
+        );
+        disposeUNet(init);
+        const x = normal([1, 8, 8, 8, config.inChannels], 31);
+        const target = normal([1, 8, 8, 8, config.outChannels], 32);
+        target.values = target.values.map((v) => (v > 0.5 ? 1 : 0));
+        await assertSameOnWebGpu(() => {
+          const named = new Map([...weights].map(([n, a]) => [n, tensor(a)]));
+          const net = unetFromWeights(config, named, false);
+          tf.dispose([...named.values()]);
+          const xt = tensor<tf.Tensor5D>(x);
+          const tt = tensor<tf.Tensor5D>(target);
+          const loss = (logits: tf.Tensor5D) => diceBceLoss(logits, tt);
+          const out = new Map<string, tf.Tensor>([["logits", predictLogits(net, xt)]]);
+          for (
+            const [method, grads] of [["reversible", reversibleGrads], [
+              "standard",
+              standardGrads,
+            ]] as const
+          ) {
+            const r = grads(net, xt, loss, true);
+            out.set(`${method}/loss`, r.loss);
+            out.set(`${method}/dx`, r.inputGrad!);
+            for (const [n, g] of r.grads) out.set(`${method}/${n}`, g);
+          }
+          tf.dispose([xt, tt]);
+          disposeUNet(net);
+          return out;
+        });
+      } finally {
+        setConvFilterGradMode(was);
       }
-      tf.dispose([xt, tt]);
-      disposeUNet(net);
-      return out;
-    });
-  },
-});
+    },
+  });
+}
 
 Deno.test({
   name:

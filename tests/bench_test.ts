@@ -171,12 +171,22 @@ Deno.test({
     assertEquals(kernels.code, 0, kernels.stderr);
     const k = JSON.parse(kernels.stdout);
     assertEquals(k.backend, "webgpu");
-    assertEquals(k.kernels.length, 5 * depthwiseShapes(8).length);
+    assertEquals(k.kernels.length, 5 * depthwiseShapes(8).length + 2);
     for (const row of k.kernels) {
       assert(positive(row.ms), `${row.kernel}: ${row.ms}`);
-      // Only the depthwise kernels have an untiled variant to compare with.
-      assertEquals(positive(row.ms_untiled), row.kernel.startsWith("depthwise"), row.kernel);
+      // The depthwise kernels against their untiled programs, the convolutions' filter gradient
+      // by taps against tfjs's kernel; GroupNorm has nothing to compare with.
+      const compared = !row.kernel.startsWith("group_norm");
+      assertEquals(positive(row.ms_baseline), compared, row.kernel);
+      if (compared) assert(positive(row.ratio), row.kernel);
     }
+    assertEquals(
+      k.kernels.slice(-2).map((r: { kernel: string; baseline: string }) => [r.kernel, r.baseline]),
+      [
+        ["conv3d_filter_grad_stem", "tfjs Conv3DBackpropFilterV2"],
+        ["conv3d_filter_grad_down", "tfjs Conv3DBackpropFilterV2"],
+      ],
+    );
   },
 });
 
@@ -209,7 +219,7 @@ Deno.test("bench kernels --json times every kernel at every level; misplaced fla
     assertEquals(out.code, 0, out.stderr);
     const result = JSON.parse(out.stdout);
     assertEquals(result.crop, 8);
-    assertEquals(result.kernels.length, 5 * depthwiseShapes(8).length);
+    assertEquals(result.kernels.length, 5 * depthwiseShapes(8).length + 2);
     for (const k of result.kernels) {
       assert(Number.isFinite(k.ms) && k.ms > 0, `${k.kernel} [${k.shape}]: ${k.ms} ms`);
     }

@@ -130,7 +130,7 @@ Deno.test("deploy/device: summary.py embeds each step's JSON and pulls out the f
       device: "webgpu: NVIDIA H200 (hardware)",
       crop: 128,
       kernels: [
-        { kernel: "depthwise_conv3d", shape: [1, 128, 128, 128, 32], ms: 1.5, ms_untiled: 3 },
+        { kernel: "depthwise_conv3d", shape: [1, 128, 128, 128, 32], ms: 1.5, ms_baseline: 3 },
         { kernel: "group_norm_act", shape: [1, 128, 128, 128, 32], ms: 0.5 },
       ],
     };

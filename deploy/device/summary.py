@@ -117,7 +117,7 @@ def main():
                 "step": name,
                 "device": result.get("device"),
                 "crop": result.get("crop"),
-                "kernels_ms": [[k.get("kernel"), k.get("shape"), k.get("ms"), k.get("ms_untiled")]
+                "kernels_ms": [[k.get("kernel"), k.get("shape"), k.get("ms"), k.get("ms_baseline")]
                                for k in result["kernels"] if isinstance(k, dict)],
             })
         elif isinstance(result, list):

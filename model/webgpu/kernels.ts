@@ -309,7 +309,13 @@ const MAX_THREADS = 256;
 const TARGET_GROUPS = 1024;
 
 /** Whether the depthwise kernels use their tiled programs; `REVUNET_WGSL_TILES=0` turns them off. */
-let wgslTiles = Deno.env.get("REVUNET_WGSL_TILES") !== "0";
+let wgslTiles = (() => {
+  try {
+    return Deno.env.get("REVUNET_WGSL_TILES") !== "0";
+  } catch {
+    return true; // no --allow-env: the default
+  }
+})();
 
 /**
  * Chooses the tiled depthwise programs (the default) or the one-thread-per-output ones, which need
