@@ -15,9 +15,18 @@ export interface Run {
 }
 
 /** Runs `deno run -A main.ts ...args` from the repository root. */
-export async function runMain(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", ...args],
+export function runMain(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  return runCommand(Deno.execPath(), ["run", "-A", "main.ts", ...args], env);
+}
+
+/** Runs a program from the repository root (stdin empty, NO_COLOR set, `env` added). */
+export async function runCommand(
+  cmd: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<Run> {
+  const out = await new Deno.Command(cmd, {
+    args,
     cwd: ROOT,
     env: { NO_COLOR: "1", ...env },
     stdin: "null",

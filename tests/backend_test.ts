@@ -632,6 +632,17 @@ for (const filterGrad of ["kernel", "taps"] as const) {
   });
 }
 
+/** A small network, its optimizer and one batch, on the active backend. */
+function smallTraining() {
+  const config = resolveConfig({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 });
+  return {
+    net: createUNet(config, { seed: 1 }),
+    opt: new Optimizer(),
+    x: tf.randomNormal([1, 8, 8, 8, 4], 0, 1, "float32", 3) as tf.Tensor5D,
+    t: tf.randomUniform([1, 8, 8, 8, 3], 0, 1, "float32", 4).round() as tf.Tensor5D,
+  };
+}
+
 Deno.test({
   name:
     `webgpu runs the pipeline's own reads: a training step, sliding windows, saving a model${SKIP}`,
@@ -640,11 +651,7 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     try {
       await selectBackend("webgpu");
-      const config = resolveConfig({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 });
-      const net = createUNet(config, { seed: 1 });
-      const opt = new Optimizer();
-      const x = tf.randomNormal([1, 8, 8, 8, 4], 0, 1, "float32", 3) as tf.Tensor5D;
-      const t = tf.randomUniform([1, 8, 8, 8, 3], 0, 1, "float32", 4).round() as tf.Tensor5D;
+      const { net, opt, x, t } = smallTraining();
       const loss = await trainStepAsync(net, opt, x, t, 1e-3);
       assert(Number.isFinite(loss), `loss ${loss}`);
       const image = Float32Array.from({ length: 12 * 10 * 8 * 4 }, (_, i) => Math.sin(i));
@@ -672,11 +679,7 @@ Deno.test({
   ignore,
   fn: async () => {
     await selectBackend("webgpu");
-    const config = resolveConfig({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 });
-    const net = createUNet(config, { seed: 1 });
-    const opt = new Optimizer();
-    const x = tf.randomNormal([1, 8, 8, 8, 4], 0, 1, "float32", 3) as tf.Tensor5D;
-    const t = tf.randomUniform([1, 8, 8, 8, 3], 0, 1, "float32", 4).round() as tf.Tensor5D;
+    const { net, opt, x, t } = smallTraining();
     const device = (tf.backend() as unknown as { device: GPUDevice }).device;
     // An invalid request, as a dispatch the device refuses would be: tfjs-webgpu never looks.
     const refuse = async () => {

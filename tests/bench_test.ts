@@ -3,13 +3,11 @@
  * PyTorch peer's network checked against ours when Debian's python3-torch is installed.
  * @module
  */
-import { fileURLToPath } from "node:url";
 import { assert, assertEquals } from "@std/assert";
 import { countParams, REFERENCE_CONFIG, resolveConfig } from "../model/mod.ts";
 import { PEER_PYTHON } from "../tasks/bench_speed.ts";
 import { depthwiseShapes } from "../tasks/bench_kernels.ts";
-
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
+import { runCommand } from "./_cli.ts";
 
 const HAS_TORCH: boolean = (() => {
   try {
@@ -23,18 +21,7 @@ const HAS_TORCH: boolean = (() => {
   }
 })();
 
-async function run(cmd: string, args: string[]) {
-  const out = await new Deno.Command(cmd, {
-    args,
-    cwd: ROOT,
-    env: { NO_COLOR: "1" },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const run = runCommand;
 
 const positive = (v: unknown) => typeof v === "number" && Number.isFinite(v) && v > 0;
 

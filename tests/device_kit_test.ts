@@ -7,22 +7,11 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { PEER_PYTHON, PEER_PYTHON_ENV, peerPython, runPeer } from "../tasks/bench_speed.ts";
-import { ROOT } from "./_cli.ts";
+import { ROOT, runCommand } from "./_cli.ts";
 
 const DEVICE = join(ROOT, "deploy", "device");
 
-async function run(cmd: string, args: string[], env: Record<string, string> = {}) {
-  const out = await new Deno.Command(cmd, {
-    args,
-    cwd: ROOT,
-    env,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const run = runCommand;
 
 /** Sets or removes an environment variable for the length of `fn`. */
 async function withEnv<T>(name: string, value: string | undefined, fn: () => Promise<T> | T) {

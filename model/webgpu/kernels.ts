@@ -80,58 +80,42 @@ function dispatchFor(size: number, threads = WORKGROUP[0]): [number, number, num
   return [c, c, c];
 }
 
-/** A WebGPUProgram of tfjs-backend-webgpu: one thread per output element, `main(index)`. */
-class Program implements WebGpuProgram {
-  readonly workgroupSize: [number, number, number] = WORKGROUP;
-  readonly size = true;
-  readonly dispatchLayout: { x: number[] };
-  readonly dispatch: [number, number, number];
-
-  constructor(
-    readonly shaderKey: string,
-    readonly variableNames: string[],
-    readonly outputShape: number[],
-    readonly uniforms: string,
-    private readonly body: string,
-  ) {
-    this.dispatchLayout = { x: outputShape.map((_, i) => i) };
-    this.dispatch = dispatchFor(tf.util.sizeFromShape(outputShape));
-  }
-
-  getUserCode(): string {
-    return `
-      fn main(index : i32) {
-        if (index < uniforms.size) {
-          ${this.body}
-        }
-      }`;
-  }
-}
-
 /**
- * A WebGPUProgram whose workgroups each own a tile: `workgroups` groups of `threads` threads,
- * `code` declares its `var<workgroup>` arrays and `fn main(index : i32)` itself. `main` runs in
- * every thread of every dispatched group (the dispatch may round the count up), so the code
- * guards its reads and writes, never its barriers.
+ * A WebGPUProgram of tfjs-backend-webgpu. By default one thread per output element runs `body`
+ * inside `fn main(index)` for the indices below the output's size. With `tiles`, `workgroups`
+ * groups of `threads` threads each own a tile, and `body` is the whole user code: it declares its
+ * `var<workgroup>` arrays and `fn main(index : i32)` itself; `main` then runs in every thread of
+ * every dispatched group (the dispatch may round the count up), so the code guards its reads and
+ * writes, never its barriers.
  */
-class TiledProgram implements WebGpuProgram {
+class Program implements WebGpuProgram {
   readonly workgroupSize: [number, number, number];
   readonly size = true;
   readonly dispatchLayout: { x: number[] };
   readonly dispatch: [number, number, number];
+  private readonly code: string;
 
   constructor(
     readonly shaderKey: string,
     readonly variableNames: string[],
     readonly outputShape: number[],
     readonly uniforms: string,
-    threads: number,
-    workgroups: number,
-    private readonly code: string,
+    body: string,
+    tiles?: { threads: number; workgroups: number },
   ) {
+    const threads = tiles?.threads ?? WORKGROUP[0];
     this.workgroupSize = [threads, 1, 1];
     this.dispatchLayout = { x: outputShape.map((_, i) => i) };
-    this.dispatch = dispatchFor(workgroups * threads, threads);
+    this.dispatch = dispatchFor(
+      tiles ? tiles.workgroups * threads : tf.util.sizeFromShape(outputShape),
+      threads,
+    );
+    this.code = tiles ? body : `
+      fn main(index : i32) {
+        if (index < uniforms.size) {
+          ${body}
+        }
+      }`;
   }
 
   getUserCode(): string {
@@ -485,14 +469,13 @@ function depthwiseTiled(
           }
       }`;
   return backend.runWebGPUProgram(
-    new TiledProgram(
+    new Program(
       `rev_dwconv3d_tiled_${k.join("x")}_${t.cb}`,
       ["xs", "filt"],
       dims,
       `${TILE_UNIFORMS} blocks : i32, groups : i32, flip : i32,`,
-      t.threads,
-      groups,
       code,
+      { threads: t.threads, workgroups: groups },
     ),
     [x, filter],
     "float32",
@@ -577,14 +560,13 @@ function filterGradTiled(
           }
       }`;
   const partial = backend.runWebGPUProgram(
-    new TiledProgram(
+    new Program(
       `rev_dwconv3d_filter_tiled_${k.join("x")}_${t.cb}_${t.rowGroups}`,
       ["xs", "dys"],
       [parts * t.rowGroups, volume(k), c],
       `${TILE_UNIFORMS} blocks : i32, groups : i32, per : i32, tiles : i32,`,
-      t.threads,
-      groups,
       code,
+      { threads: t.threads, workgroups: groups },
     ),
     [x, dy],
     "float32",
@@ -722,14 +704,13 @@ function reduceRuns(
           }
       }`;
   return backend.runWebGPUProgram(
-    new TiledProgram(
+    new Program(
       `rev_reduce_runs_${finish?.key ?? "sum"}`,
       ["parts"],
       shape,
       `outs : i32, cols : i32, count : i32, span : i32, width : i32, ${finish?.uniforms ?? ""}`,
-      REDUCE_THREADS,
-      outs,
       code,
+      { threads: REDUCE_THREADS, workgroups: outs },
     ),
     [partial],
     "float32",
