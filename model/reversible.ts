@@ -46,21 +46,27 @@ export function blockForward(x: tf.Tensor5D, w: BlockWeights, o: BottleneckOptio
   });
 }
 
+/** A block's input or output as its two channel halves, [n, d, h, w, C/2] each. */
+type Halves = [tf.Tensor5D, tf.Tensor5D];
+
 /**
- * y = block(x) outside any gradient tape, freeing every intermediate as soon as it is used: a
- * tf.tidy around the whole block would keep F's and G's expanded intermediates until it ends.
+ * (y1, y2) = block(x1, x2) outside any gradient tape, on halves, taking ownership of x1 and x2:
+ * each is freed as soon as it is used (a tf.tidy around the block would keep F's and G's
+ * expanded intermediates until it ends).
  */
-function blockValue(x: tf.Tensor5D, w: BlockWeights, o: BottleneckOptions): tf.Tensor5D {
-  const [x1, x2] = tf.split(x, 2, 4) as [tf.Tensor5D, tf.Tensor5D]; // [n,d,h,w,C/2] each
+function blockValue(
+  x1: tf.Tensor5D,
+  x2: tf.Tensor5D,
+  w: BlockWeights,
+  o: BottleneckOptions,
+): Halves {
   const f = bottleneckForward(x2, w.F, o);
   const y1 = tf.add(x1, f) as tf.Tensor5D;
   tf.dispose([x1, f]);
   const g = bottleneckForward(y1, w.G, o);
   const y2 = tf.add(x2, g) as tf.Tensor5D;
   tf.dispose([x2, g]);
-  const y = tf.concat([y1, y2], 4) as tf.Tensor5D; // [n,d,h,w,C]
-  tf.dispose([y1, y2]);
-  return y;
+  return [y1, y2];
 }
 
 /** x = block⁻¹(y): the block's input recomputed from its output (outside any gradient tape). */
@@ -78,22 +84,28 @@ export function blockInverse(y: tf.Tensor5D, w: BlockWeights, o: BottleneckOptio
 }
 
 /**
- * Runs blocks in sequence, each in its own tidy scope, so that only the current tensor is alive
- * between blocks. Under a gradient tape this would store everything; call it outside one.
- * The input is not disposed; the returned tensor is new.
+ * Runs blocks in sequence, freeing as it goes, so that only the current activation (as its two
+ * halves) is alive between blocks. Under a gradient tape this would store everything; call it
+ * outside one. The input is not disposed; the returned tensor is new.
  */
 export function sequenceForward(
   x: tf.Tensor5D,
   blocks: BlockWeights[],
   o: BottleneckOptions,
 ): tf.Tensor5D {
-  let current = x;
-  for (const w of blocks) {
-    const next = blockValue(current, w, o);
-    if (current !== x) current.dispose();
-    current = next;
-  }
-  return current === x ? tf.clone(x) : current;
+  if (blocks.length === 0) return tf.clone(x);
+  // The halves stay apart from the first block to the last: one split and one concatenation
+  // per sequence, not one of each per block.
+  let halves = tf.split(x, 2, 4) as Halves;
+  for (const w of blocks) halves = blockValue(halves[0], halves[1], w, o);
+  return joinHalves(halves);
+}
+
+/** The channel concatenation of two halves, which are freed. */
+function joinHalves(halves: Halves): tf.Tensor5D {
+  const whole = tf.concat(halves, 4) as tf.Tensor5D;
+  tf.dispose(halves);
+  return whole;
 }
 
 /**
@@ -108,8 +120,25 @@ export function blockBackward(
   w: BlockWeights,
   o: BottleneckOptions,
 ): { x: tf.Tensor5D; dx: tf.Tensor5D; grads: BlockGrads } {
-  const [y1, y2] = tf.split(y, 2, 4) as [tf.Tensor5D, tf.Tensor5D]; // [n,d,h,w,C/2]
-  const [dy1, dy2] = tf.split(dy, 2, 4) as [tf.Tensor5D, tf.Tensor5D];
+  const step = blockBackwardHalves(
+    tf.split(y, 2, 4) as Halves,
+    tf.split(dy, 2, 4) as Halves,
+    w,
+    o,
+  );
+  return { x: joinHalves(step.x), dx: joinHalves(step.dx), grads: step.grads };
+}
+
+/**
+ * {@linkcode blockBackward} on halves, taking ownership of y's and dy's halves (each freed as
+ * soon as it is used).
+ */
+function blockBackwardHalves(
+  [y1, y2]: Halves,
+  [dy1, dy2]: Halves,
+  w: BlockWeights,
+  o: BottleneckOptions,
+): { x: Halves; dx: Halves; grads: BlockGrads } {
   // y2 = x2 + G(y1): G's gradient flows into y1 on top of dy1.
   const g = bottleneckVjp(y1, w.G, dy2, o);
   const x2 = tf.sub(y2, g.value) as tf.Tensor5D;
@@ -120,10 +149,7 @@ export function blockBackward(
   const x1 = tf.sub(y1, f.value) as tf.Tensor5D;
   const dx2 = tf.add(dy2, f.dx) as tf.Tensor5D;
   tf.dispose([y1, f.value, f.dx, dy2]);
-  const x = tf.concat([x1, x2], 4) as tf.Tensor5D;
-  const dx = tf.concat([dy1Total, dx2], 4) as tf.Tensor5D;
-  tf.dispose([x1, x2, dy1Total, dx2]);
-  return { x, dx, grads: { F: f.dw, G: g.dw } };
+  return { x: [x1, x2], dx: [dy1Total, dx2], grads: { F: f.dw, G: g.dw } };
 }
 
 /**
@@ -139,20 +165,16 @@ export function sequenceBackward(
   blocks: BlockWeights[],
   o: BottleneckOptions,
 ): { x: tf.Tensor5D; dx: tf.Tensor5D; grads: BlockGrads[] } {
-  let out = y;
-  let dOut = dy;
+  if (blocks.length === 0) return { x: tf.clone(y), dx: tf.clone(dy), grads: [] };
+  // As in sequenceForward, the halves stay apart through the whole sequence.
+  let out = tf.split(y, 2, 4) as Halves;
+  let dOut = tf.split(dy, 2, 4) as Halves;
   const grads: BlockGrads[] = new Array(blocks.length);
   for (let b = blocks.length - 1; b >= 0; b--) {
-    const step = blockBackward(out, dOut, blocks[b], o);
-    if (out !== y) out.dispose();
-    if (dOut !== dy) dOut.dispose();
+    const step = blockBackwardHalves(out, dOut, blocks[b], o);
     out = step.x;
     dOut = step.dx;
     grads[b] = step.grads;
   }
-  return {
-    x: out === y ? tf.clone(y) : out,
-    dx: dOut === dy ? tf.clone(dy) : dOut,
-    grads,
-  };
+  return { x: joinHalves(out), dx: joinHalves(dOut), grads };
 }
