@@ -149,9 +149,11 @@ export function maxCropEdge(
  * - what the reversible backward pass must keep: each block sequence's output (the encoder outputs
  *   double as skips; the decoder outputs feed the transposed convs and the head);
  * - the logits and their gradient;
- * - one block's working set at the widest level: its output y and gradient dy (C each), the
- *   recomputed input x and dx (C each), and for one inverted bottleneck on c = C/2 channels the two
- *   expanded activations (e = t·c each) that its backward pass needs, with their gradient (e).
+ * - one block's working set at the widest level, inside the backward pass of its second inverted
+ *   bottleneck F (on c = C/2 channels): the halves still needed — y1 (to recompute x1), dy2 (to
+ *   add F's input gradient to), F's input x2 and its output gradient (c each: 2C in all; y2 and
+ *   dy1 are gone by then) — and the two expanded activations (e = t·c each) that F's backward
+ *   pass needs, with their gradient (e).
  */
 export function reversibleLowerBound(config: NetworkConfig, crop: number, batch = 1): number {
   const v = batch * crop ** 3;
@@ -167,7 +169,7 @@ export function reversibleLowerBound(config: NetworkConfig, crop: number, batch 
   for (let l = 0; l < config.levels; l++) {
     const c = levelChannels(config, l);
     const e = (c / 2) * config.expansion;
-    block = Math.max(block, (4 * c + 3 * e) * vol(l));
+    block = Math.max(block, (2 * c + 3 * e) * vol(l));
   }
   return 4 * (floats + block);
 }

@@ -126,7 +126,7 @@ export async function benchMemory(options: BenchMemoryOptions = {}) {
         budget,
         searchCrop,
         step,
-        4096,
+        1 << 16,
       )
     );
   const maxBlocks = searchMax(depth, 1);
