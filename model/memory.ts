@@ -18,7 +18,7 @@ import {
   resolveConfig,
 } from "./config.ts";
 import { Optimizer } from "./optimizer.ts";
-import { trainStep } from "./train_step.ts";
+import { trainStepAsync } from "./train_step.ts";
 import { randomTarget } from "./loss.ts";
 import { createUNet, disposeUNet } from "./unet.ts";
 
@@ -42,9 +42,10 @@ export async function measureStepPeak(
   ) as tf.Tensor5D;
   const target = randomTarget([batch, crop, crop, crop, config.outChannels], 3, 0.8);
   try {
-    trainStep(net, opt, x, target, 1e-4);
-    const info = await tf.profile(() => {
-      trainStep(net, opt, x, target, 1e-4);
+    // Asynchronous reads, which every backend has (WebGPU's synchronous one needs a canvas).
+    await trainStepAsync(net, opt, x, target, 1e-4);
+    const info = await tf.profile(async () => {
+      await trainStepAsync(net, opt, x, target, 1e-4);
     });
     // tf.profile returns one shared object: copy the number before profiling again.
     return Number(info.peakBytes);

@@ -7,7 +7,7 @@
  * @module
  */
 import * as tf from "./tf.ts";
-import { hasKernel, REV_ADAM_UPDATE } from "./native/names.ts";
+import { hasKernel, REV_ADAM_UPDATE, REV_SGD_UPDATE } from "./native/names.ts";
 
 /** Which optimizer and its hyper-parameters. */
 export interface OptimizerConfig {
@@ -93,6 +93,10 @@ export class Optimizer {
         this.adamFused(w, g, s, lr);
         continue;
       }
+      if (kind === "sgd" && hasKernel(REV_SGD_UPDATE)) {
+        this.sgdFused(w, g, s[0], lr);
+        continue;
+      }
       tf.tidy(() => {
         if (kind === "adam") {
           const [m, v] = s;
@@ -166,6 +170,20 @@ export class Optimizer {
       }) as tf.Tensor[];
       m.assign(m2);
       v.assign(v2);
+      w.assign(w2);
+    });
+  }
+
+  /** The SGD update of one weight by the backend's fused kernel (webgpu's WGSL one). */
+  private sgdFused(w: tf.Variable, g: tf.Tensor, vel: tf.Variable, lr: number): void {
+    const { momentum, weightDecay } = this.config;
+    tf.tidy(() => {
+      const [w2, vel2] = tf.engine().runKernel(REV_SGD_UPDATE, { w, g, vel }, {
+        momentum,
+        weightDecay,
+        lr,
+      }) as tf.Tensor[];
+      vel.assign(vel2);
       w.assign(w2);
     });
   }

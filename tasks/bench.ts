@@ -7,7 +7,7 @@
  */
 import * as tf from "../model/tf.ts";
 import {
-  compareGradMaps,
+  compareGradMapsAsync,
   countParams,
   createUNet,
   cropModel,
@@ -65,7 +65,7 @@ export async function benchMemory(options: BenchMemoryOptions = {}) {
   const loss = (logits: tf.Tensor5D) => diceBceLoss(logits, target);
   const rev = reversibleGrads(net, x, loss, true);
   const std = standardGrads(net, x, loss, true);
-  const cmp = compareGradMaps(
+  const cmp = await compareGradMapsAsync(
     new Map([...rev.grads, ["input", rev.inputGrad!]]),
     new Map([...std.grads, ["input", std.inputGrad!]]),
   );

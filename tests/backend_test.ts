@@ -21,6 +21,7 @@ import {
   REV_ADAM_UPDATE,
   REV_DEPTHWISE_CONV3D,
   REV_GROUP_NORM_ACT_GRAD,
+  REV_SGD_UPDATE,
 } from "../model/native/names.ts";
 import {
   depthwiseTiling,
@@ -395,10 +396,10 @@ for (
   });
 }
 
-// Adam and AdamW: the fused WGSL update against the cpu backend's loop, over three steps. A large
+// Adam/AdamW and SGD: the fused WGSL updates against the cpu backend's, over three steps. A large
 // learning rate, so that a wrong update shows against the weights' own magnitude.
 Deno.test({
-  name: `webgpu fused Adam/AdamW update matches cpu: weights and both moments over 3 steps${SKIP}`,
+  name: `webgpu fused Adam/AdamW and SGD updates match cpu: weights and state over 3 steps${SKIP}`,
   ignore,
   fn: async () => {
     const shapes = [[3, 3, 3, 8, 1], [16, 32], [7]];
@@ -406,7 +407,9 @@ Deno.test({
     const grads = [0, 1, 2].map((step) =>
       shapes.map((shape, i) => normal(shape, 70 + 10 * step + i))
     );
-    for (const weightDecay of [0, 0.1]) {
+    for (
+      const [kind, weightDecay] of [["adam", 0], ["adam", 0.1], ["sgd", 0], ["sgd", 0.1]] as const
+    ) {
       await assertSameOnWebGpu(() => {
         const weights = new Map<string, tf.Tensor>(init.map((a, i) => {
           const t = tensor(a);
@@ -414,7 +417,7 @@ Deno.test({
           t.dispose();
           return [`w${i}`, w];
         }));
-        const optimizer = new Optimizer({ kind: "adam", weightDecay });
+        const optimizer = new Optimizer({ kind, weightDecay });
         for (const step of grads) {
           const g = new Map(step.map((a, i) => [`w${i}`, tensor(a)]));
           optimizer.apply(weights, g, 0.3);
@@ -431,7 +434,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: `webgpu: an Adam step is three dispatches per weight, not the op-by-op fifteen${SKIP}`,
+  name: `webgpu: an Adam step is one fused kernel per weight (three dispatches, not fifteen), ` +
+    `and so is an SGD step${SKIP}`,
   ignore,
   fn: async () => {
     await selectBackend("webgpu");
@@ -451,6 +455,17 @@ Deno.test({
       const b = (await weights.get("b")!.data())[0];
       assert(Math.abs(a - 0.8) < 1e-5 && Math.abs(b - 1.2) < 1e-5, `a = ${a}, b = ${b}`);
       optimizer.dispose();
+      const sgd = new Optimizer({ kind: "sgd", momentum: 0.9 });
+      const sgdInfo = await tf.profile(() => sgd.apply(weights, grads, 0.1));
+      // (its first step also creates the velocities)
+      assertEquals(
+        sgdInfo.kernels.map((k) => k.name).filter((n) => n !== "ZerosLike"),
+        [REV_SGD_UPDATE, REV_SGD_UPDATE],
+      );
+      // vel = g = 0.5; w −= 0.1 · (g + 0.9 · vel) = 0.095
+      const a2 = (await weights.get("a")!.data())[0];
+      assert(Math.abs(a2 - (0.8 - 0.095)) < 1e-5, `a = ${a2}`);
+      sgd.dispose();
       tf.dispose([...weights.values(), ...grads.values()]);
     } finally {
       await selectBackend("cpu");

@@ -113,7 +113,9 @@ const noWebGpu = await webGpuAdapter();
 
 // The bench's reads must all be asynchronous there: tfjs-webgpu's synchronous read needs a canvas.
 Deno.test({
-  name: `bench speed and bench kernels run on webgpu${noWebGpu ? ` (skipped: ${noWebGpu})` : ""}`,
+  name: `bench speed, bench kernels and plan run on webgpu${
+    noWebGpu ? ` (skipped: ${noWebGpu})` : ""
+  }`,
   ignore: noWebGpu !== null,
   fn: async () => {
     const speed = await run(Deno.execPath(), [
@@ -174,6 +176,25 @@ Deno.test({
         ["conv3d_filter_grad_down", "tfjs Conv3DBackpropFilterV2"],
       ],
     );
+    // plan measures training steps, whose loss it must read asynchronously there too.
+    const plan = await run(Deno.execPath(), [
+      "run",
+      "-A",
+      "--unstable-webgpu",
+      "main.ts",
+      "plan",
+      "--backend",
+      "webgpu",
+      "--budget",
+      "1",
+      "--config",
+      '{"levels":2,"baseChannels":4,"blocksPerLevel":1}',
+      "--measure-crops",
+      "8,16",
+    ]);
+    assertEquals(plan.code, 0, plan.stderr);
+    const p = JSON.parse(plan.stdout);
+    assert(p.reversible.max_crop > p.standard.max_crop, plan.stdout);
   },
 });
 

@@ -1,10 +1,11 @@
 import * as tf from "../model/tf.ts";
-import { assert, assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
+import { assert, assertAlmostEquals, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import { compareGrads, randomBatch, randomNet } from "./_model_fixtures.ts";
 import {
   blockForward,
   blockInverse,
   blockOptions,
+  compareGradMapsAsync,
   countParams,
   createUNet,
   diceBceLoss,
@@ -160,4 +161,20 @@ Deno.test("network input of the wrong shape is refused with its shape", () => {
   assertThrows(() => predictLogits(net, y), TypeError, "[n, d, h, w, 4]");
   tf.dispose([x, y]);
   disposeUNet(net);
+});
+
+Deno.test("compareGradMapsAsync reads asynchronously and reports what compareGradMaps does", async () => {
+  const e = new Map([["a", tf.tensor([1, 2, 3])], ["b", tf.tensor([0, 0, 4])]]);
+  const a = new Map([["a", tf.tensor([1, 2, 3.3])], ["b", tf.tensor([0, 0.8, 4])]]);
+  const sync = compareGrads(a, e);
+  assertEquals(await compareGradMapsAsync(a, e), sync);
+  assertEquals(sync.worstTensor, "b"); // 0.8 / 4 against 0.3 / 3
+  assert(Math.abs(sync.worstTensorRelErr - 0.2) < 1e-6);
+  assert(Math.abs(sync.globalRelErr - Math.sqrt((0.09 + 0.64) / 30)) < 1e-6);
+  await assertRejects(
+    () => compareGradMapsAsync(new Map([["a", a.get("a")!]]), e),
+    Error,
+    'gradient "b" missing',
+  );
+  tf.dispose([...e.values(), ...a.values()]);
 });

@@ -34,6 +34,12 @@ export const REV_GROUP_NORM_ACT_GRAD = "RevGroupNormActGrad";
  * dispatches per weight.
  */
 export const REV_ADAM_UPDATE = "RevAdamUpdate";
+/**
+ * One SGD update with Nesterov momentum (and decoupled weight decay) of one weight: inputs
+ * `{w, g, vel}`, attrs `{momentum, weightDecay, lr}` → `[w', vel']`, the arithmetic of the
+ * op-by-op update in model/optimizer.ts. Registered on webgpu.
+ */
+export const REV_SGD_UPDATE = "RevSgdUpdate";
 
 /** Whether `kernelName` is registered for the active backend. */
 export function hasKernel(kernelName: string): boolean {

@@ -25,6 +25,7 @@ import {
   REV_DEPTHWISE_CONV3D_BACKPROP_INPUT,
   REV_GROUP_NORM_ACT,
   REV_GROUP_NORM_ACT_GRAD,
+  REV_SGD_UPDATE,
 } from "../native/names.ts";
 
 const BACKEND = "webgpu";
@@ -1005,6 +1006,53 @@ function adamUpdate(args: KernelArgs): tf.TensorInfo[] {
   return [w2, m2, v2];
 }
 
+/**
+ * SGD with Nesterov momentum for one weight in two dispatches (the new velocity, then the weight
+ * from the old velocity recomputed) instead of some eight. `grad` = g + w·wd as in
+ * model/optimizer.ts (with wd = 0, g + w·0 is g exactly for finite weights).
+ */
+function sgdUpdate(args: KernelArgs): tf.TensorInfo[] {
+  const { w, g, vel } = args.inputs;
+  for (const [name, t] of [["g", g], ["vel", vel]] as const) {
+    if (t.shape.join() !== w.shape.join()) {
+      throw new TypeError(
+        `${REV_SGD_UPDATE}: ${name} [${t.shape}] must have the shape of w [${w.shape}]`,
+      );
+    }
+  }
+  const a = args.attrs ?? {};
+  const values = ["momentum", "weightDecay", "lr"].map((key) => {
+    const value = Number(a[key]);
+    if (!Number.isFinite(value)) {
+      throw new TypeError(`${REV_SGD_UPDATE}: attribute ${key} must be a number, found ${a[key]}`);
+    }
+    return value;
+  });
+  const velocity = `
+          let grad = grads[index] + weights[index] * uniforms.wd;
+          let vi = velocity[index] * uniforms.momentum + grad;`;
+  const run = (key: string, body: string) =>
+    args.backend.runWebGPUProgram(
+      new Program(
+        key,
+        ["weights", "grads", "velocity"],
+        w.shape,
+        "momentum : f32, wd : f32, rate : f32,",
+        body,
+      ),
+      [w, g, vel],
+      "float32",
+      floats(...values),
+    );
+  const vel2 = run("rev_sgd_v", `${velocity}\n          result[index] = vi;`);
+  const w2 = run(
+    "rev_sgd_w",
+    `${velocity}
+          result[index] = weights[index] - (grad + vi * uniforms.momentum) * uniforms.rate;`,
+  );
+  return [w2, vel2];
+}
+
 // ---- registration --------------------------------------------------------------------------------
 
 const KERNELS: [string, (args: KernelArgs) => tf.TensorInfo | tf.TensorInfo[]][] = [
@@ -1017,6 +1065,7 @@ const KERNELS: [string, (args: KernelArgs) => tf.TensorInfo | tf.TensorInfo[]][]
   [REV_GROUP_NORM_ACT, groupNormAct],
   [REV_GROUP_NORM_ACT_GRAD, groupNormActGrad],
   [REV_ADAM_UPDATE, adamUpdate],
+  [REV_SGD_UPDATE, sgdUpdate],
 ];
 
 /**
