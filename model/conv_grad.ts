@@ -6,9 +6,10 @@
  * every output voxel: for the stem at 128³ that is 1,728 threads walking 2 million voxels each,
  * which leaves a GPU of some 270,000 resident threads almost idle and waiting on memory. Here each
  * tap (a, b, e) is `dW[a, b, e] = X_tᵀ · dY`, where `X_t` [voxels, ci] holds the input each output
- * voxel reads through that tap (a strided slice of the padded input) and `dY` [voxels, co]: a
- * product with a long inner dimension and a small output, which tfjs-webgpu runs as a split-K
- * matrix product across the whole GPU. One tap's slice is alive at a time.
+ * voxel reads through that tap (a strided slice of the input; output voxels whose read falls in
+ * the padding add nothing and are left out of both factors) and `dY` [voxels, co]: a product with
+ * a long inner dimension and a small output, which tfjs-webgpu runs as a split-K matrix product
+ * across the whole GPU. One tap's slices are alive at a time.
  * @module
  */
 import * as tf from "./tf.ts";
