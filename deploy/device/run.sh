@@ -6,8 +6,9 @@
 #
 #   bench-webgpu-<c>       bench speed --backend webgpu --crop c (c in DEVICE_CROPS), small cases
 #                          (c³, c×c×2c, c×c×4c) and the PyTorch peer on CUDA in the same run
-#   kernels-webgpu         bench kernels --backend webgpu --crop DEVICE_KERNEL_CROP: each WGSL kernel
-#                          at the network's shapes, the depthwise ones tiled vs untiled
+#   kernels-webgpu         bench kernels --backend webgpu --crop DEVICE_KERNEL_CROP: each project
+#                          kernel at the network's shapes against what it replaces (untiled
+#                          depthwise programs, tfjs's convolution-filter gradient)
 #   peer-<dev>             python3 tasks/peer_torch.py --check, then --crop p (p in DEVICE_PEER_CROPS)
 #                          alone on CUDA: figures even when Deno cannot start
 #   bench-webgpu-<c>-full  bench speed --crop c --case-sizes 240x240x155 --steps 1 --no-peer (c in
