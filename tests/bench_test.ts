@@ -118,45 +118,19 @@ Deno.test({
   }`,
   ignore: noWebGpu !== null,
   fn: async () => {
-    const speed = await run(Deno.execPath(), [
-      "run",
-      "-A",
-      "--unstable-webgpu",
-      "main.ts",
-      "bench",
-      "speed",
-      "--json",
-      "--backend",
-      "webgpu",
-      "--crop",
-      "8",
-      "--steps",
-      "1",
-      "--case-sizes",
-      "8x8x8",
-      "--no-peer",
-    ]);
+    // main.ts on webgpu: `deno run -A --unstable-webgpu main.ts <words>`.
+    const onWebGpu = (words: string) =>
+      run(Deno.execPath(), ["run", "-A", "--unstable-webgpu", "main.ts", ...words.split(" ")]);
+    const speed = await onWebGpu(
+      "bench speed --json --backend webgpu --crop 8 --steps 1 --case-sizes 8x8x8 --no-peer",
+    );
     assertEquals(speed.code, 0, speed.stderr);
     const j = JSON.parse(speed.stdout);
     assertEquals(j.backend, "webgpu");
     for (const k of ["train_step_ms", "train_voxels_per_s", "infer_voxels_per_s"]) {
       assert(positive(j[k]), `${k} = ${j[k]}`);
     }
-    const kernels = await run(Deno.execPath(), [
-      "run",
-      "-A",
-      "--unstable-webgpu",
-      "main.ts",
-      "bench",
-      "kernels",
-      "--json",
-      "--backend",
-      "webgpu",
-      "--crop",
-      "8",
-      "--steps",
-      "1",
-    ]);
+    const kernels = await onWebGpu("bench kernels --json --backend webgpu --crop 8 --steps 1");
     assertEquals(kernels.code, 0, kernels.stderr);
     const k = JSON.parse(kernels.stdout);
     assertEquals(k.backend, "webgpu");
@@ -177,21 +151,10 @@ Deno.test({
       ],
     );
     // plan measures training steps, whose loss it must read asynchronously there too.
-    const plan = await run(Deno.execPath(), [
-      "run",
-      "-A",
-      "--unstable-webgpu",
-      "main.ts",
-      "plan",
-      "--backend",
-      "webgpu",
-      "--budget",
-      "1",
-      "--config",
-      '{"levels":2,"baseChannels":4,"blocksPerLevel":1}',
-      "--measure-crops",
-      "8,16",
-    ]);
+    const plan = await onWebGpu(
+      "plan --backend webgpu --budget 1 --measure-crops 8,16 --config " +
+        '{"levels":2,"baseChannels":4,"blocksPerLevel":1}',
+    );
     assertEquals(plan.code, 0, plan.stderr);
     const p = JSON.parse(plan.stdout);
     assert(p.reversible.max_crop > p.standard.max_crop, plan.stdout);
