@@ -272,6 +272,20 @@ function valueAndGrads(
   return new Map([["y", y], ["loss", value], ...names.map((n, i) => [`d${n}`, grads[i]] as const)]);
 }
 
+/** depthwiseConv3d's value and gradients on webgpu against cpu, for x of `xShape`, kernel `k`. */
+function depthwiseOnWebGpu(xShape: number[], k: number[], seed = 31): Promise<void> {
+  const x = normal(xShape, seed);
+  const filter = normal([...k, xShape[4], 1], seed + 1, 0.3);
+  const w = normal(xShape, seed + 2);
+  return assertSameOnWebGpu(() =>
+    valueAndGrads(
+      (a, b) => depthwiseConv3d(a as tf.Tensor5D, b as tf.Tensor5D),
+      { x: tensor(x), filter: tensor(filter) },
+      tensor(w),
+    )
+  );
+}
+
 const ignore = !webgpu.ok;
 
 Deno.test({
@@ -305,18 +319,7 @@ Deno.test({
 Deno.test({
   name: `webgpu matches cpu: depthwiseConv3d values and gradients${SKIP}`,
   ignore,
-  fn: async () => {
-    const x = normal([2, 8, 8, 8, 4], 11);
-    const filter = normal([3, 3, 3, 4, 1], 12, 0.3);
-    const w = normal([2, 8, 8, 8, 4], 13);
-    await assertSameOnWebGpu(() =>
-      valueAndGrads(
-        (a, b) => depthwiseConv3d(a as tf.Tensor5D, b as tf.Tensor5D),
-        { x: tensor(x), filter: tensor(filter) },
-        tensor(w),
-      )
-    );
-  },
+  fn: () => depthwiseOnWebGpu([2, 8, 8, 8, 4], [3, 3, 3], 11),
 });
 
 Deno.test({
@@ -381,18 +384,7 @@ for (
     name:
       `webgpu WGSL depthwiseConv3d matches cpu: value, dx, dfilter, x=[${xShape}] k=[${k}]${SKIP}`,
     ignore,
-    fn: async () => {
-      const x = normal(xShape, 31);
-      const filter = normal([...k, xShape[4], 1], 32, 0.3);
-      const w = normal(xShape, 33);
-      await assertSameOnWebGpu(() =>
-        valueAndGrads(
-          (a, b) => depthwiseConv3d(a as tf.Tensor5D, b as tf.Tensor5D),
-          { x: tensor(x), filter: tensor(filter) },
-          tensor(w),
-        )
-      );
-    },
+    fn: () => depthwiseOnWebGpu(xShape, k),
   });
 }
 
@@ -479,18 +471,9 @@ Deno.test({
   ignore,
   fn: async () => {
     for (const [xShape, k] of [[[2, 9, 7, 19, 12], [3, 3, 3]], [[1, 4, 3, 6, 5], [1, 3, 5]]]) {
-      const x = normal(xShape, 31);
-      const filter = normal([...k, xShape[4], 1], 32, 0.3);
-      const w = normal(xShape, 33);
       const was = setWgslTiles(false);
       try {
-        await assertSameOnWebGpu(() =>
-          valueAndGrads(
-            (a, b) => depthwiseConv3d(a as tf.Tensor5D, b as tf.Tensor5D),
-            { x: tensor(x), filter: tensor(filter) },
-            tensor(w),
-          )
-        );
+        await depthwiseOnWebGpu(xShape, k);
       } finally {
         setWgslTiles(was);
       }
