@@ -71,16 +71,14 @@ function blockValue(
 
 /** x = block⁻¹(y): the block's input recomputed from its output (outside any gradient tape). */
 export function blockInverse(y: tf.Tensor5D, w: BlockWeights, o: BottleneckOptions): tf.Tensor5D {
-  const [y1, y2] = tf.split(y, 2, 4) as [tf.Tensor5D, tf.Tensor5D];
+  const [y1, y2] = tf.split(y, 2, 4) as Halves;
   const g = bottleneckForward(y1, w.G, o);
   const x2 = tf.sub(y2, g) as tf.Tensor5D;
   tf.dispose([y2, g]);
   const f = bottleneckForward(x2, w.F, o);
   const x1 = tf.sub(y1, f) as tf.Tensor5D;
   tf.dispose([y1, f]);
-  const x = tf.concat([x1, x2], 4) as tf.Tensor5D;
-  tf.dispose([x1, x2]);
-  return x;
+  return joinHalves([x1, x2]);
 }
 
 /**
