@@ -2,20 +2,25 @@
  * The project's own kernels for tfjs's `webgpu` backend, in WGSL: the depthwise 3D convolution
  * with its two gradients, and GroupNorm with a fused activation and its analytic gradient — the
  * kernels the cpu backend gets from model/native, under the same names (native/names.ts), so the
- * layers pick them the same way.
+ * layers pick them the same way — and one fused Adam(W) and one SGD update per weight.
  *
  * Why: without them the webgpu backend runs the layers' composite paths — a depthwise convolution
  * as kd depthwise conv2d calls with a slice and an add each, GroupNorm as a dozen full-size
  * element-wise and reduction kernels — so a bottleneck is some 60 dispatches and as many
  * full-size intermediates. Here each layer is one to three dispatches over the data.
  *
- * Layout: every thread computes one output element with the channel as the fastest axis, so
- * neighbouring threads read neighbouring addresses. Reductions over voxels (the statistics and
- * the weight gradients) run in two stages: `P` partial sums per channel over contiguous voxel
- * ranges, enough of them to fill the GPU, then one small pass over the partials. Sums are in f32.
+ * Layout: channels are the fastest axis, so neighbouring threads read neighbouring addresses.
+ * The depthwise kernels are tiled (a workgroup per 4×4×8-voxel tile and channel block, its input
+ * halo in workgroup memory; see "depthwise conv3d, tiled" below), with one-thread-per-output
+ * programs kept for `REVUNET_WGSL_TILES=0` and kernels too large to tile. Reductions over voxels
+ * (the statistics and the weight gradients) run in two stages: partial sums per channel over runs
+ * of voxels or tiles, enough of them to fill the GPU, then a pass over the partials — one thread
+ * per output where there are many outputs (the filter gradient's taps), one workgroup per output
+ * where there are few (GroupNorm's per-group sums). Sums are in f32.
  * @module
  */
 import * as tf from "../tf.ts";
+import { envVar } from "../env.ts";
 import {
   depthwiseKernelSize,
   groupNormCall,
@@ -294,13 +299,7 @@ const MAX_THREADS = 256;
 const TARGET_GROUPS = 1024;
 
 /** Whether the depthwise kernels use their tiled programs; `REVUNET_WGSL_TILES=0` turns them off. */
-let wgslTiles = (() => {
-  try {
-    return Deno.env.get("REVUNET_WGSL_TILES") !== "0";
-  } catch {
-    return true; // no --allow-env: the default
-  }
-})();
+let wgslTiles = envVar("REVUNET_WGSL_TILES") !== "0";
 
 /**
  * Chooses the tiled depthwise programs (the default) or the one-thread-per-output ones, which need
@@ -940,6 +939,28 @@ function groupNormActGrad(args: KernelArgs): tf.TensorInfo[] {
 
 // ---- Adam ---------------------------------------------------------------------------------------
 
+/**
+ * An optimizer kernel's call checked: every input in `others` has the shape of `w`, and each
+ * attribute in `keys` is a finite number (returned in that order).
+ */
+function updateCall(kernel: string, args: KernelArgs, others: string[], keys: string[]): number[] {
+  const w = args.inputs.w;
+  for (const name of others) {
+    const t = args.inputs[name];
+    if (t.shape.join() !== w.shape.join()) {
+      throw new TypeError(`${kernel}: ${name} [${t.shape}] must have the shape of w [${w.shape}]`);
+    }
+  }
+  const attrs = args.attrs ?? {};
+  return keys.map((key) => {
+    const value = Number(attrs[key]);
+    if (!Number.isFinite(value)) {
+      throw new TypeError(`${kernel}: attribute ${key} must be a number, found ${attrs[key]}`);
+    }
+    return value;
+  });
+}
+
 /** WGSL: the new first moment `mi` and second moment `vi` of element `index`. */
 const NEW_M = "let mi = moment1[index] * uniforms.b1 + grads[index] * uniforms.c1;";
 const NEW_V =
@@ -956,22 +977,12 @@ const ADAM_UNIFORMS =
  */
 function adamUpdate(args: KernelArgs): tf.TensorInfo[] {
   const { w, g, m, v } = args.inputs;
-  for (const [name, t] of [["g", g], ["m", m], ["v", v]] as const) {
-    if (t.shape.join() !== w.shape.join()) {
-      throw new TypeError(
-        `${REV_ADAM_UPDATE}: ${name} [${t.shape}] must have the shape of w [${w.shape}]`,
-      );
-    }
-  }
-  const a = args.attrs ?? {};
-  const num = (key: string) => {
-    const value = Number(a[key]);
-    if (!Number.isFinite(value)) {
-      throw new TypeError(`${REV_ADAM_UPDATE}: attribute ${key} must be a number, found ${a[key]}`);
-    }
-    return value;
-  };
-  const [beta1, beta2, step] = [num("beta1"), num("beta2"), num("step")];
+  const [beta1, beta2, step, epsilon, weightDecay, lr] = updateCall(
+    REV_ADAM_UPDATE,
+    args,
+    ["g", "m", "v"],
+    ["beta1", "beta2", "step", "epsilon", "weightDecay", "lr"],
+  );
   const uniforms = floats(
     beta1,
     1 - beta1,
@@ -979,9 +990,9 @@ function adamUpdate(args: KernelArgs): tf.TensorInfo[] {
     1 - beta2,
     1 - Math.pow(beta1, step),
     1 - Math.pow(beta2, step),
-    num("epsilon"),
-    num("weightDecay"),
-    num("lr"),
+    epsilon,
+    weightDecay,
+    lr,
   );
   // Each program binds only the inputs it reads: WebGPU's automatic layout drops unread bindings.
   const inputs = { weights: w, grads: g, moment1: m, moment2: v };
@@ -1013,21 +1024,7 @@ function adamUpdate(args: KernelArgs): tf.TensorInfo[] {
  */
 function sgdUpdate(args: KernelArgs): tf.TensorInfo[] {
   const { w, g, vel } = args.inputs;
-  for (const [name, t] of [["g", g], ["vel", vel]] as const) {
-    if (t.shape.join() !== w.shape.join()) {
-      throw new TypeError(
-        `${REV_SGD_UPDATE}: ${name} [${t.shape}] must have the shape of w [${w.shape}]`,
-      );
-    }
-  }
-  const a = args.attrs ?? {};
-  const values = ["momentum", "weightDecay", "lr"].map((key) => {
-    const value = Number(a[key]);
-    if (!Number.isFinite(value)) {
-      throw new TypeError(`${REV_SGD_UPDATE}: attribute ${key} must be a number, found ${a[key]}`);
-    }
-    return value;
-  });
+  const values = updateCall(REV_SGD_UPDATE, args, ["g", "vel"], ["momentum", "weightDecay", "lr"]);
   const velocity = `
           let grad = grads[index] + weights[index] * uniforms.wd;
           let vi = velocity[index] * uniforms.momentum + grad;`;
