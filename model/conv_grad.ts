@@ -14,6 +14,7 @@
  */
 import * as tf from "./tf.ts";
 import { webGpuAdapterIsSoftware } from "./backend.ts";
+import { envVar } from "./env.ts";
 
 /**
  * How the network's convolution-filter gradients are computed: `taps` by
@@ -28,15 +29,7 @@ export type ConvFilterGradMode = "auto" | "taps" | "kernel";
 
 const MODES: readonly ConvFilterGradMode[] = ["auto", "taps", "kernel"];
 
-let mode: ConvFilterGradMode = parseMode(envValue("REVUNET_CONV_FILTER_GRAD"));
-
-function envValue(name: string): string | undefined {
-  try {
-    return Deno.env.get(name);
-  } catch {
-    return undefined; // no --allow-env: the default
-  }
-}
+let mode: ConvFilterGradMode = parseMode(envVar("REVUNET_CONV_FILTER_GRAD"));
 
 function parseMode(value: string | undefined): ConvFilterGradMode {
   if (value === undefined || value === "") return "auto";

@@ -25,6 +25,7 @@ import {
 } from "../model/mod.ts";
 import { slidingWindowProbabilities, windowShape, windowStarts } from "../pipeline/inference.ts";
 import { seededRandom } from "../pipeline/random.ts";
+import { envVar } from "../model/env.ts";
 
 /** A BraTS case's grid, x, y, z. */
 export const BRATS_DIMS: readonly [number, number, number] = Object.freeze([240, 240, 155]);
@@ -40,13 +41,7 @@ export const PEER_PYTHON_ENV = "REVUNET_PEER_PYTHON";
  * {@linkcode PEER_PYTHON}.
  */
 export function peerPython(): string {
-  let value: string | undefined;
-  try {
-    value = Deno.env.get(PEER_PYTHON_ENV);
-  } catch {
-    value = undefined; // no env permission: the default
-  }
-  return value?.trim() || PEER_PYTHON;
+  return envVar(PEER_PYTHON_ENV)?.trim() || PEER_PYTHON;
 }
 
 const PEER_SCRIPT = new URL("./peer_torch.py", import.meta.url);
@@ -93,15 +88,17 @@ export interface CaseTiming {
   voxels_per_s: number;
 }
 
-const median = (xs: number[]) => {
+/** The median of `xs` (the mean of the middle two for an even count). */
+export const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
-const round = (x: number, digits = 3) => Number(x.toFixed(digits));
+/** `x` to `digits` decimals. */
+export const round = (x: number, digits = 3) => Number(x.toFixed(digits));
 
 /** Times `fn` `warmup + steps` times and returns the timed milliseconds. */
-async function timeRuns(
+export async function timeRuns(
   fn: () => Promise<void> | void,
   warmup: number,
   steps: number,

@@ -10,6 +10,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
+import { envVar } from "../env.ts";
 
 /**
  * The flags gcc is given. `-z nodelete` keeps the library and libgomp mapped after Deno closes
@@ -153,11 +154,7 @@ function removeQuietly(path: string): void {
 }
 
 function envOr(name: string, fallback: string): string {
-  try {
-    return Deno.env.get(name) ?? fallback;
-  } catch {
-    return fallback;
-  }
+  return envVar(name) ?? fallback;
 }
 
 function messageOf(e: unknown): string {

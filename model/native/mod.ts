@@ -38,17 +38,12 @@ export {
   REV_GROUP_NORM_ACT_GRAD,
 } from "./names.ts";
 export { NATIVE_CFLAGS } from "./build.ts";
+import { envVar } from "../env.ts";
 
 /**
  * Whether the environment asks for the native path: true unless `REVUNET_NATIVE` is `0`, `false`
  * or `off` (or env access is not allowed, in which case the default, on, holds).
  */
 export function nativeRequested(): boolean {
-  let value: string | undefined;
-  try {
-    value = Deno.env.get("REVUNET_NATIVE");
-  } catch {
-    return true;
-  }
-  return !/^(0|false|off|no)$/i.test((value ?? "").trim());
+  return !/^(0|false|off|no)$/i.test((envVar("REVUNET_NATIVE") ?? "").trim());
 }
