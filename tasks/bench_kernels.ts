@@ -21,6 +21,7 @@ import {
 } from "../model/native/names.ts";
 import { setWgslTiles } from "../model/webgpu/kernels.ts";
 import { conv3dFilterGradByTaps } from "../model/conv_grad.ts";
+import { median, round, timeRuns } from "./bench_speed.ts";
 
 /** One kernel at one shape. */
 export interface KernelTiming {
@@ -61,22 +62,20 @@ export function depthwiseShapes(crop: number): [number, number, number, number, 
   return shapes;
 }
 
-async function median(fn: () => tf.Tensor | tf.Tensor[], steps: number): Promise<number> {
-  const times: number[] = [];
-  for (let i = 0; i <= steps; i++) {
-    const start = performance.now();
-    const out = fn();
-    const outs = Array.isArray(out) ? out : [out];
-    for (const t of outs) await t.data();
-    const ms = performance.now() - start;
-    tf.dispose(outs);
-    if (i > 0) times.push(ms);
-  }
-  times.sort((a, b) => a - b);
-  return times[times.length >> 1];
+/** The median milliseconds of `steps` calls after one warm-up, each result read back. */
+async function medianMs(fn: () => tf.Tensor | tf.Tensor[], steps: number): Promise<number> {
+  const times = await timeRuns(
+    async () => {
+      const out = fn();
+      const outs = Array.isArray(out) ? out : [out];
+      for (const t of outs) await t.data();
+      tf.dispose(outs);
+    },
+    1,
+    steps,
+  );
+  return median(times);
 }
-
-const round = (ms: number) => Math.round(ms * 1000) / 1000;
 
 /** Runs the kernel benchmark on the active backend and returns its JSON object. */
 export async function benchKernels(options: BenchKernelsOptions = {}) {
@@ -158,7 +157,7 @@ export async function benchKernels(options: BenchKernelsOptions = {}) {
           kernels.push(
             compare && kernel.startsWith("depthwise")
               ? await compareTimes(kernel, shape, call, steps, "untiled WGSL", setWgslTiles)
-              : { kernel, shape, ms: round(await median(call, steps)) },
+              : { kernel, shape, ms: round(await medianMs(call, steps)) },
           );
         }
       } finally {
@@ -212,7 +211,7 @@ export async function benchKernels(options: BenchKernelsOptions = {}) {
                 return was;
               },
             )
-            : { kernel, shape, ms: round(await median(byKernel, steps)) },
+            : { kernel, shape, ms: round(await medianMs(byKernel, steps)) },
         );
       } finally {
         tf.dispose([x, dy]);
@@ -245,7 +244,7 @@ async function compareTimes(
     for (let pass = 0; pass < 2; pass++) {
       for (const on of [true, false]) {
         use(on);
-        (on ? ours : theirs).push(await median(call, steps));
+        (on ? ours : theirs).push(await medianMs(call, steps));
       }
     }
   } finally {
