@@ -21,6 +21,54 @@ export const MODEL_FILE = "model.safetensors";
 /** File name of the optimizer state inside a checkpoint folder. */
 export const OPTIMIZER_FILE = "optimizer.safetensors";
 
+/** Folder of a training run holding the weights that validated best (see pipeline/checkpoint.ts). */
+export const BEST_FOLDER = "best";
+
+/** A model location turned into the weights file it stands for: see {@linkcode resolveModel}. */
+export interface ResolvedModel {
+  /** The `.safetensors` object to load. */
+  uri: string;
+  /** What the location was. */
+  kind: "file" | "folder" | "run";
+  /** For a training run: why these weights were chosen, for the log. */
+  note?: string;
+}
+
+/**
+ * Finds the weights a model location names, as nnU-Net's predict takes a trained-model folder:
+ * a training run's folder (its `best/` weights are used), a `best/` or checkpoint folder (or any
+ * folder holding `model.safetensors`), or the weights file itself; local or `s3://`.
+ * @throws {Error} naming the location and listing what would have been accepted when it is none
+ *   of these
+ */
+export async function resolveModel(location: string): Promise<ResolvedModel> {
+  const asFolder = location.endsWith(".safetensors") ? [] : [
+    joinUri(location, MODEL_FILE),
+    joinUri(location, BEST_FOLDER, MODEL_FILE),
+  ];
+  if (await exists(location)) return { uri: location, kind: "file" };
+  if (asFolder.length > 0 && await exists(asFolder[0])) return { uri: asFolder[0], kind: "folder" };
+  if (asFolder.length > 0 && await exists(asFolder[1])) {
+    return {
+      uri: asFolder[1],
+      kind: "run",
+      note: `${location} is a training run: using its ${BEST_FOLDER}/ weights (${asFolder[1]})`,
+    };
+  }
+  const unfinished = asFolder.length > 0 && await exists(joinUri(location, "latest.json"));
+  throw new Error(
+    `No model at "${location}"${
+      unfinished
+        ? ` (a training run with no ${BEST_FOLDER}/ yet: give one of its checkpoint folders, under ${
+          joinUri(location, "checkpoints")
+        }/)`
+        : ""
+    }: expected a training run folder (holding ${BEST_FOLDER}/${MODEL_FILE}), a ${BEST_FOLDER}/ ` +
+      `or checkpoint folder (holding ${MODEL_FILE}), or a .safetensors weights file; ` +
+      `looked for ${[location, ...asFolder].join(", ")}`,
+  );
+}
+
 /** The URI of the weights for a model location (a `.safetensors` object or a folder). */
 export function modelFileUri(location: string): string {
   return location.endsWith(".safetensors") ? location : joinUri(location, MODEL_FILE);

@@ -20,7 +20,7 @@ import { deserializeUNet, disposeUNet, type UNet } from "../model/mod.ts";
 import { caseKey } from "../pipeline/case_cache.ts";
 import { type Case, findCases, readNiftiHeader } from "../pipeline/cases.ts";
 import { slidingWindowProbabilities } from "../pipeline/inference.ts";
-import { modelFileUri } from "../pipeline/model_store.ts";
+import { resolveModel } from "../pipeline/model_store.ts";
 import { decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
 import { preprocessCase, uncropBox } from "../pipeline/preprocess.ts";
 import { casesFromEvent, type IgnoredRecord, type WaitingCase } from "../pipeline/events.ts";
@@ -169,16 +169,20 @@ export class Segmenter {
     this.backend = backend;
   }
 
-  /** Loads the model (a `.safetensors` file or a folder holding `model.safetensors`) once. */
+  /**
+   * Loads the model once: a training run's folder (its `best/`), a folder holding
+   * `model.safetensors` (`best/`, a checkpoint) or the file (see {@linkcode resolveModel}).
+   */
   static async load(
     modelUri: string,
     options: { backend?: BackendName; quiet?: boolean } = {},
   ): Promise<Segmenter> {
-    const choice = await selectBackend(
-      options.backend ?? "cpu",
-      options.quiet ? () => {} : (m) => console.error(`segment: ${m}`),
-    );
-    const uri = modelFileUri(modelUri);
+    const log = options.quiet ? () => {} : (m: string) => console.error(`segment: ${m}`);
+    // Before the backend: a wrong --model is reported without waiting for one to load.
+    const resolved = await resolveModel(modelUri);
+    if (resolved.note) log(resolved.note);
+    const choice = await selectBackend(options.backend ?? "cpu", log);
+    const uri = resolved.uri;
     const bytes = await getObject(uri);
     const { net, metadata } = deserializeUNet(bytes, uri, false);
     const crop = Number(metadata.train_crop);
@@ -390,7 +394,7 @@ export async function segmentEvent(
   const cases = found.cases.map((c) => c.case);
   const result = cases.length > 0 ? await segmentCases(cases, [], options) : {
     backend: "",
-    model: modelFileUri(options.model),
+    model: (await resolveModel(options.model)).uri,
     cases: [],
     failed: [],
     problems: [],
@@ -537,12 +541,12 @@ export const segmentCommand: Command = {
   help: `Usage: deno task segment --model URI --input URI --out URI [options]
 
 Segments every BraTS case under --input (one case's folder or a dataset; local or s3://) with the
-model at --model (a model.safetensors file or a folder holding one, e.g. a training run's best/),
-writing <out>/<case>.nii.gz (uint8 labels in the case's own convention, on its exact grid and
-affine). A case with a reference segmentation (its seg file) is also scored against it, as
-\`evaluate\` scores it: <out>/<case>.metrics.json holds Dice, HD95 (mm), sensitivity and
-specificity of ET, TC and WT. Last comes <out>/<case>.json, recording the model, inputs, options
-and outputs; each file is written whole or not at all. Cases already segmented with the same model,
+model at --model: a training run's folder (its best/ weights are used, as the log says), its best/
+or a checkpoint folder, or the model.safetensors file itself. Writes <out>/<case>.nii.gz (uint8
+labels in the case's own convention, on its exact grid and affine). A case with a reference
+segmentation (its seg file) is also scored against it, as \`evaluate\` scores it:
+<out>/<case>.metrics.json holds Dice, HD95 (mm), sensitivity and specificity of ET, TC and WT.
+Last comes <out>/<case>.json, recording the model, inputs, options and outputs; each file is written whole or not at all. Cases already segmented with the same model,
 inputs and options, with every output now asked for, are skipped unless --force. A case that fails,
 or that cannot be used (a missing modality, two files for one, modalities on different grids), is
 recorded in <out>/<case>.error.json, the others go on, and the exit status is 1; a later success
@@ -562,7 +566,7 @@ Finished cases are skipped, so a retried shard completes the work; evaluate over
 merges the shards (evaluate --shard writes metrics-shard-<i>-of-<n>.json instead of metrics.json).
 
 Options:
-  --model URI             trained model (required)
+  --model URI             trained model: run folder, best/, checkpoint folder or file (required)
   --input URI             a case folder or a dataset (required unless --event)
   --event FILE|-          segment the cases an S3 event notification completes
   --shard i/n|auto/n      only the cases of one shard (see above)

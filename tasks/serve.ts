@@ -28,6 +28,7 @@ import {
   triageRecord,
 } from "../pipeline/events.ts";
 import { deleteObject, joinUri, putObject } from "../pipeline/storage.ts";
+import { resolveModel } from "../pipeline/model_store.ts";
 import {
   backendFlag,
   type Command,
@@ -795,7 +796,7 @@ Endpoints:
   GET  /jobs              recent jobs, newest first
 
 Options:
-  --model URI           trained model (required)
+  --model URI           trained model: run folder, best/, checkpoint folder or file (required)
   --out URI             output folder or s3:// prefix (required)
   --input URI           accept only objects under this s3:// prefix (default: any)
   --port N              port to listen on (default 8080; 0 picks a free one)
@@ -863,10 +864,12 @@ See deploy/README.md for wiring S3 (SNS) or MinIO (mc event add) to the service.
       }
     }
     const concurrency = intFlag("concurrency", values.concurrency, 1, 1, 64);
+    const model = await resolveModel(values.model!);
     const settings = {
       out: values.out!,
       ...(values.input !== undefined ? { input: values.input } : {}),
-      model: values.model!,
+      // A run folder, best/, a checkpoint folder or the file: resolved once, before any worker.
+      model: model.uri,
       hostname: values.host ?? "0.0.0.0",
       port: intFlag("port", values.port, 8080, 0, 65535),
       concurrency,
@@ -887,6 +890,7 @@ See deploy/README.md for wiring S3 (SNS) or MinIO (mc event add) to the service.
     log({
       event: "loading",
       model: settings.model,
+      ...(model.note ? { note: model.note } : {}),
       backend,
       workers: values["in-process"] ? 0 : concurrency,
     });

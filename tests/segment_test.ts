@@ -1,8 +1,8 @@
 import * as tf from "../model/tf.ts";
-import { assert, assertEquals } from "@std/assert";
+import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
 import { createUNet, disposeUNet, resolveConfig } from "../model/mod.ts";
 import { findCases } from "../pipeline/cases.ts";
-import { saveModel } from "../pipeline/model_store.ts";
+import { resolveModel, saveModel } from "../pipeline/model_store.ts";
 import { EVAL_REGIONS, evaluatePair, METRICS } from "../pipeline/evaluation.ts";
 import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti.ts";
 import { writePhantomDataset } from "../pipeline/phantom.ts";
@@ -65,6 +65,114 @@ Deno.test("regionsToLabels: WT→2, TC→1, ET→4 or 3, each overwriting; small
   assertEquals([...regionsToLabels(probs, 3)], [0, 2, 1, 3, 3]);
   assertEquals([...regionsToLabels(probs, 4, 3)], [0, 2, 1, 1, 1], "2 ET voxels < 3 → necrosis");
   assertEquals([...regionsToLabels(probs, 4, 2)], [0, 2, 1, 4, 4]);
+});
+
+/**
+ * A training run's layout under `root`: `best/` and one checkpoint folder, each with a tiny
+ * network, `latest.json`, and a `.safetensors` file elsewhere.
+ */
+async function runLayout(root: string): Promise<void> {
+  const net = createUNet(resolveConfig(TINY), { seed: 3, zeroInitResidual: false });
+  await saveModel(joinPath(root, "run/best"), net, undefined, { train_crop: "16" });
+  await saveModel(joinPath(root, "run/checkpoints/epoch-0001-step-0000002"), net);
+  await saveModel(joinPath(root, "weights/final.safetensors"), net);
+  disposeUNet(net);
+  await putObject(joinPath(root, "run/latest.json"), "{}\n");
+  await putObject(joinPath(root, "unfinished/latest.json"), "{}\n");
+}
+
+function joinPath(root: string, rel: string): string {
+  return root.endsWith("/") ? root + rel : `${root}/${rel}`;
+}
+
+/** resolveModel() over {@linkcode runLayout} at `root` (a local folder or an s3:// prefix). */
+async function checkResolveModel(root: string): Promise<void> {
+  const at = (rel: string) => joinPath(root, rel);
+  const run = await resolveModel(at("run"));
+  assertEquals([run.kind, run.uri], ["run", at("run/best/model.safetensors")]);
+  assertStringIncludes(run.note!, "training run: using its best/");
+  for (const rel of ["run/", "run/best", "run/best/"]) {
+    const r = await resolveModel(at(rel));
+    assertEquals(r.uri, at("run/best/model.safetensors"), rel);
+  }
+  const ckpt = await resolveModel(at("run/checkpoints/epoch-0001-step-0000002"));
+  assertEquals(
+    [ckpt.kind, ckpt.uri],
+    ["folder", at("run/checkpoints/epoch-0001-step-0000002/model.safetensors")],
+  );
+  assertEquals(ckpt.note, undefined);
+  for (const rel of ["run/best/model.safetensors", "weights/final.safetensors"]) {
+    assertEquals(await resolveModel(at(rel)), { uri: at(rel), kind: "file" });
+  }
+  for (const rel of ["nothing", "weights", "weights/missing.safetensors", "run/checkpoints"]) {
+    const e = await assertRejects(() => resolveModel(at(rel)), Error);
+    for (
+      const accepted of [
+        `No model at "${at(rel)}"`,
+        "training run folder",
+        "best/",
+        "checkpoint folder",
+        ".safetensors",
+      ]
+    ) assertStringIncludes(e.message, accepted, rel);
+  }
+  const unfinished = await assertRejects(() => resolveModel(at("unfinished")), Error);
+  assertStringIncludes(unfinished.message, "a training run with no best/ yet");
+}
+
+Deno.test("resolveModel() takes a run folder (its best/), best/, a checkpoint or the file; else lists them", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await runLayout(dir);
+    await checkResolveModel(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("resolveModel() on s3rver: run folder, best/, checkpoint, file, and the error", async () => {
+  await using _s3 = await startS3rver({ buckets: ["models"] });
+  await runLayout("s3://models/team");
+  await checkResolveModel("s3://models/team");
+});
+
+Deno.test("segment --model <run folder> uses its best/ and says so; a wrong --model lists what is accepted", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await runLayout(dir);
+    await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [20, 20, 16], seed: 4 });
+    const run = await runMain([
+      "segment",
+      "--model",
+      `${dir}/run`,
+      "--input",
+      `${dir}/data`,
+      "--out",
+      `${dir}/seg`,
+      "--json",
+    ]);
+    assertEquals(run.code, 0, run.stderr);
+    assertStringIncludes(
+      run.stderr,
+      `segment: ${dir}/run is a training run: using its best/ weights (${dir}/run/best/model.safetensors)`,
+    );
+    assertEquals(JSON.parse(run.stdout).model, `${dir}/run/best/model.safetensors`);
+    const wrong = await runMain([
+      "segment",
+      "--model",
+      `${dir}/data`,
+      "--input",
+      `${dir}/data`,
+      "--out",
+      `${dir}/seg2`,
+    ]);
+    assertEquals(wrong.code, 1, wrong.stderr);
+    assertStringIncludes(wrong.stderr, `No model at "${dir}/data"`);
+    assertStringIncludes(wrong.stderr, "expected a training run folder");
+    assertEquals(await exists(`${dir}/seg2`), false, "nothing written for a wrong --model");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("segment: outputs on the input's grid with evaluate's metrics, skipped when done, redone with force, failures recorded then cleared", async () => {

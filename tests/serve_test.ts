@@ -640,7 +640,8 @@ Deno.test({
       resolveConfig({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 }),
       { seed: 1 },
     );
-    await saveModel("s3://brats/models/tiny", net);
+    // A training run's folder on S3: serve takes it as nnU-Net's predict does, using its best/.
+    await saveModel("s3://brats/runs/tiny/best", net);
     disposeUNet(net);
     // Cases on disk first, then uploaded file by file so each upload's event can be replayed.
     const ids = await writePhantomDataset(join(tmp.path, "cases"), {
@@ -660,7 +661,7 @@ Deno.test({
 
     const serve = await startServe([
       "--model",
-      "s3://brats/models/tiny",
+      "s3://brats/runs/tiny",
       "--out",
       "s3://brats/seg/",
       "--input",
@@ -672,6 +673,9 @@ Deno.test({
     ], env);
     let stopped = false;
     try {
+      const loading = serve.logs.find((l) => l.event === "loading")!;
+      assertEquals(loading.model, "s3://brats/runs/tiny/best/model.safetensors");
+      assertStringIncludes(String(loading.note), "training run: using its best/");
       // The first modality of case 1: waiting, nothing queued.
       const [flairEvent] = await upload(ids[0], "flair");
       const waiting = await post(serve.url, flairEvent, token);
@@ -830,6 +834,9 @@ Deno.test("serve refuses to start without a token unless --no-auth, naming the v
   ]);
   assertEquals(missing.code, 1, missing.stderr);
   assertStringIncludes(missing.stderr, "/nonexistent/model");
+  // What would have been accepted, as segment lists it.
+  assertStringIncludes(missing.stderr, "expected a training run folder");
+  assertStringIncludes(missing.stderr, "/nonexistent/model/best/model.safetensors");
 });
 
 Deno.test("service errors: an unreachable store is 502 and the event can be retried", async () => {
