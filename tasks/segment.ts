@@ -19,7 +19,7 @@ import { type BackendName, selectBackend } from "../model/backend.ts";
 import { deserializeUNet, disposeUNet, type UNet } from "../model/mod.ts";
 import { caseKey } from "../pipeline/case_cache.ts";
 import { type Case, findCases, readNiftiHeader } from "../pipeline/cases.ts";
-import { slidingWindowProbabilities } from "../pipeline/inference.ts";
+import { MAX_OVERLAP, OVERLAP_RANGE, slidingWindowProbabilities } from "../pipeline/inference.ts";
 import { resolveModel } from "../pipeline/model_store.ts";
 import { decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
 import { preprocessCase, uncropBox } from "../pipeline/preprocess.ts";
@@ -56,7 +56,7 @@ import {
 
 /** Options of one case's segmentation. */
 export interface CaseOptions {
-  /** Window overlap in [0, 1). Default 0.5. */
+  /** Window overlap in [0, {@linkcode MAX_OVERLAP}]. Default 0.5. */
   overlap?: number;
   /** Average the 8 mirrorings (test-time augmentation). */
   tta?: boolean;
@@ -571,7 +571,7 @@ Options:
   --event FILE|-          segment the cases an S3 event notification completes
   --shard i/n|auto/n      only the cases of one shard (see above)
   --out URI               output folder or s3:// prefix (required)
-  --overlap X             window overlap in [0, 1) (default 0.5)
+  --overlap X             window overlap in ${OVERLAP_RANGE} (default 0.5)
   --window N              window edge (default: the model's training crop, else 128)
   --tta                   average the 8 mirrorings (slower, slightly better)
   --batch N               windows per forward pass (default 1)
@@ -613,7 +613,7 @@ Example:
       throw new UsageError("--input is required (or --event)");
     }
     const shard = shardFlag(values.shard);
-    const overlap = numberFlag("overlap", values.overlap, 0.5, 0, 0.95);
+    const overlap = numberFlag("overlap", values.overlap, 0.5, 0, MAX_OVERLAP);
     const window = values.window === undefined
       ? undefined
       : intFlag("window", values.window, 128, 8, 1024);

@@ -29,6 +29,7 @@ import {
 } from "../pipeline/events.ts";
 import { deleteObject, joinUri, putObject } from "../pipeline/storage.ts";
 import { resolveModel } from "../pipeline/model_store.ts";
+import { MAX_OVERLAP, OVERLAP_RANGE } from "../pipeline/inference.ts";
 import {
   backendFlag,
   type Command,
@@ -808,7 +809,7 @@ Options:
                         password, as SNS does for https://user:<token>@host/ endpoints)
   --no-auth             accept requests without a token (required when the variable is unset)
   --max-body BYTES      largest request body (default ${DEFAULT_MAX_BODY})
-  --overlap X           window overlap in [0, 1) (default 0.5)
+  --overlap X           window overlap in ${OVERLAP_RANGE} (default 0.5)
   --tta                 average the 8 mirrorings
   --batch N             windows per forward pass (default 1)
   --backend B           auto|tensorflow|webgpu|wasm|cpu (default cpu)
@@ -864,12 +865,10 @@ See deploy/README.md for wiring S3 (SNS) or MinIO (mc event add) to the service.
       }
     }
     const concurrency = intFlag("concurrency", values.concurrency, 1, 1, 64);
-    const model = await resolveModel(values.model!);
     const settings = {
       out: values.out!,
       ...(values.input !== undefined ? { input: values.input } : {}),
-      // A run folder, best/, a checkpoint folder or the file: resolved once, before any worker.
-      model: model.uri,
+      model: values.model!,
       hostname: values.host ?? "0.0.0.0",
       port: intFlag("port", values.port, 8080, 0, 65535),
       concurrency,
@@ -877,12 +876,19 @@ See deploy/README.md for wiring S3 (SNS) or MinIO (mc event add) to the service.
       token,
       maxBodyBytes: intFlag("max-body", values["max-body"], DEFAULT_MAX_BODY, 1024, 1 << 30),
       caseOptions: {
-        overlap: numberFlag("overlap", values.overlap, 0.5, 0, 0.95),
+        overlap: numberFlag("overlap", values.overlap, 0.5, 0, MAX_OVERLAP),
         tta: values.tta ?? false,
         batch: intFlag("batch", values.batch, 1, 1, 64),
       },
     };
     const backend = backendFlag(values.backend);
+    if (values["in-process"] && concurrency > 1) {
+      throw new UsageError("--in-process segments one case at a time: drop --concurrency");
+    }
+    // A run folder, best/, a checkpoint folder or the file: resolved once, after the flags are
+    // checked and before any worker loads it.
+    const model = await resolveModel(settings.model);
+    settings.model = model.uri;
     const log = values.quiet
       ? () => {}
       : (entry: Record<string, unknown>) => printJson({ time: new Date().toISOString(), ...entry });
@@ -894,9 +900,6 @@ See deploy/README.md for wiring S3 (SNS) or MinIO (mc event add) to the service.
       backend,
       workers: values["in-process"] ? 0 : concurrency,
     });
-    if (values["in-process"] && concurrency > 1) {
-      throw new UsageError("--in-process segments one case at a time: drop --concurrency");
-    }
     const pool: CaseRunner = values["in-process"]
       ? await InProcessRunner.load(settings.model, backend)
       : await WorkerPool.start(settings.model, backend, concurrency, log);

@@ -389,3 +389,32 @@ Deno.test("demo runs the embedded default end to end: synth, train, segment, eva
     await Deno.remove(out, { recursive: true });
   }
 });
+
+// ---------------------------------------------------------------------------------------------
+// Flags shared by several commands
+
+Deno.test("--overlap: segment's and serve's help print the range their check applies", async () => {
+  for (const command of ["segment", "serve"]) {
+    const base = command === "segment"
+      ? ["segment", "--model", "/nonexistent/m", "--input", "/nonexistent/in", "--out", "o"]
+      : ["serve", "--model", "/nonexistent/m", "--out", "o", "--no-auth"];
+    const [help] = await runEach([[command, "--help"]]);
+    const line = help.stdout.split("\n").find((l) => l.trimStart().startsWith("--overlap"));
+    const range = line?.match(/\[(\d+(?:\.\d+)?), (\d+(?:\.\d+)?)([\])])/);
+    assert(range, `no --overlap range in ${command}'s help:\n${help.stdout}`);
+    const [low, high, close] = [Number(range[1]), Number(range[2]), range[3]];
+    const above = close === "]" ? String(high + 0.01) : String(high);
+    const [highest, tooHigh, negative] = await runEach([
+      [...base, "--overlap", close === "]" ? String(high) : String(high - 0.01)],
+      [...base, "--overlap", above],
+      [...base, `--overlap=${low - 0.1}`],
+    ]);
+    // The largest value the help allows gets past the flag check (to the missing model or input).
+    assertEquals(highest.code, 1, show(highest));
+    assert(!highest.stderr.includes("--overlap"), show(highest));
+    for (const run of [tooHigh, negative]) {
+      assertEquals(run.code, 2, show(run));
+      assertStringIncludes(run.stderr, `--overlap must be a number in ${range[0]}`, show(run));
+    }
+  }
+});
