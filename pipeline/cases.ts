@@ -7,7 +7,13 @@
  * @module
  */
 import { decodeNiftiHeader, isGzip, type NiftiHeader } from "./nifti.ts";
-import { getObject, getObjectRange, listObjects, mapConcurrent } from "./storage.ts";
+import {
+  emptyFolderReason,
+  getObject,
+  getObjectRange,
+  listObjects,
+  mapConcurrent,
+} from "./storage.ts";
 
 /** The four MRI sequences, in the order the network takes them as input channels. */
 export const MODALITIES = ["flair", "t1", "t1ce", "t2"] as const;
@@ -100,7 +106,18 @@ export interface FindCasesOptions {
   concurrency?: number;
   /** Largest difference allowed between two modalities' affine entries (mm). @default 1e-3 */
   affineTolerance?: number;
+  /**
+   * A location without any BraTS case file is an error saying why: the folder does not exist, is
+   * empty, or holds only other files (some named, with the names expected).
+   * @default false
+   */
+  required?: boolean;
 }
+
+/** How BraTS case files are named, for messages about a location without any. */
+export const CASE_FILE_NAMES = "<id>_{flair,t1,t1ce,t2,seg}.nii[.gz] (2018-2021, e.g. " +
+  "BraTS2021_00000_flair.nii.gz) or <id>-{t2f,t1n,t1c,t2w,seg}.nii[.gz] (2023+, e.g. " +
+  "BraTS-GLI-00000-000-t2f.nii.gz), one folder per case or flat";
 
 /**
  * Lists the BraTS cases under `datasetUri` (an `s3://` prefix or a local folder), recursively.
@@ -111,8 +128,16 @@ export async function findCases(
   datasetUri: string,
   options: FindCasesOptions = {},
 ): Promise<CaseListing> {
-  const { checkHeaders = true, concurrency = 8, affineTolerance = 1e-3 } = options;
+  const { checkHeaders = true, concurrency = 8, affineTolerance = 1e-3, required = false } =
+    options;
   const objects = await listObjects(datasetUri);
+  if (required && objects.length === 0) {
+    throw new Error(
+      `No BraTS cases under "${datasetUri}": ${await emptyFolderReason(
+        datasetUri,
+      )}; expected ${CASE_FILE_NAMES}`,
+    );
+  }
   const groups = new Map<string, { naming: Naming; files: Map<Modality | "seg", string[]> }>();
   for (const obj of objects) {
     const parsed = parseCaseFileName(obj.key.split("/").pop()!);
@@ -123,6 +148,17 @@ export async function findCases(
     const list = group.files.get(parsed.part) ?? [];
     list.push(obj.uri);
     group.files.set(parsed.part, list);
+  }
+
+  if (required && groups.size === 0) {
+    const names = objects.slice(0, 3).map((o) => `"${o.key}"`).join(", ");
+    throw new Error(
+      `No BraTS cases under "${datasetUri}": it holds ${objects.length} file${
+        objects.length === 1 ? "" : "s"
+      }, none named as a case file (${names}${
+        objects.length > 3 ? ", ..." : ""
+      }); expected ${CASE_FILE_NAMES}`,
+    );
   }
 
   const problems: CaseProblem[] = [];

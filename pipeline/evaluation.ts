@@ -29,7 +29,14 @@ import { type Box, boxDims, hd95, type MaskArray, percentile } from "./distance.
 import { decodeNifti, type NiftiHeader, type NiftiImage } from "./nifti.ts";
 import type { Region } from "./metrics.ts";
 import { shardName } from "./shard.ts";
-import { getObject, joinUri, listObjects, mapConcurrent, putObject } from "./storage.ts";
+import {
+  emptyFolderReason,
+  getObject,
+  joinUri,
+  listObjects,
+  mapConcurrent,
+  putObject,
+} from "./storage.ts";
 
 /** The regions in the order they are reported (JSON keys, CSV columns, table). */
 export const EVAL_REGIONS: readonly Region[] = ["ET", "TC", "WT"];
@@ -531,6 +538,13 @@ const NIFTI_NAME = /^(.+)\.nii(?:\.gz)?$/;
 /** `segment --save-probabilities` writes these beside the labels: not segmentations. */
 const PROBABILITIES = /_probabilities\.nii(?:\.gz)?$/;
 
+/** Why nothing usable was found under a folder: it is missing or empty, else what is expected. */
+async function whyEmpty(uri: string, expected: string): Promise<string> {
+  return (await listObjects(uri)).length === 0
+    ? `${await emptyFolderReason(uri)}; ${expected}`
+    : expected;
+}
+
 /**
  * The reference segmentations under `truthUri`: the seg files of a BraTS dataset in any release's
  * naming (`<id>_seg.nii.gz`, `<id>-seg.nii.gz`; case folders or flat, as pipeline/cases.ts names
@@ -627,16 +641,21 @@ export async function evaluateCases(
   const [allTruth, allPreds] = await Promise.all([findTruth(truthUri), findPredictions(predUri)]);
   if (allTruth.length === 0) {
     throw new Error(
-      `No reference segmentations under "${truthUri}": expected BraTS seg files ` +
-        `(<id>_seg.nii.gz or <id>-seg.nii.gz, in case folders or flat) or <case>.nii.gz files`,
+      `No reference segmentations under "${truthUri}": ${await whyEmpty(
+        truthUri,
+        "expected BraTS seg files (<id>_seg.nii.gz or <id>-seg.nii.gz, in case folders or " +
+          "flat) or <case>.nii.gz files",
+      )}`,
     );
   }
   // Unfiltered, an empty folder is a wrong URI. Filtered (one shard of a batch job), a shard may
   // hold no case at all, and a shard whose predictions are all absent reports them as missing.
   if (allPreds.length === 0 && !options.only) {
     throw new Error(
-      `No predictions under "${predUri}": expected <case>.nii.gz or <case>_seg.nii.gz files ` +
-        `directly in it`,
+      `No predictions under "${predUri}": ${await whyEmpty(
+        predUri,
+        "expected <case>.nii.gz or <case>_seg.nii.gz files directly in it",
+      )}`,
     );
   }
   const truth = allTruth.filter((c) => only(c.id));

@@ -77,6 +77,25 @@ export async function listObjects(prefixUri: string, opts?: ListOptions): Promis
 }
 
 /**
+ * Why {@linkcode listObjects} found nothing under `prefixUri`, for error messages: "the folder
+ * does not exist" (a local path that is not there; an S3 prefix no object has, which on S3 is the
+ * same thing) or "the folder is empty".
+ */
+export async function emptyFolderReason(prefixUri: string): Promise<string> {
+  const p = parseUri(prefixUri);
+  if (p.kind !== "local") return "the folder does not exist (no object has this prefix)";
+  try {
+    await Deno.stat(p.path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) {
+      return "the folder does not exist";
+    }
+    throw e;
+  }
+  return "the folder is empty";
+}
+
+/**
  * Reads a whole object.
  * @throws {ObjectNotFoundError} when it does not exist
  */

@@ -18,7 +18,8 @@ per usable case on stdout:
    "images":{"flair":"...","t1":"...","t1ce":"...","t2":"..."},"seg":"...",
    "shape":[240,240,155],"spacing":[1,1,1]}
 A case with a missing modality, or modalities whose dims or affines disagree, is reported on stderr;
-the others are still listed, and the exit code is 1.
+the others are still listed, and the exit code is 1. A folder that does not exist, or holds no case
+file, is an error (exit 1) naming the names expected.
 
 Options:
   --no-check        do not read the volumes' headers (no shape/affine checks; faster on S3)
@@ -38,6 +39,7 @@ Examples:
     const { cases, problems } = await findCases(positionals[0], {
       checkHeaders: !values["no-check"],
       concurrency: intFlag("concurrency", values.concurrency, 8, 1, 256),
+      required: true,
     });
     for (const c of cases) printJson(c);
     for (const p of problems) console.error(`error: ${p.error}`);
@@ -48,6 +50,5 @@ Examples:
         } could not be used (listed above)`,
       );
     }
-    if (cases.length === 0) console.error(`cases: no BraTS cases found under ${positionals[0]}`);
   },
 };

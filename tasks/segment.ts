@@ -441,10 +441,8 @@ export interface SegmentResult {
  * recorded as `<out>/<id>.error.json` and listed in `failed`; the others go on.
  */
 export async function segment(options: SegmentOptions): Promise<SegmentResult> {
-  const listing = await findCases(options.input);
-  if (listing.cases.length === 0 && listing.problems.length === 0) {
-    throw new Error(`${options.input}: no BraTS cases found (four modalities per case)`);
-  }
+  // A missing folder, or one without case files, is an error saying which and what is expected.
+  const listing = await findCases(options.input, { required: true });
   const mine = (id: string) => inShard(id, options.shard);
   let cases = listing.cases.filter((c) => mine(c.id));
   if (options.only) cases = cases.filter(options.only);

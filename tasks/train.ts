@@ -68,7 +68,7 @@ import { BatchPrefetcher } from "../pipeline/prefetch.ts";
 import { caseAt, type Cases } from "../pipeline/sampling.ts";
 import { formatDuration, Progress } from "../pipeline/progress.ts";
 import { streamRandom } from "../pipeline/random.ts";
-import { exists, getObject, joinUri, parseUri, putObject } from "../pipeline/storage.ts";
+import { exists, getObject, joinUri, putObject } from "../pipeline/storage.ts";
 import {
   backendFlag,
   type Command,
@@ -213,24 +213,6 @@ export async function validate(
 
 const GIB = 2 ** 30;
 
-/** The error for a --data location without any case file: missing, or holding something else. */
-async function noCasesError(data: string): Promise<Error> {
-  const p = parseUri(data);
-  if (p.kind === "local") {
-    try {
-      await Deno.stat(p.path);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) {
-        return new Error(`--data ${data}: no such folder`, { cause: e });
-      }
-      throw e;
-    }
-  }
-  return new Error(
-    `--data ${data}: no BraTS case files there (names like BraTS2021_00000_flair.nii.gz or BraTS-GLI-00000-000-t2f.nii.gz)`,
-  );
-}
-
 /**
  * Trains; see the module documentation.
  *
@@ -297,8 +279,8 @@ export async function train(
   let streamed: TrainResult["streamed"];
   try {
     // Cases: find, split, preprocess (cached).
-    const { cases: found, problems } = await findCases(settings.data);
-    if (found.length === 0 && problems.length === 0) throw await noCasesError(settings.data);
+    // A missing folder, or one without case files, is an error saying which and what is expected.
+    const { cases: found, problems } = await findCases(settings.data, { required: true });
     // A case that cannot be read is an error, not skipped: the split, and so the run, would
     // silently depend on which files happened to be readable. A resumed run only needs its own.
     const ownIds = new Set([...state.split.train, ...state.split.val]);

@@ -263,10 +263,56 @@ Deno.test("cases lists the good cases, names each broken one on stderr and exits
   assertEquals(usage.code, 2, show(usage));
   assertStringIncludes(usage.stderr, "expected one dataset URI", show(usage));
 
-  // Nothing found is not an error, but it is said.
-  assertEquals(empty.code, 0, show(empty));
+  // A folder that is not there is an error saying so.
+  assertEquals(empty.code, 1, show(empty));
   assertEquals(empty.stdout, "", show(empty));
-  assertStringIncludes(empty.stderr, "no BraTS cases found", show(empty));
+  assertStringIncludes(empty.stderr, 'nothing-here": the folder does not exist', show(empty));
+});
+
+Deno.test("cases, train, segment, evaluate: a missing folder is said to be missing; one without cases lists the names expected", async () => {
+  await using tmp = await tempDir();
+  const missing = join(tmp.path, "no-such-folder");
+  const other = join(tmp.path, "other");
+  await Deno.mkdir(join(other, "sub"), { recursive: true });
+  await Deno.writeTextFile(join(other, "notes.txt"), "x");
+  await Deno.writeFile(join(other, "sub", "brain.nii.gz"), int16Volume([4, 4, 4]));
+  const empty = join(tmp.path, "empty");
+  await Deno.mkdir(empty);
+  const model = join(tmp.path, "model.safetensors"); // never read: the dataset fails first
+  const commands = (data: string) => [
+    ["cases", data],
+    ["train", "--data", data, "--out", join(tmp.path, "run"), "--quiet"],
+    ["segment", "--model", model, "--input", data, "--out", join(tmp.path, "seg"), "--quiet"],
+    ["evaluate", "--pred", join(tmp.path, "seg"), "--truth", data],
+  ];
+  const expected = ["<id>_{flair,t1,t1ce,t2,seg}.nii[.gz]", "BraTS-GLI-00000-000-t2f.nii.gz"];
+  await Deno.mkdir(join(tmp.path, "seg"));
+  await Deno.writeFile(join(tmp.path, "seg", "BraTS2021_00000.nii.gz"), int16Volume([4, 4, 4]));
+  const [runsMissing, runsOther, runsEmpty] = [
+    await runEach(commands(missing)),
+    await runEach(commands(other)),
+    await runEach(commands(empty)),
+  ];
+  for (const run of runsMissing) {
+    assertEquals(run.code, 1, show(run));
+    assertStringIncludes(run.stderr, `"${missing}": the folder does not exist`, show(run));
+  }
+  for (const run of [...runsOther.slice(0, 3), ...runsEmpty.slice(0, 3)]) {
+    assertEquals(run.code, 1, show(run));
+    assertStringIncludes(run.stderr, "No BraTS cases under", show(run));
+    for (const e of expected) assertStringIncludes(run.stderr, e, show(run));
+  }
+  for (const run of runsOther.slice(0, 3)) {
+    assertStringIncludes(run.stderr, "it holds 2 files, none named as a case file", show(run));
+    assertStringIncludes(run.stderr, '"notes.txt"', show(run));
+  }
+  for (const run of runsEmpty) {
+    assertEquals(run.code, 1, show(run));
+    assertStringIncludes(run.stderr, "the folder is empty", show(run));
+  }
+  // evaluate: a folder of other files gets its list of what a reference is named.
+  assertStringIncludes(runsOther[3].stderr, "No reference segmentations under", show(runsOther[3]));
+  assertEquals(await Deno.stat(join(tmp.path, "run")).catch(() => undefined), undefined);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -285,11 +331,18 @@ Deno.test("inspect and cases read s3:// URIs from s3rver", async () => {
     const name = `${id}-${s}.nii.gz`;
     return putObject(`s3://brats/2023/${id}/${name}`, int16Volume([6, 5, 4], aniso, name));
   }));
-  const [inspect, cases, missing] = await runEach([
+  const [inspect, cases, missing, noPrefix] = await runEach([
     ["inspect", `s3://brats/2023/${id}/${id}-t1c.nii.gz`],
     ["cases", "s3://brats/2023/"],
     ["inspect", "s3://brats/2023/none.nii.gz"],
+    ["cases", "s3://brats/2024/"],
   ], env);
+  assertEquals(noPrefix.code, 1, show(noPrefix));
+  assertStringIncludes(
+    noPrefix.stderr,
+    '"s3://brats/2024/": the folder does not exist',
+    show(noPrefix),
+  );
 
   assertEquals(inspect.code, 0, show(inspect));
   assertEquals(onlyJson(inspect), {

@@ -320,7 +320,10 @@ Deno.test("train CLI: a corrupt NIfTI or a missing --data folder is an error nam
   try {
     const none = await runMain(args(`${dir}/nothere`, `${dir}/out0`));
     assertEquals(none.code, 1, none.stderr);
-    assert(none.stderr.includes(`--data ${dir}/nothere: no such folder`), none.stderr);
+    assert(
+      none.stderr.includes(`No BraTS cases under "${dir}/nothere": the folder does not exist`),
+      none.stderr,
+    );
     assert(await pathMissing(`${dir}/out0`), "nothing written under --out");
 
     // A file that is not NIfTI at all: found when the headers are read, before anything is written.
