@@ -17,7 +17,8 @@ function usage(): string {
     "Commands:",
     ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
     "",
-    "Run `deno task <command> --help` for a command's options and examples.",
+    "Run `deno task <command> --help` for a command's options and examples; `--version` for the",
+    "versions and the backend `--backend auto` would choose.",
   ].join("\n");
 }
 
@@ -28,7 +29,9 @@ export async function main(argv: string[]): Promise<number> {
     console.log(usage());
     return name === undefined ? 2 : 0;
   }
-  const command: Command | undefined = commands.find((c) => c.name === name);
+  // `--version` as every command-line tool has it: the `version` command.
+  const wanted = name === "--version" || name === "-V" ? "version" : name;
+  const command: Command | undefined = commands.find((c) => c.name === wanted);
   if (!command) {
     console.error(`error: unknown command "${name}"\n\n${usage()}`);
     return 2;

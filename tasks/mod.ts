@@ -14,6 +14,7 @@ import { serveCommand } from "./serve.ts";
 import { setupCommand } from "./setup.ts";
 import { synthCommand } from "./synth.ts";
 import { trainCommand } from "./train.ts";
+import { versionCommand } from "./version.ts";
 
 export const commands: Command[] = [
   benchCommand,
@@ -27,4 +28,5 @@ export const commands: Command[] = [
   setupCommand,
   synthCommand,
   trainCommand,
+  versionCommand,
 ];

@@ -9,7 +9,7 @@ import { createNiftiHeader, encodeNifti } from "../pipeline/nifti.ts";
 import { putObject } from "../pipeline/storage.ts";
 import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
 import { startS3rver } from "./_s3rver.ts";
-import { type Run, runMain } from "./_cli.ts";
+import { ROOT, type Run, runMain } from "./_cli.ts";
 
 const CH2BET = "/usr/share/mricron/templates/ch2bet.nii.gz";
 const HAS_CH2BET = (() => {
@@ -470,4 +470,36 @@ Deno.test("--overlap: segment's and serve's help print the range their check app
       assertStringIncludes(run.stderr, `--overlap must be a number in ${range[0]}`, show(run));
     }
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// version
+
+Deno.test("main.ts --version and version print the project's, Deno's and tfjs's versions and the auto backend", async () => {
+  const config = JSON.parse(await Deno.readTextFile(join(ROOT, "deno.json")));
+  assert(/^\d+\.\d+\.\d+/.test(config.version), `deno.json version: ${config.version}`);
+  const tfjsPin = String(config.imports["@tensorflow/tfjs"]).split("@").pop();
+  const [flag, short, command, json] = await runEach([
+    ["--version"],
+    ["-V"],
+    ["version"],
+    ["version", "--json"],
+  ]);
+  for (const run of [flag, short, command]) {
+    assertEquals(run.code, 0, show(run));
+    const lines = run.stdout.trimEnd().split("\n");
+    assertEquals(lines[0], `revunet-deno ${config.version}`, show(run));
+    assert(lines[1].startsWith(`deno ${Deno.version.deno} (v8 `), show(run));
+    assertEquals(lines[2], `tfjs ${tfjsPin}`, show(run));
+    assert(
+      /^backend \(--backend auto\): (tensorflow|webgpu|cpu) on .+ \(auto: /.test(lines[3]),
+      show(run),
+    );
+  }
+  assertEquals(json.code, 0, show(json));
+  const info = onlyJson(json);
+  assertEquals([info.revunet, info.deno, info.tfjs], [config.version, Deno.version.deno, tfjsPin]);
+  const backend = info.backend as Record<string, string>;
+  assert(["tensorflow", "webgpu", "cpu"].includes(backend.name), show(json));
+  assertStringIncludes(backend.reason, "auto", show(json));
 });
