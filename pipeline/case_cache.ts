@@ -6,7 +6,8 @@
  * so a stale entry is never read; it is simply left behind.
  *
  * Format of one entry (`<case id>-<key>.rvcase`), little-endian:
- * `"RVCASE01"` · u32 JSON length · JSON {id, dims, box, stats, labelled, key} · zero padding to a
+ * `"RVCASE01"` · u32 JSON length · JSON {id, dims, box, stats, labelled, key, and if labelled
+ * regionsOutside (WT, TC, ET voxels outside the box)} · zero padding to a
  * multiple of 4 · float32 image [z, y, x, 4] over the box · uint8 region bits [z, y, x] if labelled.
  *
  * Training cases too many for memory stay in local entries of this format, read when a sampler
@@ -19,8 +20,11 @@ import { type Box, type Dims, preprocessCase, type PreprocessedCase } from "./pr
 import type { CaseSource } from "./sampling.ts";
 import { exists, getObject, getObjectRange, headObject, joinUri, putObject } from "./storage.ts";
 
-/** Bumped whenever preprocessing changes what it produces. */
-export const PREPROCESS_VERSION = 1;
+/**
+ * Bumped whenever preprocessing changes what it produces. 2: labelled entries record the
+ * reference's region voxels outside the brain's box.
+ */
+export const PREPROCESS_VERSION = 2;
 const MAGIC = "RVCASE01";
 
 /** The identity of a case's inputs: a hex SHA-256 over its files' URIs and versions. */
@@ -45,6 +49,7 @@ export function encodeCachedCase(p: PreprocessedCase, key: string): Uint8Array {
     stats: p.stats,
     labelled: p.regions !== undefined,
     key,
+    ...(p.regions ? { regionsOutside: p.regionsOutside ?? [0, 0, 0] } : {}),
   }));
   const head = 8 + 4 + meta.length;
   const pad = (4 - (head % 4)) % 4;
@@ -106,6 +111,8 @@ export interface CachedCaseHeader {
   stats: { mean: number; std: number }[];
   labelled: boolean;
   key: string;
+  /** When labelled: WT, TC and ET voxels of the reference outside the box. */
+  regionsOutside?: [number, number, number];
 }
 
 /** The bytes of a case's arrays in memory: float32 image [z, y, x, 4] and, if labelled, regions. */
@@ -145,6 +152,14 @@ function parseHeader(
   ) {
     throw bad(`box size ${JSON.stringify(size)}`);
   }
+  const outside = meta.regionsOutside;
+  if (
+    meta.labelled &&
+    !(Array.isArray(outside) && outside.length === 3 &&
+      outside.every((v) => Number.isInteger(v) && v >= 0))
+  ) {
+    throw bad(`regionsOutside ${JSON.stringify(outside)}`);
+  }
   const expected = imageAt + caseBytes(meta.box, meta.labelled);
   if (totalBytes !== expected) throw bad(`${totalBytes} bytes, expected ${expected}`);
   return { header: meta, imageAt, needed: head };
@@ -182,7 +197,7 @@ export function decodeCachedCase(
     stats: meta.stats,
     image,
     key: meta.key,
-    ...(regions ? { regions } : {}),
+    ...(regions ? { regions, regionsOutside: meta.regionsOutside } : {}),
   };
 }
 

@@ -216,10 +216,12 @@ export async function loadCheckpointWeights(
 export async function writeBest(
   out: string,
   net: UNet,
-  at: { crop: number; epoch: number; valDice?: RegionScores },
+  at: { crop: number; epoch: number; valDice?: RegionScores; valWindow?: number },
 ): Promise<void> {
   await saveModel(joinUri(out, "best"), net, undefined, {
     train_crop: String(at.crop),
+    // The window validation scored these weights with: `segment`'s default, so it reproduces them.
+    ...(at.valWindow ? { val_window: String(at.valWindow) } : {}),
     epoch: String(at.epoch),
     ...(at.valDice
       ? { val_dice: JSON.stringify(at.valDice) }

@@ -27,7 +27,8 @@
 import { ENHANCING_LABEL, parseCaseFileName } from "./cases.ts";
 import { type Box, boxDims, hd95, type MaskArray, percentile } from "./distance.ts";
 import { decodeNifti, type NiftiHeader, type NiftiImage } from "./nifti.ts";
-import type { Region } from "./metrics.ts";
+import { INVALID_LABEL as INVALID, REGION_BITS as BIT, regionTable } from "./labels.ts";
+import { diceOfCounts, type Region } from "./metrics.ts";
 import { shardName } from "./shard.ts";
 import {
   emptyFolderReason,
@@ -130,21 +131,6 @@ export function regionMetrics(
   }
   const distance = () => hd95(pred, truth, dims, spacing);
   return scores(tp, p, t, pred.length, distance);
-}
-
-/** Bits of the regions in a label lookup table (as in pipeline/metrics.ts: WT, TC, ET). */
-const BIT: Record<Region, number> = { WT: 1, TC: 2, ET: 4 };
-/** A lookup-table entry for a label outside the convention. */
-const INVALID = 0x80;
-
-/** The region bits of each label 0..255 in a convention (INVALID for labels it does not have). */
-function regionTable(enhancing: 3 | 4): Uint8Array {
-  const table = new Uint8Array(256).fill(INVALID);
-  table[0] = 0;
-  table[1] = BIT.WT | BIT.TC;
-  table[2] = BIT.WT;
-  table[enhancing] = BIT.WT | BIT.TC | BIT.ET;
-  return table;
 }
 
 /** The label set of a convention, for messages. */
@@ -299,7 +285,7 @@ function scores(
   const bothEmpty = predicted === 0 && actual === 0;
   const oneEmpty = (predicted === 0) !== (actual === 0);
   return {
-    dice: bothEmpty ? 1 : (2 * tp) / (predicted + actual),
+    dice: diceOfCounts(tp, predicted, actual),
     hd95: bothEmpty ? 0 : oneEmpty ? EMPTY_HD95 : distance(),
     sensitivity: actual === 0 ? (predicted === 0 ? 1 : 0) : tp / actual,
     specificity: tn + fp === 0 ? 1 : tn / (tn + fp),

@@ -11,33 +11,42 @@ export type Region = typeof REGIONS[number];
 export type RegionScores = Record<Region, number>;
 
 /**
- * Dice of each region between predicted probabilities ([voxels, 3], thresholded at `threshold`)
- * and region bits (bit 0 WT, 1 TC, 2 ET). Legacy BraTS scoring of empty regions: both empty → 1.
+ * Dice from voxel counts, 2·TP / (predicted + reference), with the legacy BraTS rule for empty
+ * masks (both empty → 1): the one formula of validation and `evaluate`.
+ */
+export function diceOfCounts(tp: number, predicted: number, actual: number): number {
+  return predicted === 0 && actual === 0 ? 1 : (2 * tp) / (predicted + actual);
+}
+
+/**
+ * Dice of each region between predicted and reference region bits (bit 0 WT, 1 TC, 2 ET; see
+ * pipeline/labels.ts) on one box. `truthOutside` counts reference voxels of each region outside
+ * the box, where nothing is predicted: so a case cropped to its brain scores as its whole grid.
  */
 export function regionDice(
-  probs: Float32Array,
-  regions: Uint8Array,
-  threshold = 0.5,
+  pred: Uint8Array,
+  truth: Uint8Array,
+  truthOutside: readonly [number, number, number] = [0, 0, 0],
 ): RegionScores {
-  if (probs.length !== regions.length * 3) {
-    throw new RangeError(
-      `Prediction has ${probs.length / 3} voxels, the reference ${regions.length}`,
-    );
+  if (pred.length !== truth.length) {
+    throw new RangeError(`Prediction has ${pred.length} voxels, the reference ${truth.length}`);
   }
   const inter = [0, 0, 0];
-  const pred = [0, 0, 0];
-  const truth = [0, 0, 0];
-  for (let i = 0; i < regions.length; i++) {
-    const r = regions[i];
+  const predicted = [0, 0, 0];
+  const actual = [...truthOutside];
+  for (let i = 0; i < truth.length; i++) {
+    const p = pred[i];
+    const t = truth[i];
+    if ((p | t) === 0) continue;
     for (let k = 0; k < 3; k++) {
-      const p = probs[3 * i + k] > threshold ? 1 : 0;
-      const t = (r >> k) & 1;
-      pred[k] += p;
-      truth[k] += t;
-      inter[k] += p & t;
+      const a = (p >> k) & 1;
+      const b = (t >> k) & 1;
+      predicted[k] += a;
+      actual[k] += b;
+      inter[k] += a & b;
     }
   }
-  const d = (k: number) => (pred[k] + truth[k] === 0 ? 1 : (2 * inter[k]) / (pred[k] + truth[k]));
+  const d = (k: number) => diceOfCounts(inter[k], predicted[k], actual[k]);
   return { WT: d(0), TC: d(1), ET: d(2) };
 }
 

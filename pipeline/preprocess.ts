@@ -1,9 +1,11 @@
 /**
  * From a case's files to network-ready arrays: the four modalities z-scored over brain voxels,
- * stacked channel-last, and the nested region targets (WT, TC, ET) from either label convention.
+ * stacked channel-last, and the nested region targets (WT, TC, ET) from either label convention
+ * (converted by pipeline/labels.ts).
  * @module
  */
 import { type Case, MODALITIES } from "./cases.ts";
+import { labelsToRegions, regionChannels } from "./labels.ts";
 import { decodeNifti, scaledData } from "./nifti.ts";
 import { getObject } from "./storage.ts";
 
@@ -16,32 +18,6 @@ export interface LoadedCase {
   image: Float32Array;
   /** [z, y, x, 3] WT, TC, ET masks (0/1), when the case has a segmentation. */
   target?: Float32Array;
-}
-
-/**
- * The nested BraTS regions of a label volume: WT = any tumor label, TC = necrosis + enhancing,
- * ET = enhancing (label 4 in 2018–2021, 3 in 2023+).
- * @returns [voxels, 3] channel-last masks
- */
-export function regionTargets(
-  labels: ArrayLike<number>,
-  enhancingLabel: 3 | 4,
-  name = "segmentation",
-): Float32Array {
-  const out = new Float32Array(labels.length * 3);
-  const known = new Set([0, 1, 2, enhancingLabel]);
-  for (let i = 0; i < labels.length; i++) {
-    const l = labels[i];
-    if (!known.has(l)) {
-      throw new RangeError(
-        `${name}: voxel ${i} has label ${l}; expected 0, 1, 2 or ${enhancingLabel} (enhancing tumor)`,
-      );
-    }
-    out[3 * i] = l !== 0 ? 1 : 0;
-    out[3 * i + 1] = l === 1 || l === enhancingLabel ? 1 : 0;
-    out[3 * i + 2] = l === enhancingLabel ? 1 : 0;
-  }
-  return out;
 }
 
 /** Voxels along x, y, z. */
@@ -74,7 +50,8 @@ async function readModalities(
   return { dims, data };
 }
 
-async function readTargets(c: Case, dims: Dims): Promise<Float32Array | undefined> {
+/** The region bits (pipeline/labels.ts) of a case's segmentation on its grid, when it has one. */
+async function readRegions(c: Case, dims: Dims): Promise<Uint8Array | undefined> {
   if (!c.seg) return undefined;
   const seg = decodeNifti(await getObject(c.seg), c.seg);
   if (seg.header.dims.slice(0, 3).join() !== dims.join()) {
@@ -84,7 +61,7 @@ async function readTargets(c: Case, dims: Dims): Promise<Float32Array | undefine
       }], the images have [${dims}]`,
     );
   }
-  return regionTargets(scaledData(seg), c.enhancingLabel, c.seg);
+  return labelsToRegions(scaledData(seg), c.enhancingLabel, c.seg);
 }
 
 /** Brain mask: voxels nonzero in any modality. */
@@ -124,8 +101,8 @@ export async function loadCase(c: Case): Promise<LoadedCase> {
     const { mean, std } = stats[k];
     for (let i = 0; i < n; i++) image[4 * i + k] = brain[i] ? (d[i] - mean) / std : 0;
   });
-  const target = await readTargets(c, dims);
-  return { id: c.id, dims, image, ...(target ? { target } : {}) };
+  const regions = await readRegions(c, dims);
+  return { id: c.id, dims, image, ...(regions ? { target: regionChannels(regions) } : {}) };
 }
 
 /**
@@ -157,9 +134,6 @@ export function boundingBox(mask: ArrayLike<number>, dims: Dims): Box {
   };
 }
 
-/** Region bits of {@linkcode PreprocessedCase.regions}. */
-export const REGION_BITS = { WT: 1, TC: 2, ET: 4 } as const;
-
 /**
  * A case ready for training or inference: cropped to the brain's bounding box, each modality
  * z-scored over brain voxels, with what is needed to put results back on the original grid.
@@ -174,8 +148,14 @@ export interface PreprocessedCase {
   stats: { mean: number; std: number }[];
   /** [z, y, x, 4] over the box, z-scored, 0 outside the brain. */
   image: Float32Array;
-  /** [z, y, x] over the box: WT | TC | ET bits ({@linkcode REGION_BITS}), when labelled. */
+  /** [z, y, x] over the box: WT | TC | ET bits (REGION_BITS of pipeline/labels.ts), when labelled. */
   regions?: Uint8Array;
+  /**
+   * Voxels of WT, TC and ET in the segmentation outside the box, when labelled: what `regions`
+   * leaves out, which a prediction (0 outside the brain's box) misses, so that validation scores
+   * the whole grid as `evaluate` scores `segment`'s output.
+   */
+  regionsOutside?: [number, number, number];
 }
 
 /** Reads and preprocesses a case (see {@linkcode PreprocessedCase}). */
@@ -187,8 +167,6 @@ export async function preprocessCase(c: Case): Promise<PreprocessedCase> {
   const box = boundingBox(brain, dims);
   const [bx, by, bz] = box.size;
   const image = new Float32Array(bx * by * bz * 4);
-  const target = await readTargets(c, dims);
-  const regions = target ? new Uint8Array(bx * by * bz) : undefined;
   let o = 0;
   for (let z = 0; z < bz; z++) {
     for (let y = 0; y < by; y++) {
@@ -199,25 +177,18 @@ export async function preprocessCase(c: Case): Promise<PreprocessedCase> {
             image[4 * o + k] = (data[k][i] - stats[k].mean) / stats[k].std;
           }
         }
-        if (regions && target) {
-          regions[o] = target[3 * i] + 2 * target[3 * i + 1] + 4 * target[3 * i + 2];
-        }
       }
     }
   }
-  return { id: c.id, dims, box, stats, image, ...(regions ? { regions } : {}) };
-}
-
-/** Expands region bits ({@linkcode REGION_BITS}) to [voxels, 3] WT, TC, ET floats. */
-export function regionChannels(regions: Uint8Array): Float32Array {
-  const out = new Float32Array(regions.length * 3);
-  for (let i = 0; i < regions.length; i++) {
-    const r = regions[i];
-    out[3 * i] = r & 1;
-    out[3 * i + 1] = (r >> 1) & 1;
-    out[3 * i + 2] = (r >> 2) & 1;
-  }
-  return out;
+  const full = await readRegions(c, dims);
+  if (!full) return { id: c.id, dims, box, stats, image };
+  const regions = cropBox(full, dims, 1, box.start, box.size);
+  const outside: [number, number, number] = [0, 0, 0];
+  const inside = [0, 0, 0];
+  for (const r of full) for (let k = 0; k < 3; k++) outside[k] += (r >> k) & 1;
+  for (const r of regions) for (let k = 0; k < 3; k++) inside[k] += (r >> k) & 1;
+  for (let k = 0; k < 3; k++) outside[k] -= inside[k];
+  return { id: c.id, dims, box, stats, image, regions, regionsOutside: outside };
 }
 
 /**

@@ -5,7 +5,8 @@
  * @module
  */
 import { mirrorVolume } from "./inference.ts";
-import { cropBox, type Dims, type PreprocessedCase, regionChannels } from "./preprocess.ts";
+import { regionChannels } from "./labels.ts";
+import { cropBox, type Dims, type PreprocessedCase } from "./preprocess.ts";
 
 /** Augmentation probabilities and ranges; `false` turns augmentation off. */
 export interface AugmentOptions {

@@ -119,6 +119,8 @@ Example:
       new TextDecoder().decode(await getObject(joinUri(run, `${trained.checkpoint}/state.json`))),
     );
     const heldOut: string[] = state.split?.val ?? [];
+    const bestValDice = (state.history as { epoch: number; val_dice?: unknown }[])
+      .find((h) => h.epoch === trained.best?.epoch)?.val_dice ?? trained.lastValDice;
     const { cases } = await findCases(data);
     const seg = joinUri(out, "seg");
     const segmented = await segment({
@@ -166,7 +168,9 @@ Example:
         seconds: Number(trained.seconds.toFixed(1)),
         last_loss: trained.lastLoss,
         best: trained.best,
-        validation_dice: trained.lastValDice,
+        // Of the best epoch, whose weights are segmented below: validation scores what
+        // segment writes, so these equal the held-out Dice of the evaluation.
+        validation_dice: bestValDice,
       },
       model: joinUri(run, "best/model.safetensors"),
       held_out: heldOut,

@@ -4,8 +4,10 @@
  * Per case: crop to the brain and z-score as in training, sliding windows over the brain blended
  * by a Gaussian importance map (optionally averaged over the 8 mirrorings), regions thresholded at
  * 0.5 and turned back into labels of the case's own convention (WT → 2, TC → 1, ET → 4 or 3, each
- * overwriting the last, as nnU-Net converts regions), optionally small enhancing regions turned into
- * necrosis, then put back on the full grid with the input's header. A case with a reference
+ * overwriting the last, as nnU-Net converts regions; pipeline/labels.ts, which validation during
+ * training uses too), optionally small enhancing regions turned into necrosis, then put back on the
+ * full grid with the input's header. The default window is the one the model was validated with
+ * (so `evaluate` reproduces the validation Dice that chose `best/`), else its training crop. A case with a reference
  * segmentation is scored against it in memory (pipeline/evaluation.ts, as `evaluate` scores it).
  * Then, each in one PUT: `<out>/<case>.nii.gz`, the optional `<case>_probabilities.nii.gz`,
  * `<case>.metrics.json`, and last `<out>/<case>.json` recording the model, inputs, options and the
@@ -20,6 +22,7 @@ import { deserializeUNet, disposeUNet, type UNet } from "../model/mod.ts";
 import { caseKey } from "../pipeline/case_cache.ts";
 import { type Case, findCases, readNiftiHeader } from "../pipeline/cases.ts";
 import { MAX_OVERLAP, OVERLAP_RANGE, slidingWindowProbabilities } from "../pipeline/inference.ts";
+import { probabilitiesToLabels } from "../pipeline/labels.ts";
 import { resolveModel } from "../pipeline/model_store.ts";
 import { decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
 import { preprocessCase, uncropBox } from "../pipeline/preprocess.ts";
@@ -62,7 +65,7 @@ export interface CaseOptions {
   tta?: boolean;
   /** Windows per forward pass. Default 1. */
   batch?: number;
-  /** Window edge; default the model's training crop, else 128. */
+  /** Window edge; default the model's validation window, else its training crop, else 128. */
   window?: number;
   /** Redo a case even when its output matches the model and inputs. */
   force?: boolean;
@@ -105,32 +108,6 @@ export interface CaseMetricsRecord extends CaseResult {
   reference: string;
 }
 
-/**
- * Thresholds region probabilities ([voxels, 3] WT, TC, ET) into BraTS labels, each region
- * overwriting the previous as nnU-Net converts regions: WT → 2, TC → 1, ET → `enhancingLabel`.
- * With `etThreshold`, an enhancing region of fewer voxels becomes necrosis (1).
- */
-export function regionsToLabels(
-  probs: Float32Array,
-  enhancingLabel: 3 | 4,
-  etThreshold = 0,
-): Uint8Array {
-  const n = probs.length / 3;
-  const labels = new Uint8Array(n);
-  let et = 0;
-  for (let i = 0; i < n; i++) {
-    let l = 0;
-    if (probs[3 * i] > 0.5) l = 2;
-    if (probs[3 * i + 1] > 0.5) l = 1;
-    if (probs[3 * i + 2] > 0.5) (l = enhancingLabel, et++);
-    labels[i] = l;
-  }
-  if (et > 0 && et < etThreshold) {
-    for (let i = 0; i < n; i++) if (labels[i] === enhancingLabel) labels[i] = 1;
-  }
-  return labels;
-}
-
 /** Channel-last [voxels, c] to channel-major (NIfTI's 4th dimension slowest). */
 function channelMajor(data: Float32Array, channels: number): Float32Array {
   const n = data.length / channels;
@@ -153,19 +130,22 @@ export class Segmenter {
   readonly modelSha256: string;
   /** The crop the model was trained on, when its metadata says. */
   readonly trainedCrop?: number;
+  /** The window training validated the model with, when its metadata says. */
+  readonly validatedWindow?: number;
   readonly backend: string;
 
   private constructor(
     net: UNet,
     uri: string,
     sha: string,
-    crop: number | undefined,
+    sizes: { crop?: number; valWindow?: number },
     backend: string,
   ) {
     this.net = net;
     this.modelUri = uri;
     this.modelSha256 = sha;
-    this.trainedCrop = crop;
+    this.trainedCrop = sizes.crop;
+    this.validatedWindow = sizes.valWindow;
     this.backend = backend;
   }
 
@@ -185,12 +165,15 @@ export class Segmenter {
     const uri = resolved.uri;
     const bytes = await getObject(uri);
     const { net, metadata } = deserializeUNet(bytes, uri, false);
-    const crop = Number(metadata.train_crop);
+    const size = (key: string) => {
+      const v = Number(metadata[key]);
+      return Number.isInteger(v) && v > 0 ? v : undefined;
+    };
     return new Segmenter(
       net,
       uri,
       await sha256(bytes),
-      Number.isInteger(crop) && crop > 0 ? crop : undefined,
+      { crop: size("train_crop"), valWindow: size("val_window") },
       choice.name,
     );
   }
@@ -227,7 +210,7 @@ export class Segmenter {
     const opts = {
       overlap: options.overlap ?? 0.5,
       tta: options.tta ?? false,
-      window: options.window ?? this.trainedCrop ?? 128,
+      window: options.window ?? this.validatedWindow ?? this.trainedCrop ?? 128,
       et_threshold: options.etThreshold ?? 0,
     };
     const inputs = await caseKey(c);
@@ -265,7 +248,7 @@ export class Segmenter {
       mirror: opts.tta,
       onWindow: options.onWindow,
     });
-    const boxLabels = regionsToLabels(probs, c.enhancingLabel, opts.et_threshold);
+    const boxLabels = probabilitiesToLabels(probs, c.enhancingLabel, opts.et_threshold);
     const labels = uncropBox(boxLabels, p.box, p.dims, 1);
     const counts: Record<string, number> = {};
     for (const l of labels) if (l) counts[l] = (counts[l] ?? 0) + 1;
@@ -570,7 +553,8 @@ Options:
   --shard i/n|auto/n      only the cases of one shard (see above)
   --out URI               output folder or s3:// prefix (required)
   --overlap X             window overlap in ${OVERLAP_RANGE} (default 0.5)
-  --window N              window edge (default: the model's training crop, else 128)
+  --window N              window edge (default: the window training validated the model with,
+                          else its training crop, else 128)
   --tta                   average the 8 mirrorings (slower, slightly better)
   --batch N               windows per forward pass (default 1)
   --save-probabilities    also write <case>_probabilities.nii.gz (float32, WT/TC/ET as dim 4)

@@ -46,6 +46,7 @@ import {
 } from "../pipeline/training_cases.ts";
 import { type Case, findCases } from "../pipeline/cases.ts";
 import { slidingWindowProbabilities } from "../pipeline/inference.ts";
+import { labelsToRegions, probabilitiesToLabels, regionsToLabels } from "../pipeline/labels.ts";
 import { meanScores, regionDice, type RegionScores } from "../pipeline/metrics.ts";
 import {
   checkpointName,
@@ -63,7 +64,6 @@ import { reportMetrics } from "../pipeline/case_report.ts";
 import { caseMetrics } from "../pipeline/evaluation.ts";
 import { renderCurves } from "../pipeline/plot.ts";
 import { renderCaseSlices, writeReport } from "../pipeline/report.ts";
-import { regionsToLabels } from "./segment.ts";
 import { BatchPrefetcher } from "../pipeline/prefetch.ts";
 import { caseAt, type Cases } from "../pipeline/sampling.ts";
 import { formatDuration, Progress } from "../pipeline/progress.ts";
@@ -188,7 +188,9 @@ export interface ValidateOptions {
 
 /**
  * Mean Dice per region of sliding-window predictions on the validation cases (in memory, or read
- * one at a time when streamed).
+ * one at a time when streamed), scored as `evaluate` scores what `segment` writes with these
+ * weights and the same window: the probabilities converted to labels (pipeline/labels.ts), their
+ * regions compared with the reference's, whose voxels outside the brain's box count as missed.
  * @throws the signal's reason when `options.signal` is aborted before a case
  */
 export async function validate(
@@ -205,7 +207,9 @@ export async function validate(
       window,
       overlap: 0.5,
     });
-    scores.push(regionDice(probs, c.regions!));
+    // The regions of a label volume do not depend on the enhancing label's value.
+    const predicted = labelsToRegions(probabilitiesToLabels(probs, 4), 4);
+    scores.push(regionDice(predicted, c.regions!, c.regionsOutside));
     options.onCase?.(c.id, scores.length);
   }
   return meanScores(scores);
@@ -472,7 +476,12 @@ export async function train(
         );
         if (!state.best || mean > state.best.meanDice) {
           state.best = { epoch: metrics.epoch, meanDice: mean };
-          await writeBest(out, net, { crop: s.crop, epoch: metrics.epoch, valDice: dice });
+          await writeBest(out, net, {
+            crop: s.crop,
+            epoch: metrics.epoch,
+            valDice: dice,
+            valWindow: s.valWindow,
+          });
         }
       } else {
         if (valCases.length === 0) {
@@ -535,11 +544,6 @@ export async function train(
   }
 }
 
-/** Region bits (bit 0 WT, 1 TC, 2 ET) as BraTS labels: ET → enhancing, TC → 1, WT → 2. */
-function bitsToLabels(regions: Uint8Array, enhancing: 3 | 4): Uint8Array {
-  return regions.map((r) => (r & 4 ? enhancing : r & 2 ? 1 : r & 1 ? 2 : 0));
-}
-
 /**
  * The end-of-training report: each validation case's FLAIR (z-scored, on its brain box) with the
  * reference and the final network's prediction, their metrics, and the training curves.
@@ -559,8 +563,8 @@ async function trainingReport(
     const probs = await slidingWindowProbabilities(net, p.image, p.box.size, {
       window: s.valWindow,
     });
-    const prediction = regionsToLabels(probs, c.enhancingLabel);
-    const truth = bitsToLabels(p.regions!, c.enhancingLabel);
+    const prediction = probabilitiesToLabels(probs, c.enhancingLabel);
+    const truth = regionsToLabels(p.regions!, c.enhancingLabel);
     const flair = new Float32Array(p.image.length / 4).map((_, j) => p.image[4 * j]);
     const spacing = (c.spacing ?? [1, 1, 1]) as [number, number, number];
     const m = caseMetrics(prediction, truth, p.box.size, spacing, c.enhancingLabel);

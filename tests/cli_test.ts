@@ -413,6 +413,8 @@ Deno.test("demo runs the embedded default end to end: synth, train, segment, eva
     for (const region of ["WT", "TC", "ET"]) {
       const d = summary.train.validation_dice[region];
       assert(d >= 0 && d <= 1, `${region} dice ${d}`);
+      // Validation scored what segment wrote with the same weights: evaluate agrees.
+      assertAlmostEquals(d, summary.evaluation.mean_dice[region], 1e-9, region);
     }
     assert((await Deno.stat(`${out}/run/metrics.jsonl`)).size > 0);
     assertEquals(summary.report, `${out}/report/index.html`);

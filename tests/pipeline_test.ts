@@ -3,7 +3,8 @@ import { assert, assertAlmostEquals, assertEquals, assertRejects, assertThrows }
 import { findCases } from "../pipeline/cases.ts";
 import { decodeNifti, scaledData } from "../pipeline/nifti.ts";
 import { phantomCase, writePhantomDataset } from "../pipeline/phantom.ts";
-import { cropCube, loadCase, regionTargets } from "../pipeline/preprocess.ts";
+import { labelsToRegions, regionChannels } from "../pipeline/labels.ts";
+import { cropCube, loadCase } from "../pipeline/preprocess.ts";
 import { loadModel, loadOptimizer, saveModel } from "../pipeline/model_store.ts";
 import { getObject } from "../pipeline/storage.ts";
 import { createUNet, disposeUNet, Optimizer, resolveConfig, trainStep } from "../model/mod.ts";
@@ -22,11 +23,12 @@ Deno.test("phantomCase is deterministic for a seed and holds all three tumor lab
   assert(a.seg.every((v, i) => v === 0 || a.images.flair[i] > 0));
 });
 
-Deno.test("regionTargets nests WT ⊇ TC ⊇ ET for both label conventions and names bad labels", () => {
-  assertEquals([...regionTargets([0, 1, 2, 4], 4)], [0, 0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1]);
-  assertEquals([...regionTargets([3, 2], 3)], [1, 1, 1, 1, 0, 0]);
+Deno.test("labelsToRegions + regionChannels nest WT ⊇ TC ⊇ ET for both label conventions and name bad labels", () => {
+  const targets = (l: number[], e: 3 | 4) => [...regionChannels(labelsToRegions(l, e))];
+  assertEquals(targets([0, 1, 2, 4], 4), [0, 0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1]);
+  assertEquals(targets([3, 2], 3), [1, 1, 1, 1, 0, 0]);
   assertThrows(
-    () => regionTargets([0, 3], 4, "x_seg.nii.gz"),
+    () => labelsToRegions([0, 3], 4, "x_seg.nii.gz"),
     RangeError,
     "x_seg.nii.gz: voxel 1 has label 3",
   );

@@ -8,7 +8,8 @@ import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti.ts";
 import { writePhantomDataset } from "../pipeline/phantom.ts";
 import { deleteObject, exists, getObject, listObjects, putObject } from "../pipeline/storage.ts";
 import { writeSynthDataset } from "../pipeline/synth.ts";
-import { regionsToLabels, segment } from "../tasks/segment.ts";
+import { probabilitiesToLabels } from "../pipeline/labels.ts";
+import { segment } from "../tasks/segment.ts";
 import { defaultSettings, train } from "../tasks/train.ts";
 import { inShard } from "../pipeline/shard.ts";
 import { runMain } from "./_cli.ts";
@@ -43,7 +44,7 @@ async function tinyModel(dir: string, seed = 2): Promise<string> {
   return `${dir}/model`;
 }
 
-Deno.test("regionsToLabels: WT→2, TC→1, ET→4 or 3, each overwriting; small ET becomes necrosis", () => {
+Deno.test("probabilitiesToLabels: WT→2, TC→1, ET→4 or 3, each overwriting; small ET becomes necrosis", () => {
   const probs = Float32Array.from([
     0.1,
     0.1,
@@ -61,10 +62,14 @@ Deno.test("regionsToLabels: WT→2, TC→1, ET→4 or 3, each overwriting; small
     0.2,
     0.9, // ET alone still counts as ET (nnU-Net order)
   ]);
-  assertEquals([...regionsToLabels(probs, 4)], [0, 2, 1, 4, 4]);
-  assertEquals([...regionsToLabels(probs, 3)], [0, 2, 1, 3, 3]);
-  assertEquals([...regionsToLabels(probs, 4, 3)], [0, 2, 1, 1, 1], "2 ET voxels < 3 → necrosis");
-  assertEquals([...regionsToLabels(probs, 4, 2)], [0, 2, 1, 4, 4]);
+  assertEquals([...probabilitiesToLabels(probs, 4)], [0, 2, 1, 4, 4]);
+  assertEquals([...probabilitiesToLabels(probs, 3)], [0, 2, 1, 3, 3]);
+  assertEquals(
+    [...probabilitiesToLabels(probs, 4, 3)],
+    [0, 2, 1, 1, 1],
+    "2 ET voxels < 3 → necrosis",
+  );
+  assertEquals([...probabilitiesToLabels(probs, 4, 2)], [0, 2, 1, 4, 4]);
 });
 
 /**

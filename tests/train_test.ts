@@ -14,6 +14,7 @@ import {
   slidingWindowProbabilities,
   windowStarts,
 } from "../pipeline/inference.ts";
+import { regionChannels } from "../pipeline/labels.ts";
 import { regionDice } from "../pipeline/metrics.ts";
 import { loadModel } from "../pipeline/model_store.ts";
 import { writePhantomDataset } from "../pipeline/phantom.ts";
@@ -24,7 +25,6 @@ import {
   loadCase,
   preprocessCase,
   type PreprocessedCase,
-  regionChannels,
   uncropBox,
 } from "../pipeline/preprocess.ts";
 import { streamRandom } from "../pipeline/random.ts";
@@ -316,13 +316,15 @@ Deno.test("sliding window: starts cover the volume; a whole-volume window equals
   );
 });
 
-Deno.test("regionDice: nested regions, empty-empty scores 1", () => {
+Deno.test("regionDice: nested regions, empty-empty scores 1, reference voxels outside the box missed", () => {
   const regions = Uint8Array.from([7, 3, 1, 0]);
-  const perfect = regionChannels(regions);
-  assertEquals(regionDice(perfect, regions), { WT: 1, TC: 1, ET: 1 });
-  const none = new Float32Array(12);
+  assertEquals(regionDice(regions, regions), { WT: 1, TC: 1, ET: 1 });
+  const none = new Uint8Array(4);
   assertEquals(regionDice(none, new Uint8Array(4)), { WT: 1, TC: 1, ET: 1 });
   assertEquals(regionDice(none, regions).WT, 0);
+  // WT: 3 of 3 in the box and 1 outside: 2·3 / (3 + 4); TC: 2·2 / (2 + 2); ET: 2·1 / (1 + 3).
+  assertEquals(regionDice(regions, regions, [1, 0, 2]), { WT: 6 / 7, TC: 1, ET: 0.5 });
+  assertEquals(regionDice(none, none, [0, 0, 1]), { WT: 1, TC: 1, ET: 0 });
 });
 
 Deno.test("splitCases is seeded and disjoint; renderCurves makes an SVG", () => {
