@@ -65,7 +65,8 @@ function areaVector(p: Vec, q: Vec, r: Vec): Vec {
   return [c[0] / 2, c[1] / 2, c[2] / 2];
 }
 
-const norm = (v: Vec) => Math.hypot(v[0], v[1], v[2]);
+// As numpy.linalg.norm computes it (not Math.hypot), so that areas agree to the last bit.
+const norm = (v: Vec) => Math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
 
 /** Every triangulation of a convex-ordered polygon of `n` vertices, as index triples. */
 function triangulations(ids: number[]): number[][][] {
