@@ -90,11 +90,11 @@ Options:
                             HD95 374 mm; both empty: 1 and 0. Per case and in the summary as
                             "lesionWise" ({dice, hd95, tp, fp, fn, small} per region), CSV columns
                             ET_lesion_dice, ..., WT_lesion_fn, and a second table
-  --challenge NAME          the lesion-wise parameters (default BraTS-GLI): ${
+  --challenge NAME          the lesion-wise parameters (default BraTS-GLI):
+${
     Object.entries(LESION_WISE_CHALLENGES).map(([k, c]) =>
-      `${k} (dilation ${c.dilation}, ${c.minVolume} mm³)`
-    )
-      .join(", ")
+      `                            ${k}: dilation ${c.dilation}, minimum ${c.minVolume} mm³`
+    ).join("\n")
   }
   --lesion-dilation N       override the challenge's dilation (voxels)
   --lesion-min-volume MM3   override the challenge's minimum lesion volume (mm³)
