@@ -26,6 +26,7 @@
  */
 import { ENHANCING_LABEL, parseCaseFileName } from "./cases.ts";
 import { type Box, boxDims, hd95, type MaskArray, percentile } from "./distance.ts";
+import { type LesionWiseParams, type LesionWiseRegion, lesionWiseRegion } from "./lesion_wise.ts";
 import { decodeNifti, type NiftiHeader, type NiftiImage } from "./nifti.ts";
 import { INVALID_LABEL as INVALID, REGION_BITS as BIT, regionTable } from "./labels.ts";
 import { diceOfCounts, type Region } from "./metrics.ts";
@@ -69,9 +70,14 @@ export interface RegionMetrics {
 /** Metrics of the three regions of one case. */
 export type CaseMetrics = Record<Region, RegionMetrics>;
 
+/** Lesion-wise scores (BraTS 2023, pipeline/lesion_wise.ts) of the three regions of one case. */
+export type CaseLesionWise = Record<Region, LesionWiseRegion>;
+
 /** One row of an evaluation: the case id and its metrics. */
 export interface CaseResult extends CaseMetrics {
   case: string;
+  /** With `lesionWise` options only. */
+  lesionWise?: CaseLesionWise;
 }
 
 /** Statistics of one metric over cases; null when no case was evaluated. */
@@ -97,7 +103,14 @@ export interface Evaluation {
   missing: string[];
   /** Ids of predictions without a reference. */
   extra: string[];
+  /** With `lesionWise` options only: the parameters used and the statistics over cases. */
+  lesionWise?: LesionWiseParams & { summary: LesionWiseSummary };
 }
+
+/** The lesion-wise values of a region, in the order they are reported. */
+export const LESION_METRICS = ["dice", "hd95", "tp", "fp", "fn"] as const;
+/** Statistics of the lesion-wise values of every region. */
+export type LesionWiseSummary = Record<Region, Record<typeof LESION_METRICS[number], Stats>>;
 
 // ---------------------------------------------------------------------------------------------
 // Metrics of volumes in memory
@@ -131,6 +144,30 @@ export function regionMetrics(
   }
   const distance = () => hd95(pred, truth, dims, spacing);
   return scores(tp, p, t, pred.length, distance);
+}
+
+/**
+ * {@linkcode lesionWiseRegion} of ET, TC and WT between two label volumes that
+ * {@linkcode caseMetrics} accepted (the same regions of the same labels).
+ */
+export function lesionWiseCase(
+  pred: ArrayLike<number>,
+  truth: ArrayLike<number>,
+  dims: readonly number[],
+  spacing: readonly number[],
+  enhancingLabel: { pred: 3 | 4; truth: 3 | 4 },
+  params: LesionWiseParams,
+): CaseLesionWise {
+  const lp = regionTable(enhancingLabel.pred);
+  const lt = regionTable(enhancingLabel.truth);
+  const out = {} as CaseLesionWise;
+  for (const region of EVAL_REGIONS) {
+    const bit = BIT[region];
+    const pm = Uint8Array.from(pred, (v) => (lp[v] & bit) !== 0 ? 1 : 0);
+    const tm = Uint8Array.from(truth, (v) => (lt[v] & bit) !== 0 ? 1 : 0);
+    out[region] = lesionWiseRegion(pm, tm, dims, spacing, params);
+  }
+  return out;
 }
 
 /** The label set of a convention, for messages. */
@@ -394,6 +431,8 @@ export interface PairOptions {
   truthEnhancingLabel?: 3 | 4;
   /** Largest difference allowed between the two affines' entries (mm). @default 1e-3 */
   affineTolerance?: number;
+  /** Also score BraTS 2023 lesion-wise Dice and HD95 with these parameters. */
+  lesionWise?: LesionWiseParams;
 }
 
 /** What {@linkcode evaluatePair} found besides the metrics. */
@@ -403,6 +442,8 @@ export interface PairResult {
   /** The reference's voxel size (pixdim), used for the distances. */
   spacing: number[];
   enhancingLabel: { pred: 3 | 4; truth: 3 | 4 };
+  /** With `lesionWise` options only. */
+  lesionWise?: CaseLesionWise;
 }
 
 /**
@@ -472,7 +513,11 @@ export function evaluateImages(
     pred: predUri,
     truth: truthUri,
   });
-  return { metrics, dims, spacing, enhancingLabel: { pred: predE, truth: truthE } };
+  const enhancingLabel = { pred: predE, truth: truthE };
+  const lesionWise = options.lesionWise
+    ? lesionWiseCase(pred, truth, dims, spacing, enhancingLabel, options.lesionWise)
+    : undefined;
+  return { metrics, dims, spacing, enhancingLabel, ...(lesionWise ? { lesionWise } : {}) };
 }
 
 function checkSameGrid(
@@ -653,16 +698,21 @@ export async function evaluateCases(
   const extra = preds.filter((p) => !truthIds.has(p.id)).map((p) => p.id);
   let done = 0;
   const cases = await mapConcurrent(pairs, Math.max(1, options.concurrency ?? 4), async (t) => {
-    const { metrics } = await evaluatePair(predById.get(t.id)!.uri, t.uri, {
+    const { metrics, lesionWise } = await evaluatePair(predById.get(t.id)!.uri, t.uri, {
       labels: options.labels,
       truthEnhancingLabel: t.enhancingLabel,
       affineTolerance: options.affineTolerance,
+      lesionWise: options.lesionWise,
     });
-    const result: CaseResult = { case: t.id, ...metrics };
+    const result: CaseResult = { case: t.id, ...metrics, ...(lesionWise ? { lesionWise } : {}) };
     options.onCase?.(result, ++done, pairs.length);
     return result;
   });
-  return { cases, summary: summarize(cases), missing, extra };
+  const evaluation: Evaluation = { cases, summary: summarize(cases), missing, extra };
+  if (options.lesionWise) {
+    evaluation.lesionWise = { ...options.lesionWise, summary: summarizeLesionWise(cases) };
+  }
+  return evaluation;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -692,20 +742,42 @@ export function summarize(cases: readonly CaseMetrics[]): Summary {
   return out;
 }
 
+/** {@linkcode describe} of the lesion-wise values of every region over the cases that have them. */
+export function summarizeLesionWise(cases: readonly CaseResult[]): LesionWiseSummary {
+  const scored = cases.flatMap((c) => c.lesionWise ? [c.lesionWise] : []);
+  const out = {} as LesionWiseSummary;
+  for (const region of EVAL_REGIONS) {
+    out[region] = {} as LesionWiseSummary[Region];
+    for (const m of LESION_METRICS) out[region][m] = describe(scored.map((c) => c[region][m]));
+  }
+  return out;
+}
+
+/** The lesion-wise CSV columns, after CSV_COLUMNS when present: `ET_lesion_dice, ..., WT_lesion_fn`. */
+export const LESION_CSV_COLUMNS: readonly string[] = EVAL_REGIONS.flatMap((r) =>
+  LESION_METRICS.map((m) => `${r}_lesion_${m}`)
+);
+
 /** The CSV columns after `case`: `ET_dice, ET_hd95, ..., WT_specificity`. */
 export const CSV_COLUMNS: readonly string[] = EVAL_REGIONS.flatMap((r) =>
   METRICS.map((m) => `${r}_${m}`)
 );
 
-/** One row per case: `case` then {@linkcode CSV_COLUMNS}, with a header row, full precision. */
+/**
+ * One row per case: `case` then {@linkcode CSV_COLUMNS} (then {@linkcode LESION_CSV_COLUMNS} when
+ * the cases have lesion-wise scores), with a header row, full precision.
+ */
 export function evaluationCsv(cases: readonly CaseResult[]): string {
   const quote = (s: string) => /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
-  const rows = [["case", ...CSV_COLUMNS].join(",")];
+  const lesions = cases.some((c) => c.lesionWise);
+  const rows = [["case", ...CSV_COLUMNS, ...(lesions ? LESION_CSV_COLUMNS : [])].join(",")];
   for (const c of cases) {
+    const lw = lesions
+      ? EVAL_REGIONS.flatMap((r) => LESION_METRICS.map((m) => String(c.lesionWise?.[r][m] ?? "")))
+      : [];
     rows.push(
-      [quote(c.case), ...EVAL_REGIONS.flatMap((r) => METRICS.map((m) => String(c[r][m])))].join(
-        ",",
-      ),
+      [quote(c.case), ...EVAL_REGIONS.flatMap((r) => METRICS.map((m) => String(c[r][m]))), ...lw]
+        .join(","),
     );
   }
   return rows.join("\n") + "\n";

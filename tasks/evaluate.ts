@@ -16,6 +16,7 @@ import {
   writeEvaluation,
 } from "../pipeline/evaluation.ts";
 import { caseReport, reportMetrics } from "../pipeline/case_report.ts";
+import { LESION_WISE_CHALLENGES, type LesionWiseParams } from "../pipeline/lesion_wise.ts";
 import { findCases } from "../pipeline/cases.ts";
 import { Progress } from "../pipeline/progress.ts";
 import { writeReport } from "../pipeline/report.ts";
@@ -82,6 +83,21 @@ Options:
   --allow-missing           missing predictions are not an error
   --affine-tolerance <mm>   largest affine difference between prediction and reference (1e-3)
   --concurrency N           cases read at once (default 4)
+  --lesion-wise             also score the BraTS 2023 lesion-wise Dice and HD95 of each region:
+                            26-connected lesions; reference lesions merged when their dilations
+                            touch; reference lesions of volume <= the minimum left out; each missed
+                            reference lesion and each false-positive prediction scores Dice 0 and
+                            HD95 374 mm; both empty: 1 and 0. Per case and in the summary as
+                            "lesionWise" ({dice, hd95, tp, fp, fn, small} per region), CSV columns
+                            ET_lesion_dice, ..., WT_lesion_fn, and a second table
+  --challenge NAME          the lesion-wise parameters (default BraTS-GLI):
+${
+    Object.entries(LESION_WISE_CHALLENGES).map(([k, c]) =>
+      `                            ${k}: dilation ${c.dilation}, minimum ${c.minVolume} mm³`
+    ).join("\n")
+  }
+  --lesion-dilation N       override the challenge's dilation (voxels)
+  --lesion-min-volume MM3   override the challenge's minimum lesion volume (mm³)
   --shard i/n|auto/n|auto   only the cases of shard i of n (0-based; "auto" reads the AWS Batch or
                             Kubernetes Indexed Job variables, see segment --help); the others are
                             neither evaluated nor missing. A shard without cases gives an empty
@@ -109,6 +125,10 @@ Examples:
       concurrency: { type: "string" },
       report: { type: "boolean" },
       shard: { type: "string" },
+      "lesion-wise": { type: "boolean" },
+      challenge: { type: "string" },
+      "lesion-dilation": { type: "string" },
+      "lesion-min-volume": { type: "string" },
     });
     if (!values.pred) throw new UsageError("evaluate: --pred <uri> is required");
     if (!values.truth) throw new UsageError("evaluate: --truth <uri> is required");
@@ -120,6 +140,7 @@ Examples:
     const shard = shardFlag(values.shard);
     const concurrency = intFlag("concurrency", values.concurrency, 4, 1, 64);
     const affineTolerance = numberFlag("affine-tolerance", values["affine-tolerance"], 1e-3, 0);
+    const lesionWise = lesionWiseFlags(values);
 
     const progress = new Progress();
     const t0 = performance.now();
@@ -127,6 +148,7 @@ Examples:
       labels,
       concurrency,
       affineTolerance,
+      ...(lesionWise ? { lesionWise } : {}),
       ...(shard ? { only: (id: string) => inShard(id, shard) } : {}),
       onCase: (r, done, total) => {
         const eta = ((performance.now() - t0) / 1000 / done) * (total - done);
@@ -151,6 +173,7 @@ Examples:
     }
     if (values.json) printJson(evaluation);
     else console.log(formatTable(evaluation));
+    if (!values.json && evaluation.lesionWise) console.log("\n" + formatLesionTable(evaluation));
     if (written) progress.log(`evaluate: wrote ${written.join(" and ")}`);
     if (evaluation.missing.length > 0 && !values["allow-missing"]) {
       const ids = evaluation.missing;
@@ -233,5 +256,77 @@ export function formatTable(e: Evaluation): string {
     `${e.cases.length} cases evaluated; ${e.missing.length} missing` +
     (e.missing.length ? ` (${e.missing.join(", ")})` : "") +
     `; ${e.extra.length} extra` + (e.extra.length ? ` (${e.extra.join(", ")})` : ""),
+  ].join("\n");
+}
+
+/** The lesion-wise parameters from `--lesion-wise`, `--challenge` and the overrides. */
+function lesionWiseFlags(values: {
+  "lesion-wise"?: boolean;
+  challenge?: string;
+  "lesion-dilation"?: string;
+  "lesion-min-volume"?: string;
+}): LesionWiseParams | undefined {
+  if (!values["lesion-wise"]) {
+    const stray = (["challenge", "lesion-dilation", "lesion-min-volume"] as const)
+      .find((k) => values[k] !== undefined);
+    if (stray) throw new UsageError(`--${stray} needs --lesion-wise`);
+    return undefined;
+  }
+  const name = values.challenge ?? "BraTS-GLI";
+  const challenge = Object.hasOwn(LESION_WISE_CHALLENGES, name)
+    ? LESION_WISE_CHALLENGES[name]
+    : undefined;
+  if (!challenge) {
+    throw new UsageError(
+      `--challenge must be one of ${Object.keys(LESION_WISE_CHALLENGES).join(", ")}, got "${name}"`,
+    );
+  }
+  return {
+    challenge: name,
+    dilation: intFlag("lesion-dilation", values["lesion-dilation"], challenge.dilation, 0, 50),
+    minVolume: numberFlag("lesion-min-volume", values["lesion-min-volume"], challenge.minVolume, 0),
+  };
+}
+
+/** The lesion-wise table: per case Dice, HD95 and lesion counts per region, then the means. */
+export function formatLesionTable(e: Evaluation): string {
+  const lw = e.lesionWise!;
+  const head = [
+    "case",
+    ...EVAL_REGIONS.map((r) => `LDice ${r}`),
+    ...EVAL_REGIONS.map((r) => `LHD95 ${r}`),
+    ...EVAL_REGIONS.map((r) => `TP/FP/FN ${r}`),
+  ];
+  const rows = e.cases.map((c) => [
+    c.case,
+    ...EVAL_REGIONS.map((r) => formatValue("dice", c.lesionWise?.[r].dice ?? null)),
+    ...EVAL_REGIONS.map((r) => formatValue("hd95", c.lesionWise?.[r].hd95 ?? null)),
+    ...EVAL_REGIONS.map((r) => {
+      const l = c.lesionWise?.[r];
+      return l ? `${l.tp}/${l.fp}/${l.fn}` : "-";
+    }),
+  ]);
+  const mean = [
+    "mean",
+    ...EVAL_REGIONS.map((r) => formatValue("dice", lw.summary[r].dice.mean)),
+    ...EVAL_REGIONS.map((r) => formatValue("hd95", lw.summary[r].hd95.mean)),
+    ...EVAL_REGIONS.map(() => ""),
+  ];
+  const all = [head, ...rows, mean];
+  const widths = head.map((_, k) => Math.max(...all.map((row) => row[k].length)));
+  const line = (row: string[]) =>
+    row.map((cell, k) => (k === 0 ? cell.padEnd(widths[k]) : cell.padStart(widths[k]))).join("  ")
+      .trimEnd();
+  const rule = "-".repeat(widths.reduce((a, b) => a + b + 2, -2));
+  return [
+    `lesion-wise (${
+      lw.challenge ?? "custom"
+    }: dilation ${lw.dilation}, lesions <= ${lw.minVolume} ` +
+    `mm³ left out; misses score Dice 0, HD95 374 mm)`,
+    line(head),
+    rule,
+    ...rows.map(line),
+    rule,
+    line(mean),
   ].join("\n");
 }
