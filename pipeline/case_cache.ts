@@ -22,7 +22,7 @@ import { exists, getObject, getObjectRange, headObject, joinUri, putObject } fro
 
 /**
  * Bumped whenever preprocessing changes what it produces. 2: labelled entries record the
- * reference's region voxels outside the brain's box.
+ * reference's region voxels outside the brain's box, and a case without brain voxels is refused.
  */
 export const PREPROCESS_VERSION = 2;
 const MAGIC = "RVCASE01";

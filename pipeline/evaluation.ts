@@ -6,8 +6,8 @@
  *
  * Per region (ET, TC, WT): Dice, HD95 in mm (MedPy's definition, see pipeline/distance.ts),
  * sensitivity and specificity over the whole volume. Empty regions are scored by the legacy BraTS
- * rules: both empty → Dice 1 and HD95 0; one empty → Dice 0 and HD95 373.13 (the diagonal of a
- * 240×240×155 volume); sensitivity with an empty reference is 1 when nothing is predicted, else 0;
+ * rules: both empty → Dice 1 and HD95 0; one empty → Dice 0 and HD95 {@linkcode EMPTY_HD95}
+ * (373.1287 mm, the diagonal of the 240×240×155 1 mm grid); sensitivity with an empty reference is 1 when nothing is predicted, else 0;
  * specificity with no negatives is 1.
  *
  * @example
@@ -47,8 +47,12 @@ export const METRICS = ["dice", "hd95", "sensitivity", "specificity"] as const;
 /** One of {@linkcode METRICS}. */
 export type MetricName = typeof METRICS[number];
 
-/** HD95 (mm) when exactly one of prediction and reference is empty: the diagonal of 240×240×155. */
-export const EMPTY_HD95 = 373.13;
+/**
+ * HD95 (mm) when exactly one of prediction and reference is empty, the legacy BraTS value: the
+ * diagonal of the 240×240×155 grid of 1 mm voxels, √(240² + 240² + 155²) = 373.12866413611…
+ * (exact to the last bit: the sum is an integer and the square root is correctly rounded).
+ */
+export const EMPTY_HD95: number = Math.sqrt(240 ** 2 + 240 ** 2 + 155 ** 2);
 
 /** A BraTS label convention: enhancing tumor is 4 in 2018–2021 and 3 from 2023 on. */
 export type LabelConvention = "2021" | "2023";
@@ -59,7 +63,7 @@ export const CONVENTION_ENHANCING: Record<LabelConvention, 3 | 4> = { "2021": 4,
 export interface RegionMetrics {
   /** 2·TP / (2·TP + FP + FN); 1 when both are empty. */
   dice: number;
-  /** 95th-percentile Hausdorff distance in mm; 0 when both are empty, 373.13 when one is. */
+  /** 95th-percentile Hausdorff distance in mm; 0 when both are empty, EMPTY_HD95 when one is. */
   hd95: number;
   /** TP / (TP + FN); with an empty reference, 1 when nothing is predicted, else 0. */
   sensitivity: number;

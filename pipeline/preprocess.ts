@@ -1,7 +1,8 @@
 /**
  * From a case's files to network-ready arrays: the four modalities z-scored over brain voxels,
  * stacked channel-last, and the nested region targets (WT, TC, ET) from either label convention
- * (converted by pipeline/labels.ts).
+ * (converted by pipeline/labels.ts). A case with no brain voxel (every modality 0 everywhere) is
+ * refused: there is nothing to normalise or segment, and a network run on it anyway finds tumour.
  * @module
  */
 import { type Case, MODALITIES } from "./cases.ts";
@@ -64,10 +65,20 @@ async function readRegions(c: Case, dims: Dims): Promise<Uint8Array | undefined>
   return labelsToRegions(scaledData(seg), c.enhancingLabel, c.seg);
 }
 
-/** Brain mask: voxels nonzero in any modality. */
-function brainMask(data: ArrayLike<number>[], n: number): Uint8Array {
+/**
+ * Brain mask: voxels nonzero in any modality.
+ * @throws {RangeError} naming the case and its files when there is none
+ */
+function brainMask(data: ArrayLike<number>[], n: number, c: Case): Uint8Array {
   const brain = new Uint8Array(n);
   for (const d of data) for (let i = 0; i < n; i++) if (d[i] !== 0) brain[i] = 1;
+  if (brain.indexOf(1) < 0) {
+    throw new RangeError(
+      `case "${c.id}": no brain voxel: every modality is 0 in all ${n} voxels (${
+        MODALITIES.map((m) => c.images[m]).join(", ")
+      }); a skull-stripped scan has signal inside the brain`,
+    );
+  }
   return brain;
 }
 
@@ -94,7 +105,7 @@ function brainStats(data: ArrayLike<number>[], brain: Uint8Array): { mean: numbe
 export async function loadCase(c: Case): Promise<LoadedCase> {
   const { dims, data } = await readModalities(c);
   const n = dims[0] * dims[1] * dims[2];
-  const brain = brainMask(data, n);
+  const brain = brainMask(data, n, c);
   const stats = brainStats(data, brain);
   const image = new Float32Array(n * 4);
   data.forEach((d, k) => {
@@ -162,7 +173,7 @@ export interface PreprocessedCase {
 export async function preprocessCase(c: Case): Promise<PreprocessedCase> {
   const { dims, data } = await readModalities(c);
   const n = dims[0] * dims[1] * dims[2];
-  const brain = brainMask(data, n);
+  const brain = brainMask(data, n, c);
   const stats = brainStats(data, brain);
   const box = boundingBox(brain, dims);
   const [bx, by, bz] = box.size;

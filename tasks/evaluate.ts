@@ -47,7 +47,8 @@ WT (whole tumor: every tumor label):
   sensitivity  TP / (TP + FN)
   specificity  TN / (TN + FP), over the whole volume
 Empty regions are scored by the legacy BraTS rules: both empty → Dice 1, HD95 0; one empty →
-Dice 0, HD95 373.13; sensitivity with an empty reference is 1 if nothing is predicted, else 0.
+Dice 0, HD95 373.1287 mm (√(240² + 240² + 155²), the diagonal of the 1 mm BraTS grid);
+sensitivity with an empty reference is 1 if nothing is predicted, else 0.
 
 --pred    a folder (local, file:// or s3://) of <case>.nii.gz or <case>_seg.nii.gz files, directly
           in it (as \`segment\` writes them; <case>_probabilities.nii.gz files are skipped)

@@ -389,7 +389,11 @@ Deno.test("caseMetrics() applies the legacy BraTS rules to empty regions", () =>
   for (const r of ["ET", "TC", "WT"] as const) {
     assertEquals(both[r], { dice: 1, hd95: 0, sensitivity: 1, specificity: 1 });
   }
-  // Prediction empty, truth not: Dice 0, HD95 373.13, sensitivity 0, specificity 1.
+  // The diagonal of the 240×240×155 1 mm grid, as Python's math.sqrt(240**2 + 240**2 + 155**2)
+  // prints it: not the rounded 373.13.
+  assertEquals(EMPTY_HD95, 373.1286641361127);
+  assertEquals(EMPTY_HD95 ** 2, 240 ** 2 + 240 ** 2 + 155 ** 2);
+  // Prediction empty, truth not: Dice 0, HD95 the diagonal, sensitivity 0, specificity 1.
   assertEquals(caseMetrics(none, et, dims).ET, {
     dice: 0,
     hd95: EMPTY_HD95,
@@ -399,7 +403,7 @@ Deno.test("caseMetrics() applies the legacy BraTS rules to empty regions", () =>
   // Truth empty, prediction not: sensitivity 0 (something predicted), specificity 2/4.
   assertEquals(caseMetrics(et, none, dims).ET, {
     dice: 0,
-    hd95: 373.13,
+    hd95: EMPTY_HD95,
     sensitivity: 0,
     specificity: 0.5,
   });
