@@ -26,7 +26,7 @@ import {
   type LesionWiseParams,
   lesionWiseRegion,
 } from "../pipeline/lesion_wise.ts";
-import { createNiftiHeader, encodeNifti } from "../pipeline/nifti.ts";
+import { createNiftiHeader, decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
 import { seededRandom } from "../pipeline/random.ts";
 import { cellAreas, robustHausdorff } from "../pipeline/surfels.ts";
 import { runMain } from "./_cli.ts";
@@ -448,6 +448,98 @@ Deno.test({
           `reference lesions, ${fps} false positives, ${clean} region scores without a miss; largest differences Dice ${worstDice}, ` +
           `HD95 ${worstHd} mm`,
       );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+/** The real BraTS 2018 whole-tumour references beside the checkout (see its README). */
+const REAL_LABELS = join(
+  import.meta.dirname!,
+  "..",
+  "..",
+  "shared",
+  "data",
+  "Dataset501_BraTS2018WT",
+  "labelsTr",
+);
+const REAL_MISSING: string | undefined = CROSS_CHECK_MISSING ?? (() => {
+  try {
+    Deno.statSync(REAL_LABELS);
+    return undefined;
+  } catch {
+    return `${REAL_LABELS} is absent`;
+  }
+})();
+if (REAL_MISSING && !CROSS_CHECK_MISSING) {
+  console.log(`lesion_wise_test: skipping the real-scan cross-check: ${REAL_MISSING}`);
+}
+
+/** Runs the reference runner on `pairs` and returns its scores. */
+async function referenceScores(
+  pairs: { pred: string; gt: string; challenge: string }[],
+  dir: string,
+) {
+  await Deno.writeTextFile(join(dir, "pairs.json"), JSON.stringify(pairs));
+  const ran = await new Deno.Command(PYTHON, {
+    args: ["-c", REFERENCE_RUNNER, REFERENCE!, join(dir, "pairs.json")],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert(ran.success, `the BraTS 2023 code failed:\n${new TextDecoder().decode(ran.stderr)}`);
+  return JSON.parse(new TextDecoder().decode(ran.stdout));
+}
+
+Deno.test({
+  name: "lesion-wise scores equal the BraTS 2023 metrics code on real 240×240×155 references",
+  ignore: REAL_MISSING !== undefined,
+  fn: async () => {
+    const rand = seededRandom(18);
+    const dir = await Deno.makeTempDir({ prefix: "lesion-wise-real-" });
+    try {
+      const ids = ["Brats18_CBICA_AAB_1", "Brats18_CBICA_AOO_1"];
+      const pairs = [];
+      for (const [t, id] of ids.entries()) {
+        const gt = join(REAL_LABELS, `${id}.nii.gz`);
+        const image = decodeNifti(await Deno.readFile(gt), gt);
+        const dims = image.header.dims.slice(0, 3) as Dims;
+        const truth = Uint8Array.from(image.data as ArrayLike<number>);
+        // A prediction that misses part of the tumour, is shifted a voxel, and adds stray lesions.
+        const pred = randomPrediction(truth, dims, rand);
+        const pr = join(dir, `${id}-pred.nii.gz`);
+        await Deno.writeFile(
+          pr,
+          encodeNifti(pred, "uint8", createNiftiHeader(dims, image.header.affine, "uint8")),
+        );
+        pairs.push({ pred: pr, gt, challenge: ["BraTS-GLI", "BraTS-MET"][t] });
+      }
+      const want = await referenceScores(pairs, dir);
+      const rows: string[] = [];
+      for (const [t, p] of pairs.entries()) {
+        const t0 = performance.now();
+        const { lesionWise } = await evaluatePair(p.pred, p.gt, {
+          labels: "2023",
+          lesionWise: LESION_WISE_CHALLENGES[p.challenge],
+        });
+        const ms = performance.now() - t0;
+        for (const region of ["WT", "TC", "ET"] as const) {
+          const got = lesionWise![region];
+          const ref = want[t][region];
+          const what = `${ids[t]} (${p.challenge}) ${region}`;
+          assertEquals([got.tp, got.fp, got.fn], [ref.Num_TP, ref.Num_FP, ref.Num_FN], what);
+          assertAlmostEquals(got.dice, ref.LesionWise_Score_Dice, 1e-12, `${what}: Dice`);
+          assertAlmostEquals(got.hd95, ref.LesionWise_Score_HD95, 1e-9, `${what}: HD95`);
+        }
+        const wt = lesionWise!.WT;
+        rows.push(
+          `${ids[t]} ${p.challenge}: WT dice ${wt.dice.toFixed(4)} hd95 ${wt.hd95.toFixed(2)} ` +
+            `tp/fp/fn ${wt.tp}/${wt.fp}/${wt.fn} (${
+              (ms / 1000).toFixed(1)
+            } s with the legacy metrics)`,
+        );
+      }
+      console.log(`lesion-wise vs BraTS 2023 code on real references:\n  ${rows.join("\n  ")}`);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
