@@ -165,10 +165,13 @@ export function lesionWiseCase(
   const lp = regionTable(enhancingLabel.pred);
   const lt = regionTable(enhancingLabel.truth);
   const out = {} as CaseLesionWise;
+  const pm = new Uint8Array(pred.length);
+  const tm = new Uint8Array(truth.length);
   for (const region of EVAL_REGIONS) {
     const bit = BIT[region];
-    const pm = Uint8Array.from(pred, (v) => (lp[v] & bit) !== 0 ? 1 : 0);
-    const tm = Uint8Array.from(truth, (v) => (lt[v] & bit) !== 0 ? 1 : 0);
+    // Plain loops: Uint8Array.from with a mapping function is some 10× slower on 9M voxels.
+    for (let i = 0; i < pm.length; i++) pm[i] = (lp[pred[i]] & bit) !== 0 ? 1 : 0;
+    for (let i = 0; i < tm.length; i++) tm[i] = (lt[truth[i]] & bit) !== 0 ? 1 : 0;
     out[region] = lesionWiseRegion(pm, tm, dims, spacing, params);
   }
   return out;

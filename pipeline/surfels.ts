@@ -327,10 +327,17 @@ function directed(
   const features = new Uint8Array(to.length);
   for (let i = 0; i < to.length; i++) features[i] = isSurface(to[i]) ? 1 : 0;
   const dt = squaredDistanceTransform(features, grid, spacing);
-  const pairs: [number, number][] = [];
-  for (let i = 0; i < from.length; i++) {
-    if (isSurface(from[i])) pairs.push([Math.sqrt(dt[i]), areas[from[i]]]);
+  let n = 0;
+  for (let i = 0; i < from.length; i++) if (isSurface(from[i])) n++;
+  const distance = new Float64Array(n);
+  const area = new Float64Array(n);
+  for (let i = 0, k = 0; i < from.length; i++) {
+    if (!isSurface(from[i])) continue;
+    distance[k] = Math.sqrt(dt[i]);
+    area[k++] = areas[from[i]];
   }
-  pairs.sort((p, q) => p[0] - q[0] || p[1] - q[1]);
-  return [Float64Array.from(pairs, (p) => p[0]), Float64Array.from(pairs, (p) => p[1])];
+  // By distance, then area (as the reference sorts its (distance, area) pairs).
+  const order = new Uint32Array(n).map((_, k) => k);
+  order.sort((p, q) => distance[p] - distance[q] || area[p] - area[q]);
+  return [Float64Array.from(order, (k) => distance[k]), Float64Array.from(order, (k) => area[k])];
 }

@@ -26,7 +26,7 @@ import {
   type LesionWiseParams,
   lesionWiseRegion,
 } from "../pipeline/lesion_wise.ts";
-import { createNiftiHeader, encodeNifti } from "../pipeline/nifti.ts";
+import { createNiftiHeader, decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
 import { seededRandom } from "../pipeline/random.ts";
 import { cellAreas, robustHausdorff } from "../pipeline/surfels.ts";
 import { runMain } from "./_cli.ts";
@@ -96,20 +96,115 @@ Deno.test("cellAreas() gives the marching-cubes surface of simple cells, scaled 
   assertAlmostEquals(cellAreas([3, 2, 5])[0b11110000], 10, 1e-12);
 });
 
-Deno.test("robustHausdorff() of two boxes apart along x: their gap, max of both directions", () => {
+Deno.test("robustHausdorff() of two boxes apart along x: by area over both directions", () => {
   const dims: Dims = [12, 4, 4];
   const a = fill(new Uint8Array(12 * 16), dims, [0, 0, 0], [2, 3, 3]);
   const b = fill(new Uint8Array(12 * 16), dims, [7, 0, 0], [9, 3, 3]);
-  // Surface corners sit on voxel edges: the faces at x = 3 and x = 7 are 4 voxels apart; the 95th
-  // percentile by area lands beyond the near faces, on the box sides (distance up to 7).
+  // Surface points sit on voxel corners: the facing sides (x = 3 and x = 7) are 4 apart, the far
+  // sides 10; the 95th percentile by area lies on the far sides' corners.
   const d = robustHausdorff(a, b, dims);
-  assert(d >= 4 && d <= 7, `got ${d}`);
+  assert(d > 4 && d <= 10, `got ${d}`);
+  assertEquals(d, bruteRobustHd95(a, b, dims, ISO));
   assertEquals(robustHausdorff(a, a, dims), 0);
   assertEquals(robustHausdorff(a, new Uint8Array(a.length), dims), Infinity);
   // Spacing along x stretches x distances only: here every nearest pair differs in x alone.
   const thin = mask([10, 1, 1], [[0, 0, 0]]);
   const far = mask([10, 1, 1], [[6, 0, 0]]);
   assertEquals(robustHausdorff(thin, far, [10, 1, 1], [2, 1, 1]), 12);
+});
+
+/**
+ * The robust HD95 by brute force: every voxel corner whose 8 voxels are mixed is a surface point
+ * with the area cellAreas gives its code; all pairs of points; per direction the first distance
+ * whose cumulated area reaches 95 %; the larger.
+ */
+function bruteRobustHd95(a: Uint8Array, b: Uint8Array, dims: Dims, spacing: number[]): number {
+  const areas = cellAreas(spacing);
+  const points = (m: Uint8Array) => {
+    const out: { p: number[]; area: number }[] = [];
+    const inside = (x: number, y: number, z: number) =>
+      x >= 0 && y >= 0 && z >= 0 && x < dims[0] && y < dims[1] && z < dims[2] &&
+      m[at(dims, x, y, z)] !== 0;
+    for (let z = 0; z <= dims[2]; z++) {
+      for (let y = 0; y <= dims[1]; y++) {
+        for (let x = 0; x <= dims[0]; x++) {
+          let code = 0;
+          for (let i = 0; i < 2; i++) {
+            for (let j = 0; j < 2; j++) {
+              for (let k = 0; k < 2; k++) {
+                if (inside(x - 1 + i, y - 1 + j, z - 1 + k)) code |= 1 << (7 - (4 * i + 2 * j + k));
+              }
+            }
+          }
+          if (code !== 0 && code !== 255) out.push({ p: [x, y, z], area: areas[code] });
+        }
+      }
+    }
+    return out;
+  };
+  const pa = points(a);
+  const pb = points(b);
+  const dist = (p: number[], q: number[]) =>
+    Math.sqrt(p.reduce((s, v, k) => s + ((v - q[k]) * spacing[k]) ** 2, 0));
+  const directed = (from: typeof pa, to: typeof pa) => {
+    const d = from.map((f) => ({
+      d: to.reduce((m, t) => Math.min(m, dist(f.p, t.p)), Infinity),
+      area: f.area,
+    })).sort((x, y) => x.d - y.d || x.area - y.area);
+    const total = d.reduce((s, v) => s + v.area, 0);
+    let cum = 0;
+    for (const v of d) {
+      cum += v.area;
+      if (cum / total >= 0.95 - 1e-12) return v.d;
+    }
+    return d[d.length - 1].d;
+  };
+  return Math.max(directed(pa, pb), directed(pb, pa));
+}
+
+/** Union of random small ellipsoids: a lesion-like blob. */
+function smallBlob(dims: Dims, rand: () => number, count: number): Uint8Array {
+  const m = new Uint8Array(dims[0] * dims[1] * dims[2]);
+  for (let e = 0; e < count; e++) {
+    const c = dims.map((d) => rand() * d);
+    const r = dims.map((d) => 0.7 + rand() * d * 0.3);
+    for (let z = 0; z < dims[2]; z++) {
+      for (let y = 0; y < dims[1]; y++) {
+        for (let x = 0; x < dims[0]; x++) {
+          const q = ((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2;
+          if (q <= 1) m[at(dims, x, y, z)] = 1;
+        }
+      }
+    }
+  }
+  return m;
+}
+
+Deno.test("robustHausdorff() equals an all-pairs brute force on 25 random anisotropic pairs", () => {
+  const rand = seededRandom(95);
+  let worst = 0;
+  let pairs = 0;
+  for (let t = 0; t < 25; t++) {
+    const dims: Dims = [
+      4 + Math.floor(rand() * 9),
+      4 + Math.floor(rand() * 9),
+      3 + Math.floor(rand() * 7),
+    ];
+    const spacing = t % 2 ? [1, 1, 1] : [0.5 + rand(), 0.5 + rand(), 1 + rand() * 3];
+    const a = smallBlob(dims, rand, 1 + Math.floor(rand() * 3));
+    const b = smallBlob(dims, rand, 1 + Math.floor(rand() * 3));
+    if (!a.includes(1) || !b.includes(1)) continue;
+    pairs++;
+    const got = robustHausdorff(a, b, dims, spacing);
+    const want = bruteRobustHd95(a, b, dims, spacing);
+    worst = Math.max(worst, Math.abs(got - want));
+    assertAlmostEquals(got, want, 1e-9, `pair ${t}: dims ${dims} spacing ${spacing}`);
+    assertEquals(robustHausdorff(b, a, dims, spacing), got); // symmetric
+  }
+  assert(pairs >= 20, `only ${pairs} non-empty pairs`);
+  console.log(
+    `robust HD95 vs all-pairs brute force: ${pairs} pairs, largest difference ${worst} mm`,
+  );
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -371,7 +466,8 @@ function randomPrediction(truth: Uint8Array, dims: Dims, rand: () => number): Ui
       }
     }
   }
-  const invented = randomLabels(dims, rand, Math.floor(rand() * 3), Math.floor(rand() * 4));
+  // Few false positives, so that the matched lesions' HD95 weigh in the means, not only 374s.
+  const invented = randomLabels(dims, rand, Math.floor(rand() * 1.6), Math.floor(rand() * 1.5));
   for (let i = 0; i < out.length; i++) if (out[i] === 0) out[i] = invented[i];
   return out;
 }
@@ -417,6 +513,7 @@ Deno.test({
       let worstHd = 0;
       let lesions = 0;
       let fps = 0;
+      let clean = 0;
       for (const [t, p] of pairs.entries()) {
         const params: LesionWiseParams = LESION_WISE_CHALLENGES[p.challenge];
         const { lesionWise } = await evaluatePair(p.pred, p.gt, {
@@ -438,13 +535,149 @@ Deno.test({
           assertAlmostEquals(got.hd95, ref.LesionWise_Score_HD95, 1e-9, `${what}: HD95`);
           lesions += got.tp + got.fn;
           fps += got.fp;
+          if (got.fp === 0 && got.fn === 0 && got.tp > 0) clean++;
         }
       }
       console.log(
         `lesion-wise vs BraTS 2023 code: ${pairs.length} pairs × 3 regions, ${lesions} scored ` +
-          `reference lesions, ${fps} false positives; largest differences Dice ${worstDice}, ` +
+          `reference lesions, ${fps} false positives, ${clean} region scores without a miss; largest differences Dice ${worstDice}, ` +
           `HD95 ${worstHd} mm`,
       );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "cellAreas() equals the areas of the challenge's surfel table for all 256 codes",
+  ignore: CROSS_CHECK_MISSING !== undefined,
+  fn: async () => {
+    const spacings = [[1, 1, 1], [0.9375, 1.25, 2.5], [3, 0.5, 1.7]];
+    // The reference's own area computation from its neighbour_code_to_normals table.
+    const script = String.raw`
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from surface_distance import lookup_tables
+out = []
+for sp in json.loads(sys.argv[2]):
+    areas = []
+    for code in range(256):
+        total = 0.0
+        for n in np.array(lookup_tables.neighbour_code_to_normals[code]):
+            total += np.linalg.norm([n[0] * sp[1] * sp[2], n[1] * sp[0] * sp[2], n[2] * sp[0] * sp[1]])
+        areas.append(float(total))
+    out.append(areas)
+print(json.dumps(out))
+`;
+    const ran = await new Deno.Command(PYTHON, {
+      args: ["-c", script, REFERENCE!, JSON.stringify(spacings)],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert(ran.success, new TextDecoder().decode(ran.stderr));
+    const want: number[][] = JSON.parse(new TextDecoder().decode(ran.stdout));
+    let worst = 0;
+    for (const [s, spacing] of spacings.entries()) {
+      const got = cellAreas(spacing);
+      for (let code = 0; code < 256; code++) {
+        worst = Math.max(worst, Math.abs(got[code] - want[s][code]));
+        assertAlmostEquals(got[code], want[s][code], 1e-12, `code ${code}, spacing ${spacing}`);
+      }
+    }
+    console.log(
+      `surfel areas vs the challenge's table: 3 spacings × 256 codes, largest difference ${worst} mm²`,
+    );
+  },
+});
+
+/** The real BraTS 2018 whole-tumour references beside the checkout (see its README). */
+const REAL_LABELS = join(
+  import.meta.dirname!,
+  "..",
+  "..",
+  "shared",
+  "data",
+  "Dataset501_BraTS2018WT",
+  "labelsTr",
+);
+const REAL_MISSING: string | undefined = CROSS_CHECK_MISSING ?? (() => {
+  try {
+    Deno.statSync(REAL_LABELS);
+    return undefined;
+  } catch {
+    return `${REAL_LABELS} is absent`;
+  }
+})();
+if (REAL_MISSING && !CROSS_CHECK_MISSING) {
+  console.log(`lesion_wise_test: skipping the real-scan cross-check: ${REAL_MISSING}`);
+}
+
+/** Runs the reference runner on `pairs` and returns its scores. */
+async function referenceScores(
+  pairs: { pred: string; gt: string; challenge: string }[],
+  dir: string,
+) {
+  await Deno.writeTextFile(join(dir, "pairs.json"), JSON.stringify(pairs));
+  const ran = await new Deno.Command(PYTHON, {
+    args: ["-c", REFERENCE_RUNNER, REFERENCE!, join(dir, "pairs.json")],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert(ran.success, `the BraTS 2023 code failed:\n${new TextDecoder().decode(ran.stderr)}`);
+  return JSON.parse(new TextDecoder().decode(ran.stdout));
+}
+
+Deno.test({
+  name: "lesion-wise scores equal the BraTS 2023 metrics code on real 240×240×155 references",
+  ignore: REAL_MISSING !== undefined,
+  fn: async () => {
+    const rand = seededRandom(18);
+    const dir = await Deno.makeTempDir({ prefix: "lesion-wise-real-" });
+    try {
+      const ids = ["Brats18_CBICA_AAB_1", "Brats18_CBICA_AOO_1"];
+      const pairs = [];
+      for (const [t, id] of ids.entries()) {
+        const gt = join(REAL_LABELS, `${id}.nii.gz`);
+        const image = decodeNifti(await Deno.readFile(gt), gt);
+        const dims = image.header.dims.slice(0, 3) as Dims;
+        const truth = Uint8Array.from(image.data as ArrayLike<number>);
+        // A prediction that misses part of the tumour, is shifted a voxel, and adds stray lesions.
+        const pred = randomPrediction(truth, dims, rand);
+        const pr = join(dir, `${id}-pred.nii.gz`);
+        await Deno.writeFile(
+          pr,
+          encodeNifti(pred, "uint8", createNiftiHeader(dims, image.header.affine, "uint8")),
+        );
+        pairs.push({ pred: pr, gt, challenge: ["BraTS-GLI", "BraTS-MET"][t] });
+      }
+      const want = await referenceScores(pairs, dir);
+      const rows: string[] = [];
+      for (const [t, p] of pairs.entries()) {
+        const t0 = performance.now();
+        const { lesionWise } = await evaluatePair(p.pred, p.gt, {
+          labels: "2023",
+          lesionWise: LESION_WISE_CHALLENGES[p.challenge],
+        });
+        const ms = performance.now() - t0;
+        for (const region of ["WT", "TC", "ET"] as const) {
+          const got = lesionWise![region];
+          const ref = want[t][region];
+          const what = `${ids[t]} (${p.challenge}) ${region}`;
+          assertEquals([got.tp, got.fp, got.fn], [ref.Num_TP, ref.Num_FP, ref.Num_FN], what);
+          assertAlmostEquals(got.dice, ref.LesionWise_Score_Dice, 1e-12, `${what}: Dice`);
+          assertAlmostEquals(got.hd95, ref.LesionWise_Score_HD95, 1e-9, `${what}: HD95`);
+        }
+        const wt = lesionWise!.WT;
+        rows.push(
+          `${ids[t]} ${p.challenge}: WT dice ${wt.dice.toFixed(4)} hd95 ${wt.hd95.toFixed(2)} ` +
+            `tp/fp/fn ${wt.tp}/${wt.fp}/${wt.fn} (${
+              (ms / 1000).toFixed(1)
+            } s with the legacy metrics)`,
+        );
+      }
+      console.log(`lesion-wise vs BraTS 2023 code on real references:\n  ${rows.join("\n  ")}`);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
