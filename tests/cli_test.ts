@@ -503,3 +503,96 @@ Deno.test("main.ts --version and version print the project's, Deno's and tfjs's 
   assert(["tensorflow", "webgpu", "cpu"].includes(backend.name), show(json));
   assertStringIncludes(backend.reason, "auto", show(json));
 });
+
+// ---------------------------------------------------------------------------------------------
+// What a user installs
+
+/** The JSON of `deno info --json main.ts`: the modules and npm packages of the main graph. */
+async function mainGraph(): Promise<{
+  modules: { specifier: string; kind?: string; npmPackage?: string }[];
+  npmPackages: Record<string, unknown>;
+}> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["info", "--json", "main.ts"],
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert(out.success, new TextDecoder().decode(out.stderr));
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
+/**
+ * The lockfile a clone gets: the committed one (HEAD) in a git checkout, since a `deno test` or
+ * `deno check` of the tests run without the test task's `--lock=tests/deno.lock` writes s3rver
+ * into the working tree's copy; else the working tree's.
+ */
+async function committedLock(): Promise<string> {
+  try {
+    const out = await new Deno.Command("git", {
+      args: ["show", "HEAD:deno.lock"],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    if (out.success) return new TextDecoder().decode(out.stdout);
+  } catch { /* no git */ }
+  return await Deno.readTextFile(join(ROOT, "deno.lock"));
+}
+
+Deno.test("the main module graph, import map and lockfile exclude s3rver (a test-only package)", async () => {
+  const graph = await mainGraph();
+  const packages = Object.keys(graph.npmPackages);
+  assert(packages.length > 0, "the graph has npm packages (tfjs, the AWS SDK)");
+  assertEquals(packages.filter((p) => p.startsWith("s3rver@")), []);
+  const local = graph.modules.map((m) => m.specifier).filter((s) => s.startsWith("file://"));
+  assertEquals(local.filter((s) => s.includes("/tests/")), [], "main.ts imports nothing of tests/");
+  const config = JSON.parse(await Deno.readTextFile(join(ROOT, "deno.json")));
+  assertEquals(
+    Object.entries(config.imports).filter(([, v]) => String(v).includes("s3rver")),
+    [],
+    "s3rver is imported by full specifier in tests/_s3rver.ts, not mapped in deno.json",
+  );
+  const lock = JSON.parse(await committedLock());
+  const locked = Object.keys(lock.npm ?? {}).map((k) => k.slice(0, k.indexOf("@", 1)));
+  assertEquals(locked.filter((n) => n === "s3rver"), [], "deno.lock lists s3rver");
+  assertEquals(
+    new Set(locked).size,
+    new Set(packages.map((k) => k.slice(0, k.indexOf("@", 1)))).size,
+  );
+});
+
+Deno.test("a first run in a fresh checkout installs only the main graph's packages, no build-script warning", async () => {
+  const graph = await mainGraph();
+  await using tmp = await tempDir();
+  const root = ROOT.endsWith("/") ? ROOT : ROOT + "/";
+  for (const m of graph.modules) {
+    if (!m.specifier.startsWith("file://")) continue;
+    const path = decodeURIComponent(new URL(m.specifier).pathname);
+    if (!path.startsWith(root)) continue;
+    const to = join(tmp.path, path.slice(root.length));
+    await Deno.mkdir(join(to, ".."), { recursive: true });
+    await Deno.copyFile(path, to);
+  }
+  await Deno.writeTextFile(join(tmp.path, "deno.lock"), await committedLock());
+  // As a clone's first `deno task <command>`, without -q so that every install line shows.
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", "--help"],
+    cwd: tmp.path,
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assertEquals(out.code, 0, stderr);
+  const lines = stderr.split("\n").filter((l) => l.trim() !== "");
+  const installed = lines.filter((l) => l.startsWith("Initialize ")).map((l) => l.slice(11));
+  assertEquals(lines.filter((l) => !l.startsWith("Initialize ")), [], "only Deno's install lines");
+  // Keys carry peer suffixes ("@tensorflow/tfjs@4.22.0_seedrandom@3.0.5"); install lines do not.
+  const wanted = new Set(Object.keys(graph.npmPackages).map((k) => /^@?[^@]+@[^_]+/.exec(k)![0]));
+  assertEquals(installed.filter((p) => !wanted.has(p)), [], "packages outside the main graph");
+  assertEquals(installed.filter((p) => p.startsWith("s3rver@")), []);
+  const dirs = [...Deno.readDirSync(join(tmp.path, "node_modules", ".deno"))].map((e) => e.name);
+  assertEquals(dirs.filter((d) => d.startsWith("s3rver@")), []);
+});
