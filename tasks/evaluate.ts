@@ -81,8 +81,9 @@ Options:
   --labels 2021|2023        the label convention of every file (default: per file, see above)
   --allow-missing           missing predictions are not an error
   --affine-tolerance <mm>   largest affine difference between prediction and reference (1e-3)
-  --concurrency N           cases read at once (default 4)
-  --shard i/n|auto/n|auto   only the cases of shard i of n (0-based; "auto" reads the AWS Batch or
+  --concurrency <n>         cases read at once (default 4)
+  --shard <i>/<n>|auto/<n>|auto
+                            only the cases of shard i of n (0-based; "auto" reads the AWS Batch or
                             Kubernetes Indexed Job variables, see segment --help); the others are
                             neither evaluated nor missing. A shard without cases gives an empty
                             result (exit 0). --out then gets metrics-shard-<i>-of-<n>.json and .csv

@@ -10,6 +10,7 @@ import { putObject } from "../pipeline/storage.ts";
 import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
 import { startS3rver } from "./_s3rver.ts";
 import { ROOT, type Run, runMain } from "./_cli.ts";
+import { commands } from "../tasks/mod.ts";
 
 const CH2BET = "/usr/share/mricron/templates/ch2bet.nii.gz";
 const HAS_CH2BET = (() => {
@@ -595,4 +596,104 @@ Deno.test("a first run in a fresh checkout installs only the main graph's packag
   assertEquals(installed.filter((p) => p.startsWith("s3rver@")), []);
   const dirs = [...Deno.readDirSync(join(tmp.path, "node_modules", ".deno"))].map((e) => e.name);
   assertEquals(dirs.filter((d) => d.startsWith("s3rver@")), []);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Help texts and messages
+
+Deno.test("every command's help: lines of at most 100 columns, placeholders written <name>", async () => {
+  const [main] = await runEach([["--help"]]);
+  assertEquals(main.code, 0, show(main));
+  const texts: [string, string][] = [
+    ["main.ts --help", main.stdout],
+    ...commands.map((c) => [c.name, c.help] as [string, string]),
+  ];
+  const problems: string[] = [];
+  for (const [name, text] of texts) {
+    for (const line of text.split("\n")) {
+      if (line.length > 100) problems.push(`${name}: ${line.length} columns: ${line}`);
+      // A flag followed by an upper-case metavariable (--model URI, --epochs N, --budget GiB).
+      const bare = /--[a-z][a-z0-9-]* (?:[A-Z][A-Za-z]*|i\/n)(?=[\s\],|.;)]|$)/.exec(line);
+      if (bare) problems.push(`${name}: placeholder not written <name>: "${bare[0]}" in: ${line}`);
+    }
+  }
+  assertEquals(problems, []);
+});
+
+Deno.test("every error names its command once: usage errors and failures of each command", async () => {
+  const runs = await runEach([
+    ["train", "--data", "/nonexistent/data"],
+    ["segment", "--model", "m", "--input", "i"],
+    ["serve", "--out", "o", "--no-auth"],
+    ["evaluate", "--pred", "/nonexistent/p", "--truth", "/nonexistent/t"],
+    ["inspect", "/nonexistent/x.nii.gz"],
+    ["cases"],
+    ["plan"],
+    ["synth", "--cases", "two", "--out", "o"],
+    ["demo", "--crop", "12"],
+    ["bench", "nothing"],
+  ]);
+  for (const run of runs) {
+    assert(run.code === 1 || run.code === 2, show(run));
+    const first = run.stderr.split("\n").find((l) => l.startsWith("error: "));
+    const name = /^error: ([a-z]+): /.exec(first ?? "")?.[1];
+    assert(name !== undefined, `no "error: <command>: " line\n${show(run)}`);
+    assert(!first!.startsWith(`error: ${name}: ${name}:`), `prefix twice\n${show(run)}`);
+  }
+  assertEquals(
+    runs.map((r) => /^error: ([a-z]+): /m.exec(r.stderr)![1]),
+    ["train", "segment", "serve", "evaluate", "inspect", "cases", "plan", "synth", "demo", "bench"],
+  );
+  assertStringIncludes(runs[0].stderr, "error: train: --out is required", show(runs[0]));
+});
+
+Deno.test("negative numbers are values: --seed -1, --lr -1, --shard -1/3 get the flag's range error", async () => {
+  const train = ["train", "--data", "/nonexistent/d", "--out", "/nonexistent/o"];
+  const segment = ["segment", "--model", "m", "--input", "i", "--out", "o"];
+  const runs = await runEach([
+    [...train, "--seed", "-1"],
+    [...train, "--lr", "-1"],
+    [...train, "--lr", "-.5"],
+    [...segment, "--shard", "-1/3"],
+    [...segment, "--overlap", "-0.5"],
+    ["synth", "--out", "o", "--cases", "-3"],
+  ]);
+  const expected = [
+    'train: --seed must be an integer >= 0, got "-1"',
+    'train: --lr must be a number >= 0, got "-1"',
+    'train: --lr must be a number >= 0, got "-.5"',
+    'segment: --shard must be "i/n"',
+    'segment: --overlap must be a number in [0, 0.95], got "-0.5"',
+    "synth: --cases",
+  ];
+  for (const [i, run] of runs.entries()) {
+    assertEquals(run.code, 2, show(run));
+    assertStringIncludes(run.stderr, `error: ${expected[i]}`, show(run));
+    assert(!run.stderr.includes("ambiguous"), show(run));
+  }
+});
+
+Deno.test("train refuses --crop 33 and oversized --config before loading a backend, with the limits", async () => {
+  const train = ["train", "--data", "/nonexistent/d", "--out", "/nonexistent/o"];
+  const [crop, wide, deep, huge, planWide] = await runEach([
+    [...train, "--crop", "33"],
+    [...train, "--config", '{"baseChannels":100000}'],
+    [...train, "--config", '{"levels":100}'],
+    [...train, "--config", '{"levels":9,"baseChannels":64}'],
+    ["plan", "--budget", "1", "--config", '{"baseChannels":100000}'],
+  ]);
+  for (const run of [crop, wide, deep, huge, planWide]) {
+    assertEquals(run.code, 2, show(run));
+    assert(!run.stderr.includes("backend:"), `refused before the backend loads\n${show(run)}`);
+    assert(!run.stderr.includes("allocation failed"), show(run));
+  }
+  assertStringIncludes(crop.stderr, "error: train: --crop 33 must be a multiple of 8", show(crop));
+  assertStringIncludes(wide.stderr, "baseChannels must be at most 4096, found 100000", show(wide));
+  assertStringIncludes(deep.stderr, "levels must be at most 10, found 100", show(deep));
+  assertStringIncludes(huge.stderr, "parameters, more than the 4.29e+9 allowed", show(huge));
+  assertStringIncludes(
+    planWide.stderr,
+    "error: plan: --config: Network configuration",
+    show(planWide),
+  );
 });
