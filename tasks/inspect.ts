@@ -26,7 +26,7 @@ Options:
                        (default 2147483648)
 
 Examples:
-  deno task inspect ./data/BraTS20_Training_001/BraTS20_Training_001_flair.nii.gz
+  deno task inspect out/synth/BraTS2021_00000/BraTS2021_00000_flair.nii.gz   # from synth
   deno task inspect s3://my-bucket/BraTS2021/BraTS2021_00000/BraTS2021_00000_seg.nii.gz
   deno task inspect probabilities.nii.gz --non-finite zero`,
   async run(args) {

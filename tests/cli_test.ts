@@ -697,3 +697,40 @@ Deno.test("train refuses --crop 33 and oversized --config before loading a backe
     show(planWide),
   );
 });
+
+// ---------------------------------------------------------------------------------------------
+// README
+
+Deno.test("README: relative links name files inside the repository; no pretrained weights is said", async () => {
+  const readme = await Deno.readTextFile(join(ROOT, "README.md"));
+  const root = ROOT.endsWith("/") ? ROOT : ROOT + "/";
+  const links = [...readme.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1])
+    .filter((t) => !/^(https?:|mailto:|#)/.test(t));
+  assert(links.length > 0, "README has relative links");
+  for (const target of links) {
+    const path = new URL(target.split("#")[0], `file://${root}`).pathname;
+    assert(path.startsWith(root), `README links outside the repository: ${target}`);
+    assert(await Deno.stat(path).then(() => true, () => false), `README links a missing ${target}`);
+  }
+  assertStringIncludes(readme, "No pretrained weights are published yet");
+  assertStringIncludes(readme, "How long training takes");
+});
+
+Deno.test("README: the synth and inspect examples run and print what the README shows", async () => {
+  const readme = await Deno.readTextFile(join(ROOT, "README.md"));
+  const lines = readme.split("\n");
+  const synthLine = lines.find((l) => l.startsWith("deno task synth --out out/synth "));
+  const at = lines.findIndex((l) => l.startsWith("deno task inspect out/synth/"));
+  assert(synthLine && at >= 0, "README has a synth example and an inspect example on its output");
+  const shown = JSON.parse(lines[at + 1].replace(/^# /, ""));
+  await using tmp = await tempDir();
+  const words = (l: string) => l.replace(/\s+#.*$/, "").split(/\s+/).slice(2);
+  // Case k of a seed does not depend on --cases: one case stands for the README's twenty.
+  const synthArgs = words(synthLine).map((w) => w.replace(/^out\/synth$/, tmp.path));
+  synthArgs[synthArgs.indexOf("--cases") + 1] = "1";
+  const inspectArgs = words(lines[at]).map((w) => w.replace(/^out\/synth\//, `${tmp.path}/`));
+  const [synth, inspect] = await runEach([synthArgs, inspectArgs]);
+  assertEquals(synth.code, 0, show(synth));
+  assertEquals(inspect.code, 0, show(inspect));
+  assertEquals(onlyJson(inspect), shown);
+});
