@@ -52,7 +52,7 @@ async function clearDemoOutput(out: string): Promise<void> {
 export const demoCommand: Command = {
   name: "demo",
   summary: "The embedded default end to end: synth → train → segment → evaluate → report",
-  help: `Usage: deno task demo [--out <dir>] [--cases <n>] [--size <x,y,z>] [--epochs <n>]
+  help: `Usage: deno task demo [--out <uri>] [--cases <n>] [--size <x,y,z>] [--epochs <n>]
                         [--steps-per-epoch <n>] [--crop <n>] [--seed <n>] [--backend <backend>]
 
 Generates N BraTS-like cases (synth: the real ch2bet brain when mricron-data is installed) under
@@ -63,7 +63,7 @@ report (<out>/report/index.html). Prints one JSON summary line. Needs nothing bu
 local storage, generated data, CPU. A re-run replaces the previous demo output in the same folder.
 
 Options:
-  --out <dir>            output folder or s3:// prefix (default out/demo)
+  --out <uri>            output folder or s3:// prefix (default out/demo)
   --cases <n>            cases to generate (default 6, at least 2); 2 are held out
   --size <x,y,z>         grid of the generated cases (default 64,64,48)
   --epochs <n>           training epochs (default 3)
