@@ -40,16 +40,21 @@ export async function main(argv: string[]): Promise<number> {
     console.log(command.help);
     return 0;
   }
+  // Every error names its command, once: "error: train: --out is required".
+  const prefix = `${command.name}: `;
+  const named = (message: string) => message.startsWith(prefix) ? message : prefix + message;
   try {
     await command.run(rest);
     checkWebGpuErrors();
     return 0;
   } catch (e) {
     if (e instanceof UsageError) {
-      console.error(`error: ${e.message}\nRun \`deno task ${command.name} --help\` for usage.`);
+      console.error(
+        `error: ${named(e.message)}\nRun \`deno task ${command.name} --help\` for usage.`,
+      );
       return 2;
     }
-    console.error(`error: ${formatError(e)}`);
+    console.error(`error: ${named(formatError(e))}`);
     if (Deno.env.get("REVUNET_DEBUG")) console.error(e);
     return 1;
   }

@@ -56,6 +56,29 @@ export function normGroups(config: NetworkConfig, channels: number): number {
 }
 
 /**
+ * Upper bounds of the configuration's size fields, so that a typo (`"baseChannels": 100000`) is
+ * refused by name instead of failing an allocation. levels: a crop edge is at most 512 = 2⁹
+ * voxels, so a tenth level is the last that keeps a voxel; blocksPerLevel: the range `bench
+ * memory` searches; the widths: far beyond what any accelerator trains (the 16 GiB search finds
+ * 464 base channels).
+ */
+export const CONFIG_LIMITS = Object.freeze({
+  levels: 10,
+  baseChannels: 4096,
+  blocksPerLevel: 65_536,
+  expansion: 64,
+  inChannels: 256,
+  outChannels: 256,
+});
+
+/**
+ * The most parameters a configuration may have: 2³² (16 GiB of float32 weights, 64 GiB with
+ * gradients and Adam's two moments). The reference network has 479,955; the deepest network that
+ * `bench memory` finds under 16 GiB, 1.0e9.
+ */
+export const MAX_PARAMETERS = 2 ** 32;
+
+/**
  * Fills in defaults and checks every field, so a bad configuration fails before any tensor exists.
  * @throws {RangeError} naming the field and the value found
  */
@@ -83,6 +106,15 @@ export function resolveConfig(partial: Partial<NetworkConfig> = {}): NetworkConf
   positiveInt("blocksPerLevel", c.blocksPerLevel, 0);
   positiveInt("expansion", c.expansion);
   positiveInt("maxGroups", c.maxGroups);
+  for (
+    const [name, max] of Object.entries(CONFIG_LIMITS) as [keyof typeof CONFIG_LIMITS, number][]
+  ) {
+    if ((c[name] as number) > max) {
+      throw new RangeError(
+        `Network configuration: ${name} must be at most ${max}, found ${c[name]}`,
+      );
+    }
+  }
   if (c.baseChannels % 2 !== 0) {
     throw new RangeError(
       `Network configuration: baseChannels must be even (the coupling splits channels in halves), found ${c.baseChannels}`,
@@ -101,6 +133,17 @@ export function resolveConfig(partial: Partial<NetworkConfig> = {}): NetworkConf
   if (typeof c.reversible !== "boolean") {
     throw new RangeError(
       `Network configuration: reversible must be a boolean, found ${c.reversible}`,
+    );
+  }
+  const params = countParams(c);
+  if (params > MAX_PARAMETERS) {
+    throw new RangeError(
+      `Network configuration: ${params.toExponential(2)} parameters, more than the ` +
+        `${MAX_PARAMETERS.toExponential(2)} allowed (${
+          MAX_PARAMETERS * 4 / 2 ** 30
+        } GiB of float32 weights, 4× that with gradients and Adam state); found levels ` +
+        `${c.levels}, baseChannels ${c.baseChannels}, blocksPerLevel ${c.blocksPerLevel}, ` +
+        `expansion ${c.expansion}`,
     );
   }
   for (let l = 0; l < c.levels; l++) {

@@ -14,7 +14,7 @@ import {
   serializeUNetAsync,
   type UNet,
 } from "../model/mod.ts";
-import { exists, getObject, joinUri, putObject } from "./storage.ts";
+import { exists, getObject, joinUri, parseUri, putObject } from "./storage.ts";
 
 /** File name of the weights inside a model folder. */
 export const MODEL_FILE = "model.safetensors";
@@ -46,7 +46,10 @@ export async function resolveModel(location: string): Promise<ResolvedModel> {
     joinUri(location, MODEL_FILE),
     joinUri(location, BEST_FOLDER, MODEL_FILE),
   ];
-  if (await exists(location)) return { uri: location, kind: "file" };
+  // A folder-shaped location ("…/", a bare bucket) is no file; HEAD on it is not even asked.
+  const p = parseUri(location);
+  const folderShaped = location.endsWith("/") || (p.kind !== "local" && p.key === "");
+  if (!folderShaped && await exists(location)) return { uri: location, kind: "file" };
   if (asFolder.length > 0 && await exists(asFolder[0])) return { uri: asFolder[0], kind: "folder" };
   if (asFolder.length > 0 && await exists(asFolder[1])) {
     return {

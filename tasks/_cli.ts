@@ -27,9 +27,41 @@ export class UsageError extends Error {
 /** The option table handed to {@linkcode parseFlags}. */
 export type Options = NonNullable<ParseArgsConfig["options"]>;
 
+/** A value that starts with "-" but is a number (or a shard like -1/3), not a flag. */
+const NEGATIVE_VALUE = /^-(?:\d|\.\d)/;
+
+/**
+ * Joins `--flag -1` into `--flag=-1` for flags that take a value: node:util's parseArgs refuses a
+ * value starting with "-" as "ambiguous", where the user meant a (negative) number, which the
+ * flag's own check then refuses with its range.
+ */
+function joinNegativeValues(args: string[], options: Options): string[] {
+  const takesValue = (arg: string) => {
+    if (arg.startsWith("--")) return options[arg.slice(2)]?.type === "string";
+    if (/^-[A-Za-z]$/.test(arg)) {
+      return Object.values(options).some((o) => o.short === arg[1] && o.type === "string");
+    }
+    return false;
+  };
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const [arg, next] = [args[i], args[i + 1]];
+    if (arg === "--") {
+      out.push(...args.slice(i));
+      break;
+    }
+    if (next !== undefined && NEGATIVE_VALUE.test(next) && takesValue(arg)) {
+      out.push(`${arg}=${next}`);
+      i++;
+    } else out.push(arg);
+  }
+  return out;
+}
+
 /**
  * Parses `args` strictly: an unknown flag or a missing value is a {@linkcode UsageError} naming it.
- * `--help` is always accepted and reported as `help: true`.
+ * A value that is a negative number (`--seed -1`) is taken as the flag's value, for its own range
+ * check to refuse. `--help` is always accepted and reported as `help: true`.
  */
 export function parseFlags<O extends Options>(
   command: string,
@@ -39,7 +71,7 @@ export function parseFlags<O extends Options>(
 ) {
   try {
     return nodeParseArgs({
-      args,
+      args: joinNegativeValues(args, options),
       options: { ...options, help: { type: "boolean", short: "h" } } as O & {
         help: { type: "boolean"; short: "h" };
       },
@@ -82,7 +114,10 @@ export function numberFlag(
   if (value === undefined) return fallback;
   const n = Number(value);
   if (value.trim() === "" || !Number.isFinite(n) || n < min || n > max) {
-    throw new UsageError(`--${name} must be a number in [${min}, ${max}], got "${value}"`);
+    const range = Number.isFinite(min) && Number.isFinite(max)
+      ? ` in [${min}, ${max}]`
+      : `${Number.isFinite(min) ? ` >= ${min}` : ""}${Number.isFinite(max) ? ` <= ${max}` : ""}`;
+    throw new UsageError(`--${name} must be a number${range}, got "${value}"`);
   }
   return n;
 }

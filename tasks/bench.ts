@@ -199,14 +199,12 @@ const OWN_FLAGS: Record<"memory" | "speed" | "kernels", string[]> = {
 
 export const benchCommand: Command = {
   name: "bench",
-  summary:
-    "Benchmarks: memory (reversible vs standard under a budget), speed (with a PyTorch peer), " +
-    "kernels (the project's own, one by one)",
-  help:
-    `Usage: deno task bench memory [--json] [--budget GiB] [--crop N] [--search-crop N] [--backend B]
-       deno task bench speed [--json] [--crop N] [--steps N] [--case-sizes XxYxZ,...] [--window N]
-                             [--threads N] [--no-peer] [--backend B]
-       deno task bench kernels [--json] [--crop N] [--steps N] [--backend B]
+  summary: "Benchmarks: memory (reversible vs standard), speed (vs PyTorch), the project's kernels",
+  help: `Usage: deno task bench memory [--json] [--budget <gib>] [--crop <n>] [--search-crop <n>]
+                              [--backend <backend>]
+       deno task bench speed [--json] [--crop <n>] [--steps <n>] [--case-sizes <x>x<y>x<z>,...]
+                             [--window <n>] [--threads <n>] [--no-peer] [--backend <backend>]
+       deno task bench kernels [--json] [--crop <n>] [--steps <n>] [--backend <backend>]
 
 memory: measures the peak bytes of one full training step (forward, loss, backward, Adam update)
 at batch 1 with tf.profile, for the reversible network and its standard twin, and reproduces the
@@ -237,23 +235,23 @@ gradient by tfjs's kernel instead of by taps; alternately, in the same run. The 
 the kernels: cpu with the native library, or webgpu.
 
 Options:
-  --json             print only the JSON object (default: progress on stderr; memory prints its
-                     JSON on stdout, speed a summary)
-  --budget GiB       memory: budget for the searches (default 16)
-  --crop N           memory: crop for the reported peak bytes (default 32); speed: the timed crop,
-                     a multiple of 8 (default 32 on cpu and wasm, 128 on a GPU backend);
-                     kernels: the network's crop whose layer shapes are timed (default 32 on cpu,
-                     64 on a GPU backend)
-  --search-crop N    memory: crop for the depth and width searches (default 96)
-  --steps N          speed, kernels: timed steps, passes or calls; the median is reported
-                     (default 3)
-  --case-sizes S     speed: XxYxZ sizes for sliding-window inference, comma-separated, or "none"
-                     (default WxWxW,WxWx2W,WxWx4W for the window W, plus ${BRATS_DIMS.join("x")}
-                     on a GPU backend: a whole case takes hours on the cpu backend)
-  --window N         speed: sliding-window edge, a multiple of 8 (default the crop)
-  --threads N        speed: the peer's torch threads (default the number of cores)
-  --no-peer          speed: skip the PyTorch peer
-  --backend B        auto|tensorflow|webgpu|wasm|cpu (default cpu)
+  --json                print only the JSON object (default: progress on stderr; memory prints its
+                        JSON on stdout, speed a summary)
+  --budget <gib>        memory: budget for the searches (default 16)
+  --crop <n>            memory: crop for the reported peak bytes (default 32); speed: the timed
+                        crop, a multiple of 8 (default 32 on cpu and wasm, 128 on a GPU backend);
+                        kernels: the network's crop whose layer shapes are timed (default 32 on cpu,
+                        64 on a GPU backend)
+  --search-crop <n>     memory: crop for the depth and width searches (default 96)
+  --steps <n>           speed, kernels: timed steps, passes or calls; the median is reported
+                        (default 3)
+  --case-sizes <sizes>  speed: XxYxZ sizes for sliding-window inference, comma-separated, or "none"
+                        (default WxWxW,WxWx2W,WxWx4W for the window W, plus ${BRATS_DIMS.join("x")}
+                        on a GPU backend: a whole case takes hours on the cpu backend)
+  --window <n>          speed: sliding-window edge, a multiple of 8 (default the crop)
+  --threads <n>         speed: the peer's torch threads (default the number of cores)
+  --no-peer             speed: skip the PyTorch peer
+  --backend <backend>   auto|tensorflow|webgpu|wasm|cpu (default cpu)
 
 Examples:
   deno task bench memory --json

@@ -8,7 +8,7 @@ import { type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli
 export const casesCommand: Command = {
   name: "cases",
   summary: "List the BraTS cases under a dataset URI as JSON lines",
-  help: `Usage: deno task cases <dataset-uri> [--no-check] [--concurrency N]
+  help: `Usage: deno task cases <dataset-uri> [--no-check] [--concurrency <n>]
 
 Finds every case under <dataset-uri> (a local folder, file:// URL or s3://bucket/prefix), in the
 2018-2021 naming (<id>_{flair,t1,t1ce,t2,seg}.nii[.gz]) or the 2023+ naming
@@ -22,8 +22,8 @@ the others are still listed, and the exit code is 1. A folder that does not exis
 file, is an error (exit 1) naming the names expected.
 
 Options:
-  --no-check        do not read the volumes' headers (no shape/affine checks; faster on S3)
-  --concurrency N   headers read at once (default 8)
+  --no-check         do not read the volumes' headers (no shape/affine checks; faster on S3)
+  --concurrency <n>  headers read at once (default 8)
 
 Examples:
   deno task cases ./data/brats
@@ -42,7 +42,7 @@ Examples:
       required: true,
     });
     for (const c of cases) printJson(c);
-    for (const p of problems) console.error(`error: ${p.error}`);
+    for (const p of problems) console.error(`error: cases: ${p.error}`);
     if (problems.length > 0) {
       throw new Error(
         `${problems.length} of ${cases.length + problems.length} cases in ${

@@ -52,8 +52,8 @@ async function clearDemoOutput(out: string): Promise<void> {
 export const demoCommand: Command = {
   name: "demo",
   summary: "The embedded default end to end: synth → train → segment → evaluate → report",
-  help: `Usage: deno task demo [--out DIR] [--cases N] [--size X,Y,Z] [--epochs N]
-                        [--steps-per-epoch N] [--crop N] [--seed N] [--backend B]
+  help: `Usage: deno task demo [--out <uri>] [--cases <n>] [--size <x,y,z>] [--epochs <n>]
+                        [--steps-per-epoch <n>] [--crop <n>] [--seed <n>] [--backend <backend>]
 
 Generates N BraTS-like cases (synth: the real ch2bet brain when mricron-data is installed) under
 <out>/data, trains the reversible U-Net (reference configuration) on all but the validation cases
@@ -63,14 +63,14 @@ report (<out>/report/index.html). Prints one JSON summary line. Needs nothing bu
 local storage, generated data, CPU. A re-run replaces the previous demo output in the same folder.
 
 Options:
-  --out DIR              output folder or s3:// prefix (default out/demo)
-  --cases N              cases to generate (default 6, at least 2); 2 are held out
-  --size X,Y,Z           grid of the generated cases (default 64,64,48)
-  --epochs N             training epochs (default 3)
-  --steps-per-epoch N    training steps per epoch (default 25)
-  --crop N               training crop edge, a multiple of 8 (default 32)
-  --seed N               seed of the data, the split, the weights and the crops (default 0)
-  --backend B            auto|tensorflow|webgpu|wasm|cpu (default cpu)
+  --out <uri>            output folder or s3:// prefix (default out/demo)
+  --cases <n>            cases to generate (default 6, at least 2); 2 are held out
+  --size <x,y,z>         grid of the generated cases (default 64,64,48)
+  --epochs <n>           training epochs (default 3)
+  --steps-per-epoch <n>  training steps per epoch (default 25)
+  --crop <n>             training crop edge, a multiple of 8 (default 32)
+  --seed <n>             seed of the data, the split, the weights and the crops (default 0)
+  --backend <backend>    auto|tensorflow|webgpu|wasm|cpu (default cpu)
 
 Example:
   deno task demo --epochs 6`,

@@ -83,7 +83,7 @@ Options:
   --labels 2021|2023        the label convention of every file (default: per file, see above)
   --allow-missing           missing predictions are not an error
   --affine-tolerance <mm>   largest affine difference between prediction and reference (1e-3)
-  --concurrency N           cases read at once (default 4)
+  --concurrency <n>         cases read at once (default 4)
   --lesion-wise             also score the BraTS 2023 lesion-wise Dice and HD95 of each region:
                             26-connected lesions; reference lesions merged when their dilations
                             touch; reference lesions of volume <= the minimum left out; each missed
@@ -91,15 +91,16 @@ Options:
                             HD95 374 mm; both empty: 1 and 0. Per case and in the summary as
                             "lesionWise" ({dice, hd95, tp, fp, fn, small} per region), CSV columns
                             ET_lesion_dice, ..., WT_lesion_fn, and a second table
-  --challenge NAME          the lesion-wise parameters (default BraTS-GLI):
+  --challenge <name>        the lesion-wise parameters (default BraTS-GLI):
 ${
     Object.entries(LESION_WISE_CHALLENGES).map(([k, c]) =>
       `                            ${k}: dilation ${c.dilation}, minimum ${c.minVolume} mm³`
     ).join("\n")
   }
-  --lesion-dilation N       override the challenge's dilation (voxels)
-  --lesion-min-volume MM3   override the challenge's minimum lesion volume (mm³)
-  --shard i/n|auto/n|auto   only the cases of shard i of n (0-based; "auto" reads the AWS Batch or
+  --lesion-dilation <n>     override the challenge's dilation (voxels)
+  --lesion-min-volume <mm3> override the challenge's minimum lesion volume (mm³)
+  --shard <i>/<n>|auto/<n>|auto
+                            only the cases of shard i of n (0-based; "auto" reads the AWS Batch or
                             Kubernetes Indexed Job variables, see segment --help); the others are
                             neither evaluated nor missing. A shard without cases gives an empty
                             result (exit 0). --out then gets metrics-shard-<i>-of-<n>.json and .csv

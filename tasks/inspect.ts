@@ -9,7 +9,7 @@ import { type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli
 export const inspectCommand: Command = {
   name: "inspect",
   summary: "Print a NIfTI volume's dims, voxel size, datatype, affine and value range as JSON",
-  help: `Usage: deno task inspect <path-or-uri> [--non-finite error|zero] [--max-bytes N]
+  help: `Usage: deno task inspect <path-or-uri> [--non-finite error|zero] [--max-bytes <n>]
 
 Reads one NIfTI-1 or NIfTI-2 volume (.nii or .nii.gz, gzip told by its magic bytes) from a local
 path, a file:// URL or s3://bucket/key, and prints one JSON object on stdout:
@@ -20,13 +20,13 @@ dims and pixdim list the used dimensions only; datatype is the stored type; affi
 min, max and mean are over all voxels after scl_slope/scl_inter, in float64.
 
 Options:
-  --non-finite MODE  NaN or infinite voxels: "error" refuses the file (default), "zero" reads
-                     them as 0
-  --max-bytes N      refuse a header announcing more than N bytes of voxel data
-                     (default 2147483648)
+  --non-finite <mode>  NaN or infinite voxels: "error" refuses the file (default), "zero" reads
+                       them as 0
+  --max-bytes <n>      refuse a header announcing more than <n> bytes of voxel data
+                       (default 2147483648)
 
 Examples:
-  deno task inspect ./data/BraTS20_Training_001/BraTS20_Training_001_flair.nii.gz
+  deno task inspect out/synth/BraTS2021_00000/BraTS2021_00000_flair.nii.gz   # from synth
   deno task inspect s3://my-bucket/BraTS2021/BraTS2021_00000/BraTS2021_00000_seg.nii.gz
   deno task inspect probabilities.nii.gz --non-finite zero`,
   async run(args) {

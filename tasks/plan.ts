@@ -77,7 +77,8 @@ export const planCommand: Command = {
   name: "plan",
   summary: "Largest training crop that fits a memory budget, reversible vs standard",
   help:
-    `Usage: deno task plan --budget GiB [--config JSON] [--batch N] [--measure-crops A,B] [--backend B]
+    `Usage: deno task plan --budget <gib> [--config <json>] [--batch <n>] [--measure-crops <a>,<b>]
+                      [--backend <backend>]
 
 Measures the peak memory of one training step (forward, loss, backward, Adam update) of the
 configured network at two crops with tf.profile, fits bytes = fixed + per-voxel · voxels (exact
@@ -87,12 +88,12 @@ the largest cubic crop (a multiple of 2^(levels-1)) whose step fits the budget, 
 network and its standard twin, as one JSON object.
 
 Options:
-  --budget GiB          memory budget (required), e.g. 16 for a 16 GiB GPU with headroom
-  --config JSON         network fields over the reference, e.g. '{"baseChannels":32}'
-  --batch N             batch size (default 1)
-  --measure-crops A,B   crops to measure (default for the reference network: 32,48 for the
-                        reversible step, 16,24 for the standard one, where each is linear)
-  --backend B           auto|tensorflow|webgpu|wasm|cpu (default cpu; memory is counted the same)
+  --budget <gib>           memory budget (required), e.g. 16 for a 16 GiB GPU with headroom
+  --config <json>          network fields over the reference, e.g. '{"baseChannels":32}'
+  --batch <n>              batch size (default 1)
+  --measure-crops <a>,<b>  crops to measure (default for the reference network: 32,48 for the
+                           reversible step, 16,24 for the standard one, where each is linear)
+  --backend <backend>      auto|tensorflow|webgpu|wasm|cpu (default cpu; memory is counted the same)
 
 Example:
   deno task plan --budget 16
@@ -105,7 +106,7 @@ Example:
       "measure-crops": { type: "string" },
       backend: { type: "string" },
     });
-    if (values.budget === undefined) throw new UsageError("plan: --budget GiB is required");
+    if (values.budget === undefined) throw new UsageError("plan: --budget <gib> is required");
     const budget = numberFlag("budget", values.budget, 16, 1e-6) * GiB;
     let config: Partial<NetworkConfig> = {};
     if (values.config !== undefined) {
@@ -118,6 +119,12 @@ Example:
         throw new UsageError(
           `--config must be a JSON object of network fields, got ${values.config}`,
         );
+      }
+      // Checked (limits included) before the backend loads.
+      try {
+        resolveConfig(config);
+      } catch (e) {
+        throw new UsageError(`--config: ${(e as Error).message}`);
       }
     }
     const measureCrops = values["measure-crops"]?.split(",").map((s, i) =>

@@ -519,7 +519,7 @@ export async function segmentCases(
 export const segmentCommand: Command = {
   name: "segment",
   summary: "Segment cases with a trained model: BraTS label NIfTIs on the inputs' grids",
-  help: `Usage: deno task segment --model URI --input URI --out URI [options]
+  help: `Usage: deno task segment --model <uri> --input <uri> --out <uri> [options]
 
 Segments every BraTS case under --input (one case's folder or a dataset; local or s3://) with the
 model at --model: a training run's folder (its best/ weights are used, as the log says), its best/
@@ -527,45 +527,46 @@ or a checkpoint folder, or the model.safetensors file itself. Writes <out>/<case
 labels in the case's own convention, on its exact grid and affine). A case with a reference
 segmentation (its seg file) is also scored against it, as \`evaluate\` scores it:
 <out>/<case>.metrics.json holds Dice, HD95 (mm), sensitivity and specificity of ET, TC and WT.
-Last comes <out>/<case>.json, recording the model, inputs, options and outputs; each file is written whole or not at all. Cases already segmented with the same model,
-inputs and options, with every output now asked for, are skipped unless --force. A case that fails,
-or that cannot be used (a missing modality, two files for one, modalities on different grids), is
-recorded in <out>/<case>.error.json, the others go on, and the exit status is 1; a later success
-removes the error record.
+Last comes <out>/<case>.json, recording the model, inputs, options and outputs; each file is
+written whole or not at all. Cases already segmented with the same model, inputs and options, with
+every output now asked for, are skipped unless --force. A case that fails, or that cannot be used
+(a missing modality, two files for one, modalities on different grids), is recorded in
+<out>/<case>.error.json, the others go on, and the exit status is 1; a later success removes the
+error record.
 
-With --event FILE (or - for standard input), the cases come from one S3 event notification (AWS
+With --event <file> (or - for standard input), the cases come from one S3 event notification (AWS
 S3, SNS-wrapped or MinIO webhook JSON, as \`serve\` accepts): each case whose four modalities are
 present is segmented; objects under --out and files that are not case inputs are ignored; cases
 still missing a modality are listed as waiting. A malformed event is an error (exit 1), nothing
 written.
 
-Batch jobs: --shard i/n segments only the cases of shard i of n (0-based; a case's shard is a hash
-of its id, so it never moves when cases are added). Without the flag, AWS Batch array jobs
+Batch jobs: --shard <i>/<n> segments only the cases of shard i of n (0-based; a case's shard is a
+hash of its id, so it never moves when cases are added). Without the flag, AWS Batch array jobs
 (AWS_BATCH_JOB_ARRAY_INDEX, AWS_BATCH_JOB_ARRAY_SIZE) and Kubernetes Indexed Jobs
-(JOB_COMPLETION_INDEX with REVUNET_SHARD_COUNT) set it; --shard auto/n takes the index from them.
+(JOB_COMPLETION_INDEX with REVUNET_SHARD_COUNT) set it; --shard auto/<n> takes the index from them.
 Finished cases are skipped, so a retried shard completes the work; evaluate over the whole --out
 merges the shards (evaluate --shard writes metrics-shard-<i>-of-<n>.json instead of metrics.json).
 
 Options:
-  --model URI             trained model: run folder, best/, checkpoint folder or file (required)
-  --input URI             a case folder or a dataset (required unless --event)
-  --event FILE|-          segment the cases an S3 event notification completes
-  --shard i/n|auto/n      only the cases of one shard (see above)
-  --out URI               output folder or s3:// prefix (required)
-  --overlap X             window overlap in ${OVERLAP_RANGE} (default 0.5)
-  --window N              window edge (default: the window training validated the model with,
-                          else its training crop, else 128)
-  --tta                   average the 8 mirrorings (slower, slightly better)
-  --batch N               windows per forward pass (default 1)
-  --save-probabilities    also write <case>_probabilities.nii.gz (float32, WT/TC/ET as dim 4)
-  --et-threshold N        an enhancing region under N voxels becomes necrosis (default 0: off)
-  --force                 redo cases that are already done
-  --report                write <out>/report/index.html: FLAIR slices with the prediction (and the
-                          reference and metrics for labelled cases); with a shard,
-                          <out>/shard-<i>-of-<n>/report/index.html
-  --backend B             auto|tensorflow|webgpu|wasm|cpu (default cpu)
-  --quiet                 no progress output
-  --json                  print a JSON summary
+  --model <uri>             trained model: run folder, best/, checkpoint folder or file (required)
+  --input <uri>             a case folder or a dataset (required unless --event)
+  --event <file>|-          segment the cases an S3 event notification completes
+  --shard <i>/<n>|auto/<n>  only the cases of one shard (see above)
+  --out <uri>               output folder or s3:// prefix (required)
+  --overlap <x>             window overlap in ${OVERLAP_RANGE} (default 0.5)
+  --window <n>              window edge (default: the window training validated the model with,
+                            else its training crop, else 128)
+  --tta                     average the 8 mirrorings (slower, slightly better)
+  --batch <n>               windows per forward pass (default 1)
+  --save-probabilities      also write <case>_probabilities.nii.gz (float32, WT/TC/ET as dim 4)
+  --et-threshold <n>        an enhancing region under N voxels becomes necrosis (default 0: off)
+  --force                   redo cases that are already done
+  --report                  write <out>/report/index.html: FLAIR slices with the prediction (and the
+                            reference and metrics for labelled cases); with a shard,
+                            <out>/shard-<i>-of-<n>/report/index.html
+  --backend <backend>       auto|tensorflow|webgpu|wasm|cpu (default cpu)
+  --quiet                   no progress output
+  --json                    print a JSON summary
 
 Example:
   deno task segment --model out/run1/best --input out/synth --out out/seg`,

@@ -769,7 +769,7 @@ export async function startEventService(
 export const serveCommand: Command = {
   name: "serve",
   summary: "Segment cases as S3 event notifications announce their inputs (an HTTP service)",
-  help: `Usage: deno task serve --model URI --out URI [options]
+  help: `Usage: deno task serve --model <uri> --out <uri> [options]
 
 An HTTP service for S3 event notifications. POST an event (Amazon S3 via an SNS HTTPS subscription,
 a MinIO webhook, EventBridge, or the plain {"Records": [...]} JSON) to / or /events: for each new
@@ -797,22 +797,22 @@ Endpoints:
   GET  /jobs              recent jobs, newest first
 
 Options:
-  --model URI           trained model: run folder, best/, checkpoint folder or file (required)
-  --out URI             output folder or s3:// prefix (required)
-  --input URI           accept only objects under this s3:// prefix (default: any)
-  --port N              port to listen on (default 8080; 0 picks a free one)
-  --host H              address to listen on (default 0.0.0.0)
-  --concurrency N       cases segmented at once, one worker (and model copy) each (default 1)
-  --queue N             jobs waiting beyond the running ones before events get 503 (default 64)
-  --token-env NAME      environment variable holding the bearer token (default ${DEFAULT_TOKEN_ENV});
-                        clients send "Authorization: Bearer <token>" (or basic auth with the token as
-                        password, as SNS does for https://user:<token>@host/ endpoints)
+  --model <uri>         trained model: run folder, best/, checkpoint folder or file (required)
+  --out <uri>           output folder or s3:// prefix (required)
+  --input <uri>         accept only objects under this s3:// prefix (default: any)
+  --port <n>            port to listen on (default 8080; 0 picks a free one)
+  --host <host>         address to listen on (default 0.0.0.0)
+  --concurrency <n>     cases segmented at once, one worker (and model copy) each (default 1)
+  --queue <n>           jobs waiting beyond the running ones before events get 503 (default 64)
+  --token-env <name>    environment variable holding the bearer token (default ${DEFAULT_TOKEN_ENV});
+                        clients send "Authorization: Bearer <token>" (or basic auth with the token
+                        as password, as SNS does for https://user:<token>@host/ endpoints)
   --no-auth             accept requests without a token (required when the variable is unset)
-  --max-body BYTES      largest request body (default ${DEFAULT_MAX_BODY})
-  --overlap X           window overlap in ${OVERLAP_RANGE} (default 0.5)
+  --max-body <bytes>    largest request body (default ${DEFAULT_MAX_BODY})
+  --overlap <x>         window overlap in ${OVERLAP_RANGE} (default 0.5)
   --tta                 average the 8 mirrorings
-  --batch N             windows per forward pass (default 1)
-  --backend B           auto|tensorflow|webgpu|wasm|cpu (default cpu)
+  --batch <n>           windows per forward pass (default 1)
+  --backend <backend>   auto|tensorflow|webgpu|wasm|cpu (default cpu)
   --in-process          segment on the service's thread instead of a worker (for a backend that
                         cannot load in a worker; the service stops answering while it segments)
   --quiet               no log lines (JSON, one per line, on stdout otherwise)

@@ -16,8 +16,8 @@ import { type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli
 export const synthCommand: Command = {
   name: "synth",
   summary: "Write BraTS-like synthetic cases (four modalities and a tumor segmentation)",
-  help: `Usage: deno task synth --out <uri> [--cases N] [--seed S] [--naming NAMING]
-                       [--size X,Y,Z] [--template PATH|procedural] [--concurrency N]
+  help: `Usage: deno task synth --out <uri> [--cases <n>] [--seed <seed>] [--naming <naming>]
+                       [--size <x,y,z>] [--template <path>|procedural] [--concurrency <n>]
 
 Writes N synthetic cases under <uri> (a local folder, file:// URL or s3://bucket/prefix), one folder
 per case as BraTS releases ship them: four int16 modalities and a uint8 segmentation, gzipped
@@ -32,20 +32,20 @@ Prints one JSON object per case on stdout when all are written:
 and a one-line summary on stderr.
 
 Options:
-  --out URI          where to write (required)
-  --cases N          how many cases (default 4)
-  --seed S           integer seed, 0..4294967295 (default 1); case k does not depend on N
-  --naming NAMING    file names and labels (default brats2021):
+  --out <uri>        where to write (required)
+  --cases <n>        how many cases (default 4)
+  --seed <seed>      integer seed, 0..4294967295 (default 1); case k does not depend on N
+  --naming <naming>  file names and labels (default brats2021):
                        brats2020  BraTS20_Training_001/BraTS20_Training_001_{flair,t1,t1ce,t2,seg}
                        brats2021  BraTS2021_00000/BraTS2021_00000_{flair,t1,t1ce,t2,seg}
                        brats2023  BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t2f,t1n,t1c,t2w,seg}
                      enhancing tumor is label 4 in brats2020/2021 and 3 in brats2023
-  --size X,Y,Z       voxels per axis, each ${SYNTH_MIN_DIM}..${SYNTH_MAX_DIM} (default 240,240,155);
+  --size <x,y,z>     voxels per axis, each ${SYNTH_MIN_DIM}..${SYNTH_MAX_DIM} (default 240,240,155);
                      on a grid smaller than the brain the brain is scaled down to fit
-  --template T       template brain: a skull-stripped T1 NIfTI path or URI, or "procedural"
+  --template <path>  template brain: a skull-stripped T1 NIfTI path or URI, or "procedural"
                      (default ${CH2BET_PATH}
                      when mricron-data is installed, else procedural)
-  --concurrency N    cases in flight at once (default 2)
+  --concurrency <n>  cases in flight at once (default 2)
 
 Examples:
   deno task synth --out ./data/synthetic --cases 4 --seed 1 --naming brats2021 --size 240,240,155

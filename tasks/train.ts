@@ -686,8 +686,8 @@ function parseConfigFlag(value: string | undefined): NetworkConfig {
 export const trainCommand: Command = {
   name: "train",
   summary: "Train the reversible U-Net on BraTS cases (checkpoints, resume, validation)",
-  help: `Usage: deno task train --data URI --out URI [options]
-       deno task train --out URI --resume [--epochs N] [options]
+  help: `Usage: deno task train --data <uri> --out <uri> [options]
+       deno task train --out <uri> --resume [--epochs <n>] [options]
 
 Trains the reversible U-Net on the labelled BraTS cases under --data (a folder or s3:// prefix, any
 naming convention), writing checkpoints, best weights, metrics.jsonl and curves.svg under --out.
@@ -699,46 +699,46 @@ checkpoint of the current weights, even mid-epoch, and exits with status 143 or 
 again with --resume to continue exactly where it stopped.
 
 Options:
-  --data URI             cases to train on (required unless --resume)
-  --out URI              output folder or s3:// prefix (required)
-  --epochs N             epochs (default 10); with --resume, the run's new length (see --resume)
-  --steps-per-epoch N    training steps per epoch (default 25)
-  --crop N|auto          crop edge in voxels, a multiple of 8 (default 32); auto: the largest crop
-                         whose training step fits --budget, from measured peak memory (as plan)
-  --budget GiB           memory budget for --crop auto
-  --batch N              crops per step (default 1)
-  --lr X                 initial learning rate, decayed as (1 - step/total)^0.9 (default 3e-3)
-  --optimizer adam|sgd   Adam, or SGD with Nesterov momentum 0.99 (default adam)
-  --weight-decay X       decoupled (AdamW) for adam, L2 for sgd (default 0)
-  --val-cases N          labelled cases held out for validation (default 1); with 0, <out>/best
-                         holds the latest weights (rewritten after every epoch)
-  --val-every N          validate every N epochs and after the last (default 1)
-  --val-window N         sliding-window edge for validation (default: the crop)
-  --config JSON|FILE     network configuration fields over the reference network
-  --no-augment           no data augmentation
-  --seed N               seed of the split, weights, crops and augmentation (default 0)
-  --backend B            auto|tensorflow|webgpu|wasm|cpu (default cpu)
-  --cache URI|none       preprocessed-case cache (default <out>/cache)
-  --case-memory GiB      memory the preprocessed cases may take (default: half the machine's
-                         memory, or 8 GiB when it cannot be read). Cases needing more stay on
-                         local disk, and each sampler reads the ones it draws (keeping the last
-                         ${STREAMED_CASES_PER_SAMPLER}): from --cache when it is a local folder, else from a temporary
-                         folder removed at the end of the run. Same batches and weights either
-                         way; 0 always streams
-  --workers N            sampler threads preparing batches ahead (default 1; 0: none)
-  --resume               continue the run under --out from its latest checkpoint, with the settings
-                         it started with. --epochs N makes it longer or shorter (not shorter than
-                         the epoch in progress); the learning rate then decays over the new total
-                         from the current step on. --val-every, --val-window and --data (the same
-                         cases, found by id, moved elsewhere) may change too; any other setting
-                         flag must repeat the run's value or is an error naming it (--crop auto
-                         keeps the run's crop). --backend, --workers, --cache, --case-memory,
-                         --report, --quiet and --json apply as given (another backend continues the run, but not
-                         bit for bit)
-  --report               at the end, write <out>/report/index.html: validation cases' slices with
-                         reference and prediction, their metrics, and the training curves
-  --quiet                no progress output
-  --json                 print a JSON summary at the end
+  --data <uri>            cases to train on (required unless --resume)
+  --out <uri>             output folder or s3:// prefix (required)
+  --epochs <n>            epochs (default 10); with --resume, the run's new length (see --resume)
+  --steps-per-epoch <n>   training steps per epoch (default 25)
+  --crop <n>|auto         crop edge in voxels, a multiple of 8 (default 32); auto: the largest crop
+                          whose training step fits --budget, from measured peak memory (as plan)
+  --budget <gib>          memory budget for --crop auto
+  --batch <n>             crops per step (default 1)
+  --lr <x>                initial learning rate, decayed as (1 - step/total)^0.9 (default 3e-3)
+  --optimizer adam|sgd    Adam, or SGD with Nesterov momentum 0.99 (default adam)
+  --weight-decay <x>      decoupled (AdamW) for adam, L2 for sgd (default 0)
+  --val-cases <n>         labelled cases held out for validation (default 1); with 0, <out>/best
+                          holds the latest weights (rewritten after every epoch)
+  --val-every <n>         validate every N epochs and after the last (default 1)
+  --val-window <n>        sliding-window edge for validation (default: the crop)
+  --config <json>|<file>  network configuration fields over the reference network
+  --no-augment            no data augmentation
+  --seed <n>              seed of the split, weights, crops and augmentation (default 0)
+  --backend <backend>     auto|tensorflow|webgpu|wasm|cpu (default cpu)
+  --cache <uri>|none      preprocessed-case cache (default <out>/cache)
+  --case-memory <gib>     memory the preprocessed cases may take (default: half the machine's
+                          memory, or 8 GiB when it cannot be read). Cases needing more stay on
+                          local disk, and each sampler reads the ones it draws (keeping the last
+                          ${STREAMED_CASES_PER_SAMPLER}): from --cache when it is a local folder, else from a temporary
+                          folder removed at the end of the run. Same batches and weights either
+                          way; 0 always streams
+  --workers <n>           sampler threads preparing batches ahead (default 1; 0: none)
+  --resume                continue the run under --out from its latest checkpoint, with the settings
+                          it started with. --epochs <n> makes it longer or shorter (not shorter than
+                          the epoch in progress); the learning rate then decays over the new total
+                          from the current step on. --val-every, --val-window and --data (the same
+                          cases, found by id, moved elsewhere) may change too; any other setting
+                          flag must repeat the run's value or is an error naming it (--crop auto
+                          keeps the run's crop). --backend, --workers, --cache, --case-memory,
+                          --report, --quiet and --json apply as given (another backend continues
+                          the run, but not bit for bit)
+  --report                at the end, write <out>/report/index.html: validation cases' slices with
+                          reference and prediction, their metrics, and the training curves
+  --quiet                 no progress output
+  --json                  print a JSON summary at the end
 
 Examples:
   deno task synth --out out/synth --cases 6 --size 96,96,72
@@ -817,7 +817,7 @@ Examples:
       ? undefined
       : numberFlag("case-memory", values["case-memory"], 0, 0) * GIB;
     if (values.crop === "auto") {
-      if (values.budget === undefined) throw new UsageError("--crop auto needs --budget GiB");
+      if (values.budget === undefined) throw new UsageError("--crop auto needs --budget <gib>");
       const budget = numberFlag("budget", values.budget, 0, 0.001) * 2 ** 30;
       if (resume) {
         if (!values.quiet) {
@@ -837,6 +837,11 @@ Examples:
       }
       set("crop", optional(values.crop, (v) => intFlag("crop", v, d.crop, 8, 512)));
     }
+    const fresh = resume
+      ? undefined
+      : { ...d, ...given, valWindow: given.valWindow ?? given.crop ?? d.crop };
+    // A crop the network cannot take is a usage error before the backend loads.
+    if (fresh) checkSettings(fresh);
     const runtime = {
       out: values.out,
       backend,
@@ -861,10 +866,7 @@ Examples:
     try {
       const result = resume
         ? await train(given, { ...runtime, resume: true, signal: abort.signal })
-        : await train(
-          { ...d, ...given, valWindow: given.valWindow ?? given.crop ?? d.crop },
-          { ...runtime, signal: abort.signal },
-        );
+        : await train(fresh!, { ...runtime, signal: abort.signal });
       if (values.json) printJson(result);
       if (signalName) Deno.exit(signalName === "SIGTERM" ? 143 : 130);
     } finally {

@@ -31,7 +31,10 @@
  */
 import crypto from "node:crypto";
 import { Buffer } from "node:buffer";
-import S3rver from "s3rver";
+// A full specifier, not an import map entry: the map is what every user installs, and s3rver is
+// for tests only (it pulls in ~270 packages and a core-js build script).
+// deno-lint-ignore no-import-prefix -- kept out of deno.json on purpose (above)
+import S3rver from "npm:s3rver@3.7.1";
 import { resetS3Clients } from "../pipeline/storage.ts";
 
 /** Credentials s3rver accepts (its built-in dummy account). */

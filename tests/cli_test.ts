@@ -10,6 +10,7 @@ import { putObject } from "../pipeline/storage.ts";
 import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
 import { startS3rver } from "./_s3rver.ts";
 import { ROOT, type Run, runMain } from "./_cli.ts";
+import { commands } from "../tasks/mod.ts";
 
 const CH2BET = "/usr/share/mricron/templates/ch2bet.nii.gz";
 const HAS_CH2BET = (() => {
@@ -504,4 +505,243 @@ Deno.test("main.ts --version and version print the project's, Deno's and tfjs's 
   const backend = info.backend as Record<string, string>;
   assert(["tensorflow", "webgpu", "cpu"].includes(backend.name), show(json));
   assertStringIncludes(backend.reason, "auto", show(json));
+});
+
+// ---------------------------------------------------------------------------------------------
+// What a user installs
+
+/** The JSON of `deno info --json main.ts`: the modules and npm packages of the main graph. */
+async function mainGraph(): Promise<{
+  modules: { specifier: string; kind?: string; npmPackage?: string }[];
+  npmPackages: Record<string, unknown>;
+}> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["info", "--json", "main.ts"],
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert(out.success, new TextDecoder().decode(out.stderr));
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
+/**
+ * The lockfile a clone gets: the committed one (HEAD) in a git checkout, since a `deno test` or
+ * `deno check` of the tests run without the test task's `--lock=tests/deno.lock` writes s3rver
+ * into the working tree's copy; else the working tree's.
+ */
+async function committedLock(): Promise<string> {
+  try {
+    const out = await new Deno.Command("git", {
+      args: ["show", "HEAD:deno.lock"],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    if (out.success) return new TextDecoder().decode(out.stdout);
+  } catch { /* no git */ }
+  return await Deno.readTextFile(join(ROOT, "deno.lock"));
+}
+
+Deno.test("the main module graph, import map and committed lockfile exclude s3rver (test-only)", async () => {
+  const graph = await mainGraph();
+  // The graph's own npm imports (npmPackages is the lockfile's whole snapshot instead).
+  const roots = graph.modules.filter((m) => m.kind === "npm").map((m) => m.npmPackage!);
+  assert(roots.some((p) => p.startsWith("@tensorflow/tfjs@")), roots.join(", "));
+  assertEquals(roots.filter((p) => p.startsWith("s3rver@")), []);
+  const local = graph.modules.map((m) => m.specifier).filter((s) => s.startsWith("file://"));
+  assertEquals(local.filter((s) => s.includes("/tests/")), [], "main.ts imports nothing of tests/");
+  const config = JSON.parse(await Deno.readTextFile(join(ROOT, "deno.json")));
+  assertEquals(
+    Object.entries(config.imports).filter(([, v]) => String(v).includes("s3rver")),
+    [],
+    "s3rver is imported by full specifier in tests/_s3rver.ts, not mapped in deno.json",
+  );
+  const hasS3rver = (text: string) =>
+    Object.keys(JSON.parse(text).npm ?? {}).some((k) => k.startsWith("s3rver@"));
+  assert(
+    !hasS3rver(await committedLock()),
+    "the committed deno.lock lists s3rver: restore it without (git show of an earlier commit) and " +
+      "run tests and `deno check` of test files with --lock=tests/deno.lock (deno task test does)",
+  );
+  if (hasS3rver(await Deno.readTextFile(join(ROOT, "deno.lock")))) {
+    console.warn(
+      "note: the working tree's deno.lock lists s3rver (a test run without " +
+        "--lock=tests/deno.lock wrote it): `git checkout deno.lock` before committing",
+    );
+  }
+});
+
+Deno.test("a first run in a fresh checkout installs only the main graph's packages, no build-script warning", async () => {
+  const graph = await mainGraph();
+  await using tmp = await tempDir();
+  const root = ROOT.endsWith("/") ? ROOT : ROOT + "/";
+  for (const m of graph.modules) {
+    if (!m.specifier.startsWith("file://")) continue;
+    const path = decodeURIComponent(new URL(m.specifier).pathname);
+    if (!path.startsWith(root)) continue;
+    const to = join(tmp.path, path.slice(root.length));
+    await Deno.mkdir(join(to, ".."), { recursive: true });
+    await Deno.copyFile(path, to);
+  }
+  await Deno.writeTextFile(join(tmp.path, "deno.lock"), await committedLock());
+  // As a clone's first `deno task <command>`, without -q so that every install line shows.
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", "--help"],
+    cwd: tmp.path,
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assertEquals(out.code, 0, stderr);
+  const lines = stderr.split("\n").filter((l) => l.trim() !== "");
+  const installed = lines.filter((l) => l.startsWith("Initialize ")).map((l) => l.slice(11));
+  assertEquals(lines.filter((l) => !l.startsWith("Initialize ")), [], "only Deno's install lines");
+  // The committed lock's packages (keys carry peer suffixes, "@tensorflow/tfjs@4.22.0_seedrandom@
+  // 3.0.5"; install lines do not).
+  const lock = JSON.parse(await committedLock());
+  const wanted = new Set(Object.keys(lock.npm).map((k) => /^@?[^@]+@[^_]+/.exec(k)![0]));
+  assertEquals(installed.filter((p) => !wanted.has(p)), [], "packages outside the lock");
+  assertEquals(installed.filter((p) => p.startsWith("s3rver@")), []);
+  const dirs = [...Deno.readDirSync(join(tmp.path, "node_modules", ".deno"))].map((e) => e.name);
+  assertEquals(dirs.filter((d) => d.startsWith("s3rver@")), []);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Help texts and messages
+
+Deno.test("every command's help: lines of at most 100 columns, placeholders written <name>", async () => {
+  const [main] = await runEach([["--help"]]);
+  assertEquals(main.code, 0, show(main));
+  const texts: [string, string][] = [
+    ["main.ts --help", main.stdout],
+    ...commands.map((c) => [c.name, c.help] as [string, string]),
+  ];
+  const problems: string[] = [];
+  for (const [name, text] of texts) {
+    for (const line of text.split("\n")) {
+      if (line.length > 100) problems.push(`${name}: ${line.length} columns: ${line}`);
+      // A flag followed by an upper-case metavariable (--model URI, --epochs N, --budget GiB).
+      const bare = /--[a-z][a-z0-9-]* (?:[A-Z][A-Za-z]*|i\/n)(?=[\s\],|.;)]|$)/.exec(line);
+      if (bare) problems.push(`${name}: placeholder not written <name>: "${bare[0]}" in: ${line}`);
+    }
+  }
+  assertEquals(problems, []);
+});
+
+Deno.test("every error names its command once: usage errors and failures of each command", async () => {
+  const runs = await runEach([
+    ["train", "--data", "/nonexistent/data"],
+    ["segment", "--model", "m", "--input", "i"],
+    ["serve", "--out", "o", "--no-auth"],
+    ["evaluate", "--pred", "/nonexistent/p", "--truth", "/nonexistent/t"],
+    ["inspect", "/nonexistent/x.nii.gz"],
+    ["cases"],
+    ["plan"],
+    ["synth", "--cases", "two", "--out", "o"],
+    ["demo", "--crop", "12"],
+    ["bench", "nothing"],
+  ]);
+  for (const run of runs) {
+    assert(run.code === 1 || run.code === 2, show(run));
+    const first = run.stderr.split("\n").find((l) => l.startsWith("error: "));
+    const name = /^error: ([a-z]+): /.exec(first ?? "")?.[1];
+    assert(name !== undefined, `no "error: <command>: " line\n${show(run)}`);
+    assert(!first!.startsWith(`error: ${name}: ${name}:`), `prefix twice\n${show(run)}`);
+  }
+  assertEquals(
+    runs.map((r) => /^error: ([a-z]+): /m.exec(r.stderr)![1]),
+    ["train", "segment", "serve", "evaluate", "inspect", "cases", "plan", "synth", "demo", "bench"],
+  );
+  assertStringIncludes(runs[0].stderr, "error: train: --out is required", show(runs[0]));
+});
+
+Deno.test("negative numbers are values: --seed -1, --lr -1, --shard -1/3 get the flag's range error", async () => {
+  const train = ["train", "--data", "/nonexistent/d", "--out", "/nonexistent/o"];
+  const segment = ["segment", "--model", "m", "--input", "i", "--out", "o"];
+  const runs = await runEach([
+    [...train, "--seed", "-1"],
+    [...train, "--lr", "-1"],
+    [...train, "--lr", "-.5"],
+    [...segment, "--shard", "-1/3"],
+    [...segment, "--overlap", "-0.5"],
+    ["synth", "--out", "o", "--cases", "-3"],
+  ]);
+  const expected = [
+    'train: --seed must be an integer >= 0, got "-1"',
+    'train: --lr must be a number >= 0, got "-1"',
+    'train: --lr must be a number >= 0, got "-.5"',
+    'segment: --shard must be "i/n"',
+    'segment: --overlap must be a number in [0, 0.95], got "-0.5"',
+    "synth: --cases",
+  ];
+  for (const [i, run] of runs.entries()) {
+    assertEquals(run.code, 2, show(run));
+    assertStringIncludes(run.stderr, `error: ${expected[i]}`, show(run));
+    assert(!run.stderr.includes("ambiguous"), show(run));
+  }
+});
+
+Deno.test("train refuses --crop 33 and oversized --config before loading a backend, with the limits", async () => {
+  const train = ["train", "--data", "/nonexistent/d", "--out", "/nonexistent/o"];
+  const [crop, wide, deep, huge, planWide] = await runEach([
+    [...train, "--crop", "33"],
+    [...train, "--config", '{"baseChannels":100000}'],
+    [...train, "--config", '{"levels":100}'],
+    [...train, "--config", '{"levels":9,"baseChannels":64}'],
+    ["plan", "--budget", "1", "--config", '{"baseChannels":100000}'],
+  ]);
+  for (const run of [crop, wide, deep, huge, planWide]) {
+    assertEquals(run.code, 2, show(run));
+    assert(!run.stderr.includes("backend:"), `refused before the backend loads\n${show(run)}`);
+    assert(!run.stderr.includes("allocation failed"), show(run));
+  }
+  assertStringIncludes(crop.stderr, "error: train: --crop 33 must be a multiple of 8", show(crop));
+  assertStringIncludes(wide.stderr, "baseChannels must be at most 4096, found 100000", show(wide));
+  assertStringIncludes(deep.stderr, "levels must be at most 10, found 100", show(deep));
+  assertStringIncludes(huge.stderr, "parameters, more than the 4.29e+9 allowed", show(huge));
+  assertStringIncludes(
+    planWide.stderr,
+    "error: plan: --config: Network configuration",
+    show(planWide),
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+// README
+
+Deno.test("README: relative links name files inside the repository; no pretrained weights is said", async () => {
+  const readme = await Deno.readTextFile(join(ROOT, "README.md"));
+  const root = ROOT.endsWith("/") ? ROOT : ROOT + "/";
+  const links = [...readme.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1])
+    .filter((t) => !/^(https?:|mailto:|#)/.test(t));
+  assert(links.length > 0, "README has relative links");
+  for (const target of links) {
+    const path = new URL(target.split("#")[0], `file://${root}`).pathname;
+    assert(path.startsWith(root), `README links outside the repository: ${target}`);
+    assert(await Deno.stat(path).then(() => true, () => false), `README links a missing ${target}`);
+  }
+  assertStringIncludes(readme, "No pretrained weights are published yet");
+  assertStringIncludes(readme, "How long training takes");
+});
+
+Deno.test("README: the synth and inspect examples run and print what the README shows", async () => {
+  const readme = await Deno.readTextFile(join(ROOT, "README.md"));
+  const lines = readme.split("\n");
+  const synthLine = lines.find((l) => l.startsWith("deno task synth --out out/synth "));
+  const at = lines.findIndex((l) => l.startsWith("deno task inspect out/synth/"));
+  assert(synthLine && at >= 0, "README has a synth example and an inspect example on its output");
+  const shown = JSON.parse(lines[at + 1].replace(/^# /, ""));
+  await using tmp = await tempDir();
+  const words = (l: string) => l.replace(/\s+#.*$/, "").split(/\s+/).slice(2);
+  // Case k of a seed does not depend on --cases: one case stands for the README's twenty.
+  const synthArgs = words(synthLine).map((w) => w.replace(/^out\/synth$/, tmp.path));
+  synthArgs[synthArgs.indexOf("--cases") + 1] = "1";
+  const inspectArgs = words(lines[at]).map((w) => w.replace(/^out\/synth\//, `${tmp.path}/`));
+  const [synth, inspect] = await runEach([synthArgs, inspectArgs]);
+  assertEquals(synth.code, 0, show(synth));
+  assertEquals(inspect.code, 0, show(inspect));
+  assertEquals(onlyJson(inspect), shown);
 });

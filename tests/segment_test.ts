@@ -121,6 +121,12 @@ async function checkResolveModel(root: string): Promise<void> {
       ]
     ) assertStringIncludes(e.message, accepted, rel);
   }
+  if (root.startsWith("s3://")) {
+    // A bare bucket is a folder: listed as one, not HEAD-ed as an object.
+    const bucket = root.slice(0, root.indexOf("/", 5));
+    const e = await assertRejects(() => resolveModel(bucket), Error);
+    assertStringIncludes(e.message, `No model at "${bucket}"`);
+  }
   const unfinished = await assertRejects(() => resolveModel(at("unfinished")), Error);
   assertStringIncludes(unfinished.message, "a training run with no best/ yet");
 }
