@@ -90,7 +90,8 @@ export interface DatatypeInfo {
   max: number;
 }
 
-const F32_MAX = 3.4028234663852886e38;
+/** The largest finite float32. */
+export const F32_MAX = 3.4028234663852886e38;
 
 /** The datatypes this project reads and writes. */
 export const DATATYPES: Readonly<Record<NiftiDatatype, DatatypeInfo>> = {

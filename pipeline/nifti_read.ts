@@ -6,6 +6,7 @@
 import { constants, gunzipSync } from "node:zlib";
 import {
   DATATYPES,
+  F32_MAX,
   type Fail,
   failFor,
   HOST_LITTLE_ENDIAN,
@@ -101,8 +102,10 @@ export function decodeNiftiHeader(bytes: Uint8Array, name: string): NiftiHeader 
  * @returns The header and the raw voxels in the machine's byte order.
  * @throws {SyntaxError} A malformed file: see {@linkcode decodeNiftiHeader}, plus truncated data or
  *   more data than the header describes.
- * @throws {RangeError} Absurd values: see {@linkcode decodeNiftiHeader}, plus data over `maxBytes`
- *   and NaN or infinite voxels (unless `nonFinite: "zero"`).
+ * @throws {RangeError} Absurd values: see {@linkcode decodeNiftiHeader}, plus data over `maxBytes`,
+ *   NaN or infinite voxels (unless `nonFinite: "zero"`), and voxels that scl_slope/scl_inter scale
+ *   beyond float32's range (or float64 voxels beyond it), which {@linkcode scaledData} would turn
+ *   into ±Infinity.
  */
 export function decodeNifti(
   bytes: Uint8Array,
@@ -169,6 +172,7 @@ export function decodeNifti(
   }
   if (header.littleEndian !== HOST_LITTLE_ENDIAN) swapBytes(data, info.bytes);
   if (!info.integer) checkFinite(data, header.dims, nonFinite, fail);
+  checkScaledRange(data, header, fail);
   return { header, data };
 }
 
@@ -234,6 +238,37 @@ export function inspectNifti(
 
 function isScaled(slope: number): boolean {
   return slope !== 0 && Number.isFinite(slope);
+}
+
+/**
+ * Refuses data whose scaled values ({@linkcode scaledData}: `raw * scl_slope + scl_inter`) do not
+ * fit in float32, the type the pipeline computes in: `scl_slope = 3e38` on int16 data, or float64
+ * voxels beyond ±3.4e38, would become ±Infinity and then NaN. The scaling is monotonic, so the
+ * extremes of the raw data give the extremes of the scaled data.
+ */
+function checkScaledRange(data: NiftiTypedArray, header: NiftiHeader, fail: Fail): void {
+  const scaled = isScaled(header.sclSlope) && (header.sclSlope !== 1 || header.sclInter !== 0);
+  if (!scaled && header.datatype !== "float64") return; // every other type fits float32 as is
+  let min = Infinity;
+  let max = -Infinity;
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i];
+    if (v < min) min = v;
+    if (v > max) max = v;
+  }
+  const slope = scaled ? header.sclSlope : 1;
+  const inter = scaled ? header.sclInter : 0;
+  const ends = [min * slope + inter, max * slope + inter];
+  if (ends.every((v) => Number.isFinite(Math.fround(v)))) return;
+  const [lo, hi] = ends[0] <= ends[1] ? ends : [ends[1], ends[0]];
+  const range = `beyond float32's range (±${F32_MAX}), in which the pipeline computes`;
+  throw fail(
+    RangeError,
+    scaled
+      ? `scl_slope ${header.sclSlope} and scl_inter ${header.sclInter} scale the ${header.datatype} ` +
+        `data (raw ${min} to ${max}) to ${lo} to ${hi}, ${range}`
+      : `the float64 data spans ${lo} to ${hi}, ${range}`,
+  );
 }
 
 function readHeader(bytes: Uint8Array, fail: Fail): NiftiHeader {

@@ -2,10 +2,11 @@ import {
   assert,
   assertAlmostEquals,
   assertEquals,
+  assertRejects,
   assertStringIncludes,
   assertThrows,
 } from "@std/assert";
-import { gzipSync } from "node:zlib";
+import { gunzipSync, gzipSync } from "node:zlib";
 import * as niftiReader from "nifti-reader-js";
 import {
   createNiftiHeader,
@@ -26,6 +27,10 @@ import {
   readWithNibabel,
   writeNibabelFixtures,
 } from "./_nifti_fixtures.ts";
+import { findCases } from "../pipeline/cases.ts";
+import { writePhantomDataset } from "../pipeline/phantom.ts";
+import { loadCase, preprocessCase } from "../pipeline/preprocess.ts";
+import { runMain } from "./_cli.ts";
 
 const DATATYPES: NiftiDatatype[] = [
   "uint8",
@@ -320,7 +325,7 @@ function voxelsFor(datatype: NiftiDatatype, n: number, seed: number) {
     int32: [-(2 ** 31), 2 ** 31 - 1],
     uint32: [0, 2 ** 32 - 1],
     float32: [-1e30, 1e30],
-    float64: [-1e300, 1e300],
+    float64: [-1e38, 1e38], // float64 voxels beyond float32's range are refused (see below)
   }[datatype];
   const values = Array.from({ length: n }, (_, i) => {
     if (i === 0) return info[0];
@@ -704,4 +709,70 @@ Deno.test("decodeNifti() refuses NaN and Infinity voxels unless nonFinite is 'ze
   const zeroed: NiftiImage = decodeNifti(bad, NAME, { nonFinite: "zero" });
   assertEquals([zeroed.data[50], zeroed.data[60], zeroed.data[61]], [0, 0, 1]);
   assertEquals(volumeStats(zeroed).min, 0);
+});
+
+Deno.test("decodeNifti() refuses scl_slope/scl_inter that scale the voxels beyond float32", () => {
+  const file = sampleFile(); // int16 0..209
+  const slope = (s: number, i = 0) =>
+    patched(file, (v) => {
+      v.setFloat32(112, s, true);
+      v.setFloat32(116, i, true);
+    });
+  // 209 * 3e38 overflows float32 (and inspect used to print max 6.3e40 for it).
+  assertRefused(
+    () => decodeNifti(slope(3e38), NAME),
+    RangeError,
+    "scl_slope 3.0000000054977558e+38 and scl_inter 0 scale the int16 data (raw 0 to 209)",
+    "beyond float32's range",
+  );
+  assertRefused(() => inspectNifti(slope(-3e38), NAME), RangeError, "beyond float32's range");
+  assertRefused(() => decodeNifti(slope(2e36, 3.4e38), NAME), RangeError, "scl_inter 3.39999");
+  // Large but representable: accepted, and scaledData() holds no Infinity.
+  const big = decodeNifti(slope(1e36), NAME);
+  assert(scaledData(big).every(Number.isFinite));
+  assertClose(volumeStats(big).max, 209 * Math.fround(1e36), 1e-12, "max");
+  // Unscaled float64 voxels beyond float32 are refused the same way; nonFinite "zero" does not
+  // hide them (they are finite, only too large).
+  const like = createNiftiHeader([7, 6, 5], GRID);
+  const f64 = encodeNifti(new Float64Array(210).fill(2), "float64", like, { gzip: false });
+  const huge = patched(f64, (v) => v.setFloat64(352 + 8 * 7, -1e300, true));
+  for (const nonFinite of ["error", "zero"] as const) {
+    assertRefused(
+      () => decodeNifti(huge, NAME, { nonFinite }),
+      RangeError,
+      "the float64 data spans -1e+300 to 2, beyond float32's range",
+    );
+  }
+});
+
+Deno.test("loadCase() and preprocessCase() (train, segment) refuse a modality whose scl_slope overflows, naming it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nifti_test_" });
+  try {
+    await writePhantomDataset(dir, { cases: 1, dims: [12, 10, 8], seed: 3 });
+    const [c] = (await findCases(dir)).cases;
+    const t1 = c.images.t1;
+    const raw = new Uint8Array(gunzipSync(await Deno.readFile(t1)));
+    new DataView(raw.buffer).setFloat32(112, 3e38, true);
+    await Deno.writeFile(t1, gz(raw));
+    for (const load of [loadCase, preprocessCase]) {
+      const e = await assertRejects(() => load(c), RangeError, `Cannot read NIfTI "${t1}"`);
+      assertStringIncludes(e.message, "beyond float32's range");
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("inspect exits non-zero on a file whose scl_slope overflows float32, naming it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nifti_test_" });
+  try {
+    const path = `${dir}/scaled.nii`;
+    await Deno.writeFile(path, patched(sampleFile(), (v) => v.setFloat32(112, 3e38, true)));
+    const run = await runMain(["inspect", path]);
+    assertEquals(run.code, 1, run.stderr);
+    assertEquals(run.stdout, "");
+    assertStringIncludes(run.stderr, `inspect: Cannot read NIfTI "${path}": scl_slope 3.0000000`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
