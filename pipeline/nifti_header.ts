@@ -41,7 +41,8 @@ export interface NiftiHeader {
   dims: number[];
   /**
    * Voxel sizes pixdim[1..dim[0]], one per entry of `dims`. As nibabel fixes them on load, a zero
-   * among the first three reads as 1 and a negative one as its absolute value.
+   * among the first three reads as 1 and a negative one as its absolute value, so those three are
+   * positive; a NaN or infinite one is refused.
    */
   pixdim: number[];
   /** The voxel type stored in the file. */
@@ -267,6 +268,16 @@ export function parseHeader(bytes: Uint8Array, fail: Fail): NiftiHeader {
   const allPixdim = Array.from({ length: 8 }, (_, i) => real(at.pixdim + i * step))
     .map((p, i) => (i >= 1 && i <= 3 ? (p === 0 ? 1 : Math.abs(p)) : p));
   const pixdim = allPixdim.slice(1, ndim + 1);
+  // The voxel sizes of the used dimensions: after that fix the spatial ones are positive unless
+  // they are NaN or infinite, which nibabel keeps but no spacing, distance or resampling survives.
+  const bad = pixdim.findIndex((p) => !Number.isFinite(p));
+  if (bad >= 0) {
+    const axis = bad < 3 ? ` (the voxel size along ${"xyz"[bad]})` : "";
+    throw fail(
+      RangeError,
+      `pixdim[${bad + 1}]${axis} is ${pixdim[bad]}; voxel sizes must be finite numbers`,
+    );
+  }
   const qfac = allPixdim[0] === -1 ? -1 : 1;
 
   const quatern = [0, 1, 2].map((k) => real(at.quatern + k * step)) as [number, number, number];

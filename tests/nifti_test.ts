@@ -28,6 +28,7 @@ import {
   writeNibabelFixtures,
 } from "./_nifti_fixtures.ts";
 import { findCases } from "../pipeline/cases.ts";
+import { evaluatePair } from "../pipeline/evaluation.ts";
 import { writePhantomDataset } from "../pipeline/phantom.ts";
 import { loadCase, preprocessCase } from "../pipeline/preprocess.ts";
 import { runMain } from "./_cli.ts";
@@ -772,6 +773,58 @@ Deno.test("inspect exits non-zero on a file whose scl_slope overflows float32, n
     assertEquals(run.code, 1, run.stderr);
     assertEquals(run.stdout, "");
     assertStringIncludes(run.stderr, `inspect: Cannot read NIfTI "${path}": scl_slope 3.0000000`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("decodeNifti() refuses NaN or infinite pixdim, naming the file; zero and negative ones are fixed as nibabel does", () => {
+  const file = sampleFile();
+  const pixdim = (i: number, p: number) => patched(file, (v) => v.setFloat32(76 + 4 * i, p, true));
+  // The sform gives a finite affine, so only the voxel sizes themselves show the problem (inspect
+  // used to print "pixdim":[null,1,1]).
+  assertRefused(
+    () => decodeNifti(pixdim(1, NaN), NAME),
+    RangeError,
+    "pixdim[1] (the voxel size along x) is NaN; voxel sizes must be finite numbers",
+  );
+  assertRefused(
+    () => decodeNiftiHeader(pixdim(3, -Infinity), NAME),
+    RangeError,
+    "pixdim[3] (the voxel size along z) is Infinity",
+  );
+  assertRefused(() => decodeNifti(gz(pixdim(2, Infinity)), NAME), RangeError, "pixdim[2]");
+  assertEquals(decodeNifti(pixdim(1, 0), NAME).header.pixdim[0], 1);
+  assertEquals(decodeNifti(pixdim(2, -2.5), NAME).header.pixdim[1], 2.5);
+  // pixdim beyond dim[0] is not used, and is not checked.
+  assertEquals(decodeNifti(pixdim(4, NaN), NAME).header.dims, [7, 6, 5]);
+
+  // In a 4D file the time step, pixdim[4], is checked too.
+  const like = createNiftiHeader([7, 6, 5, 2], GRID);
+  const v1 = encodeNifti(new Float32Array(420), "float32", like, { gzip: false });
+  assertEquals(decodeNifti(v1, NAME).header.pixdim.length, 4);
+  assertRefused(
+    () => decodeNifti(patched(v1, (v) => v.setFloat32(76 + 16, NaN, true)), NAME),
+    RangeError,
+    "pixdim[4] is NaN",
+  );
+});
+
+Deno.test("evaluatePair() refuses a reference with a NaN pixdim, naming the reference", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nifti_test_" });
+  try {
+    const like = createNiftiHeader([7, 6, 5], GRID, "uint8");
+    const labels = Uint8Array.from({ length: 210 }, (_, i) => (i % 7 === 3 ? 1 : 0));
+    const pred = `${dir}/pred.nii.gz`;
+    const truth = `${dir}/truth.nii`;
+    await Deno.writeFile(pred, encodeNifti(labels, "uint8", like));
+    const plain = encodeNifti(labels, "uint8", like, { gzip: false });
+    await Deno.writeFile(truth, patched(plain, (v) => v.setFloat32(80, NaN, true)));
+    await assertRejects(
+      () => evaluatePair(pred, truth),
+      RangeError,
+      `Cannot read NIfTI "${truth}": pixdim[1] (the voxel size along x) is NaN`,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
