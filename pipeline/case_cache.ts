@@ -6,9 +6,12 @@
  * so a stale entry is never read; it is simply left behind.
  *
  * Format of one entry (`<case id>-<key>.rvcase`), little-endian:
- * `"RVCASE01"` · u32 JSON length · JSON {id, dims, box, stats, labelled, key, and if labelled
- * regionsOutside (WT, TC, ET voxels outside the box)} · zero padding to a
- * multiple of 4 · float32 image [z, y, x, 4] over the box · uint8 region bits [z, y, x] if labelled.
+ * `"RVCASE02"` · u32 JSON length · JSON {id, dims, box, stats, labelled, key, sha256, and if
+ * labelled regionsOutside (WT, TC, ET voxels outside the box)} · zero padding to a multiple of 4 ·
+ * the payload: float32 image [z, y, x, 4] over the box · uint8 region bits [z, y, x] if labelled.
+ * `sha256` is the hex SHA-256 of the payload, checked whenever the arrays are read: a damaged
+ * entry of the same length (labels overwritten, NaN bytes) is refused by name, never used
+ * (format 01 had no checksum; its entries have other keys, so they are not even looked up).
  *
  * Training cases too many for memory stay in local entries of this format, read when a sampler
  * draws them ({@linkcode StreamedCases}); their headers alone say what the run needs to know
@@ -18,6 +21,7 @@
 import { type Case, MODALITIES } from "./cases.ts";
 import { type Box, type Dims, preprocessCase, type PreprocessedCase } from "./preprocess.ts";
 import type { CaseSource } from "./sampling.ts";
+import { createHash } from "node:crypto";
 import { exists, getObject, getObjectRange, headObject, joinUri, putObject } from "./storage.ts";
 
 /**
@@ -25,7 +29,12 @@ import { exists, getObject, getObjectRange, headObject, joinUri, putObject } fro
  * reference's region voxels outside the brain's box, and a case without brain voxels is refused.
  */
 export const PREPROCESS_VERSION = 2;
-const MAGIC = "RVCASE01";
+const MAGIC = "RVCASE02";
+
+/** Hex SHA-256 of `bytes`, synchronously (sampler workers read entries synchronously). */
+function sha256Hex(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
 
 /** The identity of a case's inputs: a hex SHA-256 over its files' URIs and versions. */
 export async function caseKey(c: Case): Promise<string> {
@@ -35,13 +44,19 @@ export async function caseKey(c: Case): Promise<string> {
     const version = info.etag ?? `${info.size}:${info.lastModified?.getTime() ?? 0}`;
     return `${uri}\n${version}`;
   }));
-  const text = [`v${PREPROCESS_VERSION}`, c.id, String(c.enhancingLabel), ...parts].join("\n");
+  // The format is part of the key: entries of another format are never looked up, only left behind.
+  const text = [MAGIC, `v${PREPROCESS_VERSION}`, c.id, String(c.enhancingLabel), ...parts].join(
+    "\n",
+  );
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** Serialises a preprocessed case to the cache format. */
 export function encodeCachedCase(p: PreprocessedCase, key: string): Uint8Array {
+  const image = new Uint8Array(p.image.buffer, p.image.byteOffset, p.image.byteLength);
+  const payload = createHash("sha256").update(image);
+  if (p.regions) payload.update(p.regions);
   const meta = new TextEncoder().encode(JSON.stringify({
     id: p.id,
     dims: p.dims,
@@ -49,6 +64,7 @@ export function encodeCachedCase(p: PreprocessedCase, key: string): Uint8Array {
     stats: p.stats,
     labelled: p.regions !== undefined,
     key,
+    sha256: payload.digest("hex"),
     ...(p.regions ? { regionsOutside: p.regionsOutside ?? [0, 0, 0] } : {}),
   }));
   const head = 8 + 4 + meta.length;
@@ -58,7 +74,7 @@ export function encodeCachedCase(p: PreprocessedCase, key: string): Uint8Array {
   new DataView(out.buffer).setUint32(8, meta.length, true);
   out.set(meta, 12);
   const imageAt = head + pad;
-  out.set(new Uint8Array(p.image.buffer, p.image.byteOffset, p.image.byteLength), imageAt);
+  out.set(image, imageAt);
   if (p.regions) out.set(p.regions, imageAt + p.image.byteLength);
   return out;
 }
@@ -78,6 +94,14 @@ export interface CaseMemoryOptions {
    * @default false
    */
   inPlace?: boolean;
+  /** Where {@linkcode loadPreprocessed} says why it rebuilds a damaged entry. @default console.error */
+  log?: (message: string) => void;
+  /**
+   * {@linkcode loadPreprocessed} preprocesses and rewrites the entry without reading it: the
+   * caller found it damaged (and said so).
+   * @default false
+   */
+  rebuild?: boolean;
 }
 
 function allocate<T extends Float32Array | Uint8Array>(
@@ -111,6 +135,8 @@ export interface CachedCaseHeader {
   stats: { mean: number; std: number }[];
   labelled: boolean;
   key: string;
+  /** Hex SHA-256 of the entry's payload (its arrays, as stored). */
+  sha256: string;
   /** When labelled: WT, TC and ET voxels of the reference outside the box. */
   regionsOutside?: [number, number, number];
 }
@@ -134,7 +160,14 @@ function parseHeader(
   const bad = (why: string) =>
     new RangeError(`${name}: not a preprocessed-case cache entry (${why})`);
   if (totalBytes < 12 || bytes.length < 12) throw bad(`${totalBytes} bytes`);
-  if (new TextDecoder().decode(bytes.subarray(0, 8)) !== MAGIC) throw bad("bad magic");
+  const magic = new TextDecoder().decode(bytes.subarray(0, 8));
+  if (magic !== MAGIC) {
+    throw bad(
+      magic.startsWith("RVCASE")
+        ? `format ${magic.slice(6)}, this build reads ${MAGIC.slice(6)}`
+        : "bad magic",
+    );
+  }
   const metaLength = new DataView(bytes.buffer, bytes.byteOffset).getUint32(8, true);
   const head = 12 + metaLength;
   if (head > totalBytes) throw bad("truncated header");
@@ -160,12 +193,36 @@ function parseHeader(
   ) {
     throw bad(`regionsOutside ${JSON.stringify(outside)}`);
   }
+  if (typeof meta.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(meta.sha256)) {
+    throw bad(`sha256 ${JSON.stringify(meta.sha256)}`);
+  }
   const expected = imageAt + caseBytes(meta.box, meta.labelled);
   if (totalBytes !== expected) throw bad(`${totalBytes} bytes, expected ${expected}`);
   return { header: meta, imageAt, needed: head };
 }
 
-/** Parses a cache entry; `name` is used in errors. */
+/** The payload of an entry disagrees with the SHA-256 its header records. */
+export class CacheChecksumError extends RangeError {
+  constructor(name: string, recorded: string, found: string) {
+    super(
+      `${name}: damaged preprocessed-case cache entry (SHA-256 of its arrays is ${found}, ` +
+        `its header records ${recorded})`,
+    );
+    this.name = "CacheChecksumError";
+  }
+}
+
+function checkPayload(bytes: Uint8Array, meta: CachedCaseHeader, imageAt: number, name: string) {
+  const found = sha256Hex(bytes.subarray(imageAt));
+  if (found !== meta.sha256) throw new CacheChecksumError(name, meta.sha256, found);
+}
+
+/**
+ * Parses a cache entry and checks its payload against the SHA-256 in its header; `name` is used
+ * in errors.
+ * @throws {RangeError} naming the entry when it is not one, or {@linkcode CacheChecksumError}
+ *   when its arrays are not those it was written with
+ */
 export function decodeCachedCase(
   bytes: Uint8Array,
   name: string,
@@ -175,6 +232,7 @@ export function decodeCachedCase(
   if (!meta) {
     throw new RangeError(`${name}: not a preprocessed-case cache entry (truncated header)`);
   }
+  checkPayload(bytes, meta, imageAt, name);
   const voxels = meta.box.size[0] * meta.box.size[1] * meta.box.size[2];
   const shared = options.shared ?? false;
   let image: Float32Array;
@@ -202,12 +260,26 @@ export function decodeCachedCase(
 }
 
 /**
- * Reads only the header of the cache entry at `uri` and checks the entry's size against it: what
- * is known about the case without reading its arrays.
- * @throws {RangeError} naming `uri` when it is not a whole entry
+ * Reads the header of the cache entry at `uri` and checks the entry's size against it: what is
+ * known about the case without keeping its arrays. With `verify`, the whole entry is read (and
+ * dropped) to check its payload's SHA-256 too.
+ * @throws {RangeError} naming `uri` when it is not a whole entry, or
+ *   {@linkcode CacheChecksumError} (with `verify`) when it is damaged
  * @throws {ObjectNotFoundError} when it does not exist
  */
-export async function readCachedHeader(uri: string): Promise<CachedCaseHeader> {
+export async function readCachedHeader(
+  uri: string,
+  options: { verify?: boolean } = {},
+): Promise<CachedCaseHeader> {
+  if (options.verify) {
+    const bytes = await getObject(uri);
+    const { header, imageAt } = parseHeader(bytes, bytes.length, uri);
+    if (!header) {
+      throw new RangeError(`${uri}: not a preprocessed-case cache entry (truncated header)`);
+    }
+    checkPayload(bytes, header, imageAt, uri);
+    return header;
+  }
   const { size } = await headObject(uri);
   let bytes = await getObjectRange(uri, 0, Math.min(size, 4096));
   let parsed = parseHeader(bytes, size, uri);
@@ -239,13 +311,13 @@ export async function loadPreprocessed(
   };
   if (!cacheUri) return { case: await fresh(), cached: false };
   const uri = await cacheEntryUri(cacheUri, c);
-  if (await exists(uri)) {
+  if (!options.rebuild && await exists(uri)) {
     try {
       const { key: _key, ...p } = decodeCachedCase(await getObject(uri), uri, options);
       return { case: p, cached: true, uri };
     } catch (e) {
-      // A damaged entry is rebuilt rather than trusted or fatal.
-      console.error(`cache: ${(e as Error).message}; rebuilding`);
+      // A damaged entry is rebuilt rather than trusted or fatal, and the log says why.
+      (options.log ?? console.error)(`cache: ${(e as Error).message}; rebuilding`);
     }
   }
   const p = await fresh();

@@ -92,7 +92,7 @@ export interface LoadedCases {
 /**
  * Loads (preprocessing or reading the cache) the training and validation cases, in memory while
  * their total fits `budget`. Once it would not, every case is kept on local disk instead: in the
- * case cache when that is a local folder (where a case already cached costs one header read),
+ * case cache when that is a local folder (where a case already cached costs one read to check it),
  * else in a temporary folder; the cases held so far go there too and are released. A signal stops
  * the loading between cases (a case in flight finishes, so no cache entry is left half written);
  * the result is then partial and must not be used.
@@ -128,22 +128,27 @@ export async function loadCases(
   };
   await mapConcurrent(all, 2, async (c, i) => {
     if (o.aborted()) return;
+    let rebuild = false;
     if (dir && local) {
-      // Streaming from the local cache already: an entry there needs only its header read.
+      // Streaming from the local cache already: an entry there is read only to check its
+      // checksum, not kept.
       const uri = await cacheEntryUri(o.cacheUri!, c);
       try {
-        entries[i] = streamedEntry(await readCachedHeader(uri), localPath(uri));
+        entries[i] = streamedEntry(await readCachedHeader(uri, { verify: true }), localPath(uri));
         fromCache++;
         o.onCase(c.id, ++done, all.length);
         return;
       } catch (e) {
         if (!(e instanceof ObjectNotFoundError)) {
           o.log(`cache: ${(e as Error).message}; rebuilding`);
+          rebuild = true;
         }
       }
     }
     const r = await loadPreprocessed(c, o.cacheUri, {
       shared: o.shared && i < trainList.length && !dir,
+      log: o.log,
+      rebuild,
     });
     if (r.cached) fromCache++;
     entryUris[i] = r.uri;

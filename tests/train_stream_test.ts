@@ -4,6 +4,7 @@
  * folder removed (also on SIGTERM), errors naming the file, and the flag's usage errors.
  * @module
  */
+import { createHash } from "node:crypto";
 import * as tf from "../model/tf.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import {
@@ -132,7 +133,16 @@ Deno.test("StreamedCases and readCachedHeader: a missing, damaged or replaced en
       await Deno.readFile(entries[0].path),
       "x",
     );
-    assertEquals({ ...header }, { ...meta, labelled: true });
+    assertEquals({ ...header }, { ...meta, labelled: true, sha256: header.sha256 });
+    const payload = new Uint8Array([
+      ...new Uint8Array(cases[0].image.buffer),
+      ...cases[0].regions!,
+    ]);
+    assertEquals(
+      header.sha256,
+      createHash("sha256").update(payload).digest("hex"),
+      "the header records the payload's SHA-256",
+    );
 
     const missing = new StreamedCases([{ ...entries[0], path: `${dir}/gone.rvcase` }]);
     assertThrows(() => missing.get(0), Error, `"c1" from ${dir}/gone.rvcase: no such file`);

@@ -52,7 +52,7 @@ Deno.test("preprocessCase counts the reference's region voxels outside the brain
     assertEquals(decoded.regionsOutside, [1, 1, 1]);
     // An entry whose header lost the counts is not trusted (the cache rebuilds it).
     const bytes = encodeCachedCase(p, "k");
-    const text = new TextDecoder().decode(bytes.subarray(0, 400));
+    const text = new TextDecoder().decode(bytes.subarray(0, 1000));
     const at = text.indexOf('"regionsOutside":[1,1,1]');
     bytes.set(new TextEncoder().encode('"regionsOutsidX":[1,1,1]'), at);
     assertThrows(() => decodeCachedCase(bytes, "x.rvcase"), RangeError, "x.rvcase");
