@@ -94,10 +94,15 @@ export async function readNifti(uri: string, options: DecodeOptions = {}): Promi
 
   if (!gz) {
     if (size !== end) throw sizeMismatch(layout, "the file has", size, fail);
-    const file = size <= src.prefix.length ? src.prefix : await getObjectRange(uri, 0, end);
+    const { voxOffset } = header;
+    const data = size <= src.prefix.length
+      ? src.prefix.slice(voxOffset, end)
+      : await getObjectRange(uri, voxOffset, end);
     // Shorter only if the object changed since it was looked up.
-    if (file.length !== end) throw sizeMismatch(layout, "the file has", file.length, fail);
-    return imageFrom(header, layout, file, true, nonFinite, fail);
+    if (data.length !== layout.dataBytes) {
+      throw sizeMismatch(layout, "the file has", voxOffset + data.length, fail);
+    }
+    return imageFrom(header, layout, data, true, nonFinite, fail);
   }
 
   if (size * DEFLATE_MAX_RATIO < end) {
@@ -135,9 +140,13 @@ export async function readNifti(uri: string, options: DecodeOptions = {}): Promi
       );
     }
   }
-  const file = new Uint8Array(end);
+  // The data alone are kept: the header and any extensions before vox_offset are passed over.
+  const data = new Uint8Array(layout.dataBytes);
+  const { voxOffset } = header;
   const filled = await inflate(src, end + 1, Infinity, (chunk, at) => {
-    if (at < end) file.set(chunk.subarray(0, end - at), at);
+    const from = Math.max(0, voxOffset - at);
+    const to = Math.min(chunk.length, end - at);
+    if (from < to) data.set(chunk.subarray(from, to), at + from - voxOffset);
   });
   if (filled.error !== undefined && filled.out <= end) throw gzipError(filled.error, fail);
   if (filled.out !== end) {
@@ -148,7 +157,7 @@ export async function readNifti(uri: string, options: DecodeOptions = {}): Promi
       fail,
     );
   }
-  return imageFrom(header, layout, file, true, nonFinite, fail);
+  return imageFrom(header, layout, data, true, nonFinite, fail);
 }
 
 /** The NIfTI header at the start of a gzip object, inflating no more than it needs. */

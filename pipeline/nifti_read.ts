@@ -140,7 +140,14 @@ export function decodeNifti(
   }
   // The inflated buffer is ours alone: view it rather than hold two copies of a large volume. The
   // caller's bytes are copied, as byte swapping and zeroing write to them.
-  return imageFrom(header, layout, file, gz, options.nonFinite ?? "error", fail);
+  return imageFrom(
+    header,
+    layout,
+    file.subarray(header.voxOffset),
+    gz,
+    options.nonFinite ?? "error",
+    fail,
+  );
 }
 
 /** Where a header puts the voxel data, once its size is checked against the limit. */
@@ -159,6 +166,12 @@ export interface DataLayout {
 export const DEFAULT_MAX_BYTES = 2 ** 31;
 
 /**
+ * The most bytes a header may put between itself and the data (NIfTI extensions): they are read,
+ * or inflated, to reach the data. Real extensions (DICOM headers, AFNI XML) take kilobytes.
+ */
+export const MAX_EXTENSION_BYTES = 64 * 2 ** 20;
+
+/**
  * The size of the data `header` announces.
  * @throws {RangeError} when it is over `maxBytes`, before anything is allocated or inflated
  */
@@ -174,6 +187,14 @@ export function dataLayout(
     throw fail(
       RangeError,
       `${grid} would need ${dataBytes} bytes of data, more than the limit of ${maxBytes} (maxBytes)`,
+    );
+  }
+  const extensions = header.voxOffset - (header.version === 1 ? 348 : 540);
+  if (extensions > MAX_EXTENSION_BYTES) {
+    throw fail(
+      RangeError,
+      `vox_offset ${header.voxOffset} leaves ${extensions} bytes between the header and the ` +
+        `data, more than the limit of ${MAX_EXTENSION_BYTES} for NIfTI extensions`,
     );
   }
   return { voxels, dataBytes, end: header.voxOffset + dataBytes, grid };
@@ -210,26 +231,26 @@ export function sizeMismatch(
 }
 
 /**
- * The image held in `file` (the uncompressed file, at least `layout.end` bytes): its voxels in the
- * machine's byte order, checked for non-finite values and for a scaled range beyond float32.
- * @param owned whether `file` may be viewed and changed in place rather than copied
+ * The image whose voxel data `bytes` holds (from vox_offset on, at least `layout.dataBytes`): its
+ * voxels in the machine's byte order, checked for non-finite values and for a scaled range beyond
+ * float32.
+ * @param owned whether `bytes` may be viewed and changed in place rather than copied
  */
 export function imageFrom(
   header: NiftiHeader,
   layout: DataLayout,
-  file: Uint8Array,
+  bytes: Uint8Array,
   owned: boolean,
   nonFinite: "error" | "zero",
   fail: Fail,
 ): NiftiImage {
   const info = DATATYPES[header.datatype];
   let data: NiftiTypedArray;
-  const start = file.byteOffset + header.voxOffset;
-  if (owned && start % info.bytes === 0) {
-    data = new info.array(file.buffer as ArrayBuffer, start, layout.voxels);
+  if (owned && bytes.byteOffset % info.bytes === 0) {
+    data = new info.array(bytes.buffer as ArrayBuffer, bytes.byteOffset, layout.voxels);
   } else {
     data = new info.array(layout.voxels);
-    new Uint8Array(data.buffer).set(file.subarray(header.voxOffset, layout.end));
+    new Uint8Array(data.buffer).set(bytes.subarray(0, layout.dataBytes));
   }
   if (header.littleEndian !== HOST_LITTLE_ENDIAN) swapBytes(data, info.bytes);
   if (!info.integer) checkFinite(data, header.dims, nonFinite, fail);

@@ -894,7 +894,20 @@ Deno.test("readNifti() reads what decodeNifti() reads: plain, gzip, big-endian, 
     createNiftiHeader([200, 150, 100], GRID),
     { gzip: false },
   );
+  // vox_offset 368 (a 16-byte extension before the data) and 353 (data not aligned to its type).
+  const withGap = (gap: number) => {
+    const out = new Uint8Array(floats.length + gap);
+    out.set(floats.subarray(0, 352));
+    out.set([1, 0, 0, 0], 348);
+    out.set(floats.subarray(352), 352 + gap);
+    new DataView(out.buffer).setFloat32(108, 352 + gap, true);
+    return out;
+  };
   const files: Record<string, Uint8Array> = {
+    "extension.nii": withGap(16),
+    "extension.nii.gz": gz(withGap(16)),
+    "unaligned.nii": withGap(1),
+    "unaligned.nii.gz": gz(withGap(1)),
     "plain.nii": floats,
     "zipped.nii.gz": gz(floats),
     "misnamed.nii": gz(floats),
@@ -914,6 +927,9 @@ Deno.test("readNifti() reads what decodeNifti() reads: plain, gzip, big-endian, 
       const image = await readNifti(`${dir}/${name}`);
       assertEquals(image.header, expected.header, `${name}: header`);
       assertEquals(image.data, expected.data, `${name}: data`);
+    }
+    for (const name of ["extension.nii.gz", "unaligned.nii"]) {
+      assertEquals((await readNifti(`${dir}/${name}`)).data, decodeNifti(floats, NAME).data, name);
     }
     const be = await readNifti(`${dir}/be.nii.gz`);
     assertEquals(be.header.littleEndian, false);
@@ -943,6 +959,19 @@ Deno.test("readNifti() refuses broken files as decodeNifti() does, naming them",
     ["dims.nii", patched(file, (v) => v.setInt16(40, 9, true)), RangeError, "dim[0] must be 1..7"],
     ["pixdim.nii", patched(file, (v) => v.setFloat32(80, NaN, true)), RangeError, "pixdim[1]"],
     ["slope.nii", patched(file, (v) => v.setFloat32(112, 3e38, true)), RangeError, "float32"],
+    [
+      "offset.nii.gz",
+      gz(patched(file, (v) => v.setFloat32(108, 1e30, true))),
+      SyntaxError,
+      "vox_offset must be an integer of at least 352 in a single-file NIfTI-1, found 1.00000001504",
+    ],
+    [
+      "extensions.nii.gz",
+      gz(patched(file, (v) => v.setFloat32(108, 100_000_352, true))),
+      RangeError,
+      "vox_offset 100000352 leaves 100000004 bytes between the header and the data, more than " +
+      "the limit of 67108864",
+    ],
     [
       "huge.nii.gz",
       gz(patched(file, (v) => [1, 2, 3].forEach((i) => v.setInt16(40 + 2 * i, 32767, true)))),
