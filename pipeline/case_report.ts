@@ -6,9 +6,9 @@
 import type { Case } from "./cases.ts";
 import type { CaseMetrics } from "./evaluation.ts";
 import { labelVolume } from "./evaluation.ts";
-import { decodeNifti, scaledData } from "./nifti.ts";
+import { scaledData } from "./nifti.ts";
+import { readNifti } from "./nifti_object.ts";
 import { renderCaseSlices, type ReportCase } from "./report.ts";
-import { getObject } from "./storage.ts";
 
 /** Metrics in the report's shape (plain numbers per region). */
 export function reportMetrics(m: CaseMetrics): ReportCase["metrics"] {
@@ -26,9 +26,9 @@ export async function caseReport(
   predictionUri?: string,
   metrics?: CaseMetrics,
 ): Promise<ReportCase> {
-  const flair = decodeNifti(await getObject(c.images.flair), c.images.flair);
+  const flair = await readNifti(c.images.flair);
   const dims = flair.header.dims.slice(0, 3) as [number, number, number];
-  const read = async (uri: string) => labelVolume(decodeNifti(await getObject(uri), uri), uri);
+  const read = async (uri: string) => labelVolume(await readNifti(uri), uri);
   const slices = renderCaseSlices({
     flair: scaledData(flair),
     dims,

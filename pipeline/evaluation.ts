@@ -27,18 +27,12 @@
 import { ENHANCING_LABEL, parseCaseFileName } from "./cases.ts";
 import { type Box, boxDims, hd95, type MaskArray, percentile } from "./distance.ts";
 import { type LesionWiseParams, type LesionWiseRegion, lesionWiseRegion } from "./lesion_wise.ts";
-import { decodeNifti, type NiftiHeader, type NiftiImage } from "./nifti.ts";
+import type { NiftiHeader, NiftiImage } from "./nifti.ts";
+import { readNifti } from "./nifti_object.ts";
 import { INVALID_LABEL as INVALID, REGION_BITS as BIT, regionTable } from "./labels.ts";
 import { diceOfCounts, type Region } from "./metrics.ts";
 import { shardName } from "./shard.ts";
-import {
-  emptyFolderReason,
-  getObject,
-  joinUri,
-  listObjects,
-  mapConcurrent,
-  putObject,
-} from "./storage.ts";
+import { emptyFolderReason, joinUri, listObjects, mapConcurrent, putObject } from "./storage.ts";
 
 /** The regions in the order they are reported (JSON keys, CSV columns, table). */
 export const EVAL_REGIONS: readonly Region[] = ["ET", "TC", "WT"];
@@ -465,9 +459,7 @@ export async function evaluatePair(
   truthUri: string,
   options: PairOptions = {},
 ): Promise<PairResult> {
-  const [predBytes, truthBytes] = await Promise.all([getObject(predUri), getObject(truthUri)]);
-  const truthImage = decodeNifti(truthBytes, truthUri);
-  const predImage = decodeNifti(predBytes, predUri);
+  const [predImage, truthImage] = await Promise.all([readNifti(predUri), readNifti(truthUri)]);
   return evaluateImages(predImage, predUri, truthImage, truthUri, options);
 }
 

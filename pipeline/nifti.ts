@@ -27,6 +27,8 @@ export {
   decodeNifti,
   decodeNiftiHeader,
   type DecodeOptions,
+  DEFAULT_MAX_BYTES,
+  describeNifti,
   inspectNifti,
   isGzip,
   type NiftiImage,

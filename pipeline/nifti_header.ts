@@ -256,7 +256,7 @@ export function parseHeader(bytes: Uint8Array, fail: Fail): NiftiHeader {
   }
 
   const voxOffset = version === 1 ? real(at.voxOffset) : int(at.voxOffset);
-  if (!Number.isInteger(voxOffset) || voxOffset < at.minVoxOffset) {
+  if (!Number.isSafeInteger(voxOffset) || voxOffset < at.minVoxOffset) {
     throw fail(
       SyntaxError,
       `vox_offset must be an integer of at least ${at.minVoxOffset} in a single-file ` +

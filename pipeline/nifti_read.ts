@@ -113,19 +113,9 @@ export function decodeNifti(
   options: DecodeOptions = {},
 ): NiftiImage {
   const fail = failFor("read NIfTI", name);
-  const { nonFinite = "error", maxBytes = 2 ** 31 } = options;
   const header = readHeader(bytes, fail);
-  const info = DATATYPES[header.datatype];
-  const voxels = header.dims.reduce((a, b) => a * b, 1);
-  const dataBytes = voxels * info.bytes;
-  const grid = `dims ${header.dims.join("×")} of ${header.datatype}`;
-  if (dataBytes > maxBytes) {
-    throw fail(
-      RangeError,
-      `${grid} would need ${dataBytes} bytes of data, more than the limit of ${maxBytes} (maxBytes)`,
-    );
-  }
-  const end = header.voxOffset + dataBytes;
+  const layout = dataLayout(header, options.maxBytes, fail);
+  const { end } = layout;
 
   const gz = isGzip(bytes);
   let file = bytes;
@@ -135,40 +125,132 @@ export function decodeNifti(
       file = gunzipSync(bytes, { maxOutputLength: end + 1 });
     } catch (e) {
       if ((e as { code?: string }).code === "ERR_BUFFER_TOO_LARGE") {
-        throw fail(
-          SyntaxError,
-          `data size disagrees with the header: ${grid} from vox_offset ${header.voxOffset} ` +
-            `end at byte ${end}, but the gzip stream decompresses to more`,
-          e,
-        );
+        throw sizeMismatch(layout, "the gzip stream decompresses to", undefined, fail, e);
       }
       throw gzipError(e, fail);
     }
   }
-  const what = gz ? "the decompressed file has" : "the file has";
-  if (file.length < end) {
-    throw fail(
-      SyntaxError,
-      `truncated data: ${grid} need ${dataBytes} bytes from vox_offset ${header.voxOffset}, ` +
-        `${end} in all; ${what} ${file.length}`,
+  if (file.length !== end) {
+    throw sizeMismatch(
+      layout,
+      gz ? "the decompressed file has" : "the file has",
+      file.length,
+      fail,
     );
   }
-  if (file.length > end) {
-    throw fail(
-      SyntaxError,
-      `data size disagrees with the header: ${grid} from vox_offset ${header.voxOffset} end at ` +
-        `byte ${end}, but ${what} ${file.length} (${file.length - end} more)`,
-    );
-  }
+  // The inflated buffer is ours alone: view it rather than hold two copies of a large volume. The
+  // caller's bytes are copied, as byte swapping and zeroing write to them.
+  return imageFrom(
+    header,
+    layout,
+    file.subarray(header.voxOffset),
+    gz,
+    options.nonFinite ?? "error",
+    fail,
+  );
+}
 
+/** Where a header puts the voxel data, once its size is checked against the limit. */
+export interface DataLayout {
+  /** Voxels in all dimensions. */
+  voxels: number;
+  /** Bytes of voxel data. */
+  dataBytes: number;
+  /** Byte just after the data in the uncompressed file: vox_offset + dataBytes. */
+  end: number;
+  /** "dims 7×6×5 of int16", for messages. */
+  grid: string;
+}
+
+/** The default of {@linkcode DecodeOptions.maxBytes}: 2 GiB of voxel data. */
+export const DEFAULT_MAX_BYTES = 2 ** 31;
+
+/**
+ * The most bytes a header may put between itself and the data (NIfTI extensions): they are read,
+ * or inflated, to reach the data. Real extensions (DICOM headers, AFNI XML) take kilobytes.
+ */
+export const MAX_EXTENSION_BYTES = 64 * 2 ** 20;
+
+/**
+ * The size of the data `header` announces.
+ * @throws {RangeError} when it is over `maxBytes`, before anything is allocated or inflated
+ */
+export function dataLayout(
+  header: NiftiHeader,
+  maxBytes: number = DEFAULT_MAX_BYTES,
+  fail: Fail,
+): DataLayout {
+  const voxels = header.dims.reduce((a, b) => a * b, 1);
+  const dataBytes = voxels * DATATYPES[header.datatype].bytes;
+  const grid = `dims ${header.dims.join("×")} of ${header.datatype}`;
+  if (dataBytes > maxBytes) {
+    throw fail(
+      RangeError,
+      `${grid} would need ${dataBytes} bytes of data, more than the limit of ${maxBytes} (maxBytes)`,
+    );
+  }
+  const extensions = header.voxOffset - (header.version === 1 ? 348 : 540);
+  if (extensions > MAX_EXTENSION_BYTES) {
+    throw fail(
+      RangeError,
+      `vox_offset ${header.voxOffset} leaves ${extensions} bytes between the header and the ` +
+        `data, more than the limit of ${MAX_EXTENSION_BYTES} for NIfTI extensions`,
+    );
+  }
+  return { voxels, dataBytes, end: header.voxOffset + dataBytes, grid };
+}
+
+/**
+ * The error for a file (or decompressed stream) whose length is not the header's `end`.
+ * @param what "the file has", "the decompressed file has", "the gzip stream decompresses to"
+ * @param length its length; undefined when only "more than `end`" is known
+ */
+export function sizeMismatch(
+  layout: DataLayout,
+  what: string,
+  length: number | undefined,
+  fail: Fail,
+  cause?: unknown,
+): Error {
+  const { grid, dataBytes, end } = layout;
+  const offset = end - dataBytes;
+  if (length !== undefined && length < end) {
+    return fail(
+      SyntaxError,
+      `truncated data: ${grid} need ${dataBytes} bytes from vox_offset ${offset}, ` +
+        `${end} in all; ${what} ${length}`,
+      cause,
+    );
+  }
+  return fail(
+    SyntaxError,
+    `data size disagrees with the header: ${grid} from vox_offset ${offset} end at byte ${end}, ` +
+      `but ${what} ${length === undefined ? "more" : `${length} (${length - end} more)`}`,
+    cause,
+  );
+}
+
+/**
+ * The image whose voxel data `bytes` holds (from vox_offset on, at least `layout.dataBytes`): its
+ * voxels in the machine's byte order, checked for non-finite values and for a scaled range beyond
+ * float32.
+ * @param owned whether `bytes` may be viewed and changed in place rather than copied
+ */
+export function imageFrom(
+  header: NiftiHeader,
+  layout: DataLayout,
+  bytes: Uint8Array,
+  owned: boolean,
+  nonFinite: "error" | "zero",
+  fail: Fail,
+): NiftiImage {
+  const info = DATATYPES[header.datatype];
   let data: NiftiTypedArray;
-  const start = file.byteOffset + header.voxOffset;
-  if (gz && start % info.bytes === 0) {
-    // The inflated buffer is ours alone: view it rather than hold two copies of a large volume.
-    data = new info.array(file.buffer as ArrayBuffer, start, voxels);
+  if (owned && bytes.byteOffset % info.bytes === 0) {
+    data = new info.array(bytes.buffer as ArrayBuffer, bytes.byteOffset, layout.voxels);
   } else {
-    data = new info.array(voxels);
-    new Uint8Array(data.buffer).set(file.subarray(header.voxOffset, end));
+    data = new info.array(layout.voxels);
+    new Uint8Array(data.buffer).set(bytes.subarray(0, layout.dataBytes));
   }
   if (header.littleEndian !== HOST_LITTLE_ENDIAN) swapBytes(data, info.bytes);
   if (!info.integer) checkFinite(data, header.dims, nonFinite, fail);
@@ -231,7 +313,11 @@ export function inspectNifti(
   name: string,
   options: DecodeOptions = {},
 ): NiftiInspection {
-  const image = decodeNifti(bytes, name, options);
+  return describeNifti(decodeNifti(bytes, name, options));
+}
+
+/** The summary `inspect` prints of a decoded image; see {@linkcode inspectNifti}. */
+export function describeNifti(image: NiftiImage): NiftiInspection {
   const { dims, pixdim, datatype, affine } = image.header;
   return { dims, pixdim, datatype, affine, ...volumeStats(image) };
 }
@@ -326,7 +412,8 @@ function inflatePrefix(bytes: Uint8Array, want: number, fail: Fail): Uint8Array 
   }
 }
 
-function gzipError(e: unknown, fail: Fail): Error {
+/** A zlib error as the file's SyntaxError: a truncated or a corrupted gzip stream. */
+export function gzipError(e: unknown, fail: Fail): Error {
   const code = (e as { code?: string }).code;
   const message = (e as Error).message;
   if (code === "Z_BUF_ERROR") return fail(SyntaxError, `truncated gzip stream (${message})`, e);

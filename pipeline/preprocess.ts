@@ -7,8 +7,8 @@
  */
 import { type Case, MODALITIES } from "./cases.ts";
 import { labelsToRegions, regionChannels } from "./labels.ts";
-import { decodeNifti, scaledData } from "./nifti.ts";
-import { getObject } from "./storage.ts";
+import { scaledData } from "./nifti.ts";
+import { readNifti } from "./nifti_object.ts";
 
 /** A case in memory: channel-last float32 arrays on the case's grid (x fastest, then y, z). */
 export interface LoadedCase {
@@ -35,7 +35,7 @@ async function readModalities(
   c: Case,
 ): Promise<{ dims: Dims; data: Float64Array[] | Float32Array[] }> {
   const volumes = await Promise.all(
-    MODALITIES.map(async (m) => decodeNifti(await getObject(c.images[m]), c.images[m])),
+    MODALITIES.map((m) => readNifti(c.images[m])),
   );
   const dims = volumes[0].header.dims.slice(0, 3) as Dims;
   const data = volumes.map((v, k) => {
@@ -54,7 +54,7 @@ async function readModalities(
 /** The region bits (pipeline/labels.ts) of a case's segmentation on its grid, when it has one. */
 async function readRegions(c: Case, dims: Dims): Promise<Uint8Array | undefined> {
   if (!c.seg) return undefined;
-  const seg = decodeNifti(await getObject(c.seg), c.seg);
+  const seg = await readNifti(c.seg);
   if (seg.header.dims.slice(0, 3).join() !== dims.join()) {
     throw new RangeError(
       `case "${c.id}": segmentation ${c.seg} has dims [${

@@ -30,11 +30,34 @@ function fail(action: string, uri: string, e: unknown): never {
   throw new Error(message, { cause: e });
 }
 
+/**
+ * Refuses what is not a regular file (after following links) before it is opened: a folder as a
+ * missing object, a device, FIFO or socket with a TypeError. Reading `/dev/zero` or `/dev/urandom`
+ * never ends, and opening a FIFO blocks until something writes to it.
+ */
+async function statRegular(uri: string, action: string, path: string): Promise<Deno.FileInfo> {
+  const st = await Deno.stat(path);
+  if (st.isFile) return st;
+  if (st.isDirectory) throw new Deno.errors.IsADirectory(path);
+  const kind = st.isCharDevice
+    ? "a character device"
+    : st.isBlockDevice
+    ? "a block device"
+    : st.isFifo
+    ? "a FIFO (named pipe)"
+    : st.isSocket
+    ? "a socket"
+    : "not a file";
+  throw new TypeError(`Cannot ${action} "${uri}": it is ${kind}, not a regular file`);
+}
+
 /** Reads a whole file. */
 export async function getLocal(uri: string, path: string): Promise<Uint8Array> {
   try {
+    await statRegular(uri, "read", path);
     return await Deno.readFile(path);
   } catch (e) {
+    if (e instanceof TypeError) throw e;
     fail("read", uri, e);
   }
 }
@@ -50,8 +73,8 @@ export async function getLocalRange(
   const buf = new Uint8Array(end - start);
   let filled = 0;
   try {
+    await statRegular(uri, "read", path);
     file = await Deno.open(path, { read: true });
-    if ((await file.stat()).isDirectory) throw new Deno.errors.IsADirectory(path);
     await file.seek(start, Deno.SeekMode.Start);
     while (filled < buf.length) {
       const n = await file.read(buf.subarray(filled));
@@ -59,6 +82,7 @@ export async function getLocalRange(
       filled += n;
     }
   } catch (e) {
+    if (e instanceof TypeError) throw e;
     fail("read", uri, e);
   } finally {
     file?.close();
@@ -69,10 +93,10 @@ export async function getLocalRange(
 /** Looks up a file's size and modification time. */
 export async function headLocal(uri: string, path: string): Promise<ObjectInfo> {
   try {
-    const st = await Deno.stat(path);
-    if (!st.isFile) throw new Deno.errors.IsADirectory(path);
+    const st = await statRegular(uri, "look up", path);
     return { uri, key: baseName(path), size: st.size, lastModified: st.mtime ?? undefined };
   } catch (e) {
+    if (e instanceof TypeError) throw e;
     fail("look up", uri, e);
   }
 }

@@ -19,9 +19,10 @@
 import { promisify } from "node:util";
 import { gzip } from "node:zlib";
 import { ENHANCING_LABEL, MODALITIES, type Modality, type Naming, SUFFIXES } from "./cases.ts";
-import { createNiftiHeader, decodeNifti, encodeNifti, scaledData } from "./nifti.ts";
+import { createNiftiHeader, encodeNifti, scaledData } from "./nifti.ts";
+import { readNifti } from "./nifti_object.ts";
 import { seededRandom } from "./random.ts";
-import { getObject, joinUri, mapConcurrent, parseUri, putObject } from "./storage.ts";
+import { joinUri, mapConcurrent, parseUri, putObject } from "./storage.ts";
 
 /** Where Debian's `mricron-data` installs the skull-stripped Colin 27 brain. */
 export const CH2BET_PATH = "/usr/share/mricron/templates/ch2bet.nii.gz";
@@ -93,7 +94,7 @@ function fileExists(path: string): boolean {
 }
 
 async function readTemplate(uri: string): Promise<SynthTemplate> {
-  const image = decodeNifti(await getObject(uri), uri);
+  const image = await readNifti(uri);
   const { dims } = image.header;
   if (dims.length < 3 || dims.slice(3).some((d) => d !== 1)) {
     throw new RangeError(

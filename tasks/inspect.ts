@@ -2,8 +2,8 @@
  * `inspect <path-or-uri>`: prints a NIfTI volume's grid and value statistics as one JSON object.
  * @module
  */
-import { inspectNifti } from "../pipeline/nifti.ts";
-import { getObject } from "../pipeline/storage.ts";
+import { DEFAULT_MAX_BYTES, describeNifti } from "../pipeline/nifti.ts";
+import { readNifti } from "../pipeline/nifti_object.ts";
 import { type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
 
 export const inspectCommand: Command = {
@@ -43,8 +43,8 @@ Examples:
     if (nonFinite !== "error" && nonFinite !== "zero") {
       throw new UsageError(`--non-finite must be "error" or "zero", got "${nonFinite}"`);
     }
-    const maxBytes = intFlag("max-bytes", values["max-bytes"], 2 ** 31, 1);
+    const maxBytes = intFlag("max-bytes", values["max-bytes"], DEFAULT_MAX_BYTES, 1);
     const uri = positionals[0];
-    printJson(inspectNifti(await getObject(uri), uri, { nonFinite, maxBytes }));
+    printJson(describeNifti(await readNifti(uri, { nonFinite, maxBytes })));
   },
 };

@@ -25,6 +25,7 @@ import { MAX_OVERLAP, OVERLAP_RANGE, slidingWindowProbabilities } from "../pipel
 import { probabilitiesToLabels } from "../pipeline/labels.ts";
 import { resolveModel } from "../pipeline/model_store.ts";
 import { decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
+import { readNifti } from "../pipeline/nifti_object.ts";
 import { preprocessCase, uncropBox } from "../pipeline/preprocess.ts";
 import { casesFromEvent, type IgnoredRecord, type WaitingCase } from "../pipeline/events.ts";
 import { formatDuration, Progress } from "../pipeline/progress.ts";
@@ -263,7 +264,7 @@ export class Segmenter {
     // score the file: a reference that cannot be read fails the case with nothing written.
     let metrics: CaseMetricsRecord | undefined;
     if (c.seg && metricsUri) {
-      const truth = decodeNifti(await getObject(c.seg), c.seg);
+      const truth = await readNifti(c.seg);
       const scored = evaluateImages(decodeNifti(labelBytes, output), output, truth, c.seg, {
         truthEnhancingLabel: c.enhancingLabel,
       });
