@@ -6,13 +6,18 @@
  * - `checkpoints/epoch-EEEE-step-SSSSSSS/`: `model.safetensors` and `optimizer.safetensors`
  *   ({@linkcode saveModel}), and `state.json` ({@linkcode TrainState}: the settings, where the run
  *   is, its history and its case split);
- * - `latest.json`: `{checkpoint, epoch, step}` naming the newest checkpoint folder;
+ * - `latest.json`: `{checkpoint, epoch, step, files}` naming the newest checkpoint folder, with
+ *   the whole-file SHA-256 and size of each of its files;
  * - `best/model.safetensors`: the best weights so far ({@linkcode writeBest}).
  *
  * Each file is written whole under a temporary name and renamed, or sent in a single PUT
  * ({@linkcode putObject}). A checkpoint is committed by `latest.json`, written after every file of
  * its folder, and readers follow `latest.json`, never the newest folder: a run killed while writing
  * a checkpoint resumes from the one before, which is kept (the two newest folders are).
+ *
+ * Nothing read back is trusted blindly: `state.json` records the SHA-256 of the weights and the
+ * optimizer state, `latest.json` those of all three files, and a resumed run refuses a file that
+ * disagrees, by name (checkpoints written before the digests have none and are read unchecked).
  *
  * This is the contract between a run and whatever continues or reads it (`train --resume`, `demo`
  * reading the split), so it lives in pipeline/ beside {@linkcode saveModel}; the rules for which
@@ -22,7 +27,16 @@
 import type { NetworkConfig, Optimizer, UNet } from "../model/mod.ts";
 import { disposeUNet } from "../model/mod.ts";
 import type { RegionScores } from "./metrics.ts";
-import { loadModel, loadOptimizer, saveModel } from "./model_store.ts";
+import {
+  checkDigest,
+  type FileDigest,
+  fileDigest,
+  loadModel,
+  loadOptimizer,
+  MODEL_FILE,
+  OPTIMIZER_FILE,
+  saveModel,
+} from "./model_store.ts";
 import { deleteObject, getObject, joinUri, listObjects, putObject } from "./storage.ts";
 
 /** What a run is: everything that decides its result, stored in every checkpoint. */
@@ -80,6 +94,21 @@ export interface TrainState {
    * refuses a state where they disagree, since its run could not continue bit for bit.
    */
   rng: { kind: "mulberry32-counter"; seed: number; counter: number };
+  /**
+   * In a checkpoint's `state.json`: the whole-file SHA-256 and size of the checkpoint's
+   * `model.safetensors` and `optimizer.safetensors` as written (absent in older checkpoints).
+   */
+  files?: Record<string, FileDigest>;
+}
+
+/** What `latest.json` holds. */
+export interface LatestCheckpoint {
+  /** The checkpoint folder, relative to the run's output. */
+  checkpoint: string;
+  epoch: number;
+  step: number;
+  /** Digests of the folder's files by name, `state.json` among them (absent in older runs). */
+  files?: Record<string, FileDigest>;
 }
 
 /** File name of the run state inside a checkpoint folder. */
@@ -128,18 +157,20 @@ export async function writeCheckpoint(
 ): Promise<string> {
   const name = checkpointName(state);
   const dir = joinUri(out, name);
-  await saveModel(dir, net, optimizer, {
+  const files = await saveModel(dir, net, optimizer, {
     train_crop: String(state.settings.crop),
     epoch: String(state.epoch),
     step: String(state.globalStep),
   });
-  await putObject(joinUri(dir, STATE_FILE), new TextEncoder().encode(JSON.stringify(state)));
-  await putObject(
-    latestUri(out),
-    new TextEncoder().encode(
-      JSON.stringify({ checkpoint: name, epoch: state.epoch, step: state.globalStep }) + "\n",
-    ),
-  );
+  const stateBytes = new TextEncoder().encode(JSON.stringify({ ...state, files }));
+  await putObject(joinUri(dir, STATE_FILE), stateBytes);
+  const latest: LatestCheckpoint = {
+    checkpoint: name,
+    epoch: state.epoch,
+    step: state.globalStep,
+    files: { ...files, [STATE_FILE]: fileDigest(stateBytes) },
+  };
+  await putObject(latestUri(out), new TextEncoder().encode(JSON.stringify(latest) + "\n"));
   const objects = await listObjects(joinUri(out, "checkpoints"));
   const folders = [...new Set(objects.map((o) => o.key.split("/")[0]))].sort();
   const keep = new Set(folders.slice(-2));
@@ -149,8 +180,10 @@ export async function writeCheckpoint(
   return name;
 }
 
-async function readJson<T>(uri: string): Promise<T> {
-  const text = new TextDecoder().decode(await getObject(uri));
+async function readJson<T>(uri: string, expected?: FileDigest): Promise<T> {
+  const bytes = await getObject(uri);
+  if (expected) checkDigest(bytes, uri, expected);
+  const text = new TextDecoder().decode(bytes);
   try {
     return JSON.parse(text) as T;
   } catch (e) {
@@ -160,18 +193,23 @@ async function readJson<T>(uri: string): Promise<T> {
 
 /**
  * Reads the state of the checkpoint `latest.json` names (the caller checks that it exists).
- * @returns the checkpoint's name relative to `out`, its folder's URI, and its state
+ * @returns the checkpoint's name relative to `out`, its folder's URI, its state, and the digests
+ *   its files were written with (for {@linkcode loadCheckpointWeights}; none in older runs)
  * @throws {SyntaxError} when `latest.json` or `state.json` is not JSON
+ * @throws {Error} naming `state.json` when it is not the file `latest.json` records
  * @throws {Error} naming `state.json` when it is not a training state, or its `rng` does not
  * restate the run's seed and step
  */
 export async function readCheckpointState(
   out: string,
-): Promise<{ checkpoint: string; dir: string; state: TrainState }> {
-  const { checkpoint } = await readJson<{ checkpoint: string }>(latestUri(out));
+): Promise<
+  { checkpoint: string; dir: string; state: TrainState; files?: Record<string, FileDigest> }
+> {
+  const latest = await readJson<LatestCheckpoint>(latestUri(out));
+  const checkpoint = latest.checkpoint;
   const dir = joinUri(out, checkpoint);
   const uri = joinUri(dir, STATE_FILE);
-  const state = await readJson<TrainState>(uri);
+  const state = await readJson<TrainState>(uri, latest.files?.[STATE_FILE]);
   if (state.format !== "revunet-train-state") {
     throw new Error(`${uri}: not a training state`);
   }
@@ -186,18 +224,25 @@ export async function readCheckpointState(
       } and step ${JSON.stringify(state.globalStep)}, so resuming would not draw what the run drew`,
     );
   }
-  return { checkpoint, dir, state };
+  // The digests are those of the files as written, not part of the run's state.
+  const { files: written, ...rest } = state;
+  const files = latest.files ?? written;
+  return { checkpoint, dir, state: rest, ...(files ? { files } : {}) };
 }
 
 /**
  * Loads a checkpoint's network and optimizer state; the caller disposes both.
- * @throws {Error} naming the folder when it has no optimizer state (nothing is left allocated)
+ * @param files the digests the checkpoint records ({@linkcode readCheckpointState}): each file
+ *   must match its own
+ * @throws {Error} naming the folder when it has no optimizer state, or the file when it is not
+ *   the one the checkpoint records (nothing is left allocated)
  */
 export async function loadCheckpointWeights(
   dir: string,
+  files?: Record<string, FileDigest>,
 ): Promise<{ net: UNet; optimizer: Optimizer }> {
-  const net = (await loadModel(dir)).net;
-  const optimizer = await loadOptimizer(dir).catch((e) => {
+  const net = (await loadModel(dir, files?.[MODEL_FILE])).net;
+  const optimizer = await loadOptimizer(dir, files?.[OPTIMIZER_FILE]).catch((e) => {
     disposeUNet(net);
     throw e;
   });

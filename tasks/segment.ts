@@ -23,7 +23,7 @@ import { caseKey } from "../pipeline/case_cache.ts";
 import { type Case, findCases, readNiftiHeader } from "../pipeline/cases.ts";
 import { MAX_OVERLAP, OVERLAP_RANGE, slidingWindowProbabilities } from "../pipeline/inference.ts";
 import { probabilitiesToLabels } from "../pipeline/labels.ts";
-import { resolveModel } from "../pipeline/model_store.ts";
+import { readModelBytes, resolveModel } from "../pipeline/model_store.ts";
 import { decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
 import { readNifti } from "../pipeline/nifti_object.ts";
 import { preprocessCase, uncropBox } from "../pipeline/preprocess.ts";
@@ -164,7 +164,8 @@ export class Segmenter {
     if (resolved.note) log(resolved.note);
     const choice = await selectBackend(options.backend ?? "cpu", log);
     const uri = resolved.uri;
-    const bytes = await getObject(uri);
+    // Damaged weights (their data digest disagrees) are refused by name, never run.
+    const bytes = await readModelBytes(uri);
     const { net, metadata } = deserializeUNet(bytes, uri, false);
     const size = (key: string) => {
       const v = Number(metadata[key]);

@@ -255,11 +255,11 @@ export async function train(
     if (!(await exists(latest))) {
       throw new Error(`--resume: ${latest} does not exist; there is no run to resume there`);
     }
-    const { checkpoint, dir, state: stored } = await readCheckpointState(out);
+    const { checkpoint, dir, state: stored, files } = await readCheckpointState(out);
     state = stored;
     const resumed = resumedSettings(state.settings, requested, state);
     settings = state.settings = resumed.settings;
-    ({ net, optimizer } = await loadCheckpointWeights(dir));
+    ({ net, optimizer } = await loadCheckpointWeights(dir, files));
     // A changed setting is stored by the next checkpoint, even one written before any step.
     saved = resumed.changes.length > 0 ? undefined : checkpoint;
     log(`resuming ${out} at epoch ${state.epoch}, step ${state.globalStep} (${checkpoint})`);

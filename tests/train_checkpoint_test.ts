@@ -5,7 +5,14 @@
  */
 import * as tf from "../model/tf.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
-import { createUNet, disposeUNet, Optimizer, resolveConfig, trainStep } from "../model/mod.ts";
+import {
+  createUNet,
+  disposeUNet,
+  Optimizer,
+  resolveConfig,
+  serializeUNet,
+  trainStep,
+} from "../model/mod.ts";
 import {
   checkpointName,
   latestUri,
@@ -17,7 +24,7 @@ import {
   writeBest,
   writeCheckpoint,
 } from "../pipeline/checkpoint.ts";
-import { loadModel } from "../pipeline/model_store.ts";
+import { loadModel, sha256Hex } from "../pipeline/model_store.ts";
 import { resumedSettings } from "../tasks/_train_resume.ts";
 import { UsageError } from "../tasks/_cli.ts";
 import { defaultSettings } from "../tasks/train.ts";
@@ -183,8 +190,17 @@ Deno.test("writeCheckpoint commits with latest.json and keeps the two newest fol
       const state = stateAt(settings, epoch, step);
       const name = await writeCheckpoint(dir, net, optimizer, state);
       assertEquals(name, checkpointName(state));
-      assertEquals(await readJson(latestUri(dir)), { checkpoint: name, epoch, step });
-      assertEquals(await readJson(`${dir}/${name}/state.json`), state);
+      const { files, ...latest } = await readJson(latestUri(dir));
+      assertEquals(latest, { checkpoint: name, epoch, step });
+      const { files: stateFiles, ...written } = await readJson(`${dir}/${name}/state.json`);
+      assertEquals(written, state);
+      // Every file's digest as written: the weights' and optimizer's in both, state.json's in latest.
+      for (const file of ["model.safetensors", "optimizer.safetensors", "state.json"]) {
+        const bytes = await Deno.readFile(`${dir}/${name}/${file}`);
+        const digest = { sha256: sha256Hex(bytes), bytes: bytes.length };
+        assertEquals(files[file], digest, file);
+        if (file !== "state.json") assertEquals(stateFiles[file], digest, file);
+      }
       names.push(name);
     }
     assertEquals(names[1], "checkpoints/epoch-0001-step-0000002");
@@ -357,6 +373,106 @@ Deno.test("readCheckpointState reads a state written before it, and refuses by n
       `${stateFile}: not valid JSON`,
     );
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** `path` with `n` bytes from `at` (negative: from the end) inverted: same length, other bytes. */
+async function flipBytes(path: string, n: number, at = -n) {
+  const bytes = await Deno.readFile(path);
+  const from = at < 0 ? bytes.length + at : at;
+  for (let i = from; i < from + n; i++) bytes[i] ^= 0xff;
+  await Deno.writeFile(path, bytes);
+}
+
+Deno.test("a checkpoint's files are checked against the digests it records: flipped bytes in any of them are refused by name", async () => {
+  const dir = await Deno.makeTempDir();
+  const before = tf.memory().numTensors;
+  const { net, optimizer } = trainedNet();
+  try {
+    const name = await writeCheckpoint(dir, net, optimizer, stateAt(stored, 1, 6));
+    const folder = `${dir}/${name}`;
+    const pristine = new Map<string, Uint8Array>();
+    for (const f of ["model.safetensors", "optimizer.safetensors", "state.json"]) {
+      pristine.set(f, await Deno.readFile(`${folder}/${f}`));
+    }
+    const restore = async () => {
+      for (const [f, b] of pristine) await Deno.writeFile(`${folder}/${f}`, b);
+    };
+    const resume = async () => {
+      const read = await readCheckpointState(dir);
+      const back = await loadCheckpointWeights(read.dir, read.files);
+      back.optimizer.dispose();
+      disposeUNet(back.net);
+    };
+    await resume(); // whole: reads back
+
+    for (const f of ["model.safetensors", "optimizer.safetensors"]) {
+      await flipBytes(`${folder}/${f}`, 64);
+      await assertRejects(
+        resume,
+        Error,
+        `${folder}/${f}: damaged file: its SHA-256 is`,
+      );
+      // Without the checkpoint's record (a file copied elsewhere), its own data digest refuses it.
+      await assertRejects(
+        () =>
+          f === "model.safetensors"
+            ? loadCheckpointWeights(folder)
+            : loadCheckpointWeights(folder).then((b) => {
+              b.optimizer.dispose();
+              disposeUNet(b.net);
+            }),
+        Error,
+        `${folder}/${f}: damaged weights: the SHA-256 of its tensor data is`,
+      );
+      await restore();
+    }
+    // state.json edited without breaking its JSON (a digit of the loss sum changed).
+    const text = new TextDecoder().decode(pristine.get("state.json"));
+    const edited = text.replace('"epochLossSum":0', '"epochLossSum":9');
+    assert(edited !== text);
+    await Deno.writeTextFile(`${folder}/state.json`, edited);
+    await assertRejects(
+      () => readCheckpointState(dir),
+      Error,
+      `${folder}/state.json: damaged file: its SHA-256 is`,
+    );
+    await restore();
+    await resume();
+  } finally {
+    optimizer.dispose();
+    disposeUNet(net);
+    await Deno.remove(dir, { recursive: true });
+  }
+  assertEquals(tf.memory().numTensors, before, "every tensor disposed, also on refused loads");
+});
+
+Deno.test("model files carry their data digest: loadModel refuses damaged weights by name, and loads files written without one", async () => {
+  const dir = await Deno.makeTempDir();
+  const { net, optimizer } = trainedNet();
+  try {
+    await writeBest(dir, net, { crop: 16, epoch: 1 });
+    const file = `${dir}/best/model.safetensors`;
+    const { metadata } = await loadModel(`${dir}/best`).then((m) => {
+      disposeUNet(m.net);
+      return m;
+    });
+    assertEquals(metadata.data_sha256.length, 64);
+    await flipBytes(file, 64);
+    await assertRejects(
+      () => loadModel(`${dir}/best`),
+      Error,
+      `${file}: damaged weights: the SHA-256 of its tensor data is`,
+    );
+    // A file without the digest (an older one, or another tool's) loads unchecked.
+    await Deno.writeFile(`${dir}/old.safetensors`, serializeUNet(net));
+    const old = await loadModel(`${dir}/old.safetensors`);
+    assertEquals(old.metadata.data_sha256, undefined);
+    disposeUNet(old.net);
+  } finally {
+    optimizer.dispose();
+    disposeUNet(net);
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -79,7 +79,8 @@ Deno.test("train: aborted mid-epoch stops after that step, checkpoints it, and r
     assertEquals([stopped.steps, stopped.epochs, stopped.interrupted], [4, 1, true]);
     assertEquals(a.events.filter((e) => e.kind === "step").length, 4, "no step after the abort");
     const latest = await readJson(`${dir}/cut/latest.json`);
-    assertEquals(latest, {
+    const { files: _files, ...named } = latest;
+    assertEquals(named, {
       checkpoint: "checkpoints/epoch-0001-step-0000004",
       epoch: 1,
       step: 4,
@@ -351,6 +352,66 @@ Deno.test("train CLI: a corrupt NIfTI or a missing --data folder is an error nam
       assert(!e.name.startsWith("BraTS2021_00002"), `no entry for the broken case: ${e.name}`);
       decodeCachedCase(await Deno.readFile(name), name); // whole, or this throws
     }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("train --resume and segment refuse a checkpoint or best/ weights with 64 flipped bytes, naming the file (exit 1)", async () => {
+  const data = await dataset();
+  const dir = await Deno.makeTempDir();
+  const run = `${dir}/run`;
+  try {
+    const first = await runMain([
+      "train",
+      "--data",
+      data,
+      "--out",
+      run,
+      "--epochs",
+      "1",
+      "--steps-per-epoch",
+      "1",
+      "--crop",
+      "8",
+      "--val-cases",
+      "0",
+      "--config",
+      TINY_JSON,
+      "--quiet",
+    ]);
+    assertEquals(first.code, 0, first.stderr);
+    const latest = await readJson(`${run}/latest.json`);
+    /** Runs `args` with 64 bytes at the end of `file` inverted, then puts the file back. */
+    const withFlipped = async (file: string, args: string[]) => {
+      const bytes = await Deno.readFile(file);
+      const flipped = bytes.slice();
+      for (let i = bytes.length - 64; i < bytes.length; i++) flipped[i] ^= 0xff;
+      await Deno.writeFile(file, flipped);
+      try {
+        return await runMain(args);
+      } finally {
+        await Deno.writeFile(file, bytes);
+      }
+    };
+    const weights = `${run}/${latest.checkpoint}/model.safetensors`;
+    const resume = ["train", "--out", run, "--resume", "--epochs", "2", "--quiet"];
+    const resumed = await withFlipped(weights, resume);
+    assertEquals(resumed.code, 1, resumed.stderr);
+    assert(resumed.stderr.includes(`${weights}: damaged file`), resumed.stderr);
+    assertEquals((await readJson(`${run}/latest.json`)).step, 1, "the refused run wrote nothing");
+
+    const best = `${run}/best/model.safetensors`;
+    const segment = ["segment", "--model", run, "--input", data, "--out", `${dir}/seg`, "--quiet"];
+    const segmented = await withFlipped(best, segment);
+    assertEquals(segmented.code, 1, segmented.stderr);
+    assert(segmented.stderr.includes(`${best}: damaged weights`), segmented.stderr);
+    assert(await pathMissing(`${dir}/seg`), "nothing segmented with damaged weights");
+    // Put back, both run.
+    const fine = await runMain(segment);
+    assertEquals(fine.code, 0, fine.stderr);
+    const again = await runMain(resume);
+    assertEquals(again.code, 0, again.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
