@@ -22,7 +22,13 @@
  * @module
  */
 import { createGunzip } from "node:zlib";
-import { type Fail, failFor, MAX_HEADER_BYTES, parseHeader } from "./nifti_header.ts";
+import {
+  type Fail,
+  failFor,
+  MAX_HEADER_BYTES,
+  type NiftiHeader,
+  parseHeader,
+} from "./nifti_header.ts";
 import {
   dataLayout,
   type DecodeOptions,
@@ -161,7 +167,7 @@ export async function readNifti(uri: string, options: DecodeOptions = {}): Promi
 }
 
 /** The NIfTI header at the start of a gzip object, inflating no more than it needs. */
-async function gzipHeader(src: Source, fail: Fail) {
+async function gzipHeader(src: Source, fail: Fail): Promise<NiftiHeader> {
   const head = new Uint8Array(MAX_HEADER_BYTES);
   const r = await inflate(src, MAX_HEADER_BYTES, MAX_HEADER_INPUT, (chunk, at) => {
     head.set(chunk.subarray(0, MAX_HEADER_BYTES - at), at);
