@@ -25,7 +25,7 @@
  * @module
  */
 import type { NetworkConfig, Optimizer, UNet } from "../model/mod.ts";
-import { disposeUNet } from "../model/mod.ts";
+import { disposeUNet, resolveConfig } from "../model/mod.ts";
 import type { RegionScores } from "./metrics.ts";
 import {
   checkDigest,
@@ -180,15 +180,174 @@ export async function writeCheckpoint(
   return name;
 }
 
-async function readJson<T>(uri: string, expected?: FileDigest): Promise<T> {
+async function readJson(uri: string, expected?: FileDigest): Promise<unknown> {
   const bytes = await getObject(uri);
   if (expected) checkDigest(bytes, uri, expected);
   const text = new TextDecoder().decode(bytes);
   try {
-    return JSON.parse(text) as T;
+    return JSON.parse(text);
   } catch (e) {
     throw new SyntaxError(`${uri}: not valid JSON (${(e as Error).message})`);
   }
+}
+
+/** Checks the fields of JSON read from `uri`; each error names the file, the field and the value. */
+class Fields {
+  constructor(readonly uri: string) {}
+
+  /** A wrong type is a TypeError, a value of the right type out of range a RangeError. */
+  fail(field: string, want: string, found: unknown, range = typeof found === "number"): never {
+    const shown = found === undefined
+      ? "nothing"
+      : `${JSON.stringify(found)}${typeof found === "string" ? " (a string)" : ""}`;
+    const E = range ? RangeError : TypeError;
+    throw new E(`${this.uri}: field "${field}" must be ${want}, found ${shown}`);
+  }
+
+  object(v: unknown, field: string): Record<string, unknown> {
+    if (typeof v !== "object" || v === null || Array.isArray(v)) this.fail(field, "an object", v);
+    return v as Record<string, unknown>;
+  }
+
+  int(v: unknown, field: string, min: number): number {
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min) {
+      this.fail(field, `an integer ≥ ${min}`, v);
+    }
+    return v;
+  }
+
+  number(v: unknown, field: string, min = -Infinity, max = Infinity): number {
+    if (typeof v !== "number" || !Number.isFinite(v) || v < min || v > max) {
+      const range = min === -Infinity
+        ? ""
+        : max === Infinity
+        ? ` ≥ ${min}`
+        : ` in [${min}, ${max}]`;
+      this.fail(field, `a finite number${range}`, v);
+    }
+    return v;
+  }
+
+  string(v: unknown, field: string): string {
+    if (typeof v !== "string") this.fail(field, "a string", v, false);
+    return v;
+  }
+
+  strings(v: unknown, field: string): string[] {
+    if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) {
+      this.fail(field, "a list of strings", v);
+    }
+    return v;
+  }
+
+  files(v: unknown, field: string): void {
+    if (v === undefined) return;
+    const files = this.object(v, field);
+    for (const [name, d] of Object.entries(files)) {
+      const digest = this.object(d, `${field}.${name}`);
+      if (typeof digest.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(digest.sha256)) {
+        this.fail(`${field}.${name}.sha256`, "64 hex digits", digest.sha256);
+      }
+      this.int(digest.bytes, `${field}.${name}.bytes`, 0);
+    }
+  }
+}
+
+/** The folder a checkpoint may be in, relative to the run's output: nowhere else. */
+const CHECKPOINT_NAME = /^checkpoints\/epoch-\d{4,}-step-\d{7,}$/;
+
+/**
+ * Checks what `latest.json` holds: a checkpoint folder under the run's own `checkpoints/` (so a
+ * resumed run never reads another run's state), its epoch and step, and its files' digests.
+ */
+function checkLatest(v: unknown, uri: string): LatestCheckpoint {
+  const f: Fields = new Fields(uri);
+  const latest = f.object(v, "(the whole file)");
+  const checkpoint = f.string(latest.checkpoint, "checkpoint");
+  if (!CHECKPOINT_NAME.test(checkpoint)) {
+    f.fail(
+      "checkpoint",
+      "a checkpoint folder of this run (checkpoints/epoch-EEEE-step-SSSSSSS, under the folder of " +
+        "latest.json)",
+      checkpoint,
+      true,
+    );
+  }
+  f.int(latest.epoch, "epoch", 0);
+  f.int(latest.step, "step", 0);
+  f.files(latest.files, "files");
+  return latest as unknown as LatestCheckpoint;
+}
+
+/**
+ * Checks a `state.json` field by field, so that a hand-edited or damaged state is refused naming
+ * the field rather than resumed into nonsense (a negative step, an epoch as a string).
+ */
+function checkState(v: unknown, uri: string): TrainState {
+  const f: Fields = new Fields(uri);
+  const state = f.object(v, "(the whole file)");
+  if (state.format !== "revunet-train-state") {
+    throw new Error(`${uri}: not a training state`);
+  }
+  if (state.version !== 1) f.fail("version", "1", state.version);
+  const s = f.object(state.settings, "settings");
+  f.string(s.data, "settings.data");
+  f.int(s.epochs, "settings.epochs", 1);
+  const stepsPerEpoch = f.int(s.stepsPerEpoch, "settings.stepsPerEpoch", 1);
+  f.int(s.crop, "settings.crop", 1);
+  f.int(s.batch, "settings.batch", 1);
+  f.number(s.lr, "settings.lr", 0);
+  if (s.optimizer !== "adam" && s.optimizer !== "sgd") {
+    f.fail("settings.optimizer", '"adam" or "sgd"', s.optimizer, typeof s.optimizer === "string");
+  }
+  f.number(s.weightDecay, "settings.weightDecay", 0);
+  f.int(s.valCases, "settings.valCases", 0);
+  f.int(s.valEvery, "settings.valEvery", 1);
+  f.int(s.valWindow, "settings.valWindow", 1);
+  try {
+    resolveConfig(f.object(s.config, "settings.config") as Partial<NetworkConfig>);
+  } catch (e) {
+    throw new RangeError(`${uri}: field "settings.config": ${(e as Error).message}`, { cause: e });
+  }
+  f.int(s.seed, "settings.seed", 0);
+  if (typeof s.augment !== "boolean") f.fail("settings.augment", "true or false", s.augment);
+  f.number(s.foregroundFraction, "settings.foregroundFraction", 0, 1);
+  const epoch = f.int(state.epoch, "epoch", 0);
+  const stepInEpoch = f.int(state.stepInEpoch, "stepInEpoch", 0);
+  if (stepInEpoch > stepsPerEpoch) {
+    f.fail("stepInEpoch", `at most settings.stepsPerEpoch (${stepsPerEpoch})`, stepInEpoch);
+  }
+  const globalStep = f.int(state.globalStep, "globalStep", 0);
+  // stepsPerEpoch never changes within a run, so the three counters restate each other.
+  if (globalStep !== epoch * stepsPerEpoch + stepInEpoch) {
+    f.fail(
+      "globalStep",
+      `epoch × settings.stepsPerEpoch + stepInEpoch (${epoch} × ${stepsPerEpoch} + ${stepInEpoch} = ${
+        epoch * stepsPerEpoch + stepInEpoch
+      })`,
+      globalStep,
+    );
+  }
+  f.number(state.epochLossSum, "epochLossSum");
+  f.number(state.epochSeconds, "epochSeconds", 0);
+  if (!Array.isArray(state.history) || state.history.length !== epoch) {
+    f.fail("history", `a list of one entry per completed epoch (${epoch})`, state.history);
+  }
+  state.history.forEach((h, i) => {
+    const m = f.object(h, `history[${i}]`);
+    f.int(m.epoch, `history[${i}].epoch`, 1);
+    f.number(m.loss, `history[${i}].loss`);
+  });
+  if (state.best !== null) {
+    const best = f.object(state.best, "best");
+    f.int(best.epoch, "best.epoch", 1);
+    f.number(best.meanDice, "best.meanDice", 0, 1);
+  }
+  const split = f.object(state.split, "split");
+  f.strings(split.train, "split.train");
+  f.strings(split.val, "split.val");
+  f.files(state.files, "files");
+  return state as unknown as TrainState;
 }
 
 /**
@@ -197,6 +356,10 @@ async function readJson<T>(uri: string, expected?: FileDigest): Promise<T> {
  *   its files were written with (for {@linkcode loadCheckpointWeights}; none in older runs)
  * @throws {SyntaxError} when `latest.json` or `state.json` is not JSON
  * @throws {Error} naming `state.json` when it is not the file `latest.json` records
+ * @throws {TypeError|RangeError} naming the file and the field when `latest.json` or
+ *   `state.json` does not hold what it should (a field of the wrong type or out of range, a
+ *   checkpoint outside the run's own `checkpoints/`, a state that is not the one `latest.json`
+ *   names)
  * @throws {Error} naming `state.json` when it is not a training state, or its `rng` does not
  * restate the run's seed and step
  */
@@ -205,13 +368,20 @@ export async function readCheckpointState(
 ): Promise<
   { checkpoint: string; dir: string; state: TrainState; files?: Record<string, FileDigest> }
 > {
-  const latest = await readJson<LatestCheckpoint>(latestUri(out));
+  const latest = checkLatest(await readJson(latestUri(out)), latestUri(out));
   const checkpoint = latest.checkpoint;
   const dir = joinUri(out, checkpoint);
   const uri = joinUri(dir, STATE_FILE);
-  const state = await readJson<TrainState>(uri, latest.files?.[STATE_FILE]);
-  if (state.format !== "revunet-train-state") {
-    throw new Error(`${uri}: not a training state`);
+  const state = checkState(await readJson(uri, latest.files?.[STATE_FILE]), uri);
+  if (
+    checkpointName(state) !== checkpoint || latest.epoch !== state.epoch ||
+    latest.step !== state.globalStep
+  ) {
+    throw new RangeError(
+      `${uri}: holds epoch ${state.epoch}, step ${state.globalStep}, but ${
+        latestUri(out)
+      } names ${checkpoint} at epoch ${latest.epoch}, step ${latest.step}`,
+    );
   }
   const rng = state.rng;
   if (

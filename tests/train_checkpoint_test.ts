@@ -174,6 +174,13 @@ function stateAt(settings: TrainSettings, epoch: number, step: number): TrainSta
   s.stepInEpoch = step - epoch * settings.stepsPerEpoch;
   s.globalStep = s.rng.counter = step;
   s.split = { train: ["BraTS2021_00001"], val: ["BraTS2021_00002"] };
+  s.history = Array.from({ length: epoch }, (_, i) => ({
+    epoch: i + 1,
+    step: (i + 1) * settings.stepsPerEpoch,
+    loss: 1 - i / 10,
+    lr: 1e-3,
+    seconds: 1,
+  }));
   return s;
 }
 
@@ -473,6 +480,131 @@ Deno.test("model files carry their data digest: loadModel refuses damaged weight
   } finally {
     optimizer.dispose();
     disposeUNet(net);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("readCheckpointState validates state.json and latest.json field by field, and reads no checkpoint outside the run's own checkpoints/", async () => {
+  const dir = await Deno.makeTempDir();
+  const name = "checkpoints/epoch-0001-step-0000004";
+  const stateFile = `${dir}/${name}/state.json`;
+  const latestFile = latestUri(dir);
+  const latest = { checkpoint: name, epoch: 1, step: 4 };
+  const put = (file: string, value: unknown) => Deno.writeTextFile(file, JSON.stringify(value));
+  try {
+    await Deno.mkdir(`${dir}/${name}`, { recursive: true });
+    await put(latestFile, latest);
+    await put(stateFile, WRITTEN_BEFORE);
+    await readCheckpointState(dir); // as written: accepted
+
+    const settings = WRITTEN_BEFORE.settings;
+    const states: [Record<string, unknown>, ErrorConstructor, string][] = [
+      [{ globalStep: -5 }, RangeError, 'field "globalStep" must be an integer ≥ 0, found -5'],
+      [{ epoch: "4" }, TypeError, 'field "epoch" must be an integer ≥ 0, found "4" (a string)'],
+      [{ stepInEpoch: 1.5 }, RangeError, 'field "stepInEpoch" must be an integer ≥ 0, found 1.5'],
+      [
+        { stepInEpoch: 4 },
+        RangeError,
+        'field "stepInEpoch" must be at most settings.stepsPerEpoch (3), found 4',
+      ],
+      [
+        { globalStep: 7, rng: { ...WRITTEN_BEFORE.rng, counter: 7 } },
+        RangeError,
+        'field "globalStep" must be epoch × settings.stepsPerEpoch + stepInEpoch (1 × 3 + 1 = 4), found 7',
+      ],
+      [{ version: 2 }, RangeError, 'field "version" must be 1, found 2'],
+      [
+        { settings: { ...settings, lr: "0.003" } },
+        TypeError,
+        'field "settings.lr" must be a finite number ≥ 0, found "0.003" (a string)',
+      ],
+      [
+        { settings: { ...settings, optimizer: "adamw" } },
+        RangeError,
+        'field "settings.optimizer" must be "adam" or "sgd", found "adamw"',
+      ],
+      [
+        { settings: { ...settings, stepsPerEpoch: 0 } },
+        RangeError,
+        'field "settings.stepsPerEpoch" must be an integer ≥ 1, found 0',
+      ],
+      [
+        { settings: { ...settings, foregroundFraction: 2 } },
+        RangeError,
+        'field "settings.foregroundFraction" must be a finite number in [0, 1], found 2',
+      ],
+      [
+        { settings: { ...settings, config: { ...settings.config, levels: 100 } } },
+        RangeError,
+        'field "settings.config": ',
+      ],
+      [{ settings: undefined }, TypeError, 'field "settings" must be an object, found nothing'],
+      [
+        { history: [] },
+        TypeError,
+        'field "history" must be a list of one entry per completed epoch (1), found []',
+      ],
+      [
+        { epochLossSum: null },
+        TypeError,
+        'field "epochLossSum" must be a finite number, found null',
+      ],
+      [
+        { best: { epoch: 1, meanDice: 7 } },
+        RangeError,
+        'field "best.meanDice" must be a finite number in [0, 1], found 7',
+      ],
+      [
+        { split: { train: [1], val: [] } },
+        TypeError,
+        'field "split.train" must be a list of strings, found [1]',
+      ],
+      [
+        { files: { "model.safetensors": { sha256: "x", bytes: 1 } } },
+        TypeError,
+        'field "files.model.safetensors.sha256" must be 64 hex digits, found "x"',
+      ],
+    ];
+    for (const [over, E, text] of states) {
+      await put(stateFile, { ...WRITTEN_BEFORE, ...over });
+      await assertRejects(() => readCheckpointState(dir), E, `${stateFile}: ${text}`);
+    }
+    await put(stateFile, [1, 2]);
+    await assertRejects(
+      () => readCheckpointState(dir),
+      TypeError,
+      `${stateFile}: field "(the whole file)" must be an object`,
+    );
+    await put(stateFile, WRITTEN_BEFORE);
+
+    // latest.json: a checkpoint of this run only, and the state it names.
+    const outside =
+      'field "checkpoint" must be a checkpoint folder of this run (checkpoints/epoch-EEEE-step-SSSSSSS';
+    const latests: [Record<string, unknown>, ErrorConstructor, string][] = [
+      [{ checkpoint: `../other-run/${name}` }, RangeError, outside],
+      [{ checkpoint: `checkpoints/../../other-run/${name}` }, RangeError, outside],
+      [{ checkpoint: `/tmp/other-run/${name}` }, RangeError, outside],
+      [{ checkpoint: `s3://bucket/other-run/${name}` }, RangeError, outside],
+      [{ checkpoint: `${name}/..` }, RangeError, outside],
+      [{ checkpoint: 4 }, TypeError, 'field "checkpoint" must be a string, found 4'],
+      [{ epoch: "1" }, TypeError, 'field "epoch" must be an integer ≥ 0, found "1" (a string)'],
+      [{ step: -1 }, RangeError, 'field "step" must be an integer ≥ 0, found -1'],
+    ];
+    for (const [over, E, text] of latests) {
+      await put(latestFile, { ...latest, ...over });
+      await assertRejects(() => readCheckpointState(dir), E, `${latestFile}: ${text}`);
+    }
+    // A checkpoint folder of this run whose state is another step's (copied or renamed there).
+    const other = "checkpoints/epoch-0001-step-0000005";
+    await Deno.mkdir(`${dir}/${other}`);
+    await put(`${dir}/${other}/state.json`, WRITTEN_BEFORE);
+    await put(latestFile, { checkpoint: other, epoch: 1, step: 5 });
+    await assertRejects(
+      () => readCheckpointState(dir),
+      RangeError,
+      `${dir}/${other}/state.json: holds epoch 1, step 4, but ${latestFile} names ${other} at epoch 1, step 5`,
+    );
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });

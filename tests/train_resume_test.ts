@@ -357,7 +357,7 @@ Deno.test("train CLI: a corrupt NIfTI or a missing --data folder is an error nam
   }
 });
 
-Deno.test("train --resume and segment refuse a checkpoint or best/ weights with 64 flipped bytes, naming the file (exit 1)", async () => {
+Deno.test("train --resume and segment refuse a checkpoint or best/ weights with 64 flipped bytes, naming the file (exit 1); --resume refuses a latest.json naming another run's checkpoint", async () => {
   const data = await dataset();
   const dir = await Deno.makeTempDir();
   const run = `${dir}/run`;
@@ -412,6 +412,23 @@ Deno.test("train --resume and segment refuse a checkpoint or best/ weights with 
     assertEquals(fine.code, 0, fine.stderr);
     const again = await runMain(resume);
     assertEquals(again.code, 0, again.stderr);
+
+    // A latest.json pointing into another run's folder is refused, not resumed from there.
+    await Deno.mkdir(`${dir}/mine`);
+    const other = await readJson(`${run}/latest.json`);
+    await Deno.writeTextFile(
+      `${dir}/mine/latest.json`,
+      JSON.stringify({ ...other, checkpoint: `../run/${other.checkpoint}` }),
+    );
+    const hijacked = await runMain(["train", "--out", `${dir}/mine`, "--resume", "--quiet"]);
+    assertEquals(hijacked.code, 1, hijacked.stderr);
+    assert(
+      hijacked.stderr.includes(
+        `${dir}/mine/latest.json: field "checkpoint" must be a checkpoint folder of this run`,
+      ),
+      hijacked.stderr,
+    );
+    assert(await pathMissing(`${dir}/mine/checkpoints`), "nothing written");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
