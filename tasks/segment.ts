@@ -23,6 +23,7 @@ import { caseKey } from "../pipeline/case_cache.ts";
 import { type Case, findCases, readNiftiHeader } from "../pipeline/cases.ts";
 import { MAX_OVERLAP, OVERLAP_RANGE, slidingWindowProbabilities } from "../pipeline/inference.ts";
 import { probabilitiesToLabels } from "../pipeline/labels.ts";
+import { keepLargestComponent } from "../pipeline/postprocess.ts";
 import { readModelBytes, resolveModel } from "../pipeline/model_store.ts";
 import { decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
 import { readNifti } from "../pipeline/nifti_object.ts";
@@ -74,6 +75,11 @@ export interface CaseOptions {
   saveProbabilities?: boolean;
   /** An enhancing region of fewer voxels than this becomes necrosis (nnU-Net's BraTS rule). */
   etThreshold?: number;
+  /**
+   * Keep only the largest 26-connected tumour component, removing every other one (nnU-Net's
+   * post-processing; pays off where a model scatters small false positives far from one tumour).
+   */
+  largestComponent?: boolean;
   /** Called with windows done and in all. */
   onWindow?: (done: number, total: number) => void;
 }
@@ -96,7 +102,13 @@ export interface CaseOutcome {
 interface OutputRecord {
   model_sha256: string;
   inputs: string;
-  options: { overlap: number; tta: boolean; window: number; et_threshold: number };
+  options: {
+    overlap: number;
+    tta: boolean;
+    window: number;
+    et_threshold: number;
+    largest_component?: true;
+  };
   output: string;
   /** Every file written with this record (labels, probabilities, metrics). */
   outputs: string[];
@@ -214,6 +226,8 @@ export class Segmenter {
       tta: options.tta ?? false,
       window: options.window ?? this.validatedWindow ?? this.trainedCrop ?? 128,
       et_threshold: options.etThreshold ?? 0,
+      // Only when asked, so records of runs without it keep their form (and their skip key).
+      ...(options.largestComponent ? { largest_component: true as const } : {}),
     };
     const inputs = await caseKey(c);
     const hadRecord = await exists(recordUri);
@@ -251,6 +265,7 @@ export class Segmenter {
       onWindow: options.onWindow,
     });
     const boxLabels = probabilitiesToLabels(probs, c.enhancingLabel, opts.et_threshold);
+    if (opts.largest_component) keepLargestComponent(boxLabels, p.box.size);
     const labels = uncropBox(boxLabels, p.box, p.dims, 1);
     const counts: Record<string, number> = {};
     for (const l of labels) if (l) counts[l] = (counts[l] ?? 0) + 1;
@@ -562,6 +577,8 @@ Options:
   --batch <n>               windows per forward pass (default 1)
   --save-probabilities      also write <case>_probabilities.nii.gz (float32, WT/TC/ET as dim 4)
   --et-threshold <n>        an enhancing region under N voxels becomes necrosis (default 0: off)
+  --largest-component       keep only the largest connected tumour component (nnU-Net's
+                            post-processing; removes scattered false positives, off by default)
   --force                   redo cases that are already done
   --report                  write <out>/report/index.html: FLAIR slices with the prediction (and the
                             reference and metrics for labelled cases); with a shard,
@@ -585,6 +602,7 @@ Example:
       batch: { type: "string" },
       "save-probabilities": { type: "boolean" },
       "et-threshold": { type: "string" },
+      "largest-component": { type: "boolean" },
       force: { type: "boolean" },
       report: { type: "boolean" },
       backend: { type: "string" },
@@ -612,6 +630,7 @@ Example:
       batch: intFlag("batch", values.batch, 1, 1, 64),
       saveProbabilities: values["save-probabilities"] ?? false,
       etThreshold: intFlag("et-threshold", values["et-threshold"], 0, 0),
+      largestComponent: values["largest-component"] === true,
       force: values.force ?? false,
       report: values.report ?? false,
       backend: backendFlag(values.backend),

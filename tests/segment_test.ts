@@ -9,6 +9,8 @@ import { writePhantomDataset } from "../pipeline/phantom.ts";
 import { deleteObject, exists, getObject, listObjects, putObject } from "../pipeline/storage.ts";
 import { writeSynthDataset } from "../pipeline/synth.ts";
 import { probabilitiesToLabels } from "../pipeline/labels.ts";
+import { keepLargestComponent } from "../pipeline/postprocess.ts";
+import { connectedComponents } from "../pipeline/lesion_wise.ts";
 import { segment } from "../tasks/segment.ts";
 import { defaultSettings, train } from "../tasks/train.ts";
 import { inShard } from "../pipeline/shard.ts";
@@ -584,6 +586,38 @@ Deno.test("segment --event: the case an S3 notification completes; output keys i
     const bad = await runMain([...args, "--event", `${dir}/bad.json`], env);
     assertEquals(bad.code, 1, bad.stderr);
     assertEquals((await listObjects("s3://brats/seg/")).length, before, "nothing written");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("segment --largest-component writes the plain output post-processed, and the option is in the skip key", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [24, 28, 20], seed: 4 });
+    const model = await tinyModel(dir, 5);
+    const base = ["segment", "--model", model, "--input", `${dir}/data`, "--quiet"];
+    const plain = await runMain([...base, "--out", `${dir}/plain`]);
+    assertEquals(plain.code, 0, plain.stderr);
+    const kept = await runMain([...base, "--out", `${dir}/kept`, "--largest-component"]);
+    assertEquals(kept.code, 0, kept.stderr);
+    const { cases: [c] } = await findCases(`${dir}/data`);
+    const read = async (out: string) =>
+      decodeNifti(await getObject(`${dir}/${out}/${c.id}.nii.gz`), c.id);
+    const p = await read("plain");
+    const k = await read("kept");
+    const dims = p.header.dims.slice(0, 3);
+    const expected = new Uint8Array(scaledData(p));
+    // (An untrained network paints one blob, so the removal itself is tested in postprocess_test.ts;
+    // here: the flag reaches the output, which is the plain one post-processed.)
+    keepLargestComponent(expected, dims);
+    assertEquals(new Uint8Array(scaledData(k)), expected);
+    assert(connectedComponents(expected, dims).count <= 1);
+    assertEquals(k.header.affine, p.header.affine);
+    // The option is part of the skip key: asked again without it, the case is redone.
+    const again = await runMain([...base, "--out", `${dir}/kept`, "--json"]);
+    assertEquals(again.code, 0, again.stderr);
+    assertEquals(JSON.parse(again.stdout).cases[0].status, "done");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
