@@ -5,10 +5,13 @@
  * reader for cross-checks, mricron-data a real skull-stripped brain for synthetic cases,
  * mesa-vulkan-drivers a software Vulkan adapter so the WebGPU backend can be tested without a GPU,
  * gcc and OpenBLAS the native CPU kernels. `--peer` adds PyTorch, the speed benchmark's peer.
+ * Then it builds the `--backend tensorflow` binding (tfjs-node) where pip reaches a
+ * `tensorflow_cpu` wheel (tasks/setup_tensorflow.ts), or says once that it is unavailable.
  * Installing needs root and apt-get; elsewhere the command says what it would install and succeeds.
  * @module
  */
 import { type Command, parseFlags } from "./_cli.ts";
+import { setupTensorflow } from "./setup_tensorflow.ts";
 
 /** Debian packages and why each is wanted. */
 export const SYSTEM_PACKAGES: Record<string, string> = {
@@ -88,15 +91,18 @@ export async function installPackages(packages: string[], quiet = false): Promis
 
 export const setupCommand: Command = {
   name: "setup",
-  summary: "Install optional system packages (nibabel, a brain template, software Vulkan)",
+  summary:
+    "Install optional system packages; build the tensorflow backend where a wheel is at hand",
   help: `Usage: deno task setup [--quiet] [--peer]
 
 Installs, with apt-get when run as root, the optional Debian packages the project uses:
 ${Object.entries(SYSTEM_PACKAGES).map(([p, why]) => `  ${p.padEnd(20)} ${why}`).join("\n")}
 With --peer also:
 ${Object.entries(PEER_PACKAGES).map(([p, why]) => `  ${p.padEnd(20)} ${why}`).join("\n")}
-Nothing is required: without them the pipeline runs (on slower kernels) and the tests that need
-them are skipped.
+Then, where pip reaches a tensorflow_cpu 2.21.0 wheel, builds the --backend tensorflow binding
+(@tensorflow/tfjs-node 4.22.0 in .cache/tfjs-node, about a minute the first time, under a
+second after). Nothing is required: without them the pipeline runs (on slower kernels) and the
+tests that need them are skipped.
 
 Options:
   --quiet   print only what is installed or fails
@@ -109,6 +115,16 @@ Example:
       quiet: { type: "boolean" },
       peer: { type: "boolean" },
     });
-    await setup(values.quiet ?? false, values.peer ?? false);
+    const quiet = values.quiet ?? false;
+    await setup(quiet, values.peer ?? false);
+    const tfSetup = await setupTensorflow(quiet ? () => {} : (m) => console.error(m));
+    if (!tfSetup.ok) {
+      console.error(
+        `setup: the tensorflow backend (--backend tensorflow) is unavailable: ${tfSetup.detail}; ` +
+          "everything else works as before",
+      );
+    } else if (!quiet || !tfSetup.detail.startsWith("already")) {
+      console.error(`setup: tensorflow backend ready (tfjs-node ${tfSetup.detail})`);
+    }
   },
 };
