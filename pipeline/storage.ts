@@ -22,6 +22,7 @@
  * @module
  */
 import {
+  createLocal,
   deleteLocal,
   getLocal,
   getLocalRange,
@@ -31,6 +32,7 @@ import {
   removeStaleTemporaries,
 } from "./storage_local.ts";
 import {
+  createS3,
   deleteS3,
   getS3,
   getS3Range,
@@ -172,6 +174,22 @@ export async function putObject(
     throw new TypeError(`Cannot write "${uri}": an object key may not be empty or end in '/'`);
   }
   await putS3(uri, p.bucket, p.key, bytes, opts);
+}
+
+/**
+ * Writes an object only if none exists at `uri` (a lock, a claim), whole or not at all: locally a
+ * hard link that fails on an existing file; on S3 a PUT with `If-None-Match: *` (conditional
+ * writes, S3 since 2024; a server that ignores the header overwrites, so check first as well).
+ * @returns whether this call created it
+ */
+export async function createObject(uri: string, data: Uint8Array | string): Promise<boolean> {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const p = parseUri(uri);
+  if (p.kind === "local") return await createLocal(uri, p.path, bytes);
+  if (p.key === "" || p.key.endsWith("/")) {
+    throw new TypeError(`Cannot write "${uri}": an object key may not be empty or end in '/'`);
+  }
+  return await createS3(uri, p.bucket, p.key, bytes);
 }
 
 /** Deletes an object. Deleting one that does not exist is not an error. */

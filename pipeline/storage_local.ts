@@ -128,6 +128,36 @@ export async function putLocal(uri: string, path: string, data: Uint8Array): Pro
 }
 
 /**
+ * Writes a file only if none exists at `path`, atomically: the whole bytes go to a temporary file
+ * that is then hard-linked to `path`, which fails when `path` exists, so two writers never both
+ * succeed and a reader never sees part of the file.
+ * @returns whether the file was created (false: something was already there)
+ */
+export async function createLocal(uri: string, path: string, data: Uint8Array): Promise<boolean> {
+  const tmp = tempName(path);
+  try {
+    await Deno.mkdir(dirname(path), { recursive: true });
+    const file = await Deno.open(tmp, { write: true, createNew: true });
+    try {
+      let written = 0;
+      while (written < data.length) written += await file.write(data.subarray(written));
+      await file.syncData();
+    } finally {
+      file.close();
+    }
+    await Deno.link(tmp, path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.AlreadyExists) return false;
+    throw new Error(`Cannot write "${uri}": ${e instanceof Error ? e.message : String(e)}`, {
+      cause: e,
+    });
+  } finally {
+    await Deno.remove(tmp).catch(() => {});
+  }
+}
+
+/**
  * Removes the temporary files that writes of `path` left behind when their process was killed
  * between writing and renaming ({@linkcode putLocal}'s `.<name>.tmp-<hex>`; listings never show
  * them). Only `path`'s own: other writers in the same folder are left alone.

@@ -424,6 +424,38 @@ export function putS3(
   });
 }
 
+/**
+ * Writes an object only if no object has its key: one PUT with `If-None-Match: *`, which S3
+ * answers 412 (or 409 while a concurrent conditional write is in flight) when the key exists.
+ * Servers that ignore the header (s3rver 3.7) overwrite instead, so callers check first too.
+ * @returns whether the object was created
+ */
+export function createS3(
+  uri: string,
+  bucket: string,
+  key: string,
+  data: Uint8Array,
+): Promise<boolean> {
+  return run("write", uri, bucket, async (client) => {
+    try {
+      await client.send(
+        new PutObjectCommand({
+          Bucket: bucket,
+          Key: key,
+          Body: data,
+          ContentLength: data.length,
+          IfNoneMatch: "*",
+        }),
+      );
+      return true;
+    } catch (e) {
+      const status = (e as SdkErrorLike).$metadata?.httpStatusCode;
+      if (status === 412 || status === 409) return false;
+      throw e;
+    }
+  });
+}
+
 /** Deletes an object; a missing key is not an error (S3's own rule). */
 export function deleteS3(uri: string, bucket: string, key: string): Promise<void> {
   return run("delete", uri, bucket, async (client) => {

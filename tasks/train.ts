@@ -69,6 +69,7 @@ import { caseAt, type Cases } from "../pipeline/sampling.ts";
 import { formatDuration, Progress } from "../pipeline/progress.ts";
 import { streamRandom } from "../pipeline/random.ts";
 import { exists, getObject, joinUri, putObject } from "../pipeline/storage.ts";
+import { acquireRunLock, isWithin, type RunLock } from "../pipeline/run_lock.ts";
 import {
   backendFlag,
   type Command,
@@ -239,6 +240,8 @@ export async function train(
   const log = (m: string) => progress.log(`train: ${m}`);
   const emit = (e: TrainEvent) => runtime.onProgress?.(e);
   const aborted = () => runtime.signal?.aborted ?? false;
+  // Before the backend loads: a run must not write into the cases it reads.
+  if (!runtime.resume && requested.data !== undefined) await refuseOutInData(out, requested.data);
   const backend = await selectBackend(
     (runtime.backend ?? "cpu") as Parameters<typeof selectBackend>[0],
     log,
@@ -259,6 +262,7 @@ export async function train(
     state = stored;
     const resumed = resumedSettings(state.settings, requested, state);
     settings = state.settings = resumed.settings;
+    await refuseOutInData(out, settings.data);
     ({ net, optimizer } = await loadCheckpointWeights(dir, files));
     // A changed setting is stored by the next checkpoint, even one written before any step.
     saved = resumed.changes.length > 0 ? undefined : checkpoint;
@@ -281,6 +285,7 @@ export async function train(
   /** The folder streamed cases were written to, when the run made one: removed at the end. */
   let tempDir: string | undefined;
   let streamed: TrainResult["streamed"];
+  let lock: RunLock | undefined;
   try {
     // Cases: find, split, preprocess (cached).
     // A missing folder, or one without case files, is an error saying which and what is expected.
@@ -323,6 +328,14 @@ export async function train(
       }
       split = splitCases(labelled, settings.valCases, settings.seed);
       state.split = { train: split.train.map((c) => c.id), val: split.val.map((c) => c.id) };
+    }
+    // Taken before the run's first write (its cases' cache entries), after everything that can
+    // refuse the run without writing: a refused run leaves no lock behind, nor a folder for it.
+    lock = await acquireRunLock(out, "train", log);
+    if (!runtime.resume && await exists(latest)) {
+      throw new Error(
+        `${out} already holds a training run (${latest}), written since this run started; pass --resume to continue it or choose another --out`,
+      );
     }
     const cacheUri = runtime.cache === undefined
       ? joinUri(out, "cache")
@@ -541,6 +554,21 @@ export async function train(
         }
       });
     }
+    await lock?.release();
+  }
+}
+
+/**
+ * Refuses an output equal to or inside the data folder: its checkpoints, cache and reports would
+ * be written among the cases it reads (and found as cases by the next run).
+ */
+async function refuseOutInData(out: string, data: string): Promise<void> {
+  if (data !== "" && await isWithin(out, data)) {
+    throw new UsageError(
+      `--out ${out} is ${
+        (await isWithin(data, out)) ? "the --data folder" : `inside the --data folder ${data}`
+      }: a run writes its checkpoints, cache and reports there; choose an --out outside it`,
+    );
   }
 }
 
