@@ -1,20 +1,21 @@
 /**
  * Choosing the TensorFlow.js backend the model runs on, and saying why.
  *
- * Order of preference for `"auto"`: libtensorflow through `@tensorflow/tfjs-node-gpu` (CUDA), then
- * `@tensorflow/tfjs-node` (libtensorflow on the CPU), then WebGPU on a hardware adapter, then
- * tfjs's own JavaScript cpu kernels. A software WebGPU adapter (Mesa's llvmpipe or lavapipe,
- * SwiftShader) is skipped by `"auto"` because it is slower than the cpu backend (about 0.2 against
- * 0.8 GFLOP/s for conv3d on a 2-core machine), but `"webgpu"` asked for by name accepts one:
- * that is how the tests check the WebGPU kernels without a GPU.
+ * Order of preference for `"auto"`: libtensorflow through `@tensorflow/tfjs-node-gpu` when it sees
+ * a CUDA device, then WebGPU on a hardware adapter, then tfjs's cpu backend with the project's
+ * native kernels. `@tensorflow/tfjs-node` (libtensorflow on the CPU) is skipped by `"auto"`: it
+ * measured slower per training step than the native cpu path (BENCHMARKS.md), but `"tensorflow"`
+ * asked for by name uses it. A software WebGPU adapter (Mesa's llvmpipe or lavapipe, SwiftShader)
+ * is skipped by `"auto"` because it is slower than the cpu backend (about 0.2 against 0.8 GFLOP/s
+ * for conv3d on a 2-core machine), but `"webgpu"` asked for by name accepts one: that is how the
+ * tests check the WebGPU kernels without a GPU.
  *
- * The optional backends are imported lazily, and the libtensorflow and wasm ones by a computed
- * specifier, so that nothing needs them to type-check or test: they do not install on machines
- * without libtensorflow (their install script downloads it). To use one, map it in deno.json's
- * imports, e.g. `"@tensorflow/tfjs-node-gpu": "npm:@tensorflow/tfjs-node-gpu@4.22.0"`, and allow its
- * install script. The webgpu package is imported only when WebGPU is tried, because importing it
- * registers a backend whose priority is above cpu's, which would change what an unconfigured
- * `tf.ready()` picks.
+ * The optional backends are imported lazily, so that nothing needs them to type-check or test.
+ * The libtensorflow bindings are loaded from `.cache/tfjs-node`, where `deno task setup` builds
+ * tfjs-node (model/tensorflow.ts), or else by a computed specifier mapped in deno.json's imports;
+ * the wasm one by a computed specifier only. The webgpu package is imported only when WebGPU is
+ * tried, because importing it registers a backend whose priority is above cpu's, which would
+ * change what an unconfigured `tf.ready()` picks.
  *
  * @example
  * ```ts
@@ -28,6 +29,7 @@
 import * as tf from "./tf.ts";
 import { disableNativeKernels, enableNativeKernels, nativeRequested } from "./native/mod.ts";
 import { disableWebGpuKernels, enableWebGpuKernels } from "./webgpu/kernels.ts";
+import { loadTfjsNode, TENSORFLOW_PACKAGES, tfjsNodeRoot } from "./tensorflow.ts";
 
 /** A backend that can be asked for; `"auto"` picks the fastest that works here. */
 export type BackendName = "auto" | "tensorflow" | "webgpu" | "wasm" | "cpu";
@@ -47,8 +49,6 @@ export interface BackendChoice {
   device: string;
 }
 
-/** The libtensorflow bindings, GPU build first; both register the tfjs backend "tensorflow". */
-const TENSORFLOW_PACKAGES = ["@tensorflow/tfjs-node-gpu", "@tensorflow/tfjs-node"] as const;
 const WASM_PACKAGE = "@tensorflow/tfjs-backend-wasm";
 
 /** Adapter descriptions of WebGPU implementations that run on the CPU. */
@@ -60,8 +60,9 @@ const MESA_VENDOR_IDS = new Set(["65541", "0x10005"]);
 /**
  * Makes a tfjs backend active and returns what it is and why it was chosen.
  *
- * - `"auto"`: tfjs-node-gpu, then tfjs-node, then a hardware WebGPU adapter, then cpu; every
- *   candidate skipped is logged with its reason, and the reason returned names them all.
+ * - `"auto"`: tfjs-node-gpu on a CUDA device, then a hardware WebGPU adapter, then cpu; every
+ *   candidate skipped (tfjs-node always: slower than native cpu) is logged with its reason, and
+ *   the reason returned names them all.
  * - `"tensorflow"`: tfjs-node-gpu or else tfjs-node; throws when neither loads.
  * - `"webgpu"`: any WebGPU adapter, software ones included; throws when there is none.
  * - `"wasm"`: `@tensorflow/tfjs-backend-wasm`, which the project does not map by default; throws
@@ -121,14 +122,22 @@ async function selectAuto(log: (msg: string) => void): Promise<BackendChoice> {
     skipped.push(`${what}: ${why}`);
     log(`backend: skipping ${what}: ${why}`);
   };
-  for (const pkg of TENSORFLOW_PACKAGES) {
-    try {
-      const device = await activateTensorflow(pkg);
-      return { name: tf.getBackend(), reason: reasonAfter(skipped, `auto: ${pkg}`), device };
-    } catch (e) {
-      skip(pkg, oneLine(e));
+  // libtensorflow only when it runs on a CUDA GPU: on the CPU, tfjs-node measured 5× slower per
+  // training step than the native cpu path (BENCHMARKS.md, "bench speed"), so "auto" skips it.
+  try {
+    const device = await activateTensorflow(TENSORFLOW_PACKAGES[0]);
+    if (tf.getBackend() === "tensorflow" && device.includes("CUDA GPU")) {
+      return { name: tf.getBackend(), reason: reasonAfter(skipped, `auto: ${device}`), device };
     }
+    skip(TENSORFLOW_PACKAGES[0], "loaded, but no CUDA device is visible");
+  } catch (e) {
+    skip(TENSORFLOW_PACKAGES[0], oneLine(e));
   }
+  skip(
+    TENSORFLOW_PACKAGES[1],
+    "libtensorflow on the CPU is slower than the native cpu path here (BENCHMARKS.md); ask for " +
+      '"tensorflow" to use it',
+  );
   const probe = await probeWebGpu();
   if (!probe.ok) {
     skip("webgpu", probe.why);
@@ -169,16 +178,34 @@ async function useTensorflow(log: (msg: string) => void): Promise<BackendChoice>
   }
   const why = failures.join("; ");
   throw new Error(
-    `Backend "tensorflow" is not available (${why}). It needs libtensorflow 2.9.1 and, for ` +
-      `tfjs-node-gpu, CUDA 11.2 and cuDNN 8.1; map @tensorflow/tfjs-node-gpu or ` +
-      `@tensorflow/tfjs-node in deno.json's imports (npm:<package>@${tf.version_core}), allow ` +
-      `its install script, and see README`,
+    `Backend "tensorflow" is not available (${why}). \`deno task setup\` builds ` +
+      `@tensorflow/tfjs-node in ${tfjsNodeRoot()} where pip reaches a tensorflow_cpu 2.21.0 ` +
+      `wheel; @tensorflow/tfjs-node-gpu installed there by npm needs a CUDA GPU with CUDA 11.2 ` +
+      `and cuDNN 8.1 (see README, "Backends")`,
   );
 }
 
+/** The libtensorflow binding this process loaded, if any. */
+let tensorflowPackage: string | undefined;
+
 /** Imports one libtensorflow binding and makes "tensorflow" active; returns the device. */
 async function activateTensorflow(pkg: string): Promise<string> {
-  await importOptional(pkg);
+  if (tensorflowPackage !== undefined && tensorflowPackage !== pkg) {
+    throw new Error(`not loaded: ${tensorflowPackage} already is (one binding per process)`);
+  }
+  if (tensorflowPackage === undefined) {
+    try {
+      await loadTfjsNode(pkg);
+    } catch (local) {
+      // Not built here: a binding mapped in deno.json's imports, if any, is the other way in.
+      try {
+        await importOptional(pkg);
+      } catch {
+        throw local;
+      }
+    }
+    tensorflowPackage = pkg;
+  }
   // The binding registers "tensorflow" with the copy of tfjs-core it resolved; a different version
   // than the project's would register it somewhere this engine never looks.
   if (!tf.findBackendFactory("tensorflow")) {

@@ -61,6 +61,16 @@ export async function loadTfjsNode(pkg: string): Promise<void> {
   if (!exists(`${dir}/package.json`)) {
     throw new Error(`not installed in ${tfjsNodeRoot()} (deno task setup builds tfjs-node there)`);
   }
+  const llvm = loadedLlvm();
+  if (llvm) {
+    // Seen here: a segmentation fault inside libtensorflow's start-up once Mesa's Vulkan driver
+    // (which WebGPU loads on request of an adapter) has mapped its LLVM; the other order works.
+    throw new Error(
+      `not loaded: this process already mapped ${llvm} (Mesa's Vulkan driver, loaded when a ` +
+        `WebGPU adapter was requested), and libtensorflow crashes when loaded after it; load ` +
+        `the tensorflow backend first, or in its own process`,
+    );
+  }
   const { default: util } = await import("node:util");
   // tfjs-node calls util.isNullOrUndefined, which Node deprecated and Deno's node:util lacks.
   const u = util as unknown as Record<string, unknown>;
@@ -83,4 +93,15 @@ export async function loadTfjsNode(pkg: string): Promise<void> {
         `run deno task setup again to relink it`,
     );
   }
+}
+
+/** The file name of an LLVM library this process has mapped (Linux), or undefined. */
+export function loadedLlvm(): string | undefined {
+  let maps: string;
+  try {
+    maps = Deno.readTextFileSync("/proc/self/maps");
+  } catch {
+    return undefined; // not Linux, or no read permission: nothing to tell
+  }
+  return maps.match(/\/(libLLVM[^\s/]*\.so[^\s/]*)\s*$/m)?.[1];
 }
