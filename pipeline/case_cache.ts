@@ -6,17 +6,24 @@
  * so a stale entry is never read; it is simply left behind.
  *
  * Format of one entry (`<case id>-<key>.rvcase`), little-endian:
- * `"RVCASE01"` · u32 JSON length · JSON {id, dims, box, stats, labelled, key, and if labelled
- * regionsOutside (WT, TC, ET voxels outside the box)} · zero padding to a
- * multiple of 4 · float32 image [z, y, x, 4] over the box · uint8 region bits [z, y, x] if labelled.
+ * `"RVCASE01"` · u32 JSON length · JSON {id, dims, box, stats, labelled, key, channels unless 4,
+ * and if labelled regionsOutside (each region's voxels outside the box: WT, TC, ET for BraTS)} ·
+ * zero padding to a multiple of 4 · float32 image [z, y, x, channels] over the box (4 for BraTS) ·
+ * uint8 region bits [z, y, x] if labelled.
  *
  * Training cases too many for memory stay in local entries of this format, read when a sampler
  * draws them ({@linkcode StreamedCases}); their headers alone say what the run needs to know
  * about them beforehand ({@linkcode readCachedHeader}).
  * @module
  */
-import { type Case, MODALITIES } from "./cases.ts";
-import { type Box, type Dims, preprocessCase, type PreprocessedCase } from "./preprocess.ts";
+import { type Case, caseChannels } from "./cases.ts";
+import {
+  type Box,
+  type Dims,
+  imageChannels,
+  preprocessCase,
+  type PreprocessedCase,
+} from "./preprocess.ts";
 import type { CaseSource } from "./sampling.ts";
 import { exists, getObject, getObjectRange, headObject, joinUri, putObject } from "./storage.ts";
 
@@ -29,13 +36,18 @@ const MAGIC = "RVCASE01";
 
 /** The identity of a case's inputs: a hex SHA-256 over its files' URIs and versions. */
 export async function caseKey(c: Case): Promise<string> {
-  const uris = [...MODALITIES.map((m) => c.images[m]), ...(c.seg ? [c.seg] : [])];
+  const channels = [...new Set(caseChannels(c).map((ch) => ch.uri))];
+  const uris = [...channels, ...(c.seg ? [c.seg] : [])];
   const parts = await Promise.all(uris.map(async (uri) => {
     const info = await headObject(uri);
     const version = info.etag ?? `${info.size}:${info.lastModified?.getTime() ?? 0}`;
     return `${uri}\n${version}`;
   }));
-  const text = [`v${PREPROCESS_VERSION}`, c.id, String(c.enhancingLabel), ...parts].join("\n");
+  // A BraTS case is keyed by its enhancing label, another by its dataset's channels and labels.
+  const labels = c.enhancingLabel !== undefined
+    ? String(c.enhancingLabel)
+    : JSON.stringify({ channels: c.channels, dataset: c.dataset });
+  const text = [`v${PREPROCESS_VERSION}`, c.id, labels, ...parts].join("\n");
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -49,6 +61,8 @@ export function encodeCachedCase(p: PreprocessedCase, key: string): Uint8Array {
     stats: p.stats,
     labelled: p.regions !== undefined,
     key,
+    // Entries of BraTS cases (4 channels) are as before this field existed.
+    ...(imageChannels(p) !== 4 ? { channels: imageChannels(p) } : {}),
     ...(p.regions ? { regionsOutside: p.regionsOutside ?? [0, 0, 0] } : {}),
   }));
   const head = 8 + 4 + meta.length;
@@ -111,13 +125,18 @@ export interface CachedCaseHeader {
   stats: { mean: number; std: number }[];
   labelled: boolean;
   key: string;
-  /** When labelled: WT, TC and ET voxels of the reference outside the box. */
-  regionsOutside?: [number, number, number];
+  /** Input channels of the image, when not 4 (the BraTS modalities). */
+  channels?: number;
+  /** When labelled: each region's voxels of the reference outside the box (WT, TC, ET for BraTS). */
+  regionsOutside?: number[];
 }
 
-/** The bytes of a case's arrays in memory: float32 image [z, y, x, 4] and, if labelled, regions. */
-export function caseBytes(box: Box, labelled: boolean): number {
-  return box.size[0] * box.size[1] * box.size[2] * (16 + (labelled ? 1 : 0));
+/**
+ * The bytes of a case's arrays in memory: float32 image [z, y, x, channels] (4 unless given) and,
+ * if labelled, regions.
+ */
+export function caseBytes(box: Box, labelled: boolean, channels = 4): number {
+  return box.size[0] * box.size[1] * box.size[2] * (4 * channels + (labelled ? 1 : 0));
 }
 
 /**
@@ -155,12 +174,16 @@ function parseHeader(
   const outside = meta.regionsOutside;
   if (
     meta.labelled &&
-    !(Array.isArray(outside) && outside.length === 3 &&
+    !(Array.isArray(outside) && outside.length >= 1 &&
       outside.every((v) => Number.isInteger(v) && v >= 0))
   ) {
     throw bad(`regionsOutside ${JSON.stringify(outside)}`);
   }
-  const expected = imageAt + caseBytes(meta.box, meta.labelled);
+  const channels = meta.channels ?? 4;
+  if (!Number.isInteger(channels) || channels < 1) {
+    throw bad(`channels ${JSON.stringify(channels)}`);
+  }
+  const expected = imageAt + caseBytes(meta.box, meta.labelled, channels);
   if (totalBytes !== expected) throw bad(`${totalBytes} bytes, expected ${expected}`);
   return { header: meta, imageAt, needed: head };
 }
@@ -176,18 +199,21 @@ export function decodeCachedCase(
     throw new RangeError(`${name}: not a preprocessed-case cache entry (truncated header)`);
   }
   const voxels = meta.box.size[0] * meta.box.size[1] * meta.box.size[2];
+  const ch = meta.channels ?? 4;
   const shared = options.shared ?? false;
   let image: Float32Array;
   let regions: Uint8Array | undefined;
   if (options.inPlace && !shared && (bytes.byteOffset + imageAt) % 4 === 0) {
-    image = new Float32Array(bytes.buffer as ArrayBuffer, bytes.byteOffset + imageAt, voxels * 4);
-    if (meta.labelled) regions = bytes.subarray(imageAt + voxels * 16, imageAt + voxels * 17);
+    image = new Float32Array(bytes.buffer as ArrayBuffer, bytes.byteOffset + imageAt, voxels * ch);
+    if (meta.labelled) {
+      regions = bytes.subarray(imageAt + voxels * 4 * ch, imageAt + voxels * (4 * ch + 1));
+    }
   } else {
-    image = allocate(Float32Array, voxels * 4, shared);
-    new Uint8Array(image.buffer).set(bytes.subarray(imageAt, imageAt + voxels * 16));
+    image = allocate(Float32Array, voxels * ch, shared);
+    new Uint8Array(image.buffer).set(bytes.subarray(imageAt, imageAt + voxels * 4 * ch));
     if (meta.labelled) {
       regions = allocate(Uint8Array, voxels, shared);
-      regions.set(bytes.subarray(imageAt + voxels * 16, imageAt + voxels * 17));
+      regions.set(bytes.subarray(imageAt + voxels * 4 * ch, imageAt + voxels * (4 * ch + 1)));
     }
   }
   return {
@@ -265,6 +291,8 @@ export interface StreamedEntry {
   box: Box;
   stats: { mean: number; std: number }[];
   labelled: boolean;
+  /** Input channels, when not 4. */
+  channels?: number;
 }
 
 /** The entry of a case whose cache entry is at `path`, from the case or its entry's header. */
@@ -273,12 +301,22 @@ export function streamedEntry(
   path: string,
 ): StreamedEntry {
   const labelled = "labelled" in p ? p.labelled : p.regions !== undefined;
-  return { id: p.id, path, dims: p.dims, box: p.box, stats: p.stats, labelled };
+  // A header says its channels when not 4; a preprocessed case has one statistic per channel.
+  const channels = "labelled" in p ? p.channels ?? 4 : p.stats.length || 4;
+  return {
+    id: p.id,
+    path,
+    dims: p.dims,
+    box: p.box,
+    stats: p.stats,
+    labelled,
+    ...(channels !== 4 ? { channels } : {}),
+  };
 }
 
 /** The bytes a streamed case takes in memory once read. */
 export function streamedBytes(e: StreamedEntry): number {
-  return caseBytes(e.box, e.labelled);
+  return caseBytes(e.box, e.labelled, e.channels ?? 4);
 }
 
 /** Options of {@linkcode StreamedCases}. */
