@@ -438,7 +438,8 @@ export async function segmentationReport(
   const entries = await mapConcurrent(outcomes, 2, async (o) => {
     const c = byId.get(o.id)!;
     let m: CaseMetrics | undefined;
-    if (c.seg) {
+    // Scored where segment scored it (BraTS labels): o.metrics is its metrics file.
+    if (c.seg && o.metrics) {
       m = (await evaluatePair(o.output, c.seg, { truthEnhancingLabel: c.enhancingLabel })).metrics;
       metrics.push({ case: c.id, ...m });
     }

@@ -487,6 +487,20 @@ Deno.test({
     assert([...new Set(scaledData(seg))].every((v) => [0, 1, 2, 3].includes(v)));
     const probs = decodeNifti(await Deno.readFile(`${out}/${ids[2]}_probabilities.nii.gz`), "p");
     assertEquals(probs.header.dims, [...DIMS, 3]);
+
+    // Labelled cases with --report: FLAIR slices (volume 0 of the 4-D file) with the reference
+    // and prediction; no BraTS metrics of non-BraTS labels.
+    const labelled = `${tmp.path}/seg-tr`;
+    const r = await segment({
+      model: `${run}/best`,
+      input: `${root}/imagesTr`,
+      out: labelled,
+      quiet: true,
+      report: true,
+    });
+    assertEquals(r.failed, []);
+    assertEquals(r.cases.map((c) => [c.id, c.metrics]), [[ids[0], undefined], [ids[1], undefined]]);
+    assertStringIncludes(await Deno.readTextFile(r.report!), ids[1]);
   },
 });
 
