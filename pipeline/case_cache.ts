@@ -6,9 +6,10 @@
  * so a stale entry is never read; it is simply left behind.
  *
  * Format of one entry (`<case id>-<key>.rvcase`), little-endian:
- * `"RVCASE02"` · u32 JSON length · JSON {id, dims, box, stats, labelled, key, sha256, and if
- * labelled regionsOutside (WT, TC, ET voxels outside the box)} · zero padding to a multiple of 4 ·
- * the payload: float32 image [z, y, x, 4] over the box · uint8 region bits [z, y, x] if labelled.
+ * `"RVCASE02"` · u32 JSON length · JSON {id, dims, box, stats, labelled, key, sha256, channels
+ * unless 4, and if labelled regionsOutside (each region's voxels outside the box: WT, TC, ET for
+ * BraTS)} · zero padding to a multiple of 4 · the payload: float32 image [z, y, x, channels] over
+ * the box (4 for BraTS) · uint8 region bits [z, y, x] if labelled.
  * `sha256` is the hex SHA-256 of the payload, checked whenever the arrays are read: a damaged
  * entry of the same length (labels overwritten, NaN bytes) is refused by name, never used
  * (format 01 had no checksum; its entries have other keys, so they are not even looked up).
@@ -18,8 +19,14 @@
  * about them beforehand ({@linkcode readCachedHeader}).
  * @module
  */
-import { type Case, MODALITIES } from "./cases.ts";
-import { type Box, type Dims, preprocessCase, type PreprocessedCase } from "./preprocess.ts";
+import { type Case, caseChannels } from "./cases.ts";
+import {
+  type Box,
+  type Dims,
+  imageChannels,
+  preprocessCase,
+  type PreprocessedCase,
+} from "./preprocess.ts";
 import type { CaseSource } from "./sampling.ts";
 import { createHash } from "node:crypto";
 import { exists, getObject, getObjectRange, headObject, joinUri, putObject } from "./storage.ts";
@@ -38,16 +45,19 @@ function sha256Hex(bytes: Uint8Array): string {
 
 /** The identity of a case's inputs: a hex SHA-256 over its files' URIs and versions. */
 export async function caseKey(c: Case): Promise<string> {
-  const uris = [...MODALITIES.map((m) => c.images[m]), ...(c.seg ? [c.seg] : [])];
+  const channels = [...new Set(caseChannels(c).map((ch) => ch.uri))];
+  const uris = [...channels, ...(c.seg ? [c.seg] : [])];
   const parts = await Promise.all(uris.map(async (uri) => {
     const info = await headObject(uri);
     const version = info.etag ?? `${info.size}:${info.lastModified?.getTime() ?? 0}`;
     return `${uri}\n${version}`;
   }));
   // The format is part of the key: entries of another format are never looked up, only left behind.
-  const text = [MAGIC, `v${PREPROCESS_VERSION}`, c.id, String(c.enhancingLabel), ...parts].join(
-    "\n",
-  );
+  // A BraTS case is keyed by its enhancing label, another by its dataset's channels and labels.
+  const labels = c.enhancingLabel !== undefined
+    ? String(c.enhancingLabel)
+    : JSON.stringify({ channels: c.channels, dataset: c.dataset });
+  const text = [MAGIC, `v${PREPROCESS_VERSION}`, c.id, labels, ...parts].join("\n");
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -65,6 +75,8 @@ export function encodeCachedCase(p: PreprocessedCase, key: string): Uint8Array {
     labelled: p.regions !== undefined,
     key,
     sha256: payload.digest("hex"),
+    // Entries of BraTS cases (4 channels) are as before this field existed.
+    ...(imageChannels(p) !== 4 ? { channels: imageChannels(p) } : {}),
     ...(p.regions ? { regionsOutside: p.regionsOutside ?? [0, 0, 0] } : {}),
   }));
   const head = 8 + 4 + meta.length;
@@ -137,13 +149,18 @@ export interface CachedCaseHeader {
   key: string;
   /** Hex SHA-256 of the entry's payload (its arrays, as stored). */
   sha256: string;
-  /** When labelled: WT, TC and ET voxels of the reference outside the box. */
-  regionsOutside?: [number, number, number];
+  /** Input channels of the image, when not 4 (the BraTS modalities). */
+  channels?: number;
+  /** When labelled: each region's voxels of the reference outside the box (WT, TC, ET for BraTS). */
+  regionsOutside?: number[];
 }
 
-/** The bytes of a case's arrays in memory: float32 image [z, y, x, 4] and, if labelled, regions. */
-export function caseBytes(box: Box, labelled: boolean): number {
-  return box.size[0] * box.size[1] * box.size[2] * (16 + (labelled ? 1 : 0));
+/**
+ * The bytes of a case's arrays in memory: float32 image [z, y, x, channels] (4 unless given) and,
+ * if labelled, regions.
+ */
+export function caseBytes(box: Box, labelled: boolean, channels = 4): number {
+  return box.size[0] * box.size[1] * box.size[2] * (4 * channels + (labelled ? 1 : 0));
 }
 
 /**
@@ -188,7 +205,7 @@ function parseHeader(
   const outside = meta.regionsOutside;
   if (
     meta.labelled &&
-    !(Array.isArray(outside) && outside.length === 3 &&
+    !(Array.isArray(outside) && outside.length >= 1 &&
       outside.every((v) => Number.isInteger(v) && v >= 0))
   ) {
     throw bad(`regionsOutside ${JSON.stringify(outside)}`);
@@ -196,7 +213,11 @@ function parseHeader(
   if (typeof meta.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(meta.sha256)) {
     throw bad(`sha256 ${JSON.stringify(meta.sha256)}`);
   }
-  const expected = imageAt + caseBytes(meta.box, meta.labelled);
+  const channels = meta.channels ?? 4;
+  if (!Number.isInteger(channels) || channels < 1) {
+    throw bad(`channels ${JSON.stringify(channels)}`);
+  }
+  const expected = imageAt + caseBytes(meta.box, meta.labelled, channels);
   if (totalBytes !== expected) throw bad(`${totalBytes} bytes, expected ${expected}`);
   return { header: meta, imageAt, needed: head };
 }
@@ -234,18 +255,21 @@ export function decodeCachedCase(
   }
   checkPayload(bytes, meta, imageAt, name);
   const voxels = meta.box.size[0] * meta.box.size[1] * meta.box.size[2];
+  const ch = meta.channels ?? 4;
   const shared = options.shared ?? false;
   let image: Float32Array;
   let regions: Uint8Array | undefined;
   if (options.inPlace && !shared && (bytes.byteOffset + imageAt) % 4 === 0) {
-    image = new Float32Array(bytes.buffer as ArrayBuffer, bytes.byteOffset + imageAt, voxels * 4);
-    if (meta.labelled) regions = bytes.subarray(imageAt + voxels * 16, imageAt + voxels * 17);
+    image = new Float32Array(bytes.buffer as ArrayBuffer, bytes.byteOffset + imageAt, voxels * ch);
+    if (meta.labelled) {
+      regions = bytes.subarray(imageAt + voxels * 4 * ch, imageAt + voxels * (4 * ch + 1));
+    }
   } else {
-    image = allocate(Float32Array, voxels * 4, shared);
-    new Uint8Array(image.buffer).set(bytes.subarray(imageAt, imageAt + voxels * 16));
+    image = allocate(Float32Array, voxels * ch, shared);
+    new Uint8Array(image.buffer).set(bytes.subarray(imageAt, imageAt + voxels * 4 * ch));
     if (meta.labelled) {
       regions = allocate(Uint8Array, voxels, shared);
-      regions.set(bytes.subarray(imageAt + voxels * 16, imageAt + voxels * 17));
+      regions.set(bytes.subarray(imageAt + voxels * 4 * ch, imageAt + voxels * (4 * ch + 1)));
     }
   }
   return {
@@ -337,6 +361,8 @@ export interface StreamedEntry {
   box: Box;
   stats: { mean: number; std: number }[];
   labelled: boolean;
+  /** Input channels, when not 4. */
+  channels?: number;
 }
 
 /** The entry of a case whose cache entry is at `path`, from the case or its entry's header. */
@@ -345,12 +371,22 @@ export function streamedEntry(
   path: string,
 ): StreamedEntry {
   const labelled = "labelled" in p ? p.labelled : p.regions !== undefined;
-  return { id: p.id, path, dims: p.dims, box: p.box, stats: p.stats, labelled };
+  // A header says its channels when not 4; a preprocessed case has one statistic per channel.
+  const channels = "labelled" in p ? p.channels ?? 4 : p.stats.length || 4;
+  return {
+    id: p.id,
+    path,
+    dims: p.dims,
+    box: p.box,
+    stats: p.stats,
+    labelled,
+    ...(channels !== 4 ? { channels } : {}),
+  };
 }
 
 /** The bytes a streamed case takes in memory once read. */
 export function streamedBytes(e: StreamedEntry): number {
-  return caseBytes(e.box, e.labelled);
+  return caseBytes(e.box, e.labelled, e.channels ?? 4);
 }
 
 /** Options of {@linkcode StreamedCases}. */

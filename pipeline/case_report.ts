@@ -3,7 +3,7 @@
  * one and a predicted segmentation, and renders the slices {@linkcode writeReport} shows.
  * @module
  */
-import type { Case } from "./cases.ts";
+import { type Case, caseChannels } from "./cases.ts";
 import type { CaseMetrics } from "./evaluation.ts";
 import { labelVolume } from "./evaluation.ts";
 import { scaledData } from "./nifti.ts";
@@ -26,11 +26,15 @@ export async function caseReport(
   predictionUri?: string,
   metrics?: CaseMetrics,
 ): Promise<ReportCase> {
-  const flair = await readNifti(c.images.flair);
+  // The first channel (FLAIR for BraTS), a volume of a 4-D file for MSD.
+  const first = caseChannels(c)[0];
+  const flair = await readNifti(first.uri);
   const dims = flair.header.dims.slice(0, 3) as [number, number, number];
+  const n = dims[0] * dims[1] * dims[2];
+  const v = first.volume ?? 0;
   const read = async (uri: string) => labelVolume(await readNifti(uri), uri);
   const slices = renderCaseSlices({
-    flair: scaledData(flair),
+    flair: scaledData(flair).subarray(v * n, (v + 1) * n),
     dims,
     affine: flair.header.affine,
     spacing: flair.header.pixdim.slice(0, 3) as [number, number, number],

@@ -4,9 +4,23 @@
  * Two naming schemes are recognised, `.nii` or `.nii.gz`, one folder per case or all files flat:
  * - `brats2021` (2018–2021): `<id>_{flair,t1,t1ce,t2,seg}`, enhancing tumor labelled 4;
  * - `brats2023` (2023 and later): `<id>-{t2f,t1n,t1c,t2w,seg}`, enhancing tumor labelled 3.
+ *
+ * A location with a `dataset.json` (an nnU-Net v2 raw dataset or an MSD task, or its `imagesTr`
+ * or `imagesTs` folder) is read as that dataset says, and a folder of bare nnU-Net image files
+ * (`<case>_0000.nii.gz`, …) as one such folder: see pipeline/datasets.ts.
  * @module
  */
 import { decodeNiftiHeader, isGzip, type NiftiHeader } from "./nifti.ts";
+import {
+  bratsDataset,
+  type DatasetDescription,
+  datasetRoots,
+  findBareCases,
+  findDatasetCases,
+  isBraTS,
+  labelScheme,
+  type Layout,
+} from "./datasets.ts";
 import {
   emptyFolderReason,
   getObject,
@@ -32,15 +46,30 @@ export const SUFFIXES: Record<Naming, Record<Modality | "seg", string>> = {
 /** Label of enhancing tumor in each naming scheme's segmentations. */
 export const ENHANCING_LABEL: Record<Naming, 3 | 4> = { brats2021: 4, brats2023: 3 };
 
-/** One BraTS case: where its volumes are. */
+/** One input channel of a case: its name, its file, and for a 4-D file (MSD) its volume. */
+export interface ChannelFile {
+  name: string;
+  uri: string;
+  /** Index along the file's 4th dimension, for a file holding every channel. */
+  volume?: number;
+}
+
+/** One case: where its volumes are. */
 export interface Case {
   /** The case id, the file name before the modality suffix, e.g. `BraTS20_Training_001`. */
   id: string;
-  naming: Naming;
-  /** Label of enhancing tumor in this case's segmentation convention: 4 (2018–2021) or 3 (2023+). */
-  enhancingLabel: 3 | 4;
-  /** URI of each modality's volume. */
-  images: Record<Modality, string>;
+  naming: Layout;
+  /**
+   * Label of enhancing tumor in a BraTS case's segmentation convention: 4 (2018–2021) or 3
+   * (2023+). Absent for other layouts, whose labels `dataset` describes.
+   */
+  enhancingLabel?: 3 | 4;
+  /** URI of each channel's volume by name: for BraTS namings, of each modality. */
+  images: Record<string, string>;
+  /** The input channels in network order, for layouts other than BraTS (see {@linkcode caseChannels}). */
+  channels?: ChannelFile[];
+  /** The dataset's description, for layouts other than BraTS (see {@linkcode caseDataset}). */
+  dataset?: DatasetDescription;
   /** URI of the reference segmentation, when the case has one. */
   seg?: string;
   /** Voxels along x, y, z, when headers were checked. */
@@ -95,6 +124,40 @@ export function parseCaseFileName(fileName: string): ParsedName | undefined {
   return undefined;
 }
 
+/** A case's input channels in network order: its four modalities for BraTS namings. */
+export function caseChannels(c: Case): ChannelFile[] {
+  return c.channels ?? MODALITIES.map((m) => ({ name: m, uri: c.images[m] }));
+}
+
+/** What a case's dataset holds: its own description, or its BraTS naming's. */
+export function caseDataset(c: Case): DatasetDescription {
+  return c.dataset ??
+    bratsDataset(c.naming === "brats2023" ? "brats2023" : "brats2021");
+}
+
+/**
+ * The network a dataset asks for: its channels in, its regions out (WT, TC, ET for BraTS), from
+ * its first case (headers unread).
+ * @throws {Error} a location without cases, as {@linkcode findCases} with `required`
+ */
+export async function datasetShape(
+  uri: string,
+): Promise<{ inChannels: number; outChannels: number; channels: string[]; regions: string[] }> {
+  const { cases, problems } = await findCases(uri, { checkHeaders: false, required: true });
+  const first = cases[0];
+  if (!first) {
+    throw new Error(`No usable case under "${uri}": ${problems.map((p) => p.error).join("; ")}`);
+  }
+  const d = caseDataset(first);
+  const regions = isBraTS(d) ? ["WT", "TC", "ET"] : labelScheme(d, uri).regions.map((r) => r.name);
+  return {
+    inChannels: d.channels.length,
+    outChannels: regions.length,
+    channels: d.channels,
+    regions,
+  };
+}
+
 /** Options of {@linkcode findCases}. */
 export interface FindCasesOptions {
   /**
@@ -117,7 +180,8 @@ export interface FindCasesOptions {
 /** How BraTS case files are named, for messages about a location without any. */
 export const CASE_FILE_NAMES = "<id>_{flair,t1,t1ce,t2,seg}.nii[.gz] (2018-2021, e.g. " +
   "BraTS2021_00000_flair.nii.gz) or <id>-{t2f,t1n,t1c,t2w,seg}.nii[.gz] (2023+, e.g. " +
-  "BraTS-GLI-00000-000-t2f.nii.gz), one folder per case or flat";
+  "BraTS-GLI-00000-000-t2f.nii.gz), one folder per case or flat; or a dataset.json " +
+  "(nnU-Net v2 or MSD) with its imagesTr/labelsTr/imagesTs; or <case>_0000.nii.gz files";
 
 /**
  * Lists the BraTS cases under `datasetUri` (an `s3://` prefix or a local folder), recursively.
@@ -130,7 +194,32 @@ export async function findCases(
 ): Promise<CaseListing> {
   const { checkHeaders = true, concurrency = 8, affineTolerance = 1e-3, required = false } =
     options;
-  const objects = await listObjects(datasetUri);
+  let objects = await listObjects(datasetUri);
+  // A dataset.json at the location, or above its imagesTr/imagesTs, describes the dataset.
+  let described:
+    | { description: DatasetDescription; cases: Case[]; problems: CaseProblem[] }
+    | undefined;
+  if (objects.some((o) => o.key === "dataset.json")) {
+    described = await findDatasetCases(datasetUri, objects);
+  } else {
+    const up = datasetRoots(datasetUri);
+    if (up && objects.length > 0) {
+      const above = await listObjects(up.root).catch(() => []);
+      if (above.some((o) => o.key === "dataset.json")) {
+        objects = above;
+        described = await findDatasetCases(up.root, above, { only: up.only });
+      }
+    }
+  }
+  if (described) {
+    return await checkedListing(
+      described.cases,
+      [...described.problems],
+      checkHeaders,
+      concurrency,
+      affineTolerance,
+    );
+  }
   if (required && objects.length === 0) {
     throw new Error(
       `No BraTS cases under "${datasetUri}": ${await emptyFolderReason(
@@ -150,6 +239,19 @@ export async function findCases(
     group.files.set(parsed.part, list);
   }
 
+  if (groups.size === 0) {
+    // Bare nnU-Net image files: as many channels as their indices say, named by index.
+    const bare = findBareCases(datasetUri, objects);
+    if (bare) {
+      return await checkedListing(
+        bare.cases,
+        bare.problems,
+        checkHeaders,
+        concurrency,
+        affineTolerance,
+      );
+    }
+  }
   if (required && groups.size === 0) {
     const names = objects.slice(0, 3).map((o) => `"${o.key}"`).join(", ");
     throw new Error(
@@ -205,6 +307,17 @@ export async function findCases(
     });
   }
 
+  return await checkedListing(candidates, problems, checkHeaders, concurrency, affineTolerance);
+}
+
+/** The cases whose grids check (when asked), sorted, and the problems of the others. */
+async function checkedListing(
+  candidates: Case[],
+  problems: CaseProblem[],
+  checkHeaders: boolean,
+  concurrency: number,
+  affineTolerance: number,
+): Promise<CaseListing> {
   let cases = candidates;
   if (checkHeaders) {
     const checked = await mapConcurrent(candidates, Math.max(1, concurrency), async (c) => {
@@ -243,15 +356,28 @@ export async function readNiftiHeader(uri: string): Promise<NiftiHeader> {
 }
 
 async function checkCaseGrid(c: Case, tolerance: number): Promise<Case> {
+  // A 4-D file holding every channel (MSD) is read once and checked to hold them all.
+  const channels = caseChannels(c).filter((ch, k, all) =>
+    all.findIndex((o) => o.uri === ch.uri) === k
+  );
   const parts: [string, string][] = [
-    ...MODALITIES.map((m) => [m, c.images[m]] as [string, string]),
+    ...channels.map((ch) => [ch.name, ch.uri] as [string, string]),
     ...(c.seg ? [["seg", c.seg] as [string, string]] : []),
   ];
   const headers = await Promise.all(parts.map(([, uri]) => readNiftiHeader(uri)));
   const [refName] = parts[0];
   const ref = headers[0];
   const shape = ref.dims.slice(0, 3);
-  if (ref.dims.length !== 3 && !(ref.dims.length === 4 && ref.dims[3] === 1)) {
+  const volumes = c.channels?.[0]?.volume !== undefined ? caseChannels(c).length : 1;
+  if (volumes > 1) {
+    if (ref.dims.length !== 4 || ref.dims[3] !== volumes) {
+      throw new RangeError(
+        `case "${c.id}": ${parts[0][1]} must be 4D with its ${volumes} channels (${
+          caseChannels(c).map((ch) => ch.name).join(", ")
+        }) along the 4th dimension, found dims [${ref.dims}]`,
+      );
+    }
+  } else if (ref.dims.length !== 3 && !(ref.dims.length === 4 && ref.dims[3] === 1)) {
     throw new RangeError(
       `case "${c.id}": ${refName} volume ${parts[0][1]} must be 3D, found dims [${ref.dims}]`,
     );
@@ -259,7 +385,8 @@ async function checkCaseGrid(c: Case, tolerance: number): Promise<Case> {
   for (let i = 1; i < parts.length; i++) {
     const [name, uri] = parts[i];
     const h = headers[i];
-    if (h.dims.slice(0, 3).join() !== shape.join() || h.dims.slice(3).some((d) => d !== 1)) {
+    const extra = volumes > 1 && name !== "seg" ? h.dims.slice(4) : h.dims.slice(3);
+    if (h.dims.slice(0, 3).join() !== shape.join() || extra.some((d) => d !== 1)) {
       throw new RangeError(
         `case "${c.id}": ${name} (${uri}) has dims [${h.dims}] but ${refName} has [${ref.dims}]`,
       );

@@ -154,10 +154,12 @@ export async function writeCheckpoint(
   net: UNet,
   optimizer: Optimizer,
   state: TrainState,
+  extra: Record<string, string> = {},
 ): Promise<string> {
   const name = checkpointName(state);
   const dir = joinUri(out, name);
   const files = await saveModel(dir, net, optimizer, {
+    ...extra,
     train_crop: String(state.settings.crop),
     epoch: String(state.epoch),
     step: String(state.globalStep),
@@ -424,7 +426,8 @@ export async function loadCheckpointWeights(
 }
 
 /**
- * Writes `<out>/best/model.safetensors`: the weights of the epoch with the best mean validation
+ * Writes `<out>/best/model.safetensors` (with `extra` metadata, e.g. the dataset's description):
+ * the weights of the epoch with the best mean validation
  * Dice, `valDice` stored with them; without `valDice` (a run with no validation cases, so nothing
  * to choose by), the latest weights, so that `<out>/best` names the run's model either way.
  */
@@ -432,8 +435,10 @@ export async function writeBest(
   out: string,
   net: UNet,
   at: { crop: number; epoch: number; valDice?: RegionScores; valWindow?: number },
+  extra: Record<string, string> = {},
 ): Promise<void> {
   await saveModel(joinUri(out, "best"), net, undefined, {
+    ...extra,
     train_crop: String(at.crop),
     // The window validation scored these weights with: `segment`'s default, so it reproduces them.
     ...(at.valWindow ? { val_window: String(at.valWindow) } : {}),

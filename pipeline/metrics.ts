@@ -7,8 +7,8 @@
 export const REGIONS = ["WT", "TC", "ET"] as const;
 export type Region = typeof REGIONS[number];
 
-/** A value per region. */
-export type RegionScores = Record<Region, number>;
+/** A value per region: WT, TC, ET for BraTS, a dataset's own region names otherwise. */
+export type RegionScores = Record<string, number>;
 
 /**
  * Dice from voxel counts, 2·TP / (predicted + reference), with the legacy BraTS rule for empty
@@ -26,19 +26,21 @@ export function diceOfCounts(tp: number, predicted: number, actual: number): num
 export function regionDice(
   pred: Uint8Array,
   truth: Uint8Array,
-  truthOutside: readonly [number, number, number] = [0, 0, 0],
+  truthOutside: readonly number[] = [0, 0, 0],
+  names: readonly string[] = REGIONS,
 ): RegionScores {
   if (pred.length !== truth.length) {
     throw new RangeError(`Prediction has ${pred.length} voxels, the reference ${truth.length}`);
   }
-  const inter = [0, 0, 0];
-  const predicted = [0, 0, 0];
-  const actual = [...truthOutside];
+  const nr = names.length;
+  const inter = new Array<number>(nr).fill(0);
+  const predicted = new Array<number>(nr).fill(0);
+  const actual = names.map((_, k) => truthOutside[k] ?? 0);
   for (let i = 0; i < truth.length; i++) {
     const p = pred[i];
     const t = truth[i];
     if ((p | t) === 0) continue;
-    for (let k = 0; k < 3; k++) {
+    for (let k = 0; k < nr; k++) {
       const a = (p >> k) & 1;
       const b = (t >> k) & 1;
       predicted[k] += a;
@@ -47,12 +49,13 @@ export function regionDice(
     }
   }
   const d = (k: number) => diceOfCounts(inter[k], predicted[k], actual[k]);
-  return { WT: d(0), TC: d(1), ET: d(2) };
+  return Object.fromEntries(names.map((r, k) => [r, d(k)]));
 }
 
-/** Mean of each region over several cases. */
+/** Mean of each region over several cases (WT, TC, ET when there is none). */
 export function meanScores(scores: RegionScores[]): RegionScores {
-  const m = (r: Region) =>
+  const names = scores.length ? Object.keys(scores[0]) : REGIONS;
+  const m = (r: string) =>
     scores.length ? scores.reduce((s, x) => s + x[r], 0) / scores.length : NaN;
-  return { WT: m("WT"), TC: m("TC"), ET: m("ET") };
+  return Object.fromEntries(names.map((r) => [r, m(r)]));
 }

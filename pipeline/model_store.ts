@@ -3,7 +3,8 @@
  *
  * A model location is either a `.safetensors` object or a folder/prefix holding `model.safetensors`
  * (and, for training checkpoints, `optimizer.safetensors`). The model file alone is enough to run
- * segmentation: it carries the configuration it was built with.
+ * segmentation: it carries the configuration it was built with and, from training, the description
+ * of its dataset (metadata `dataset`: channels, labels, regions; see pipeline/datasets.ts).
  *
  * Every file written here carries the SHA-256 of its tensor data in its metadata
  * (`data_sha256`), checked whenever it is loaded, so that damaged weights (flipped bytes, NaNs
@@ -21,7 +22,8 @@ import {
   serializeUNetAsync,
   type UNet,
 } from "../model/mod.ts";
-import { exists, getObject, joinUri, parseUri, putObject } from "./storage.ts";
+import { type DatasetDescription, parseDatasetDescription } from "./datasets.ts";
+import { exists, getObject, getObjectRange, joinUri, parseUri, putObject } from "./storage.ts";
 
 /** File name of the weights inside a model folder. */
 export const MODEL_FILE = "model.safetensors";
@@ -229,4 +231,26 @@ export async function loadOptimizer(
   const uri = joinUri(location, OPTIMIZER_FILE);
   if (!(await exists(uri))) return undefined;
   return deserializeOptimizer(await readModelBytes(uri, expected), uri);
+}
+
+/**
+ * The dataset description a model file keeps (metadata `dataset`), reading only the file's header;
+ * undefined for a model trained before descriptions were kept (a BraTS model).
+ * @param uri the `.safetensors` object
+ * @throws {SyntaxError} a header that is not a safetensors header, naming the file
+ */
+export async function readModelDataset(uri: string): Promise<DatasetDescription | undefined> {
+  const head = await getObjectRange(uri, 0, 8);
+  const bad = (why: string) => new SyntaxError(`"${uri}" is not a safetensors file: ${why}`);
+  if (head.length < 8) throw bad(`${head.length} bytes`);
+  const n = Number(new DataView(head.buffer, head.byteOffset, 8).getBigUint64(0, true));
+  if (!Number.isSafeInteger(n) || n <= 0 || n > 100 * 2 ** 20) throw bad(`header length ${n}`);
+  let header: { __metadata__?: Record<string, string> };
+  try {
+    header = JSON.parse(new TextDecoder().decode(await getObjectRange(uri, 8, 8 + n)));
+  } catch (e) {
+    throw bad(`header is not JSON (${(e as Error).message})`);
+  }
+  const text = header?.__metadata__?.dataset;
+  return text === undefined ? undefined : parseDatasetDescription(text, uri);
 }

@@ -6,7 +6,13 @@
  */
 import { mirrorVolume } from "./inference.ts";
 import { regionChannels } from "./labels.ts";
-import { cropBox, type Dims, type PreprocessedCase } from "./preprocess.ts";
+import {
+  cropBox,
+  type Dims,
+  imageChannels,
+  type PreprocessedCase,
+  targetChannels,
+} from "./preprocess.ts";
 
 /** Augmentation probabilities and ranges; `false` turns augmentation off. */
 export interface AugmentOptions {
@@ -72,7 +78,7 @@ export function caseAt(cases: Cases, index: number): PreprocessedCase {
 /** A batch: channel-last arrays [batch, crop, crop, crop, channels]. */
 export interface Batch {
   image: Float32Array;
-  /** WT, TC, ET in {0, 1}. */
+  /** Each region in {0, 1}: WT, TC, ET for BraTS. */
   target: Float32Array;
   batch: number;
   crop: number;
@@ -83,15 +89,15 @@ export interface Batch {
 
 const tumorIndexCache = new WeakMap<PreprocessedCase, Int32Array>();
 
-/** Indices (in the case's box) of whole-tumor voxels, computed once per case. */
+/** Indices (in the case's box) of tumor voxels (in any region), computed once per case. */
 export function tumorVoxels(c: PreprocessedCase): Int32Array {
   let idx = tumorIndexCache.get(c);
   if (!idx) {
     const r = c.regions;
     let count = 0;
-    if (r) { for (let i = 0; i < r.length; i++) if (r[i] & 1) count++; }
+    if (r) { for (let i = 0; i < r.length; i++) if (r[i] !== 0) count++; }
     idx = new Int32Array(count);
-    if (r) { for (let i = 0, j = 0; i < r.length; i++) if (r[i] & 1) idx[j++] = i; }
+    if (r) { for (let i = 0, j = 0; i < r.length; i++) if (r[i] !== 0) idx[j++] = i; }
     tumorIndexCache.set(c, idx);
   }
   return idx;
@@ -158,7 +164,8 @@ function transformedCrop(
   const [nx, ny, nz] = c.box.size;
   const half = (s - 1) / 2;
   const centre = start.map((v) => v + half);
-  const image = new Float32Array(s ** 3 * 4);
+  const ch = imageChannels(c);
+  const image = new Float32Array(s ** 3 * ch);
   const regions = c.regions ? new Uint8Array(s ** 3) : undefined;
   const src = c.image;
   let o = 0;
@@ -183,8 +190,8 @@ function transformedCrop(
           if (xi < 0 || xi >= nx || yi < 0 || yi >= ny || zi < 0 || zi >= nz) continue;
           const w = (k & 1 ? fx : 1 - fx) * ((k >> 1) & 1 ? fy : 1 - fy) * (k >> 2 ? fz : 1 - fz);
           if (w === 0) continue;
-          const si = ((zi * ny + yi) * nx + xi) * 4;
-          for (let ch = 0; ch < 4; ch++) image[o * 4 + ch] += w * src[si + ch];
+          const si = ((zi * ny + yi) * nx + xi) * ch;
+          for (let k = 0; k < ch; k++) image[o * ch + k] += w * src[si + k];
         }
       }
     }
@@ -241,6 +248,7 @@ export function sampleCrop(
   const aug = options.augment === false ? undefined : { ...DEFAULT_AUGMENT, ...options.augment };
   const forced = rand() < fg;
   const start = cropStart(c, s, forced, rand);
+  const ch = imageChannels(c);
   let image: Float32Array;
   let regions: Uint8Array | undefined;
   if (aug && rand() < aug.spatial) {
@@ -248,16 +256,17 @@ export function sampleCrop(
     const m = rotationScale(r(), r(), r(), uniform(rand, aug.scale));
     ({ image, regions } = transformedCrop(c, start, s, m));
   } else {
-    image = cropBox(c.image, c.box.size, 4, start, [s, s, s]);
+    image = cropBox(c.image, c.box.size, ch, start, [s, s, s]);
     regions = c.regions ? cropBox(c.regions, c.box.size, 1, start, [s, s, s]) : undefined;
   }
-  let target = regions ? regionChannels(regions) : new Float32Array(s ** 3 * 3);
+  const k = targetChannels(c);
+  let target = regions ? regionChannels(regions, k) : new Float32Array(s ** 3 * k);
   if (aug) {
     let axes = 0;
     for (let a = 0; a < 3; a++) if (rand() < aug.mirror) axes |= 1 << a;
-    image = mirrorVolume(image, [s, s, s], 4, axes);
-    target = mirrorVolume(target, [s, s, s], 3, axes);
-    augmentIntensity(image, 4, aug, rand);
+    image = mirrorVolume(image, [s, s, s], ch, axes);
+    target = mirrorVolume(target, [s, s, s], k, axes);
+    augmentIntensity(image, ch, aug, rand);
   }
   return { image, target, forced };
 }
@@ -274,15 +283,20 @@ export function sampleBatch(
 ): Batch {
   if (cases.length === 0) throw new RangeError("No cases to sample from");
   const s = options.crop;
-  const image = new Float32Array(batch * s ** 3 * 4);
-  const target = new Float32Array(batch * s ** 3 * 3);
+  let image = new Float32Array(0);
+  let target = new Float32Array(0);
   const forced: boolean[] = [];
   const ids: string[] = [];
   for (let b = 0; b < batch; b++) {
     const c = caseAt(cases, randInt(rand, 0, cases.length - 1));
     const crop = sampleCrop(c, options, rand);
-    image.set(crop.image, b * s ** 3 * 4);
-    target.set(crop.target, b * s ** 3 * 3);
+    // Every case of a dataset has the same channels and regions: the first crop sizes the batch.
+    if (b === 0) {
+      image = new Float32Array(batch * crop.image.length);
+      target = new Float32Array(batch * crop.target.length);
+    }
+    image.set(crop.image, b * crop.image.length);
+    target.set(crop.target, b * crop.target.length);
     forced.push(crop.forced);
     ids.push(c.id);
   }

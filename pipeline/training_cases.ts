@@ -17,7 +17,7 @@ import {
   streamedEntry,
 } from "./case_cache.ts";
 import type { Case } from "./cases.ts";
-import type { PreprocessedCase } from "./preprocess.ts";
+import { imageChannels, type PreprocessedCase } from "./preprocess.ts";
 import { joinUri, mapConcurrent, ObjectNotFoundError, parseUri, putObject } from "./storage.ts";
 
 const GIB = 2 ** 30;
@@ -152,7 +152,7 @@ export async function loadCases(
     });
     if (r.cached) fromCache++;
     entryUris[i] = r.uri;
-    const bytes = caseBytes(r.case.box, r.case.regions !== undefined);
+    const bytes = caseBytes(r.case.box, r.case.regions !== undefined, imageChannels(r.case));
     if (!dir && used + bytes > o.budget) void streamDir();
     if (dir) entries[i] = await spill(i, r.case);
     else {

@@ -25,6 +25,7 @@ import {
   reversibleLowerBound,
   standardGrads,
 } from "../model/mod.ts";
+import { datasetShape } from "../pipeline/cases.ts";
 import { selectBackend } from "../model/backend.ts";
 import { benchSpeed, BRATS_DIMS, formatSpeed } from "./bench_speed.ts";
 import { benchKernels, formatKernels } from "./bench_kernels.ts";
@@ -50,17 +51,19 @@ export interface BenchMemoryOptions {
   searchCrop?: number;
   /** Progress messages. */
   log?: (msg: string) => void;
+  /** A dataset's input channels and output regions (see `--data`). @default 4 and 3 (BraTS) */
+  io?: { inChannels: number; outChannels: number };
 }
 
 /** Runs the memory benchmark and returns its JSON object. */
 export async function benchMemory(options: BenchMemoryOptions = {}) {
   const { budget = 16 * GiB, crop = 32, searchCrop = 96, log = () => {} } = options;
-  const ref = resolveConfig(REFERENCE_CONFIG);
+  const ref = resolveConfig({ ...REFERENCE_CONFIG, ...options.io });
   const variants = { reversible: true, standard: false } as const;
 
   log("gradient check: reversible vs standard, reference network, 16^3");
-  const x = tf.randomNormal([1, 16, 16, 16, 4], 0, 1, "float32", 5) as tf.Tensor5D;
-  const target = randomTarget([1, 16, 16, 16, 3], 6, 0.7);
+  const x = tf.randomNormal([1, 16, 16, 16, ref.inChannels], 0, 1, "float32", 5) as tf.Tensor5D;
+  const target = randomTarget([1, 16, 16, 16, ref.outChannels], 6, 0.7);
   const net = createUNet(ref, { seed: 7, zeroInitResidual: false });
   const loss = (logits: tf.Tensor5D) => diceBceLoss(logits, target);
   const rev = reversibleGrads(net, x, loss, true);
@@ -192,7 +195,7 @@ function caseSizesFlag(value: string | undefined): [number, number, number][] | 
 const COMMON_FLAGS = ["json", "crop", "backend"];
 /** Each benchmark's own flags. */
 const OWN_FLAGS: Record<"memory" | "speed" | "kernels", string[]> = {
-  memory: ["budget", "search-crop"],
+  memory: ["budget", "search-crop", "data"],
   speed: ["steps", "case-sizes", "window", "threads", "no-peer"],
   kernels: ["steps"],
 };
@@ -243,6 +246,8 @@ Options:
                         kernels: the network's crop whose layer shapes are timed (default 32 on cpu,
                         64 on a GPU backend)
   --search-crop <n>     memory: crop for the depth and width searches (default 96)
+  --data <uri>          memory: the reference network with this dataset's channels in and regions
+                        out (as train makes it; BraTS: 4 and 3)
   --steps <n>           speed, kernels: timed steps, passes or calls; the median is reported
                         (default 3)
   --case-sizes <sizes>  speed: XxYxZ sizes for sliding-window inference, comma-separated, or "none"
@@ -264,6 +269,7 @@ Examples:
       budget: { type: "string" },
       crop: { type: "string" },
       "search-crop": { type: "string" },
+      data: { type: "string" },
       steps: { type: "string" },
       "case-sizes": { type: "string" },
       window: { type: "string" },
@@ -329,12 +335,14 @@ Examples:
     }
     const crop = intFlag("crop", values.crop, 32, 8);
     if (crop % 8 !== 0) throw new UsageError(`--crop must be a multiple of 8, got ${crop}`);
+    const io = values.data === undefined ? undefined : await datasetShape(values.data);
     printJson(
       await benchMemory({
         budget: numberFlag("budget", values.budget, 16, 0.001) * GiB,
         crop,
         searchCrop: intFlag("search-crop", values["search-crop"], 96, 8),
         log,
+        ...(io ? { io: { inChannels: io.inChannels, outChannels: io.outChannels } } : {}),
       }),
     );
   },

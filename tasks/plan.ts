@@ -13,6 +13,7 @@ import {
   resolveConfig,
 } from "../model/mod.ts";
 import { selectBackend } from "../model/backend.ts";
+import { datasetShape } from "../pipeline/cases.ts";
 import {
   backendFlag,
   type Command,
@@ -76,9 +77,8 @@ export async function planCrop(o: PlanOptions) {
 export const planCommand: Command = {
   name: "plan",
   summary: "Largest training crop that fits a memory budget, reversible vs standard",
-  help:
-    `Usage: deno task plan --budget <gib> [--config <json>] [--batch <n>] [--measure-crops <a>,<b>]
-                      [--backend <backend>]
+  help: `Usage: deno task plan --budget <gib> [--config <json>] [--data <uri>] [--batch <n>]
+                      [--measure-crops <a>,<b>] [--backend <backend>]
 
 Measures the peak memory of one training step (forward, loss, backward, Adam update) of the
 configured network at two crops with tf.profile, fits bytes = fixed + per-voxel · voxels (exact
@@ -90,6 +90,8 @@ network and its standard twin, as one JSON object.
 Options:
   --budget <gib>           memory budget (required), e.g. 16 for a 16 GiB GPU with headroom
   --config <json>          network fields over the reference, e.g. '{"baseChannels":32}'
+  --data <uri>             the dataset to train on: its channels (inChannels) and regions
+                           (outChannels) shape the network, as train makes it (BraTS: 4 and 3)
   --batch <n>              batch size (default 1)
   --measure-crops <a>,<b>  crops to measure (default for the reference network: 32,48 for the
                            reversible step, 16,24 for the standard one, where each is linear)
@@ -97,11 +99,13 @@ Options:
 
 Example:
   deno task plan --budget 16
-  deno task plan --budget 40 --config '{"blocksPerLevel":4}' --batch 2`,
+  deno task plan --budget 40 --config '{"blocksPerLevel":4}' --batch 2
+  deno task plan --budget 16 --data ../data/Dataset501_BraTS2018WT`,
   async run(args) {
     const { values } = parseFlags("plan", args, {
       budget: { type: "string" },
       config: { type: "string" },
+      data: { type: "string" },
       batch: { type: "string" },
       "measure-crops": { type: "string" },
       backend: { type: "string" },
@@ -126,6 +130,18 @@ Example:
       } catch (e) {
         throw new UsageError(`--config: ${(e as Error).message}`);
       }
+    }
+    if (values.data !== undefined) {
+      // The network follows the data, as train makes it: channels in, regions out.
+      const io = await datasetShape(values.data);
+      for (const k of ["inChannels", "outChannels"] as const) {
+        if (config[k] !== undefined && config[k] !== io[k]) {
+          throw new UsageError(
+            `--config ${k} ${config[k]} disagrees with --data ${values.data}, which has ${io[k]}`,
+          );
+        }
+      }
+      config = { ...config, inChannels: io.inChannels, outChannels: io.outChannels };
     }
     const measureCrops = values["measure-crops"]?.split(",").map((s, i) =>
       intFlag(`measure-crops[${i}]`, s.trim(), 0, 1, 512)

@@ -20,9 +20,21 @@
 import { type BackendName, selectBackend } from "../model/backend.ts";
 import { deserializeUNet, disposeUNet, type UNet } from "../model/mod.ts";
 import { caseKey } from "../pipeline/case_cache.ts";
-import { type Case, findCases, readNiftiHeader } from "../pipeline/cases.ts";
+import {
+  type Case,
+  caseChannels,
+  findCases,
+  MODALITIES,
+  readNiftiHeader,
+} from "../pipeline/cases.ts";
+import {
+  type DatasetDescription,
+  isBraTS,
+  labelScheme,
+  parseDatasetDescription,
+} from "../pipeline/datasets.ts";
 import { MAX_OVERLAP, OVERLAP_RANGE, slidingWindowProbabilities } from "../pipeline/inference.ts";
-import { probabilitiesToLabels } from "../pipeline/labels.ts";
+import { bratsEnhancingLabel, type Labels, probabilitiesToLabels } from "../pipeline/labels.ts";
 import { keepLargestComponent } from "../pipeline/postprocess.ts";
 import { readModelBytes, resolveModel } from "../pipeline/model_store.ts";
 import { decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
@@ -146,6 +158,11 @@ export class Segmenter {
   /** The window training validated the model with, when its metadata says. */
   readonly validatedWindow?: number;
   readonly backend: string;
+  /**
+   * The dataset the model was trained on (channels, labels, regions), from its metadata; a model
+   * without one was trained on a BraTS naming (four modalities, WT/TC/ET).
+   */
+  readonly dataset?: DatasetDescription;
 
   private constructor(
     net: UNet,
@@ -153,6 +170,7 @@ export class Segmenter {
     sha: string,
     sizes: { crop?: number; valWindow?: number },
     backend: string,
+    dataset?: DatasetDescription,
   ) {
     this.net = net;
     this.modelUri = uri;
@@ -160,6 +178,71 @@ export class Segmenter {
     this.trainedCrop = sizes.crop;
     this.validatedWindow = sizes.valWindow;
     this.backend = backend;
+    if (dataset) this.dataset = dataset;
+  }
+
+  /**
+   * The case with the channels the model takes, in its order: by name from a BraTS case's
+   * modalities (FLAIR as flair or t2f, T1 as t1 or t1n, …), by index from any other layout's.
+   * @throws {RangeError} naming the case and the channel it lacks (or the count it has too many)
+   */
+  forModel(c: Case): Case {
+    const wanted = this.dataset?.channels ??
+      (this.net.config.inChannels === 4 ? [...MODALITIES] : []);
+    const n = this.net.config.inChannels;
+    const names = wanted.length === n ? wanted : Array.from({ length: n }, (_, k) => String(k));
+    const trained = this.dataset ? (this.dataset.name ?? this.dataset.layout) : "BraTS";
+    if (!c.channels) {
+      // A BraTS case: its modalities by name. A BraTS model takes them as they are.
+      if (!this.dataset || isBraTS(this.dataset)) {
+        if (n === 4) return c;
+      }
+      const channels = names.map((name, k) => {
+        const m = bratsModality(name);
+        if (!m) {
+          throw new RangeError(
+            `case "${c.id}": the model (trained on ${trained}) takes channel ${k} "${name}", ` +
+              `which is none of a BraTS case's modalities (${MODALITIES.join(", ")})`,
+          );
+        }
+        return { name, uri: c.images[m] };
+      });
+      return { ...c, channels };
+    }
+    const have = c.channels;
+    if (have.length < n) {
+      const ending = this.dataset?.fileEnding ?? ".nii.gz";
+      throw new RangeError(
+        `case "${c.id}": missing channel ${
+          names.slice(have.length).map((name, j) => {
+            const k = have.length + j;
+            const file = have[0].volume === undefined
+              ? `: ${c.id}_${String(k).padStart(4, "0")}${ending}`
+              : ` in ${have[0].uri}`;
+            return `${String(k).padStart(4, "0")} (${name})${file}`;
+          }).join(", ")
+        }; the model (trained on ${trained}) takes ${n} (${names.join(", ")})`,
+      );
+    }
+    if (have.length > n) {
+      throw new RangeError(
+        `case "${c.id}" has ${have.length} channels (${
+          have.map((h) => h.name).join(", ")
+        }); the model (trained on ${trained}) takes ${n} (${names.join(", ")})`,
+      );
+    }
+    return c;
+  }
+
+  /**
+   * The labels a case's output is written in: a BraTS case's own convention for a BraTS model,
+   * else the model's dataset's values (its regions written in `regions_class_order`).
+   */
+  labelsFor(c: Case): Labels {
+    if (!this.dataset || isBraTS(this.dataset)) {
+      return c.enhancingLabel ?? (this.dataset?.layout === "brats2023" ? 3 : 4);
+    }
+    return labelScheme(this.dataset, this.modelUri);
   }
 
   /**
@@ -179,6 +262,21 @@ export class Segmenter {
     // Damaged weights (their data digest disagrees) are refused by name, never run.
     const bytes = await readModelBytes(uri);
     const { net, metadata } = deserializeUNet(bytes, uri, false);
+    let dataset: DatasetDescription | undefined;
+    try {
+      dataset = metadata.dataset === undefined
+        ? undefined
+        : parseDatasetDescription(metadata.dataset, uri);
+    } catch (e) {
+      disposeUNet(net);
+      throw e;
+    }
+    if (dataset && (dataset.channels.length !== net.config.inChannels)) {
+      disposeUNet(net);
+      throw new RangeError(
+        `${uri}: its dataset has ${dataset.channels.length} channels, its network takes ${net.config.inChannels}`,
+      );
+    }
     const size = (key: string) => {
       const v = Number(metadata[key]);
       return Number.isInteger(v) && v > 0 ? v : undefined;
@@ -189,6 +287,7 @@ export class Segmenter {
       await sha256(bytes),
       { crop: size("train_crop"), valWindow: size("val_window") },
       choice.name,
+      dataset,
     );
   }
 
@@ -204,14 +303,19 @@ export class Segmenter {
    * @throws {Error} naming the file and the problem when the case cannot be read, scored or
    *   written; nothing is written for a case that cannot be read or scored
    */
-  async segmentCase(c: Case, out: string, options: CaseOptions = {}): Promise<CaseOutcome> {
+  async segmentCase(input: Case, out: string, options: CaseOptions = {}): Promise<CaseOutcome> {
     const t0 = performance.now();
+    // The model's channels, checked before anything is read or written.
+    const c = this.forModel(input);
+    const labelsOut = this.labelsFor(c);
+    // A reference is scored as `evaluate` scores it: BraTS regions of BraTS labels.
+    const scored = c.seg !== undefined && bratsEnhancingLabel(labelsOut) !== undefined;
     const output = Segmenter.outputUri(out, c.id);
     const recordUri = joinUri(out, `${c.id}.json`);
     const probabilitiesUri = options.saveProbabilities
       ? joinUri(out, `${c.id}_probabilities.nii.gz`)
       : undefined;
-    const metricsUri = c.seg ? joinUri(out, `${c.id}.metrics.json`) : undefined;
+    const metricsUri = scored ? joinUri(out, `${c.id}.metrics.json`) : undefined;
     const wanted = [
       output,
       ...(probabilitiesUri ? [probabilitiesUri] : []),
@@ -253,7 +357,7 @@ export class Segmenter {
         };
       }
     }
-    const header = await readNiftiHeader(c.images.flair);
+    const header = await readNiftiHeader(caseChannels(c)[0].uri);
     // The reference is read once, below, for the metrics: inference needs only the images.
     const { seg: _reference, ...images } = c;
     const p = await preprocessCase(images);
@@ -264,7 +368,7 @@ export class Segmenter {
       mirror: opts.tta,
       onWindow: options.onWindow,
     });
-    const boxLabels = probabilitiesToLabels(probs, c.enhancingLabel, opts.et_threshold);
+    const boxLabels = probabilitiesToLabels(probs, labelsOut, opts.et_threshold);
     if (opts.largest_component) keepLargestComponent(boxLabels, p.box.size);
     const labels = uncropBox(boxLabels, p.box, p.dims, 1);
     const counts: Record<string, number> = {};
@@ -286,9 +390,10 @@ export class Segmenter {
       });
       metrics = { case: c.id, ...scored.metrics, prediction: output, reference: c.seg };
     }
+    const k = this.net.config.outChannels;
     const probabilityBytes = probabilitiesUri
-      ? encodeNifti(channelMajor(uncropBox(probs, p.box, p.dims, 3), 3), "float32", header, {
-        dims: [...grid, 3],
+      ? encodeNifti(channelMajor(uncropBox(probs, p.box, p.dims, k), k), "float32", header, {
+        dims: [...grid, k],
         description,
         name: probabilitiesUri,
       })
@@ -350,7 +455,8 @@ export async function segmentationReport(
   const entries = await mapConcurrent(outcomes, 2, async (o) => {
     const c = byId.get(o.id)!;
     let m: CaseMetrics | undefined;
-    if (c.seg) {
+    // Scored where segment scored it (BraTS labels): o.metrics is its metrics file.
+    if (c.seg && o.metrics) {
       m = (await evaluatePair(o.output, c.seg, { truthEnhancingLabel: c.enhancingLabel })).metrics;
       metrics.push({ case: c.id, ...m });
     }
@@ -364,6 +470,16 @@ export async function segmentationReport(
   });
   metrics.sort((a, b) => (a.case < b.case ? -1 : 1));
   return { uri, metrics };
+}
+
+/** The BraTS modality a channel name stands for (FLAIR, T2-FLAIR, t2f → flair; T1c, T1Gd → t1ce; …). */
+function bratsModality(name: string): typeof MODALITIES[number] | undefined {
+  const n = name.toLowerCase().replace(/[^a-z0-9]/g, "");
+  if (["flair", "t2f", "t2flair"].includes(n)) return "flair";
+  if (["t1", "t1n", "t1w", "t1native"].includes(n)) return "t1";
+  if (["t1ce", "t1c", "t1gd", "t1contrast", "t1post"].includes(n)) return "t1ce";
+  if (["t2", "t2w"].includes(n)) return "t2";
+  return undefined;
 }
 
 /** Reads an event notification from a file, or from standard input for "-". */

@@ -44,9 +44,16 @@ import {
   loadCases,
   STREAMED_CASES_PER_SAMPLER,
 } from "../pipeline/training_cases.ts";
-import { type Case, findCases } from "../pipeline/cases.ts";
+import { type Case, caseDataset, findCases } from "../pipeline/cases.ts";
+import { isBraTS, labelScheme } from "../pipeline/datasets.ts";
 import { slidingWindowProbabilities } from "../pipeline/inference.ts";
-import { labelsToRegions, probabilitiesToLabels, regionsToLabels } from "../pipeline/labels.ts";
+import {
+  bratsEnhancingLabel,
+  type Labels,
+  labelsToRegions,
+  probabilitiesToLabels,
+  regionsToLabels,
+} from "../pipeline/labels.ts";
 import { meanScores, regionDice, type RegionScores } from "../pipeline/metrics.ts";
 import {
   checkpointName,
@@ -185,6 +192,8 @@ export interface ValidateOptions {
   signal?: AbortSignal;
   /** Called after each case with its id and the number of cases done. */
   onCase?: (id: string, done: number) => void;
+  /** The dataset's regions and labels. @default the BraTS regions WT, TC, ET */
+  labels?: Labels;
 }
 
 /**
@@ -208,9 +217,11 @@ export async function validate(
       window,
       overlap: 0.5,
     });
-    // The regions of a label volume do not depend on the enhancing label's value.
-    const predicted = labelsToRegions(probabilitiesToLabels(probs, 4), 4);
-    scores.push(regionDice(predicted, c.regions!, c.regionsOutside));
+    // The regions of a BraTS label volume do not depend on the enhancing label's value.
+    const labels = options.labels ?? 4;
+    const predicted = labelsToRegions(probabilitiesToLabels(probs, labels), labels);
+    const names = typeof labels === "number" ? undefined : labels.regions.map((r) => r.name);
+    scores.push(regionDice(predicted, c.regions!, c.regionsOutside, names));
     options.onCase?.(c.id, scores.length);
   }
   return meanScores(scores);
@@ -250,7 +261,8 @@ export async function train(
 
   let settings: TrainSettings;
   let state: TrainState;
-  let net: UNet;
+  // A new run's network is made once the dataset says its input channels and output regions.
+  let net: UNet | undefined;
   let optimizer: Optimizer;
   /** The checkpoint that holds the current state, when one does. */
   let saved: string | undefined;
@@ -277,7 +289,6 @@ export async function train(
       );
     }
     state = newTrainState(settings);
-    net = createUNet(settings.config, { seed: settings.seed });
     optimizer = new Optimizer({ kind: settings.optimizer, weightDecay: settings.weightDecay });
   }
 
@@ -310,6 +321,35 @@ export async function train(
     if (labelled.length === 0) {
       throw new Error(`${settings.data}: no labelled cases (image files with a _seg) to train on`);
     }
+    // The network follows the data: its channels in, its regions out, kept in the model file.
+    const dataset = caseDataset(labelled[0]);
+    const scheme: Labels = isBraTS(dataset) ? 4 : labelScheme(dataset, settings.data);
+    const regionNames = typeof scheme === "number"
+      ? ["WT", "TC", "ET"]
+      : scheme.regions.map((r) => r.name);
+    const io = { inChannels: dataset.channels.length, outChannels: regionNames.length };
+    if (!net) {
+      const c = settings.config;
+      if (c.inChannels !== io.inChannels || c.outChannels !== io.outChannels) {
+        log(
+          `${settings.data}: ${io.inChannels} channel${io.inChannels === 1 ? "" : "s"} (${
+            dataset.channels.join(", ")
+          }) in, ${io.outChannels} region${io.outChannels === 1 ? "" : "s"} (${
+            regionNames.join(", ")
+          }) out`,
+        );
+      }
+      settings.config = state.settings.config = { ...c, ...io };
+      net = createUNet(settings.config, { seed: settings.seed });
+    } else if (
+      net.config.inChannels !== io.inChannels || net.config.outChannels !== io.outChannels
+    ) {
+      throw new Error(
+        `${settings.data}: its cases have ${io.inChannels} channels and ${io.outChannels} ` +
+          `regions, the run being resumed ${net.config.inChannels} and ${net.config.outChannels}`,
+      );
+    }
+    const modelDataset = { dataset: JSON.stringify(dataset) };
     let split: { train: Case[]; val: Case[] };
     if (state.split.train.length > 0) {
       const byId = new Map(labelled.map((c) => [c.id, c]));
@@ -400,11 +440,11 @@ export async function train(
         const lr = polyLearningRate(s.lr, state.globalStep, totalSteps);
         const x = tf.tensor5d(
           batch.image,
-          [...shape, 4] as [number, number, number, number, number],
+          [...shape, net.config.inChannels] as [number, number, number, number, number],
         );
         const y = tf.tensor5d(
           batch.target,
-          [...shape, 3] as [number, number, number, number, number],
+          [...shape, net.config.outChannels] as [number, number, number, number, number],
         );
         let loss: number;
         try {
@@ -457,6 +497,7 @@ export async function train(
         let dice: RegionScores;
         try {
           dice = await validate(net, valCases, s.valWindow, {
+            labels: scheme,
             signal: runtime.signal,
             onCase: (id, done) =>
               emit({
@@ -476,16 +517,14 @@ export async function train(
           }
           throw e;
         }
-        const mean = (dice.WT + dice.TC + dice.ET) / 3;
+        const mean = regionNames.reduce((a, r) => a + dice[r], 0) / regionNames.length;
         metrics.val_dice = dice;
         metrics.val_mean_dice = mean;
         lastValDice = dice;
         log(
-          `epoch ${metrics.epoch}: loss ${metrics.loss.toFixed(4)}, validation Dice WT ${
-            dice.WT.toFixed(3)
-          } TC ${dice.TC.toFixed(3)} ET ${dice.ET.toFixed(3)} (${
-            ((performance.now() - v0) / 1000).toFixed(1)
-          } s)`,
+          `epoch ${metrics.epoch}: loss ${metrics.loss.toFixed(4)}, validation Dice ${
+            regionNames.map((r) => `${r} ${dice[r].toFixed(3)}`).join(" ")
+          } (${((performance.now() - v0) / 1000).toFixed(1)} s)`,
         );
         if (!state.best || mean > state.best.meanDice) {
           state.best = { epoch: metrics.epoch, meanDice: mean };
@@ -494,13 +533,13 @@ export async function train(
             epoch: metrics.epoch,
             valDice: dice,
             valWindow: s.valWindow,
-          });
+          }, modelDataset);
         }
       } else {
         if (valCases.length === 0) {
           // Nothing to choose the best weights by: best/ holds the latest, so that <out>/best
           // names the run's model either way.
-          await writeBest(out, net, { crop: s.crop, epoch: metrics.epoch });
+          await writeBest(out, net, { crop: s.crop, epoch: metrics.epoch }, modelDataset);
         }
         log(`epoch ${metrics.epoch}: loss ${metrics.loss.toFixed(4)}`);
       }
@@ -509,13 +548,13 @@ export async function train(
       state.stepInEpoch = 0;
       state.epochLossSum = 0;
       state.epochSeconds = 0;
-      await writeReports(out, state.history);
-      saved = await writeCheckpoint(out, net, optimizer, state);
+      await writeReports(out, state.history, regionNames);
+      saved = await writeCheckpoint(out, net, optimizer, state, modelDataset);
       if (aborted()) interrupted = true;
     }
     if (interrupted) {
       if (checkpointName(state) !== saved) {
-        saved = await writeCheckpoint(out, net, optimizer, state);
+        saved = await writeCheckpoint(out, net, optimizer, state, modelDataset);
       }
       log(
         `stopped at epoch ${state.epoch + 1}, step ${state.stepInEpoch}/${s.stepsPerEpoch} ` +
@@ -526,7 +565,7 @@ export async function train(
     log(`done: ${state.globalStep - stepsAtStart} steps in ${formatDuration(seconds)}`);
     let report: string | undefined;
     if (runtime.report && !interrupted) {
-      report = await trainingReport(out, net, split.val, valCases, s, state.history);
+      report = await trainingReport(out, net, split.val, valCases, s, state.history, scheme);
       log(`report: ${report}`);
     }
     return {
@@ -546,7 +585,7 @@ export async function train(
   } finally {
     prefetcher.current?.close();
     optimizer.dispose();
-    disposeUNet(net);
+    if (net) disposeUNet(net);
     if (tempDir) {
       await Deno.remove(tempDir, { recursive: true }).catch((e) => {
         if (!(e instanceof Deno.errors.NotFound)) {
@@ -583,6 +622,7 @@ async function trainingReport(
   preprocessed: Cases,
   s: TrainSettings,
   history: EpochMetrics[],
+  labels: Labels,
 ): Promise<string> {
   const entries = [];
   for (let i = 0; i < preprocessed.length; i++) {
@@ -591,15 +631,20 @@ async function trainingReport(
     const probs = await slidingWindowProbabilities(net, p.image, p.box.size, {
       window: s.valWindow,
     });
-    const prediction = probabilitiesToLabels(probs, c.enhancingLabel);
-    const truth = regionsToLabels(p.regions!, c.enhancingLabel);
-    const flair = new Float32Array(p.image.length / 4).map((_, j) => p.image[4 * j]);
+    // BraTS cases in their own convention; other datasets' labels are scored by `evaluate` only
+    // as BraTS regions, so their report shows slices without metrics.
+    const own = c.enhancingLabel ?? labels;
+    const prediction = probabilitiesToLabels(probs, own);
+    const truth = regionsToLabels(p.regions!, own);
+    const ch = net.config.inChannels;
+    const flair = new Float32Array(p.image.length / ch).map((_, j) => p.image[ch * j]);
     const spacing = (c.spacing ?? [1, 1, 1]) as [number, number, number];
-    const m = caseMetrics(prediction, truth, p.box.size, spacing, c.enhancingLabel);
+    const e = bratsEnhancingLabel(own);
+    const m = e ? caseMetrics(prediction, truth, p.box.size, spacing, e) : undefined;
     entries.push({
       id: c.id,
       slices: renderCaseSlices({ flair, dims: p.box.size, spacing, truth, prediction }),
-      metrics: reportMetrics(m),
+      ...(m ? { metrics: reportMetrics(m) } : {}),
     });
   }
   const curves = new TextDecoder().decode(await getObject(joinUri(out, "curves.svg")));
@@ -628,7 +673,11 @@ function checkSettings(s: TrainSettings): void {
 }
 
 /** `metrics.jsonl` and `curves.svg`, rewritten whole (object storage has no append). */
-async function writeReports(out: string, history: EpochMetrics[]) {
+async function writeReports(
+  out: string,
+  history: EpochMetrics[],
+  regions: readonly string[] = ["WT", "TC", "ET"],
+) {
   const lines = history.map((h) => JSON.stringify(h)).join("\n") + "\n";
   await putObject(joinUri(out, "metrics.jsonl"), new TextEncoder().encode(lines));
   const val = history.filter((h) => h.val_dice);
@@ -644,9 +693,9 @@ async function writeReports(out: string, history: EpochMetrics[]) {
       xLabel: "epoch",
       yLabel: "Dice",
       yRange: [0, 1],
-      series: (["WT", "TC", "ET"] as const).map((r, i) => ({
+      series: regions.map((r, i) => ({
         name: r,
-        color: ["#2ca02c", "#d62728", "#ff7f0e"][i],
+        color: ["#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"][i % 7],
         points: val.map((h) => [h.epoch, h.val_dice![r]] as [number, number]),
       })),
     },

@@ -23,7 +23,8 @@ import {
   unetFromWeights,
 } from "../model/mod.ts";
 
-type Arrays = Map<string, { shape: number[]; values: Float32Array }>;
+type Tensor = { shape: number[]; values: Float32Array };
+type Arrays = Map<string, Tensor>;
 
 const [what, edgeArg] = Deno.args;
 const S = Number(edgeArg ?? 16);
@@ -74,14 +75,14 @@ function toTensors(a: Arrays): Map<string, tf.Tensor> {
 }
 
 /** Gradients (reversible and standard, input included) of the reference network on one backend. */
-async function gradients(backend: "cpu" | "tensorflow", w: Arrays, x: Arrays[""], t: Arrays[""]) {
+async function gradients(backend: "cpu" | "tensorflow", w: Arrays, x: Tensor, t: Tensor) {
   await selectBackend(backend);
   const config = resolveConfig({});
   const named = toTensors(w);
   const net = unetFromWeights(config, named, false);
   tf.dispose([...named.values()]);
-  const xt = tf.tensor(x.values, x.shape) as tf.Tensor5D;
-  const tt = tf.tensor(t.values, t.shape) as tf.Tensor5D;
+  const xt = tf.tensor5d(x.values, x.shape as [number, number, number, number, number]);
+  const tt = tf.tensor5d(t.values, t.shape as [number, number, number, number, number]);
   const before = tf.memory().numTensors;
   const out = new Map<string, tf.Tensor>();
   const started = performance.now();
@@ -106,8 +107,8 @@ async function gradients(backend: "cpu" | "tensorflow", w: Arrays, x: Arrays[""]
 async function training(
   backend: "cpu" | "tensorflow",
   w: Arrays,
-  x: Arrays[""],
-  t: Arrays[""],
+  x: Tensor,
+  t: Tensor,
   opt: Partial<OptimizerConfig>,
 ) {
   await selectBackend(backend);
@@ -116,8 +117,8 @@ async function training(
   const net = unetFromWeights(config, named, true);
   tf.dispose([...named.values()]);
   const optimizer = new Optimizer(opt);
-  const xt = tf.tensor(x.values, x.shape) as tf.Tensor5D;
-  const tt = tf.tensor(t.values, t.shape) as tf.Tensor5D;
+  const xt = tf.tensor5d(x.values, x.shape as [number, number, number, number, number]);
+  const tt = tf.tensor5d(t.values, t.shape as [number, number, number, number, number]);
   const losses = [await trainStepAsync(net, optimizer, xt, tt, 1e-3)];
   const before = tf.memory().numTensors;
   losses.push(await trainStepAsync(net, optimizer, xt, tt, 1e-3));
