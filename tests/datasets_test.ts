@@ -553,6 +553,16 @@ Deno.test("plan --data: the dataset's channels and regions shape the planned net
   );
 });
 
+Deno.test("bench memory --data reads the dataset before measuring; bench speed refuses the flag", async () => {
+  await using tmp = await tempDir();
+  const missing = await runMain(["bench", "memory", "--data", `${tmp.path}/nowhere`]);
+  assertEquals(missing.code, 1);
+  assertStringIncludes(missing.stderr, `${tmp.path}/nowhere`);
+  const speed = await runMain(["bench", "speed", "--data", tmp.path]);
+  assertEquals(speed.code, 2);
+  assertStringIncludes(speed.stderr, "--data belongs to bench memory");
+});
+
 // ---------------------------------------------------------------------------------------------
 // The real scans (../shared/data), when present
 
