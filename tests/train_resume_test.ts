@@ -433,3 +433,35 @@ Deno.test("train --resume and segment refuse a checkpoint or best/ weights with 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("train --resume removes the temporary files killed checkpoint writes left in its run folder, and nothing else", async () => {
+  const data = await dataset();
+  const dir = await Deno.makeTempDir();
+  const out = `${dir}/run`;
+  try {
+    const settings = tinySettings(data, { epochs: 1 });
+    const first = await train(settings, { out, ...quiet });
+    // What SIGKILL during a checkpoint write leaves: temporaries beside the files being
+    // replaced, and a new checkpoint folder holding only its first file's.
+    const strays = [
+      `${out}/${first.checkpoint}/.optimizer.safetensors.tmp-0123456789ab`,
+      `${out}/checkpoints/epoch-0001-step-0000099/.model.safetensors.tmp-abcdef012345`,
+      `${out}/.latest.json.tmp-aaaaaaaaaaaa`,
+      `${out}/best/.model.safetensors.tmp-bbbbbbbbbbbb`,
+    ];
+    const kept = [`${out}/notes.tmp-1`, `${out}/.hidden`];
+    for (const f of [...strays, ...kept]) {
+      await Deno.mkdir(f.slice(0, f.lastIndexOf("/")), { recursive: true });
+      await Deno.writeFile(f, new Uint8Array(100));
+    }
+    await Deno.mkdir(`${out}/empty-before`);
+    const resumed = await train({ epochs: 2 }, { out, ...quiet, resume: true });
+    assertEquals(resumed.epochs, 2);
+    for (const f of strays) assert(await pathMissing(f), `${f} removed`);
+    assert(await pathMissing(`${out}/checkpoints/epoch-0001-step-0000099`), "its folder too");
+    for (const f of kept) assert(!(await pathMissing(f)), `${f} kept`);
+    assert(!(await pathMissing(`${out}/empty-before`)), "a folder empty before is kept");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
