@@ -290,7 +290,7 @@ Deno.test("train CLI: --val-cases 0 writes best/ as the latest weights; --resume
   }
 });
 
-Deno.test("train CLI: a corrupt NIfTI or a missing --data folder is an error naming it, exit 1, no checkpoint written", async () => {
+Deno.test("train CLI: a corrupt NIfTI or a missing --data folder is an error naming it, exit 1, no checkpoint written; the cache entries a refused run leaves are whole and reused", async () => {
   const data = await dataset();
   const dir = await Deno.makeTempDir();
   const args = (from: string, out: string) => [
@@ -347,11 +347,21 @@ Deno.test("train CLI: a corrupt NIfTI or a missing --data folder is an error nam
     const left = [];
     for await (const e of Deno.readDir(`${dir}/out2`)) left.push(e.name);
     assertEquals(left.filter((n) => n !== "cache"), [], "no checkpoint, latest.json or metrics");
+    const entries = [];
     for await (const e of Deno.readDir(`${dir}/out2/cache`)) {
       const name = `${dir}/out2/cache/${e.name}`;
       assert(!e.name.startsWith("BraTS2021_00002"), `no entry for the broken case: ${e.name}`);
-      decodeCachedCase(await Deno.readFile(name), name); // whole, or this throws
+      assert(!e.name.includes(".tmp-"), `no partial entry: ${e.name}`);
+      decodeCachedCase(await Deno.readFile(name), name); // whole, and checksummed, or this throws
+      entries.push(e.name);
     }
+    // The case in flight beside the broken one is finished (mapConcurrent awaits it).
+    assert(entries.length >= 1, "an entry of a case read before the failure remains");
+    // The cache is a cache (README): what the refused run left is what the next run reuses.
+    await Deno.copyFile(`${data}/BraTS2021_00002/BraTS2021_00002_t1.nii.gz`, cut);
+    const fixed = await runMain(args(`${dir}/cut`, `${dir}/out2`).filter((a) => a !== "--quiet"));
+    assertEquals(fixed.code, 0, fixed.stderr);
+    assert(fixed.stderr.includes(`(${entries.length} from the cache`), fixed.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
