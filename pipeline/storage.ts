@@ -30,6 +30,7 @@ import {
   listLocal,
   putLocal,
   removeStaleTemporaries,
+  removeTemporariesUnder,
 } from "./storage_local.ts";
 import {
   createS3,
@@ -207,6 +208,17 @@ export async function removeStaleWrites(uris: string[]): Promise<void> {
     const p = parseUri(uri);
     if (p.kind === "local") await removeStaleTemporaries(p.path);
   }
+}
+
+/**
+ * Clears what killed writes left anywhere under the folder `prefixUri` (local temporary files, and
+ * folders that held only them); nothing on S3, where a PUT is whole or absent. Only for a folder
+ * that no other process writes meanwhile (a locked run's output).
+ * @returns the local paths removed
+ */
+export async function removeStaleWritesUnder(prefixUri: string): Promise<string[]> {
+  const p = parseUri(prefixUri);
+  return p.kind === "local" ? await removeTemporariesUnder(p.path) : [];
 }
 
 /**

@@ -177,6 +177,43 @@ export async function removeStaleTemporaries(path: string): Promise<void> {
 }
 
 /**
+ * Removes every temporary file of a killed write ({@linkcode putLocal}'s `.<name>.tmp-<hex>`)
+ * under the folder `root`, recursively, and the folders that held nothing else (a checkpoint
+ * folder whose first file was being written). For a folder no other process writes (one that is
+ * locked): a live writer's temporary file would go too.
+ * @returns the paths removed
+ */
+export async function removeTemporariesUnder(root: string): Promise<string[]> {
+  const removed: string[] = [];
+  /** Whether `dir` is left empty, and whether a temporary file was removed under it. */
+  const walk = async (dir: string): Promise<{ empty: boolean; cleared: boolean }> => {
+    let empty = true, cleared = false;
+    for await (const e of Deno.readDir(dir)) {
+      const path = join(dir, e.name);
+      if (e.isDirectory) {
+        const sub = await walk(path);
+        cleared ||= sub.cleared;
+        // Only a folder emptied by this removal goes, never one that was empty already.
+        if (sub.empty && sub.cleared) {
+          await Deno.remove(path).then(() => removed.push(path), () => (empty = false));
+        } else empty = false;
+      } else if (e.isFile && TEMP_NAME.test(e.name)) {
+        await Deno.remove(path);
+        removed.push(path);
+        cleared = true;
+      } else empty = false;
+    }
+    return { empty, cleared };
+  };
+  try {
+    await walk(root);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return removed;
+}
+
+/**
  * Deletes a file; a missing file is not an error (as on S3), a folder is. The file's own folder
  * goes with its last file, as an S3 prefix does (so pruned checkpoints leave no empty folders);
  * folders above it are left alone.

@@ -75,7 +75,13 @@ import { BatchPrefetcher } from "../pipeline/prefetch.ts";
 import { caseAt, type Cases } from "../pipeline/sampling.ts";
 import { formatDuration, Progress } from "../pipeline/progress.ts";
 import { streamRandom } from "../pipeline/random.ts";
-import { exists, getObject, joinUri, putObject } from "../pipeline/storage.ts";
+import {
+  exists,
+  getObject,
+  joinUri,
+  putObject,
+  removeStaleWritesUnder,
+} from "../pipeline/storage.ts";
 import { acquireRunLock, isWithin, type RunLock } from "../pipeline/run_lock.ts";
 import {
   backendFlag,
@@ -372,6 +378,12 @@ export async function train(
     // Taken before the run's first write (its cases' cache entries), after everything that can
     // refuse the run without writing: a refused run leaves no lock behind, nor a folder for it.
     lock = await acquireRunLock(out, "train", log);
+    // Holding the lock, the run's folder is its own: temporary files there are of writes killed
+    // mid-way (SIGKILL during a checkpoint), never to be finished.
+    const stray = await removeStaleWritesUnder(out);
+    if (stray.length > 0) {
+      log(`removed what killed writes left under ${out}: ${stray.join(", ")}`);
+    }
     if (!runtime.resume && await exists(latest)) {
       throw new Error(
         `${out} already holds a training run (${latest}), written since this run started; pass --resume to continue it or choose another --out`,

@@ -290,7 +290,7 @@ Deno.test("train CLI: --val-cases 0 writes best/ as the latest weights; --resume
   }
 });
 
-Deno.test("train CLI: a corrupt NIfTI or a missing --data folder is an error naming it, exit 1, no checkpoint written", async () => {
+Deno.test("train CLI: a corrupt NIfTI or a missing --data folder is an error naming it, exit 1, no checkpoint written; the cache entries a refused run leaves are whole and reused", async () => {
   const data = await dataset();
   const dir = await Deno.makeTempDir();
   const args = (from: string, out: string) => [
@@ -347,11 +347,21 @@ Deno.test("train CLI: a corrupt NIfTI or a missing --data folder is an error nam
     const left = [];
     for await (const e of Deno.readDir(`${dir}/out2`)) left.push(e.name);
     assertEquals(left.filter((n) => n !== "cache"), [], "no checkpoint, latest.json or metrics");
+    const entries = [];
     for await (const e of Deno.readDir(`${dir}/out2/cache`)) {
       const name = `${dir}/out2/cache/${e.name}`;
       assert(!e.name.startsWith("BraTS2021_00002"), `no entry for the broken case: ${e.name}`);
-      decodeCachedCase(await Deno.readFile(name), name); // whole, or this throws
+      assert(!e.name.includes(".tmp-"), `no partial entry: ${e.name}`);
+      decodeCachedCase(await Deno.readFile(name), name); // whole, and checksummed, or this throws
+      entries.push(e.name);
     }
+    // The case in flight beside the broken one is finished (mapConcurrent awaits it).
+    assert(entries.length >= 1, "an entry of a case read before the failure remains");
+    // The cache is a cache (README): what the refused run left is what the next run reuses.
+    await Deno.copyFile(`${data}/BraTS2021_00002/BraTS2021_00002_t1.nii.gz`, cut);
+    const fixed = await runMain(args(`${dir}/cut`, `${dir}/out2`).filter((a) => a !== "--quiet"));
+    assertEquals(fixed.code, 0, fixed.stderr);
+    assert(fixed.stderr.includes(`(${entries.length} from the cache`), fixed.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -429,6 +439,38 @@ Deno.test("train --resume and segment refuse a checkpoint or best/ weights with 
       hijacked.stderr,
     );
     assert(await pathMissing(`${dir}/mine/checkpoints`), "nothing written");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("train --resume removes the temporary files killed checkpoint writes left in its run folder, and nothing else", async () => {
+  const data = await dataset();
+  const dir = await Deno.makeTempDir();
+  const out = `${dir}/run`;
+  try {
+    const settings = tinySettings(data, { epochs: 1 });
+    const first = await train(settings, { out, ...quiet });
+    // What SIGKILL during a checkpoint write leaves: temporaries beside the files being
+    // replaced, and a new checkpoint folder holding only its first file's.
+    const strays = [
+      `${out}/${first.checkpoint}/.optimizer.safetensors.tmp-0123456789ab`,
+      `${out}/checkpoints/epoch-0001-step-0000099/.model.safetensors.tmp-abcdef012345`,
+      `${out}/.latest.json.tmp-aaaaaaaaaaaa`,
+      `${out}/best/.model.safetensors.tmp-bbbbbbbbbbbb`,
+    ];
+    const kept = [`${out}/notes.tmp-1`, `${out}/.hidden`];
+    for (const f of [...strays, ...kept]) {
+      await Deno.mkdir(f.slice(0, f.lastIndexOf("/")), { recursive: true });
+      await Deno.writeFile(f, new Uint8Array(100));
+    }
+    await Deno.mkdir(`${out}/empty-before`);
+    const resumed = await train({ epochs: 2 }, { out, ...quiet, resume: true });
+    assertEquals(resumed.epochs, 2);
+    for (const f of strays) assert(await pathMissing(f), `${f} removed`);
+    assert(await pathMissing(`${out}/checkpoints/epoch-0001-step-0000099`), "its folder too");
+    for (const f of kept) assert(!(await pathMissing(f)), `${f} kept`);
+    assert(!(await pathMissing(`${out}/empty-before`)), "a folder empty before is kept");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
