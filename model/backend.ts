@@ -29,7 +29,12 @@
 import * as tf from "./tf.ts";
 import { disableNativeKernels, enableNativeKernels, nativeRequested } from "./native/mod.ts";
 import { disableWebGpuKernels, enableWebGpuKernels } from "./webgpu/kernels.ts";
-import { loadTfjsNode, TENSORFLOW_PACKAGES, tfjsNodeRoot } from "./tensorflow.ts";
+import {
+  loadTfjsNode,
+  prepareTfjsNodeLoad,
+  TENSORFLOW_PACKAGES,
+  tfjsNodeRoot,
+} from "./tensorflow.ts";
 
 /** A backend that can be asked for; `"auto"` picks the fastest that works here. */
 export type BackendName = "auto" | "tensorflow" | "webgpu" | "wasm" | "cpu";
@@ -199,6 +204,7 @@ async function activateTensorflow(pkg: string): Promise<string> {
     } catch (local) {
       // Not built here: a binding mapped in deno.json's imports, if any, is the other way in.
       try {
+        await prepareTfjsNodeLoad();
         await importOptional(pkg);
       } catch {
         throw local;

@@ -61,6 +61,24 @@ export async function loadTfjsNode(pkg: string): Promise<void> {
   if (!exists(`${dir}/package.json`)) {
     throw new Error(`not installed in ${tfjsNodeRoot()} (deno task setup builds tfjs-node there)`);
   }
+  await prepareTfjsNodeLoad();
+  const { createRequire } = await import("node:module");
+  const required = createRequire(import.meta.url)(dir) as { engine?: () => unknown };
+  if (required.engine?.() !== tf.engine()) {
+    throw new Error(
+      `${pkg} in ${tfjsNodeRoot()} uses another copy of @tensorflow/tfjs than the project's; ` +
+        `run deno task setup again to relink it`,
+    );
+  }
+}
+
+/**
+ * What any way of loading a binding needs first: refuses when Mesa's LLVM is mapped (libtensorflow
+ * crashes after it), polyfills `util.isNullOrUndefined` and quiets libtensorflow's start-up log.
+ *
+ * @throws {Error} When an LLVM library is already mapped into this process.
+ */
+export async function prepareTfjsNodeLoad(): Promise<void> {
   const llvm = loadedLlvm();
   if (llvm) {
     // Seen here: a segmentation fault inside libtensorflow's start-up once Mesa's Vulkan driver
@@ -84,14 +102,6 @@ export async function loadTfjsNode(pkg: string): Promise<void> {
     } catch {
       // No env permission: the notices are cosmetic.
     }
-  }
-  const { createRequire } = await import("node:module");
-  const required = createRequire(import.meta.url)(dir) as { engine?: () => unknown };
-  if (required.engine?.() !== tf.engine()) {
-    throw new Error(
-      `${pkg} in ${tfjsNodeRoot()} uses another copy of @tensorflow/tfjs than the project's; ` +
-        `run deno task setup again to relink it`,
-    );
   }
 }
 

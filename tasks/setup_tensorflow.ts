@@ -88,7 +88,7 @@ export function linkProjectTfjs(root = tfjsNodeRoot()): string | undefined {
     } catch {
       // Not a link: npm's own copy, replaced below.
     }
-    Deno.removeSync(link, { recursive: true });
+    if (exists(link)) Deno.removeSync(link, { recursive: true });
     Deno.symlinkSync(target, link);
   }
   return undefined;
@@ -115,6 +115,15 @@ export async function setupTensorflow(log: (msg: string) => void = () => {}): Pr
   const pkgDir = tfjsNodePackageDir("@tensorflow/tfjs-node");
   const stamp = `${pkgDir}/${STAMP}`;
   const unavailable = (why: string): TensorflowSetup => ({ ok: false, detail: why });
+  // tfjs-node-gpu, installed by hand with npm on a CUDA machine (README, "Backends"), downloads
+  // its own libtensorflow: it needs only the links, and no CPU build (one binding per process).
+  if (exists(`${tfjsNodePackageDir("@tensorflow/tfjs-node-gpu")}/package.json`)) {
+    const err = linkProjectTfjs(root);
+    return err ? unavailable(err) : {
+      ok: true,
+      detail: `@tensorflow/tfjs-node-gpu found in ${root}, linked to the project's tfjs`,
+    };
+  }
   if (exists(stamp)) {
     const err = linkProjectTfjs(root);
     return err ? unavailable(err) : { ok: true, detail: `already built in ${root}` };

@@ -142,3 +142,40 @@ Deno.test({
     assert(ms < 2000, `${ms} ms`);
   },
 });
+
+Deno.test("setupTensorflow links an npm-installed tfjs-node-gpu to the project's tfjs, building nothing", async () => {
+  const root = await Deno.makeTempDir();
+  const saved = Deno.env.get("REVUNET_TFJS_NODE_DIR");
+  try {
+    const gpu = `${root}/node_modules/@tensorflow/tfjs-node-gpu`;
+    await Deno.mkdir(gpu, { recursive: true });
+    await Deno.writeTextFile(`${gpu}/package.json`, '{"name":"@tensorflow/tfjs-node-gpu"}');
+    // npm's own copy of tfjs-core, which the link must replace.
+    await Deno.mkdir(`${root}/node_modules/@tensorflow/tfjs-core`, { recursive: true });
+    Deno.env.set("REVUNET_TFJS_NODE_DIR", root);
+    const r = await setupTensorflow();
+    assert(r.ok, r.detail);
+    assertStringIncludes(r.detail, "tfjs-node-gpu found");
+    for (const name of ["tfjs", "tfjs-core"]) {
+      const target = await Deno.readLink(`${root}/node_modules/@tensorflow/${name}`);
+      assertStringIncludes(target, `node_modules/.deno/@tensorflow+${name}@4.22.0/`);
+    }
+    assert(
+      !(await exists(`${root}/node_modules/@tensorflow/tfjs-node`)),
+      "a CPU build was started",
+    );
+  } finally {
+    if (saved === undefined) Deno.env.delete("REVUNET_TFJS_NODE_DIR");
+    else Deno.env.set("REVUNET_TFJS_NODE_DIR", saved);
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
