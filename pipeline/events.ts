@@ -131,7 +131,15 @@ function parseValue(event: unknown, depth: number): S3Event {
     const slash = event.Key.indexOf("/");
     return {
       kind: "records",
-      records: [record(event.EventName, event.Key.slice(0, slash), event.Key.slice(slash + 1), {})],
+      records: [
+        record(
+          event.EventName,
+          event.Key.slice(0, slash),
+          event.Key.slice(slash + 1),
+          {},
+          "MinIO event Key's",
+        ),
+      ],
     };
   }
   if (!Array.isArray(event.Records)) {
@@ -162,7 +170,7 @@ function s3Record(r: unknown, i: number): S3ObjectEvent {
   if (!object || typeof object.key !== "string" || object.key === "") {
     throw new MalformedEventError(`${where}.s3.object.key must be a non-empty string`);
   }
-  return record(r.eventName, bucket, decodeS3Key(object.key), object);
+  return record(r.eventName, bucket, decodeS3Key(object.key), object, `${where}.s3.bucket.name:`);
 }
 
 function eventBridgeRecord(event: Json): S3ObjectEvent {
@@ -178,10 +186,57 @@ function eventBridgeRecord(event: Json): S3ObjectEvent {
   // "Object Created" → "ObjectCreated:" so it triages like a notification; keys are not encoded.
   const type = String(event["detail-type"] ?? "");
   const name = type === "Object Created" ? `ObjectCreated:${String(detail.reason ?? "")}` : type;
-  return record(name, bucket, object.key, { ...object, eTag: object.etag });
+  return record(
+    name,
+    bucket,
+    object.key,
+    { ...object, eTag: object.etag },
+    "EventBridge S3 event detail.bucket.name:",
+  );
 }
 
-function record(eventName: string, bucket: string, key: string, object: Json): S3ObjectEvent {
+/**
+ * Why `name` cannot be an S3 bucket name (S3's rules for general purpose buckets, which MinIO
+ * follows too), or undefined when it can be one.
+ * @example
+ * ```ts
+ * import { bucketNameProblem } from "./events.ts";
+ * bucketNameProblem("brats"); // undefined
+ * bucketNameProblem("brats/seg"); // "may contain only a-z, 0-9, '.' and '-'"
+ * ```
+ */
+export function bucketNameProblem(name: string): string | undefined {
+  if (name.length < 3 || name.length > 63) {
+    return `must be 3 to 63 characters, found ${name.length}`;
+  }
+  if (!/^[a-z0-9.-]+$/.test(name)) return "may contain only a-z, 0-9, '.' and '-'";
+  if (!/^[a-z0-9].*[a-z0-9]$/.test(name)) return "must begin and end with a letter or digit";
+  if (name.includes("..")) return "may not contain two adjacent periods";
+  if (/^\d+\.\d+\.\d+\.\d+$/.test(name)) return "may not be formatted as an IP address";
+  const prefix = ["xn--", "sthree-", "amzn-s3-demo-"].find((p) => name.startsWith(p));
+  if (prefix) return `may not begin with "${prefix}"`;
+  const suffix = ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"].find((s) =>
+    name.endsWith(s)
+  );
+  if (suffix) return `may not end with "${suffix}"`;
+  return undefined;
+}
+
+function record(
+  eventName: string,
+  bucket: string,
+  key: string,
+  object: Json,
+  where: string,
+): S3ObjectEvent {
+  // A bucket name with a '/' would resolve to another bucket and key than the record names (and
+  // slip past the output-prefix rule): S3 never sends one, so the event is malformed.
+  const problem = bucketNameProblem(bucket);
+  if (problem) {
+    throw new MalformedEventError(
+      `${where} bucket name ${JSON.stringify(bucket)} is not a valid S3 bucket name: ${problem}`,
+    );
+  }
   const opt = (v: unknown) => typeof v === "string" && v !== "" ? v : undefined;
   const eTag = opt(object.eTag)?.replace(/^"|"$/g, "");
   const sequencer = opt(object.sequencer);
@@ -264,12 +319,16 @@ export function triageRecord(
   };
 }
 
-/** Whether the record's object lies under an `s3://` prefix (a folder; local prefixes hold none). */
+/**
+ * Whether the record's object lies under an `s3://` prefix (a folder; local prefixes hold none),
+ * judged on its URI as storage resolves it: the object that would be read, not the fields.
+ */
 function isUnder(record: S3ObjectEvent, prefixUri: string): boolean {
   const p = parseUri(prefixUri);
-  if (p.kind !== "s3" || p.bucket !== record.bucket) return false;
+  const o = parseUri(record.uri);
+  if (p.kind !== "s3" || o.kind !== "s3" || p.bucket !== o.bucket) return false;
   const prefix = p.key === "" || p.key.endsWith("/") ? p.key : p.key + "/";
-  return record.key.startsWith(prefix);
+  return o.key.startsWith(prefix);
 }
 
 // ---------------------------------------------------------------------------------------------

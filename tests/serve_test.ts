@@ -303,6 +303,81 @@ Deno.test("triageRecord() lets only new case files outside the output prefix thr
   assert("id" in triageRecord(e.records[0], { out: "s3://brats/seg/" }));
 });
 
+Deno.test("parseS3Event() refuses bucket names S3 does not allow, naming the rule", () => {
+  for (const ok of ["brats", "a1b", "my.bucket-1", "x".repeat(63)]) {
+    const e = parseS3Event({ Records: [awsRecord(ok, "in/BraTS2021_00001_t1.nii.gz")] });
+    assert(e.kind === "records" && e.records[0].bucket === ok);
+  }
+  const bad: [string, string][] = [
+    ["brats/seg", "only a-z, 0-9"],
+    ["Brats", "only a-z, 0-9"],
+    ["my_bucket", "only a-z, 0-9"],
+    ["ab", "3 to 63"],
+    ["x".repeat(64), "3 to 63"],
+    ["-brats", "begin and end"],
+    ["brats.", "begin and end"],
+    ["a..b", "adjacent periods"],
+    ["192.168.1.7", "IP address"],
+    ["xn--brats", '"xn--"'],
+    ["brats-s3alias", '"-s3alias"'],
+  ];
+  for (const [name, rule] of bad) {
+    const err = assertThrows(
+      () => parseS3Event({ Records: [awsRecord(name, "BraTS2021_00001_t1.nii.gz")] }),
+      MalformedEventError,
+      rule,
+    );
+    assertStringIncludes(
+      err.message,
+      `Records[0].s3.bucket.name: bucket name ${JSON.stringify(name)}`,
+    );
+  }
+  // MinIO's "bucket/key" and EventBridge's detail are held to the same rules.
+  assertThrows(
+    () => parseS3Event({ EventName: "s3:ObjectCreated:Put", Key: "Br_ats/BraTS2021_00001_t1.nii" }),
+    MalformedEventError,
+    "Br_ats",
+  );
+  assertThrows(
+    () =>
+      parseS3Event({
+        source: "aws.s3",
+        "detail-type": "Object Created",
+        detail: { bucket: { name: "brats/seg" }, object: { key: "BraTS2021_00001_t1.nii.gz" } },
+      }),
+    MalformedEventError,
+    "brats/seg",
+  );
+});
+
+Deno.test('service: an event naming bucket "brats/seg" is refused (400), nothing is listed or queued', async () => {
+  await using s3 = await startS3rver({ buckets: ["brats"] });
+  await placeholderCase("s3://brats/seg/", "BraTS2021_00001", ["flair", "t1", "t1ce", "t2"]);
+  const runner = fakeRunner();
+  const service = await startEventService({
+    out: "s3://brats/seg/",
+    model: "fake",
+    hostname: "127.0.0.1",
+    port: 0,
+    concurrency: 1,
+    queue: 4,
+    token: undefined,
+  }, runner);
+  try {
+    const before = s3.requests.length;
+    // Resolves to s3://brats/seg/BraTS2021_00001/..., under --out: it must never start a case.
+    const r = await post(service.url, {
+      Records: [awsRecord("brats/seg", "BraTS2021_00001/BraTS2021_00001_t1.nii.gz")],
+    }, undefined);
+    assertEquals(r.status, 400, JSON.stringify(r));
+    assertStringIncludes(String(r.body.error), '"brats/seg" is not a valid S3 bucket name');
+    assertEquals(s3.requests.length, before, "nothing was listed");
+    assertEquals(runner.calls.length, 0);
+  } finally {
+    await service.abort();
+  }
+});
+
 /** Writes placeholder files for a case (names only: nothing reads them without a segmenter). */
 async function placeholderCase(prefix: string, id: string, parts: string[]): Promise<void> {
   for (const p of parts) await putObject(`${prefix}${id}/${id}_${p}.nii.gz`, `fake ${p}`);
