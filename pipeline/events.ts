@@ -15,12 +15,31 @@
  * is listed: only object-created events for BraTS case files outside the output prefix go on.
  * @module
  */
-import { type Case, findCases, type Naming, parseCaseFileName } from "./cases.ts";
+import { type Case, type CaseListing, findCases, type Naming, parseCaseFileName } from "./cases.ts";
+import { mapConcurrent } from "./storage.ts";
 import { parseUri } from "./storage_uri.ts";
 
 /** Thrown for a body that is not an S3 event notification in a shape this module knows. */
 export class MalformedEventError extends SyntaxError {
   override name = "MalformedEventError";
+}
+
+/**
+ * Records accepted in one notification. Amazon S3 sends one record per event and SNS and
+ * EventBridge deliver one message each; a body with more is refused whole
+ * ({@linkcode TooManyRecordsError}), before anything is listed.
+ */
+export const MAX_EVENT_RECORDS = 100;
+
+/** Thrown for a notification with more than {@linkcode MAX_EVENT_RECORDS} records. */
+export class TooManyRecordsError extends MalformedEventError {
+  override name = "TooManyRecordsError";
+  constructor(readonly count: number, readonly limit = MAX_EVENT_RECORDS) {
+    super(
+      `S3 event has ${count} records; at most ${limit} are accepted per event (S3 sends one ` +
+        `record per event): split it`,
+    );
+  }
 }
 
 /** One record of an event notification: an object version that was created (or removed, …). */
@@ -148,6 +167,7 @@ function parseValue(event: unknown, depth: number): S3Event {
     );
   }
   if (event.Records.length === 0) throw new MalformedEventError(`S3 event has no records`);
+  if (event.Records.length > MAX_EVENT_RECORDS) throw new TooManyRecordsError(event.Records.length);
   return { kind: "records", records: event.Records.map((r, i) => s3Record(r, i)) };
 }
 
@@ -347,7 +367,29 @@ export type CaseResolution =
  * @throws when the folder cannot be listed (storage errors pass through)
  */
 export async function resolveCase(target: CaseTarget): Promise<CaseResolution> {
-  const { cases, problems } = await findCases(target.folder, { checkHeaders: false });
+  return resolveFromListing(target, await findCases(target.folder, { checkHeaders: false }));
+}
+
+/**
+ * Resolves many targets, listing each folder once however many of its cases they name (a flat
+ * layout's folder holds every case: one record per case would otherwise list it once per case).
+ * @returns each target's resolution, in order
+ * @throws when a folder cannot be listed (storage errors pass through)
+ */
+export async function resolveCases(targets: readonly CaseTarget[]): Promise<CaseResolution[]> {
+  const folders = [...new Set(targets.map((t) => t.folder))];
+  const listings = new Map(
+    await mapConcurrent(
+      folders,
+      8,
+      async (f) => [f, await findCases(f, { checkHeaders: false })] as const,
+    ),
+  );
+  return targets.map((t) => resolveFromListing(t, listings.get(t.folder)!));
+}
+
+function resolveFromListing(target: CaseTarget, listing: CaseListing): CaseResolution {
+  const { cases, problems } = listing;
   const found = cases.find((c) => c.id === target.id && c.naming === target.naming);
   if (found) return { status: "ready", case: found };
   const problem = problems.find((p) => p.id === target.id);
@@ -392,7 +434,7 @@ export interface EventCases {
 
 /**
  * The cases an event notification completes: parses it, ignores records that cannot start a case
- * (see {@linkcode triageRecord}), lists each remaining case's folder once, and sorts cases into
+ * (see {@linkcode triageRecord}), lists each remaining folder once, and sorts cases into
  * ready and waiting.
  * @param event the notification body (JSON text, bytes or the parsed value)
  * @throws {MalformedEventError} for a body in no known shape; storage errors from listing
@@ -420,8 +462,10 @@ export async function casesFromEvent(
     const k = caseKeyOf(t);
     groups.set(k, [...(groups.get(k) ?? []), t]);
   }
-  for (const targets of groups.values()) {
-    const r = await resolveCase(targets[0]);
+  const groupList = [...groups.values()];
+  const resolutions = await resolveCases(groupList.map((ts) => ts[0]));
+  for (const [i, targets] of groupList.entries()) {
+    const r = resolutions[i];
     const { id, folder } = targets[0];
     const records = targets.map((t) => t.record);
     if (r.status === "ready") result.cases.push({ id, caseUri: folder, case: r.case, records });

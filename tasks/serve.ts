@@ -23,8 +23,10 @@ import {
   type CaseTarget,
   type IgnoredRecord,
   MalformedEventError,
+  MAX_EVENT_RECORDS,
   parseS3Event,
-  resolveCase,
+  resolveCases,
+  TooManyRecordsError,
   triageRecord,
 } from "../pipeline/events.ts";
 import { deleteObject, joinUri, putObject } from "../pipeline/storage.ts";
@@ -536,8 +538,9 @@ export async function startEventService(
       event = parseS3Event(body);
     } catch (e) {
       if (!(e instanceof MalformedEventError)) throw e;
-      log({ event: "rejected", status: 400, error: e.message });
-      return json(400, { error: e.message });
+      const status = e instanceof TooManyRecordsError ? 413 : 400;
+      log({ event: "rejected", status, error: e.message });
+      return json(status, { error: e.message });
     }
     if (event.kind === "test") {
       log({ event: "test_event", bucket: event.bucket });
@@ -572,9 +575,10 @@ export async function startEventService(
 
     let resolved: [string, CaseTarget[], CaseResolution][];
     try {
-      resolved = await Promise.all(
-        [...groups].map(async ([k, ts]) => [k, ts, await resolveCase(ts[0])] as const),
-      ) as [string, CaseTarget[], CaseResolution][];
+      // Each folder listed once, however many of its cases the event names.
+      const entries = [...groups];
+      const rs = await resolveCases(entries.map(([, ts]) => ts[0]));
+      resolved = entries.map(([k, ts], i) => [k, ts, rs[i]]);
     } catch (e) {
       unclaim();
       const error = describeError(e);
@@ -780,8 +784,9 @@ it into <out>/<case>.metrics.json (Dice, HD95, sensitivity, specificity of ET, T
 file arriving later starts the case again, and its metrics appear then). Answers 202
 {"status":"queued","id":"<job>"} or 202 {"status":"waiting"} (a modality is still missing; its own
 event will start the case), 200 for ignored or duplicate records, 400 for a malformed event, 401
-without the token, 413 for a body over --max-body, 503 when the queue is full or the service is
-shutting down.
+without the token, 413 for a body over --max-body or an event of more than ${MAX_EVENT_RECORDS} records
+(S3 sends one per event; each folder is listed once per event), 503 when the queue is full or the
+service is shutting down.
 
 Events for objects under --out, for files that are not case inputs, and for object versions already
 seen are ignored, so outputs can never trigger the service. A failing case is recorded in

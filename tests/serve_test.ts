@@ -378,6 +378,64 @@ Deno.test('service: an event naming bucket "brats/seg" is refused (400), nothing
   }
 });
 
+Deno.test("service: one event naming 40 cases of a flat folder lists it once; over 100 records is 413", async () => {
+  await using s3 = await startS3rver({ buckets: ["brats"] });
+  const ids = Array.from({ length: 40 }, (_, i) => `BraTS2021_${String(i).padStart(5, "0")}`);
+  for (const id of ids) {
+    for (const p of ["flair", "t1", "t1ce", "t2"]) {
+      await putObject(`s3://brats/flat/${id}_${p}.nii.gz`, `fake ${p}`);
+    }
+  }
+  const runner = fakeRunner();
+  const service = await startEventService({
+    out: "s3://brats/seg/",
+    model: "fake",
+    hostname: "127.0.0.1",
+    port: 0,
+    concurrency: 1,
+    queue: 64,
+    token: undefined,
+  }, runner);
+  const lists = () => s3.requests.filter((r) => r.query["list-type"] === "2").length;
+  try {
+    const before = lists();
+    const r = await post(service.url, {
+      Records: ids.flatMap((id) => [
+        awsRecord("brats", `flat/${id}_t2.nii.gz`),
+        awsRecord("brats", `flat/${id}_t1.nii.gz`),
+      ]),
+    }, undefined);
+    assertEquals(r.status, 202, JSON.stringify(r).slice(0, 300));
+    assertEquals((r.body.jobs as unknown[]).length, 40, "one job per case");
+    assertEquals(lists() - before, 1, "the folder is listed once for the whole event");
+
+    const atCap = lists();
+    const many = await post(service.url, {
+      Records: Array.from(
+        { length: 101 },
+        (_, i) =>
+          awsRecord("brats", `flat/BraTS2021_${String(1000 + i).padStart(5, "0")}_t1.nii.gz`),
+      ),
+    }, undefined);
+    assertEquals(many.status, 413, JSON.stringify(many).slice(0, 300));
+    assertStringIncludes(String(many.body.error), "101 records; at most 100");
+    assertEquals(lists(), atCap, "nothing listed for a refused event");
+    // casesFromEvent (segment --event) shares the rules.
+    const found = await casesFromEvent({
+      Records: ids.slice(0, 10).map((id) => awsRecord("brats", `flat/${id}_t2.nii.gz`)),
+    });
+    assertEquals(found.cases.length, 10);
+    assertEquals(lists(), atCap + 1);
+    await assertRejects(
+      () => casesFromEvent({ Records: Array(101).fill(awsRecord("brats", "flat/x_t1.nii.gz")) }),
+      MalformedEventError,
+      "at most 100",
+    );
+  } finally {
+    await service.abort();
+  }
+});
+
 /** Writes placeholder files for a case (names only: nothing reads them without a segmenter). */
 async function placeholderCase(prefix: string, id: string, parts: string[]): Promise<void> {
   for (const p of parts) await putObject(`${prefix}${id}/${id}_${p}.nii.gz`, `fake ${p}`);
