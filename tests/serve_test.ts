@@ -36,8 +36,10 @@ import {
   type RunOutcome,
   startEventService,
 } from "../tasks/serve.ts";
+import { ObjectNotFoundError } from "../pipeline/storage.ts";
 import { ROOT, runMain } from "./_cli.ts";
-import { type S3EventLike, startS3rver } from "./_s3rver.ts";
+import { closedPort, type S3EventLike, startS3rver, useS3Env } from "./_s3rver.ts";
+import { isTransientS3Error } from "../pipeline/storage_s3.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Payloads shaped as the services send them
@@ -504,7 +506,14 @@ function fakeRunner() {
       for (const c of calls) c.finish(new Error("abandoned"));
     },
     async started(n) {
-      while (calls.length < n) await new Promise<void>((r) => waiters.push(r));
+      const deadline = Date.now() + 10_000;
+      while (calls.length < n) {
+        if (Date.now() > deadline) throw new Error(`${calls.length} cases started, expected ${n}`);
+        await new Promise<void>((r) => {
+          const timer = setTimeout(r, 200);
+          waiters.push(() => (clearTimeout(timer), r()));
+        });
+      }
     },
   };
   return runner;
@@ -1001,4 +1010,106 @@ Deno.test("service errors: an unreachable store is 502 and the event can be retr
     await service.drain();
   }
   await assertRejects(() => fetch(`${service.url}/healthz`));
+});
+
+Deno.test("isTransientS3Error() tells an unreachable or throttling S3 from a missing object", async () => {
+  await using s3 = await startS3rver({ buckets: ["brats"] });
+  const missing = await getObject("s3://brats/none").catch((e) => e);
+  assert(missing instanceof ObjectNotFoundError);
+  assertEquals(isTransientS3Error(missing), false);
+  const noBucket = await getObject("s3://nobucket/x").catch((e) => e);
+  assertEquals(isTransientS3Error(noBucket), false);
+  const throttled = new Error("Cannot read: S3 kept throttling", {
+    cause: { name: "SlowDown", $metadata: { httpStatusCode: 503 } },
+  });
+  assertEquals(isTransientS3Error(new Error("wrapped", { cause: throttled })), true);
+  await s3.stop();
+  await using _env = useS3Env(`http://127.0.0.1:${closedPort()}`);
+  const down = await getObject("s3://brats/x").catch((e) => e);
+  assertStringIncludes(String(down.message), "Cannot reach S3 endpoint");
+  assertEquals(isTransientS3Error(new Error("Cannot read NIfTI", { cause: down })), true);
+});
+
+Deno.test("service: a transient failure is retried with backoff within the budget; a failed version's redelivery runs again", async () => {
+  await using _s3 = await startS3rver({ buckets: ["brats"] });
+  const ids = ["BraTS2021_00001", "BraTS2021_00002", "BraTS2021_00003"];
+  for (const id of ids) {
+    await placeholderCase("s3://brats/in/", id, ["flair", "t1", "t1ce", "t2"]);
+  }
+  const ev = (id: string) => ({ Records: [awsRecord("brats", `in/${id}/${id}_t2.nii.gz`)] });
+  const unreachable = () =>
+    new Error(`Cannot reach S3 endpoint http://127.0.0.1:1 for s3://brats/in/x: connect`, {
+      cause: Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" }),
+    });
+  const runner = fakeRunner();
+  const logs: Record<string, unknown>[] = [];
+  const service = await startEventService({
+    out: "s3://brats/seg/",
+    model: "fake",
+    hostname: "127.0.0.1",
+    port: 0,
+    concurrency: 1,
+    queue: 8,
+    token: undefined,
+    retry: { budgetMs: 600, baseDelayMs: 100 },
+    log: (e) => logs.push(e),
+  }, runner);
+  try {
+    // 1: S3 unreachable once, then back: the same job runs again and is done.
+    const a = await post(service.url, ev(ids[0]), undefined);
+    assertEquals(a.status, 202);
+    await runner.started(1);
+    runner.calls[0].finish(unreachable());
+    await runner.started(2);
+    assertEquals(runner.calls[1].c.id, ids[0]);
+    runner.calls[1].finish();
+    const done = await job(service.url, String(a.body.id), "");
+    assertEquals([done.status, done.attempts], ["done", 2], JSON.stringify(done));
+    assert(logs.some((l) => l.status === "retrying" && l.id === a.body.id));
+    assertEquals(await exists(`s3://brats/seg/${ids[0]}.error.json`), false);
+
+    // 2: unreachable for longer than the budget: failed for good, saying so, and recorded.
+    const b = await post(service.url, ev(ids[1]), undefined);
+    assertEquals(b.status, 202);
+    for (let n = 3;; n++) {
+      await runner.started(n);
+      runner.calls[n - 1].finish(unreachable());
+      let now: JobView;
+      do { // until its next attempt has started, or it has failed for good
+        await new Promise((r) => setTimeout(r, 10));
+        now = await (await fetch(`${service.url}/jobs/${b.body.id}`)).json() as JobView;
+      } while (now.status !== "failed" && runner.calls.length === n);
+      if (now.status === "failed") break;
+      assert(n < 12, "the budget bounds the attempts");
+    }
+    const failed = await job(service.url, String(b.body.id), "");
+    assertEquals(failed.status, "failed");
+    assertStringIncludes(failed.error!, "transient; gave up after");
+    assert(failed.attempts >= 2, JSON.stringify(failed));
+    assert(await exists(`s3://brats/seg/${ids[1]}.error.json`));
+
+    // 3: the redelivered event of that failed version is run again (not "duplicate").
+    const calls = runner.calls.length;
+    const again = await post(service.url, ev(ids[1]), undefined);
+    assertEquals([again.status, again.body.status], [202, "queued"], JSON.stringify(again));
+    await runner.started(calls + 1);
+    runner.calls[calls].finish();
+    assertEquals((await job(service.url, String(again.body.id), "")).status, "done");
+    // A non-transient failure fails at once; its redelivery runs again too.
+    const c = await post(service.url, ev(ids[2]), undefined);
+    await runner.started(calls + 2);
+    runner.calls[calls + 1].finish(new Error(`Cannot read "x_t1.nii.gz": truncated`));
+    const cf = await job(service.url, String(c.body.id), "");
+    assertEquals([cf.status, cf.attempts], ["failed", 1]);
+    const c2 = await post(service.url, ev(ids[2]), undefined);
+    assertEquals(c2.status, 202, JSON.stringify(c2));
+    await runner.started(calls + 3);
+    runner.calls[calls + 2].finish();
+    assertEquals((await job(service.url, String(c2.body.id), "")).status, "done");
+    // What succeeded stays a duplicate.
+    const dup = await post(service.url, ev(ids[2]), undefined);
+    assertEquals([dup.status, dup.body.status], [200, "duplicate"]);
+  } finally {
+    await service.abort();
+  }
 });
