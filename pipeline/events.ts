@@ -15,12 +15,31 @@
  * is listed: only object-created events for BraTS case files outside the output prefix go on.
  * @module
  */
-import { type Case, findCases, type Naming, parseCaseFileName } from "./cases.ts";
+import { type Case, type CaseListing, findCases, type Naming, parseCaseFileName } from "./cases.ts";
+import { mapConcurrent } from "./storage.ts";
 import { parseUri } from "./storage_uri.ts";
 
 /** Thrown for a body that is not an S3 event notification in a shape this module knows. */
 export class MalformedEventError extends SyntaxError {
   override name = "MalformedEventError";
+}
+
+/**
+ * Records accepted in one notification. Amazon S3 sends one record per event and SNS and
+ * EventBridge deliver one message each; a body with more is refused whole
+ * ({@linkcode TooManyRecordsError}), before anything is listed.
+ */
+export const MAX_EVENT_RECORDS = 100;
+
+/** Thrown for a notification with more than {@linkcode MAX_EVENT_RECORDS} records. */
+export class TooManyRecordsError extends MalformedEventError {
+  override name = "TooManyRecordsError";
+  constructor(readonly count: number, readonly limit = MAX_EVENT_RECORDS) {
+    super(
+      `S3 event has ${count} records; at most ${limit} are accepted per event (S3 sends one ` +
+        `record per event): split it`,
+    );
+  }
 }
 
 /** One record of an event notification: an object version that was created (or removed, …). */
@@ -131,7 +150,15 @@ function parseValue(event: unknown, depth: number): S3Event {
     const slash = event.Key.indexOf("/");
     return {
       kind: "records",
-      records: [record(event.EventName, event.Key.slice(0, slash), event.Key.slice(slash + 1), {})],
+      records: [
+        record(
+          event.EventName,
+          event.Key.slice(0, slash),
+          event.Key.slice(slash + 1),
+          {},
+          "MinIO event Key's",
+        ),
+      ],
     };
   }
   if (!Array.isArray(event.Records)) {
@@ -140,6 +167,7 @@ function parseValue(event: unknown, depth: number): S3Event {
     );
   }
   if (event.Records.length === 0) throw new MalformedEventError(`S3 event has no records`);
+  if (event.Records.length > MAX_EVENT_RECORDS) throw new TooManyRecordsError(event.Records.length);
   return { kind: "records", records: event.Records.map((r, i) => s3Record(r, i)) };
 }
 
@@ -162,7 +190,7 @@ function s3Record(r: unknown, i: number): S3ObjectEvent {
   if (!object || typeof object.key !== "string" || object.key === "") {
     throw new MalformedEventError(`${where}.s3.object.key must be a non-empty string`);
   }
-  return record(r.eventName, bucket, decodeS3Key(object.key), object);
+  return record(r.eventName, bucket, decodeS3Key(object.key), object, `${where}.s3.bucket.name:`);
 }
 
 function eventBridgeRecord(event: Json): S3ObjectEvent {
@@ -178,10 +206,57 @@ function eventBridgeRecord(event: Json): S3ObjectEvent {
   // "Object Created" → "ObjectCreated:" so it triages like a notification; keys are not encoded.
   const type = String(event["detail-type"] ?? "");
   const name = type === "Object Created" ? `ObjectCreated:${String(detail.reason ?? "")}` : type;
-  return record(name, bucket, object.key, { ...object, eTag: object.etag });
+  return record(
+    name,
+    bucket,
+    object.key,
+    { ...object, eTag: object.etag },
+    "EventBridge S3 event detail.bucket.name:",
+  );
 }
 
-function record(eventName: string, bucket: string, key: string, object: Json): S3ObjectEvent {
+/**
+ * Why `name` cannot be an S3 bucket name (S3's rules for general purpose buckets, which MinIO
+ * follows too), or undefined when it can be one.
+ * @example
+ * ```ts
+ * import { bucketNameProblem } from "./events.ts";
+ * bucketNameProblem("brats"); // undefined
+ * bucketNameProblem("brats/seg"); // "may contain only a-z, 0-9, '.' and '-'"
+ * ```
+ */
+export function bucketNameProblem(name: string): string | undefined {
+  if (name.length < 3 || name.length > 63) {
+    return `must be 3 to 63 characters, found ${name.length}`;
+  }
+  if (!/^[a-z0-9.-]+$/.test(name)) return "may contain only a-z, 0-9, '.' and '-'";
+  if (!/^[a-z0-9].*[a-z0-9]$/.test(name)) return "must begin and end with a letter or digit";
+  if (name.includes("..")) return "may not contain two adjacent periods";
+  if (/^\d+\.\d+\.\d+\.\d+$/.test(name)) return "may not be formatted as an IP address";
+  const prefix = ["xn--", "sthree-", "amzn-s3-demo-"].find((p) => name.startsWith(p));
+  if (prefix) return `may not begin with "${prefix}"`;
+  const suffix = ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"].find((s) =>
+    name.endsWith(s)
+  );
+  if (suffix) return `may not end with "${suffix}"`;
+  return undefined;
+}
+
+function record(
+  eventName: string,
+  bucket: string,
+  key: string,
+  object: Json,
+  where: string,
+): S3ObjectEvent {
+  // A bucket name with a '/' would resolve to another bucket and key than the record names (and
+  // slip past the output-prefix rule): S3 never sends one, so the event is malformed.
+  const problem = bucketNameProblem(bucket);
+  if (problem) {
+    throw new MalformedEventError(
+      `${where} bucket name ${JSON.stringify(bucket)} is not a valid S3 bucket name: ${problem}`,
+    );
+  }
   const opt = (v: unknown) => typeof v === "string" && v !== "" ? v : undefined;
   const eTag = opt(object.eTag)?.replace(/^"|"$/g, "");
   const sequencer = opt(object.sequencer);
@@ -264,12 +339,16 @@ export function triageRecord(
   };
 }
 
-/** Whether the record's object lies under an `s3://` prefix (a folder; local prefixes hold none). */
+/**
+ * Whether the record's object lies under an `s3://` prefix (a folder; local prefixes hold none),
+ * judged on its URI as storage resolves it: the object that would be read, not the fields.
+ */
 function isUnder(record: S3ObjectEvent, prefixUri: string): boolean {
   const p = parseUri(prefixUri);
-  if (p.kind !== "s3" || p.bucket !== record.bucket) return false;
+  const o = parseUri(record.uri);
+  if (p.kind !== "s3" || o.kind !== "s3" || p.bucket !== o.bucket) return false;
   const prefix = p.key === "" || p.key.endsWith("/") ? p.key : p.key + "/";
-  return record.key.startsWith(prefix);
+  return o.key.startsWith(prefix);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,7 +367,29 @@ export type CaseResolution =
  * @throws when the folder cannot be listed (storage errors pass through)
  */
 export async function resolveCase(target: CaseTarget): Promise<CaseResolution> {
-  const { cases, problems } = await findCases(target.folder, { checkHeaders: false });
+  return resolveFromListing(target, await findCases(target.folder, { checkHeaders: false }));
+}
+
+/**
+ * Resolves many targets, listing each folder once however many of its cases they name (a flat
+ * layout's folder holds every case: one record per case would otherwise list it once per case).
+ * @returns each target's resolution, in order
+ * @throws when a folder cannot be listed (storage errors pass through)
+ */
+export async function resolveCases(targets: readonly CaseTarget[]): Promise<CaseResolution[]> {
+  const folders = [...new Set(targets.map((t) => t.folder))];
+  const listings = new Map(
+    await mapConcurrent(
+      folders,
+      8,
+      async (f) => [f, await findCases(f, { checkHeaders: false })] as const,
+    ),
+  );
+  return targets.map((t) => resolveFromListing(t, listings.get(t.folder)!));
+}
+
+function resolveFromListing(target: CaseTarget, listing: CaseListing): CaseResolution {
+  const { cases, problems } = listing;
   const found = cases.find((c) => c.id === target.id && c.naming === target.naming);
   if (found) return { status: "ready", case: found };
   const problem = problems.find((p) => p.id === target.id);
@@ -333,7 +434,7 @@ export interface EventCases {
 
 /**
  * The cases an event notification completes: parses it, ignores records that cannot start a case
- * (see {@linkcode triageRecord}), lists each remaining case's folder once, and sorts cases into
+ * (see {@linkcode triageRecord}), lists each remaining folder once, and sorts cases into
  * ready and waiting.
  * @param event the notification body (JSON text, bytes or the parsed value)
  * @throws {MalformedEventError} for a body in no known shape; storage errors from listing
@@ -361,8 +462,10 @@ export async function casesFromEvent(
     const k = caseKeyOf(t);
     groups.set(k, [...(groups.get(k) ?? []), t]);
   }
-  for (const targets of groups.values()) {
-    const r = await resolveCase(targets[0]);
+  const groupList = [...groups.values()];
+  const resolutions = await resolveCases(groupList.map((ts) => ts[0]));
+  for (const [i, targets] of groupList.entries()) {
+    const r = resolutions[i];
     const { id, folder } = targets[0];
     const records = targets.map((t) => t.record);
     if (r.status === "ready") result.cases.push({ id, caseUri: folder, case: r.case, records });

@@ -81,6 +81,28 @@ function isNetworkError(e: unknown, depth = 0): boolean {
   return isNetworkError(err.cause, depth + 1);
 }
 
+const THROTTLING_NAMES = new Set([
+  "SlowDown",
+  "Throttling",
+  "ThrottlingException",
+  "TooManyRequestsException",
+  "RequestTimeout",
+]);
+
+/**
+ * Whether an error (or one of its causes) is S3 being unreachable, throttling or failing on its
+ * side (5xx): worth trying again later, unlike a missing object or a denied request.
+ */
+export function isTransientS3Error(e: unknown, depth = 0): boolean {
+  if (typeof e !== "object" || e === null || depth > 8) return false;
+  const err = e as SdkErrorLike;
+  const status = err.$metadata?.httpStatusCode;
+  if (status !== undefined && (status >= 500 || status === 429)) return true;
+  if (err.name !== undefined && THROTTLING_NAMES.has(err.name)) return true;
+  if (isNetworkError(e)) return true;
+  return isTransientS3Error(err.cause, depth + 1);
+}
+
 class RetryToken {
   constructor(readonly count: number, readonly delay: number, readonly startedAt: number) {}
   getRetryCount(): number {

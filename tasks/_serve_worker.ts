@@ -7,12 +7,13 @@
  *
  * Messages in: `{ type: "load", model, backend }`, then `{ type: "segment", job, case, out,
  * options }`. Messages out: `{ type: "loaded", backend, model }` or `{ type: "error", error }`;
- * `{ type: "result", job, outcome }` or `{ type: "failed", job, error }`.
+ * `{ type: "result", job, outcome }` or `{ type: "failed", job, error, transient }`.
  * @module
  */
 import type { WorkerReply, WorkerRequest } from "./serve.ts";
 import { describeError, runOutcome } from "./serve.ts";
 import { Segmenter } from "./segment.ts";
+import { isTransientS3Error } from "../pipeline/storage_s3.ts";
 
 interface WorkerScope {
   onmessage: ((e: MessageEvent<WorkerRequest>) => void) | null;
@@ -38,6 +39,11 @@ scope.onmessage = async (e) => {
     const outcome = runOutcome(await segmenter.segmentCase(msg.case, msg.out, msg.options));
     scope.postMessage({ type: "result", job: msg.job, outcome });
   } catch (err) {
-    scope.postMessage({ type: "failed", job: msg.job, error: describeError(err) });
+    scope.postMessage({
+      type: "failed",
+      job: msg.job,
+      error: describeError(err),
+      transient: isTransientS3Error(err),
+    });
   }
 };

@@ -23,11 +23,14 @@ import {
   type CaseTarget,
   type IgnoredRecord,
   MalformedEventError,
+  MAX_EVENT_RECORDS,
   parseS3Event,
-  resolveCase,
+  resolveCases,
+  TooManyRecordsError,
   triageRecord,
 } from "../pipeline/events.ts";
 import { deleteObject, joinUri, putObject } from "../pipeline/storage.ts";
+import { isTransientS3Error } from "../pipeline/storage_s3.ts";
 import { resolveModel } from "../pipeline/model_store.ts";
 import { MAX_OVERLAP, OVERLAP_RANGE } from "../pipeline/inference.ts";
 import {
@@ -47,6 +50,16 @@ export const DEDUPE_ENTRIES = 10_000;
 export const JOB_HISTORY = 1_000;
 /** Largest request body accepted (S3 sends about 1 KiB per record). */
 export const DEFAULT_MAX_BODY = 1024 * 1024;
+/**
+ * A case that failed for a transient reason (S3 unreachable, throttling, 5xx) is run again after
+ * 1 s, 2 s, 4 s, ... (at most 15 s each, jittered), as long as the next attempt starts within this
+ * many milliseconds of the first failure; then it fails for good.
+ */
+export const RETRY_BUDGET_MS = 60_000;
+/** The first retry's delay. */
+export const RETRY_BASE_MS = 1_000;
+/** The longest delay between two attempts. */
+export const RETRY_MAX_DELAY_MS = 15_000;
 /** The environment variable holding the bearer token unless `--token-env` names another. */
 export const DEFAULT_TOKEN_ENV = "REVUNET_TOKEN";
 
@@ -84,7 +97,20 @@ export type WorkerReply =
   | { type: "loaded"; backend: string; model: string }
   | { type: "error"; error: string }
   | { type: "result"; job: string; outcome: RunOutcome }
-  | { type: "failed"; job: string; error: string };
+  | { type: "failed"; job: string; error: string; transient?: boolean };
+
+/** A case that failed, with whether trying it again later could succeed. */
+export class CaseFailure extends Error {
+  override name = "CaseFailure";
+  constructor(message: string, readonly transient: boolean) {
+    super(message);
+  }
+}
+
+/** Whether a runner's failure is worth retrying: S3 unreachable, throttling or failing (5xx). */
+export function isTransientFailure(e: unknown): boolean {
+  return e instanceof CaseFailure ? e.transient : isTransientS3Error(e);
+}
 
 /** An error's message with its causes, as main.ts prints them. */
 export function describeError(e: unknown): string {
@@ -161,7 +187,7 @@ export class WorkerPool implements CaseRunner {
       }
       slot.pending = undefined;
       if (e.data.type === "result") p.resolve(e.data.outcome);
-      else p.reject(new Error(e.data.error));
+      else p.reject(new CaseFailure(e.data.error, e.data.transient ?? false));
       this.#release(slot);
     };
     slot.worker.onerror = (e) => {
@@ -299,11 +325,18 @@ export interface JobView {
   finished?: string;
   /** Seconds the segmentation took. */
   seconds?: number;
+  /** Runs started (more than 1 after transient failures). */
+  attempts: number;
+  /** While waiting to be run again: when, and the transient error. */
+  retryAt?: string;
+  lastError?: string;
 }
 
 interface Job extends JobView {
   c: Case;
   key: string;
+  /** When the first transient failure happened (ms since the epoch). */
+  firstFailure?: number;
 }
 
 /** Options of {@linkcode startEventService}. */
@@ -327,6 +360,11 @@ export interface ServiceOptions {
   maxBodyBytes?: number;
   /** Options of each case's segmentation. */
   caseOptions?: CaseOptions;
+  /**
+   * Retries of transient failures: attempts start within `budgetMs` of the first failure, the
+   * first after `baseDelayMs`. @default {@linkcode RETRY_BUDGET_MS}, {@linkcode RETRY_BASE_MS}
+   */
+  retry?: { budgetMs?: number; baseDelayMs?: number };
   /** Receives one structured entry per thing that happened. */
   log?: (entry: Record<string, unknown>) => void;
 }
@@ -347,7 +385,8 @@ export interface EventService {
   readonly closed: Promise<void>;
 }
 
-type SeenEntry = { status: "pending" } | { status: "done"; jobs: string[]; result: string };
+/** What a record led to; a record whose jobs all failed is run again when it is redelivered. */
+type SeenEntry = { status: "pending" } | { status: "done"; jobs: Job[]; result: string };
 
 function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
   return new Response(JSON.stringify(body) + "\n", {
@@ -431,6 +470,10 @@ export async function startEventService(
   let draining = false;
   let aborting = false;
   const idleWaiters: (() => void)[] = [];
+  /** Jobs waiting for their next attempt, with their timers. */
+  const retrying = new Map<Job, ReturnType<typeof setTimeout>>();
+  const budgetMs = options.retry?.budgetMs ?? RETRY_BUDGET_MS;
+  const baseDelayMs = options.retry?.baseDelayMs ?? RETRY_BASE_MS;
 
   const remember = (key: string, entry: SeenEntry) => {
     seen.delete(key);
@@ -460,13 +503,50 @@ export async function startEventService(
         pump();
       });
     }
-    if (running === 0 && queue.length === 0) idleWaiters.splice(0).forEach((w) => w());
+    if (running === 0 && queue.length === 0 && retrying.size === 0) {
+      idleWaiters.splice(0).forEach((w) => w());
+    }
+  };
+
+  /** Schedules a transiently failed job's next attempt; false once the budget is spent. */
+  const scheduleRetry = (job: Job, error: string): boolean => {
+    if (aborting) return false;
+    const now = Date.now();
+    job.firstFailure ??= now;
+    const delay = Math.min(RETRY_MAX_DELAY_MS, baseDelayMs * 2 ** (job.attempts - 1)) *
+      (0.5 + Math.random() / 2);
+    if (now + delay - job.firstFailure > budgetMs) return false;
+    job.status = "queued";
+    job.lastError = error;
+    job.retryAt = new Date(now + delay).toISOString();
+    // Events for the case meanwhile join this job.
+    if (!queuedByCase.has(job.key)) queuedByCase.set(job.key, job);
+    retrying.set(
+      job,
+      setTimeout(() => {
+        retrying.delete(job);
+        job.retryAt = undefined;
+        queue.push(job);
+        pump();
+      }, delay),
+    );
+    log({
+      event: "job",
+      id: job.id,
+      status: "retrying",
+      case: job.case,
+      attempts: job.attempts,
+      delay_ms: Math.round(delay),
+      error,
+    });
+    return true;
   };
 
   const runJob = async (job: Job) => {
     job.status = "running";
     job.started = new Date().toISOString();
-    log({ event: "job", id: job.id, status: "running", case: job.case });
+    job.attempts++;
+    log({ event: "job", id: job.id, status: "running", case: job.case, attempt: job.attempts });
     const errorUri = joinUri(options.out, `${job.case}.error.json`);
     try {
       const r = await runner.segment(job.id, job.c, options.out, caseOptions);
@@ -479,6 +559,11 @@ export async function startEventService(
       // The job turns "failed" only once its error record is written: GET /jobs/<id> never shows
       // a failure without the record it names.
       let error = aborting ? "abandoned at shutdown" : describeError(e);
+      if (!aborting && isTransientFailure(e)) {
+        if (scheduleRetry(job, error)) return;
+        const spent = Math.round((Date.now() - (job.firstFailure ?? Date.now())) / 1000);
+        error += ` (transient; gave up after ${job.attempts} attempts over ${spent} s)`;
+      }
       let outputs: string[] = [];
       if (!aborting) {
         const record = {
@@ -536,8 +621,9 @@ export async function startEventService(
       event = parseS3Event(body);
     } catch (e) {
       if (!(e instanceof MalformedEventError)) throw e;
-      log({ event: "rejected", status: 400, error: e.message });
-      return json(400, { error: e.message });
+      const status = e instanceof TooManyRecordsError ? 413 : 400;
+      log({ event: "rejected", status, error: e.message });
+      return json(status, { error: e.message });
     }
     if (event.kind === "test") {
       log({ event: "test_event", bucket: event.bucket });
@@ -558,8 +644,14 @@ export async function startEventService(
         continue;
       }
       const prior = seen.get(record.dedupeKey);
-      if (prior) {
-        duplicates.push({ key: record.uri, jobs: prior.status === "done" ? prior.jobs : [] });
+      // At-least-once delivery: a redelivered record whose jobs all failed is run again.
+      const failedBefore = prior?.status === "done" && prior.jobs.length > 0 &&
+        prior.jobs.every((j) => j.status === "failed");
+      if (prior && !failedBefore) {
+        duplicates.push({
+          key: record.uri,
+          jobs: prior.status === "done" ? prior.jobs.map((j) => j.id) : [],
+        });
         continue;
       }
       // Claimed before listing, so a redelivery arriving meanwhile is a duplicate too.
@@ -572,9 +664,10 @@ export async function startEventService(
 
     let resolved: [string, CaseTarget[], CaseResolution][];
     try {
-      resolved = await Promise.all(
-        [...groups].map(async ([k, ts]) => [k, ts, await resolveCase(ts[0])] as const),
-      ) as [string, CaseTarget[], CaseResolution][];
+      // Each folder listed once, however many of its cases the event names.
+      const entries = [...groups];
+      const rs = await resolveCases(entries.map(([, ts]) => ts[0]));
+      resolved = entries.map(([k, ts], i) => [k, ts, rs[i]]);
     } catch (e) {
       unclaim();
       const error = describeError(e);
@@ -586,7 +679,7 @@ export async function startEventService(
       return busy("shutting down: not accepting events");
     }
     const newJobs = resolved.filter(([k, , r]) => r.status === "ready" && !queuedByCase.has(k));
-    const free = options.concurrency - running + options.queue - queue.length;
+    const free = options.concurrency - running + options.queue - queue.length - retrying.size;
     if (newJobs.length > free) {
       unclaim();
       log({ event: "rejected", status: 503, error: "queue full" });
@@ -598,7 +691,7 @@ export async function startEventService(
     for (const [k, targets, r] of resolved) {
       const uris = targets.map((t) => t.record.uri);
       const { id: caseId, folder } = targets[0];
-      let jobIds: string[] = [];
+      let jobRefs: Job[] = [];
       if (r.status === "ready") {
         let job = queuedByCase.get(k);
         if (!job) {
@@ -612,6 +705,7 @@ export async function startEventService(
             created: new Date().toISOString(),
             c: r.case,
             key: k,
+            attempts: 0,
           };
           jobs.set(job.id, job);
           queue.push(job);
@@ -619,14 +713,14 @@ export async function startEventService(
         }
         job.trigger.push(...uris);
         accepted.push({ id: job.id, case: caseId, status: job.status });
-        jobIds = [job.id];
+        jobRefs = [job];
       } else if (r.status === "waiting") {
         for (const key of uris) waiting.push({ key, case: caseId, reason: r.reason });
       } else {
         for (const key of uris) ignored.push({ key, reason: r.reason });
       }
       for (const t of targets) {
-        remember(t.record.dedupeKey, { status: "done", jobs: jobIds, result: r.status });
+        remember(t.record.dedupeKey, { status: "done", jobs: jobRefs, result: r.status });
       }
     }
     pump();
@@ -688,7 +782,7 @@ export async function startEventService(
       if (req.method !== "GET" && req.method !== "HEAD") return json(405, { error: "use GET" });
       return json(draining ? 503 : 200, {
         status: draining ? "draining" : "ok",
-        queued: queue.length,
+        queued: queue.length + retrying.size,
         running,
         ...counts,
         backend: runner.backend,
@@ -746,12 +840,19 @@ export async function startEventService(
         draining = true;
         log({ event: "draining", queued: queue.length, running });
       }
-      if (running > 0 || queue.length > 0) await new Promise<void>((r) => idleWaiters.push(r));
+      if (running > 0 || queue.length > 0 || retrying.size > 0) {
+        await new Promise<void>((r) => idleWaiters.push(r));
+      }
       await close();
     },
     abort: async () => {
       draining = true;
       aborting = true;
+      for (const [job, timer] of retrying) {
+        clearTimeout(timer);
+        queue.push(job);
+      }
+      retrying.clear();
       for (const job of queue.splice(0)) {
         job.status = "failed";
         job.error = "dropped at shutdown before it started";
@@ -780,8 +881,9 @@ it into <out>/<case>.metrics.json (Dice, HD95, sensitivity, specificity of ET, T
 file arriving later starts the case again, and its metrics appear then). Answers 202
 {"status":"queued","id":"<job>"} or 202 {"status":"waiting"} (a modality is still missing; its own
 event will start the case), 200 for ignored or duplicate records, 400 for a malformed event, 401
-without the token, 413 for a body over --max-body, 503 when the queue is full or the service is
-shutting down.
+without the token, 413 for a body over --max-body or an event of more than ${MAX_EVENT_RECORDS} records
+(S3 sends one per event; each folder is listed once per event), 503 when the queue is full or the
+service is shutting down.
 
 Events for objects under --out, for files that are not case inputs, and for object versions already
 seen are ignored, so outputs can never trigger the service. A failing case is recorded in

@@ -36,8 +36,10 @@ import {
   type RunOutcome,
   startEventService,
 } from "../tasks/serve.ts";
+import { ObjectNotFoundError } from "../pipeline/storage.ts";
 import { ROOT, runMain } from "./_cli.ts";
-import { type S3EventLike, startS3rver } from "./_s3rver.ts";
+import { closedPort, type S3EventLike, startS3rver, useS3Env } from "./_s3rver.ts";
+import { isTransientS3Error } from "../pipeline/storage_s3.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Payloads shaped as the services send them
@@ -303,6 +305,139 @@ Deno.test("triageRecord() lets only new case files outside the output prefix thr
   assert("id" in triageRecord(e.records[0], { out: "s3://brats/seg/" }));
 });
 
+Deno.test("parseS3Event() refuses bucket names S3 does not allow, naming the rule", () => {
+  for (const ok of ["brats", "a1b", "my.bucket-1", "x".repeat(63)]) {
+    const e = parseS3Event({ Records: [awsRecord(ok, "in/BraTS2021_00001_t1.nii.gz")] });
+    assert(e.kind === "records" && e.records[0].bucket === ok);
+  }
+  const bad: [string, string][] = [
+    ["brats/seg", "only a-z, 0-9"],
+    ["Brats", "only a-z, 0-9"],
+    ["my_bucket", "only a-z, 0-9"],
+    ["ab", "3 to 63"],
+    ["x".repeat(64), "3 to 63"],
+    ["-brats", "begin and end"],
+    ["brats.", "begin and end"],
+    ["a..b", "adjacent periods"],
+    ["192.168.1.7", "IP address"],
+    ["xn--brats", '"xn--"'],
+    ["brats-s3alias", '"-s3alias"'],
+  ];
+  for (const [name, rule] of bad) {
+    const err = assertThrows(
+      () => parseS3Event({ Records: [awsRecord(name, "BraTS2021_00001_t1.nii.gz")] }),
+      MalformedEventError,
+      rule,
+    );
+    assertStringIncludes(
+      err.message,
+      `Records[0].s3.bucket.name: bucket name ${JSON.stringify(name)}`,
+    );
+  }
+  // MinIO's "bucket/key" and EventBridge's detail are held to the same rules.
+  assertThrows(
+    () => parseS3Event({ EventName: "s3:ObjectCreated:Put", Key: "Br_ats/BraTS2021_00001_t1.nii" }),
+    MalformedEventError,
+    "Br_ats",
+  );
+  assertThrows(
+    () =>
+      parseS3Event({
+        source: "aws.s3",
+        "detail-type": "Object Created",
+        detail: { bucket: { name: "brats/seg" }, object: { key: "BraTS2021_00001_t1.nii.gz" } },
+      }),
+    MalformedEventError,
+    "brats/seg",
+  );
+});
+
+Deno.test('service: an event naming bucket "brats/seg" is refused (400), nothing is listed or queued', async () => {
+  await using s3 = await startS3rver({ buckets: ["brats"] });
+  await placeholderCase("s3://brats/seg/", "BraTS2021_00001", ["flair", "t1", "t1ce", "t2"]);
+  const runner = fakeRunner();
+  const service = await startEventService({
+    out: "s3://brats/seg/",
+    model: "fake",
+    hostname: "127.0.0.1",
+    port: 0,
+    concurrency: 1,
+    queue: 4,
+    token: undefined,
+  }, runner);
+  try {
+    const before = s3.requests.length;
+    // Resolves to s3://brats/seg/BraTS2021_00001/..., under --out: it must never start a case.
+    const r = await post(service.url, {
+      Records: [awsRecord("brats/seg", "BraTS2021_00001/BraTS2021_00001_t1.nii.gz")],
+    }, undefined);
+    assertEquals(r.status, 400, JSON.stringify(r));
+    assertStringIncludes(String(r.body.error), '"brats/seg" is not a valid S3 bucket name');
+    assertEquals(s3.requests.length, before, "nothing was listed");
+    assertEquals(runner.calls.length, 0);
+  } finally {
+    await service.abort();
+  }
+});
+
+Deno.test("service: one event naming 40 cases of a flat folder lists it once; over 100 records is 413", async () => {
+  await using s3 = await startS3rver({ buckets: ["brats"] });
+  const ids = Array.from({ length: 40 }, (_, i) => `BraTS2021_${String(i).padStart(5, "0")}`);
+  for (const id of ids) {
+    for (const p of ["flair", "t1", "t1ce", "t2"]) {
+      await putObject(`s3://brats/flat/${id}_${p}.nii.gz`, `fake ${p}`);
+    }
+  }
+  const runner = fakeRunner();
+  const service = await startEventService({
+    out: "s3://brats/seg/",
+    model: "fake",
+    hostname: "127.0.0.1",
+    port: 0,
+    concurrency: 1,
+    queue: 64,
+    token: undefined,
+  }, runner);
+  const lists = () => s3.requests.filter((r) => r.query["list-type"] === "2").length;
+  try {
+    const before = lists();
+    const r = await post(service.url, {
+      Records: ids.flatMap((id) => [
+        awsRecord("brats", `flat/${id}_t2.nii.gz`),
+        awsRecord("brats", `flat/${id}_t1.nii.gz`),
+      ]),
+    }, undefined);
+    assertEquals(r.status, 202, JSON.stringify(r).slice(0, 300));
+    assertEquals((r.body.jobs as unknown[]).length, 40, "one job per case");
+    assertEquals(lists() - before, 1, "the folder is listed once for the whole event");
+
+    const atCap = lists();
+    const many = await post(service.url, {
+      Records: Array.from(
+        { length: 101 },
+        (_, i) =>
+          awsRecord("brats", `flat/BraTS2021_${String(1000 + i).padStart(5, "0")}_t1.nii.gz`),
+      ),
+    }, undefined);
+    assertEquals(many.status, 413, JSON.stringify(many).slice(0, 300));
+    assertStringIncludes(String(many.body.error), "101 records; at most 100");
+    assertEquals(lists(), atCap, "nothing listed for a refused event");
+    // casesFromEvent (segment --event) shares the rules.
+    const found = await casesFromEvent({
+      Records: ids.slice(0, 10).map((id) => awsRecord("brats", `flat/${id}_t2.nii.gz`)),
+    });
+    assertEquals(found.cases.length, 10);
+    assertEquals(lists(), atCap + 1);
+    await assertRejects(
+      () => casesFromEvent({ Records: Array(101).fill(awsRecord("brats", "flat/x_t1.nii.gz")) }),
+      MalformedEventError,
+      "at most 100",
+    );
+  } finally {
+    await service.abort();
+  }
+});
+
 /** Writes placeholder files for a case (names only: nothing reads them without a segmenter). */
 async function placeholderCase(prefix: string, id: string, parts: string[]): Promise<void> {
   for (const p of parts) await putObject(`${prefix}${id}/${id}_${p}.nii.gz`, `fake ${p}`);
@@ -371,7 +506,14 @@ function fakeRunner() {
       for (const c of calls) c.finish(new Error("abandoned"));
     },
     async started(n) {
-      while (calls.length < n) await new Promise<void>((r) => waiters.push(r));
+      const deadline = Date.now() + 10_000;
+      while (calls.length < n) {
+        if (Date.now() > deadline) throw new Error(`${calls.length} cases started, expected ${n}`);
+        await new Promise<void>((r) => {
+          const timer = setTimeout(r, 200);
+          waiters.push(() => (clearTimeout(timer), r()));
+        });
+      }
     },
   };
   return runner;
@@ -868,4 +1010,106 @@ Deno.test("service errors: an unreachable store is 502 and the event can be retr
     await service.drain();
   }
   await assertRejects(() => fetch(`${service.url}/healthz`));
+});
+
+Deno.test("isTransientS3Error() tells an unreachable or throttling S3 from a missing object", async () => {
+  await using s3 = await startS3rver({ buckets: ["brats"] });
+  const missing = await getObject("s3://brats/none").catch((e) => e);
+  assert(missing instanceof ObjectNotFoundError);
+  assertEquals(isTransientS3Error(missing), false);
+  const noBucket = await getObject("s3://nobucket/x").catch((e) => e);
+  assertEquals(isTransientS3Error(noBucket), false);
+  const throttled = new Error("Cannot read: S3 kept throttling", {
+    cause: { name: "SlowDown", $metadata: { httpStatusCode: 503 } },
+  });
+  assertEquals(isTransientS3Error(new Error("wrapped", { cause: throttled })), true);
+  await s3.stop();
+  await using _env = useS3Env(`http://127.0.0.1:${closedPort()}`);
+  const down = await getObject("s3://brats/x").catch((e) => e);
+  assertStringIncludes(String(down.message), "Cannot reach S3 endpoint");
+  assertEquals(isTransientS3Error(new Error("Cannot read NIfTI", { cause: down })), true);
+});
+
+Deno.test("service: a transient failure is retried with backoff within the budget; a failed version's redelivery runs again", async () => {
+  await using _s3 = await startS3rver({ buckets: ["brats"] });
+  const ids = ["BraTS2021_00001", "BraTS2021_00002", "BraTS2021_00003"];
+  for (const id of ids) {
+    await placeholderCase("s3://brats/in/", id, ["flair", "t1", "t1ce", "t2"]);
+  }
+  const ev = (id: string) => ({ Records: [awsRecord("brats", `in/${id}/${id}_t2.nii.gz`)] });
+  const unreachable = () =>
+    new Error(`Cannot reach S3 endpoint http://127.0.0.1:1 for s3://brats/in/x: connect`, {
+      cause: Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" }),
+    });
+  const runner = fakeRunner();
+  const logs: Record<string, unknown>[] = [];
+  const service = await startEventService({
+    out: "s3://brats/seg/",
+    model: "fake",
+    hostname: "127.0.0.1",
+    port: 0,
+    concurrency: 1,
+    queue: 8,
+    token: undefined,
+    retry: { budgetMs: 600, baseDelayMs: 100 },
+    log: (e) => logs.push(e),
+  }, runner);
+  try {
+    // 1: S3 unreachable once, then back: the same job runs again and is done.
+    const a = await post(service.url, ev(ids[0]), undefined);
+    assertEquals(a.status, 202);
+    await runner.started(1);
+    runner.calls[0].finish(unreachable());
+    await runner.started(2);
+    assertEquals(runner.calls[1].c.id, ids[0]);
+    runner.calls[1].finish();
+    const done = await job(service.url, String(a.body.id), "");
+    assertEquals([done.status, done.attempts], ["done", 2], JSON.stringify(done));
+    assert(logs.some((l) => l.status === "retrying" && l.id === a.body.id));
+    assertEquals(await exists(`s3://brats/seg/${ids[0]}.error.json`), false);
+
+    // 2: unreachable for longer than the budget: failed for good, saying so, and recorded.
+    const b = await post(service.url, ev(ids[1]), undefined);
+    assertEquals(b.status, 202);
+    for (let n = 3;; n++) {
+      await runner.started(n);
+      runner.calls[n - 1].finish(unreachable());
+      let now: JobView;
+      do { // until its next attempt has started, or it has failed for good
+        await new Promise((r) => setTimeout(r, 10));
+        now = await (await fetch(`${service.url}/jobs/${b.body.id}`)).json() as JobView;
+      } while (now.status !== "failed" && runner.calls.length === n);
+      if (now.status === "failed") break;
+      assert(n < 12, "the budget bounds the attempts");
+    }
+    const failed = await job(service.url, String(b.body.id), "");
+    assertEquals(failed.status, "failed");
+    assertStringIncludes(failed.error!, "transient; gave up after");
+    assert(failed.attempts >= 2, JSON.stringify(failed));
+    assert(await exists(`s3://brats/seg/${ids[1]}.error.json`));
+
+    // 3: the redelivered event of that failed version is run again (not "duplicate").
+    const calls = runner.calls.length;
+    const again = await post(service.url, ev(ids[1]), undefined);
+    assertEquals([again.status, again.body.status], [202, "queued"], JSON.stringify(again));
+    await runner.started(calls + 1);
+    runner.calls[calls].finish();
+    assertEquals((await job(service.url, String(again.body.id), "")).status, "done");
+    // A non-transient failure fails at once; its redelivery runs again too.
+    const c = await post(service.url, ev(ids[2]), undefined);
+    await runner.started(calls + 2);
+    runner.calls[calls + 1].finish(new Error(`Cannot read "x_t1.nii.gz": truncated`));
+    const cf = await job(service.url, String(c.body.id), "");
+    assertEquals([cf.status, cf.attempts], ["failed", 1]);
+    const c2 = await post(service.url, ev(ids[2]), undefined);
+    assertEquals(c2.status, 202, JSON.stringify(c2));
+    await runner.started(calls + 3);
+    runner.calls[calls + 2].finish();
+    assertEquals((await job(service.url, String(c2.body.id), "")).status, "done");
+    // What succeeded stays a duplicate.
+    const dup = await post(service.url, ev(ids[2]), undefined);
+    assertEquals([dup.status, dup.body.status], [200, "duplicate"]);
+  } finally {
+    await service.abort();
+  }
 });
