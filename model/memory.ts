@@ -20,7 +20,7 @@ import {
 import { Optimizer } from "./optimizer.ts";
 import { trainStepAsync } from "./train_step.ts";
 import { randomTarget } from "./loss.ts";
-import { createUNet, disposeUNet } from "./unet.ts";
+import { createUNet, disposeUNet, predictLogits } from "./unet.ts";
 
 /**
  * Peak bytes of one full training step (forward, loss, backward, Adam update) at batch `batch` on
@@ -242,4 +242,63 @@ export function maxFieldValue(
     else if (v > best + 8 * step) break;
   }
   return best;
+}
+
+/**
+ * Peak bytes of one inference window: the sigmoid of the logits of a cubic window, at batch 1
+ * (forward only: no gradients, no optimizer state; each block's intermediates are freed as it
+ * ends, so the reversible and standard networks differ little here).
+ */
+export async function measureInferencePeak(config: NetworkConfig, edge: number): Promise<number> {
+  const net = createUNet(config, { seed: 1 });
+  const x = tf.randomNormal([1, edge, edge, edge, config.inChannels], 0, 1, "float32", 2);
+  try {
+    const info = await tf.profile(async () => {
+      const p = tf.tidy(() => tf.sigmoid(predictLogits(net, x as tf.Tensor5D)));
+      await p.data();
+      p.dispose();
+    });
+    return Number(info.peakBytes);
+  } finally {
+    x.dispose();
+    disposeUNet(net);
+  }
+}
+
+/** Inference peak memory against window voxels, from windows of `edges` measured. */
+export async function inferenceModel(config: NetworkConfig, edges: number[]): Promise<CropModel> {
+  const measured: { crop: number; peakBytes: number }[] = [];
+  for (const crop of edges) {
+    measured.push({ crop, peakBytes: await measureInferencePeak(config, crop) });
+  }
+  const fit = fitLine(measured.map((m) => m.crop ** 3), measured.map((m) => m.peakBytes));
+  return { config, batch: 1, fit, measured };
+}
+
+/** The windows at which to measure inference memory: 2 and 3 crop steps (small and quick). */
+export function inferenceFitEdges(config: NetworkConfig): [number, number] {
+  const step = Math.max(8, cropMultiple(config));
+  return [2 * step, 3 * step];
+}
+
+/**
+ * The `--window auto` rule: the window the model was validated with (else its training crop,
+ * else 128), the size whose predictions training measured — GroupNorm's statistics are taken over
+ * the window, so another size changes what the network sees —, no larger than the largest window
+ * that fits the memory budget (`maxEdge`, from {@linkcode inferenceModel}), a multiple of
+ * `multiple` (the sliding window shrinks it further on axes where the volume is smaller).
+ * @throws {RangeError} when not even one multiple fits the budget
+ */
+export function autoWindow(o: {
+  preferred: number;
+  maxEdge: number;
+  multiple: number;
+}): number {
+  const { preferred, maxEdge, multiple: m } = o;
+  if (maxEdge < m) {
+    throw new RangeError(
+      `window auto: not even a ${m}³ window fits the memory budget (largest: ${maxEdge})`,
+    );
+  }
+  return Math.max(m, Math.min(Math.floor(preferred / m) * m, Math.floor(maxEdge / m) * m));
 }

@@ -7,6 +7,8 @@ import {
   cropModel,
   cropMultiple,
   fitCrops,
+  inferenceFitEdges,
+  inferenceModel,
   maxCropEdge,
   type NetworkConfig,
   predictPeak,
@@ -56,7 +58,11 @@ export async function planCrop(o: PlanOptions) {
     const config = resolveConfig({ ...base, reversible });
     const model = await cropModel(config, o.measureCrops ?? fitCrops(config), batch);
     const maxCrop = maxCropEdge(model, o.budget, m, batch);
+    // The largest sliding window `segment --window auto` may use under the same budget.
+    const inference = await inferenceModel(config, inferenceFitEdges(config));
     return {
+      max_window: maxCropEdge(inference, o.budget, m),
+      inference_bytes_per_voxel: Math.round(inference.fit.slope),
       max_crop: maxCrop,
       peak_bytes_at_max_crop: maxCrop > 0 ? Math.round(predictPeak(model, maxCrop, batch)) : null,
       bytes_per_voxel: Math.round(model.fit.slope),
@@ -85,7 +91,9 @@ configured network at two crops with tf.profile, fits bytes = fixed + per-voxel 
 for a fixed network once the fixed costs stop bending the curve: every activation is a fixed
 number of channels per voxel), and prints
 the largest cubic crop (a multiple of 2^(levels-1)) whose step fits the budget, for the reversible
-network and its standard twin, as one JSON object.
+network and its standard twin, as one JSON object; also max_window, the largest inference window
+(forward only, measured the same way at two small windows) under the budget, the cap of
+\`segment --window auto\`.
 
 Options:
   --budget <gib>           memory budget (required), e.g. 16 for a 16 GiB GPU with headroom

@@ -18,7 +18,17 @@
  * @module
  */
 import { type BackendName, selectBackend } from "../model/backend.ts";
-import { deserializeUNet, disposeUNet, type UNet } from "../model/mod.ts";
+import {
+  autoWindow,
+  type CropModel,
+  cropMultiple,
+  deserializeUNet,
+  disposeUNet,
+  inferenceFitEdges,
+  inferenceModel,
+  maxCropEdge,
+  type UNet,
+} from "../model/mod.ts";
 import { caseKey } from "../pipeline/case_cache.ts";
 import {
   type Case,
@@ -79,8 +89,14 @@ export interface CaseOptions {
   tta?: boolean;
   /** Windows per forward pass. Default 1. */
   batch?: number;
-  /** Window edge; default the model's validation window, else its training crop, else 128. */
-  window?: number;
+  /**
+   * Window edge, or "auto" (the default): the model's validation window, else its training crop,
+   * else 128, capped at the largest window whose inference fits `memoryBudget`
+   * ({@linkcode autoWindow}).
+   */
+  window?: number | "auto";
+  /** Bytes an inference window may take, for `window: "auto"`. Default half the free memory. */
+  memoryBudget?: number;
   /** Redo a case even when its output matches the model and inputs. */
   force?: boolean;
   /** Also write `<case>_probabilities.nii.gz`: float32 WT, TC, ET as a 4th dimension. */
@@ -291,6 +307,22 @@ export class Segmenter {
     );
   }
 
+  private inference?: CropModel;
+
+  /**
+   * The window edge of `--window`: a number as given; "auto" by {@linkcode autoWindow}, from the
+   * inference memory measured once (two small windows) against the budget (default: half the
+   * memory the system has available).
+   */
+  async resolveWindow(window: number | "auto", budget?: number): Promise<number> {
+    if (window !== "auto") return window;
+    const preferred = this.validatedWindow ?? this.trainedCrop ?? 128;
+    const m = cropMultiple(this.net.config);
+    this.inference ??= await inferenceModel(this.net.config, inferenceFitEdges(this.net.config));
+    const bytes = budget ?? Deno.systemMemoryInfo().available / 2;
+    return autoWindow({ preferred, maxEdge: maxCropEdge(this.inference, bytes, m), multiple: m });
+  }
+
   /** The output URI of a case. */
   static outputUri(out: string, id: string): string {
     return joinUri(out, `${id}.nii.gz`);
@@ -328,7 +360,7 @@ export class Segmenter {
     const opts = {
       overlap: options.overlap ?? 0.5,
       tta: options.tta ?? false,
-      window: options.window ?? this.validatedWindow ?? this.trainedCrop ?? 128,
+      window: await this.resolveWindow(options.window ?? "auto", options.memoryBudget),
       et_threshold: options.etThreshold ?? 0,
       // Only when asked, so records of runs without it keep their form (and their skip key).
       ...(options.largestComponent ? { largest_component: true as const } : {}),
@@ -687,8 +719,9 @@ Options:
   --shard <i>/<n>|auto/<n>  only the cases of one shard (see above)
   --out <uri>               output folder or s3:// prefix (required)
   --overlap <x>             window overlap in ${OVERLAP_RANGE} (default 0.5)
-  --window <n>              window edge (default: the window training validated the model with,
-                            else its training crop, else 128)
+  --window <n>|auto         window edge (default auto: the window training validated the model
+                            with, else its training crop, else 128, capped at the largest window
+                            whose inference fits half the free memory)
   --tta                     average the 8 mirrorings (slower, slightly better)
   --batch <n>               windows per forward pass (default 1)
   --save-probabilities      also write <case>_probabilities.nii.gz (float32, WT/TC/ET as dim 4)
@@ -733,7 +766,7 @@ Example:
     }
     const shard = shardFlag(values.shard);
     const overlap = numberFlag("overlap", values.overlap, 0.5, 0, MAX_OVERLAP);
-    const window = values.window === undefined
+    const window = values.window === undefined || values.window === "auto"
       ? undefined
       : intFlag("window", values.window, 128, 8, 1024);
     const common = {

@@ -5,8 +5,19 @@
  * @module
  */
 import * as tf from "../model/tf.ts";
-import { assert, assertEquals } from "@std/assert";
-import { disposeUNet, predictLogits, type UNet } from "../model/mod.ts";
+import { assert, assertEquals, assertThrows } from "@std/assert";
+import {
+  autoWindow,
+  disposeUNet,
+  inferenceFitEdges,
+  inferenceModel,
+  maxCropEdge,
+  measureInferencePeak,
+  predictLogits,
+  predictPeak,
+  resolveConfig,
+  type UNet,
+} from "../model/mod.ts";
 import {
   gaussianWeights,
   slidingWindowProbabilities,
@@ -142,4 +153,30 @@ Deno.test("slidingWindowProbabilities(mirror) is the mean of the 8 mirrored pred
   assert(maxAbsDiff(tta, plain) > 1e-3, "mirroring made no difference");
   expected.dispose();
   disposeUNet(net);
+});
+
+Deno.test("autoWindow: the validated window, capped by the memory budget's largest, a multiple of the crop step", () => {
+  assertEquals(autoWindow({ preferred: 48, maxEdge: 200, multiple: 8 }), 48, "budget ample");
+  assertEquals(autoWindow({ preferred: 48, maxEdge: 44, multiple: 8 }), 40, "budget caps it");
+  assertEquals(autoWindow({ preferred: 50, maxEdge: 200, multiple: 8 }), 48, "rounded down");
+  assertEquals(autoWindow({ preferred: 4, maxEdge: 200, multiple: 8 }), 8, "at least one step");
+  assertThrows(
+    () => autoWindow({ preferred: 48, maxEdge: 0, multiple: 8 }),
+    RangeError,
+    "not even a 8³ window fits",
+  );
+});
+
+Deno.test("inference memory plan: windows 16 and 24 predict the largest window under a budget, and its measured peak fits", async () => {
+  const cfg = resolveConfig({ levels: 2, baseChannels: 8, blocksPerLevel: 2 });
+  const model = await inferenceModel(cfg, inferenceFitEdges(cfg));
+  assertEquals(model.measured.map((m) => m.crop), [16, 24]);
+  assert(model.fit.slope > 0, JSON.stringify(model.fit));
+  const budget = predictPeak(model, 40) * 1.01;
+  const edge = maxCropEdge(model, budget, 8);
+  assertEquals(edge, 40);
+  const measured = await measureInferencePeak(cfg, edge);
+  assert(measured <= budget, `measured ${measured} > budget ${budget}`);
+  assert(measured > predictPeak(model, 32), "and a larger window than the next step down");
+  assertEquals(autoWindow({ preferred: 64, maxEdge: edge, multiple: 8 }), 40);
 });

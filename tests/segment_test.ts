@@ -1,6 +1,13 @@
 import * as tf from "../model/tf.ts";
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
-import { createUNet, disposeUNet, resolveConfig } from "../model/mod.ts";
+import {
+  createUNet,
+  disposeUNet,
+  inferenceFitEdges,
+  inferenceModel,
+  predictPeak,
+  resolveConfig,
+} from "../model/mod.ts";
 import { findCases } from "../pipeline/cases.ts";
 import { resolveModel, saveModel } from "../pipeline/model_store.ts";
 import { EVAL_REGIONS, evaluatePair, METRICS } from "../pipeline/evaluation.ts";
@@ -618,6 +625,37 @@ Deno.test("segment --largest-component writes the plain output post-processed, a
     const again = await runMain([...base, "--out", `${dir}/kept`, "--json"]);
     assertEquals(again.code, 0, again.stderr);
     assertEquals(JSON.parse(again.stdout).cases[0].status, "done");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("segment --window auto (the default) is the fixed window it resolves to: same grid, same labels; a small budget caps it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [24, 28, 20], seed: 5 });
+    const model = await tinyModel(dir);
+    const base = { model, input: `${dir}/data`, quiet: true };
+    await segment({ ...base, out: `${dir}/auto` });
+    await segment({ ...base, out: `${dir}/fixed`, window: 16 });
+    const plan = await inferenceModel(resolveConfig(TINY), inferenceFitEdges(resolveConfig(TINY)));
+    // Room for 8³ windows, not 16³ (the native kernels segment loads shift the peaks a little).
+    const budget = Math.sqrt(predictPeak(plan, 8) * predictPeak(plan, 16));
+    await segment({ ...base, out: `${dir}/small`, window: "auto", memoryBudget: budget });
+    const none = await segment({ ...base, out: `${dir}/none`, memoryBudget: 1 });
+    assertEquals(none.failed.length, 1);
+    assertStringIncludes(none.failed[0].error, "fits the memory budget");
+    const { cases: [c] } = await findCases(`${dir}/data`);
+    const read = async (o: string) => decodeNifti(await getObject(`${dir}/${o}/${c.id}.nii.gz`), o);
+    const [auto, fixed] = [await read("auto"), await read("fixed")];
+    assertEquals(auto.header.dims, fixed.header.dims);
+    assertEquals(auto.header.affine, fixed.header.affine);
+    assertEquals(scaledData(auto), scaledData(fixed));
+    assertEquals((await readJson(`${dir}/auto/${c.id}.json`)).options.window, 16);
+    const small = await read("small");
+    assertEquals(small.header.dims, fixed.header.dims);
+    const capped = (await readJson(`${dir}/small/${c.id}.json`)).options.window;
+    assert(capped >= 8 && capped < 16 && capped % 2 === 0, `window ${capped}`);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
