@@ -96,6 +96,8 @@ export interface CaseOutcome {
 interface OutputRecord {
   model_sha256: string;
   inputs: string;
+  /** The input files, so that `serve` can tell a case id arriving from another folder. */
+  images?: Case["images"];
   options: { overlap: number; tta: boolean; window: number; et_threshold: number };
   output: string;
   /** Every file written with this record (labels, probabilities, metrics). */
@@ -297,6 +299,7 @@ export class Segmenter {
     const record: OutputRecord = {
       model_sha256: this.modelSha256,
       inputs,
+      images: c.images,
       options: opts,
       output,
       outputs: wanted,

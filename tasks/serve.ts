@@ -29,7 +29,13 @@ import {
   TooManyRecordsError,
   triageRecord,
 } from "../pipeline/events.ts";
-import { deleteObject, joinUri, putObject } from "../pipeline/storage.ts";
+import {
+  deleteObject,
+  getObject,
+  joinUri,
+  ObjectNotFoundError,
+  putObject,
+} from "../pipeline/storage.ts";
 import { isTransientS3Error } from "../pipeline/storage_s3.ts";
 import { resolveModel } from "../pipeline/model_store.ts";
 import { MAX_OVERLAP, OVERLAP_RANGE } from "../pipeline/inference.ts";
@@ -542,13 +548,50 @@ export async function startEventService(
     return true;
   };
 
+  /**
+   * Outputs are keyed by case id, as `segment` writes them, so one id is one case: a job whose
+   * case id is running from another folder, or whose output record names inputs in another
+   * folder, is refused (batch `segment` refuses a dataset holding an id twice).
+   */
+  const active = new Set<Job>();
+  const folderOf = (uri: string) => uri.slice(0, uri.lastIndexOf("/") + 1);
+  const sourceConflict = async (job: Job): Promise<string | undefined> => {
+    const mine = folderOf(job.c.images.flair);
+    const refuse = (other: string, why: string) =>
+      `case "${job.case}" of ${mine} is refused: ${why} from ${other}, and outputs are keyed by ` +
+      `case id alone; remove ${joinUri(options.out, job.case + ".json")} (and its outputs) to ` +
+      `segment this folder's case instead`;
+    for (const other of active) {
+      if (other !== job && other.case === job.case && folderOf(other.c.images.flair) !== mine) {
+        return refuse(folderOf(other.c.images.flair), "the same case id is being segmented");
+      }
+    }
+    let record: { images?: { flair?: unknown } } | undefined;
+    try {
+      record = JSON.parse(
+        new TextDecoder().decode(await getObject(joinUri(options.out, `${job.case}.json`))),
+      );
+    } catch (e) {
+      if (e instanceof ObjectNotFoundError || e instanceof SyntaxError) return undefined;
+      throw e;
+    }
+    const flair = record?.images?.flair;
+    if (typeof flair === "string" && folderOf(flair) !== mine) {
+      return refuse(folderOf(flair), `${Segmenter.outputUri(options.out, job.case)} was segmented`);
+    }
+    return undefined;
+  };
+
   const runJob = async (job: Job) => {
     job.status = "running";
     job.started = new Date().toISOString();
     job.attempts++;
     log({ event: "job", id: job.id, status: "running", case: job.case, attempt: job.attempts });
     const errorUri = joinUri(options.out, `${job.case}.error.json`);
+    active.add(job);
     try {
+      const conflict = await sourceConflict(job);
+      if (conflict) throw new CaseFailure(conflict, false);
       const r = await runner.segment(job.id, job.c, options.out, caseOptions);
       // A success supersedes an earlier failure's record; gone before the job shows as finished.
       await deleteObject(errorUri).catch(() => {});
@@ -560,7 +603,7 @@ export async function startEventService(
       // a failure without the record it names.
       let error = aborting ? "abandoned at shutdown" : describeError(e);
       if (!aborting && isTransientFailure(e)) {
-        if (scheduleRetry(job, error)) return;
+        if (scheduleRetry(job, error)) return void active.delete(job);
         const spent = Math.round((Date.now() - (job.firstFailure ?? Date.now())) / 1000);
         error += ` (transient; gave up after ${job.attempts} attempts over ${spent} s)`;
       }
@@ -587,6 +630,7 @@ export async function startEventService(
       job.outputs = outputs;
       job.status = "failed";
     }
+    active.delete(job);
     job.finished = new Date().toISOString();
     counts[job.status as keyof typeof counts]++;
     log({
