@@ -9,7 +9,8 @@
  * with the model loaded once, so the service keeps answering while a case is segmented.
  *
  * Delivery is at least once: a record already seen (same bucket, key, versionId, sequencer and
- * ETag; the last {@linkcode DEDUPE_ENTRIES} kept) changes nothing, a queued job absorbs further
+ * ETag; the last {@linkcode DEDUPE_ENTRIES} kept) changes nothing unless its job failed, a
+ * queued job absorbs further
  * events for its case, and `segment` skips a case already done with the same model and inputs.
  * A failing case becomes a failed job and `<out>/<case>.error.json`; the service goes on.
  * @module
@@ -925,15 +926,18 @@ it into <out>/<case>.metrics.json (Dice, HD95, sensitivity, specificity of ET, T
 file arriving later starts the case again, and its metrics appear then). Answers 202
 {"status":"queued","id":"<job>"} or 202 {"status":"waiting"} (a modality is still missing; its own
 event will start the case), 200 for ignored or duplicate records, 400 for a malformed event, 401
-without the token, 413 for a body over --max-body or an event of more than ${MAX_EVENT_RECORDS} records
-(S3 sends one per event; each folder is listed once per event), 503 when the queue is full or the
-service is shutting down.
+without the token, 413 for a body over --max-body or an event of more than
+${MAX_EVENT_RECORDS} records (S3 sends one per event; each folder is listed once per event), 503
+when the queue is full or the service is shutting down.
 
 Events for objects under --out, for files that are not case inputs, and for object versions already
-seen are ignored, so outputs can never trigger the service. A failing case is recorded in
-<out>/<case>.error.json and GET /jobs/<id>; the service goes on. SIGTERM or SIGINT stops accepting
-events, finishes the queued and running cases, and exits 0; a second signal abandons them (outputs
-are written whole or not at all) and exits 0.
+done, queued or running are ignored, so outputs can never trigger the service (a version whose job
+failed is run again when redelivered). A case failing for a transient reason (S3 unreachable,
+throttling, 5xx) is retried with backoff while the next attempt starts within 60 s of the first
+failure. A case id segmented from another input folder is refused (outputs are keyed by case id).
+A failing case is recorded in <out>/<case>.error.json and GET /jobs/<id>; the service goes on.
+SIGTERM or SIGINT stops accepting events, finishes the queued and running cases, and exits 0; a
+second signal abandons them (outputs are written whole or not at all) and exits 0.
 
 Endpoints:
   POST /  or /events      an S3 event notification (JSON)
