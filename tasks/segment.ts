@@ -130,6 +130,8 @@ export interface CaseOutcome {
 interface OutputRecord {
   model_sha256: string;
   inputs: string;
+  /** The input files, so that `serve` can tell a case id arriving from another folder. */
+  images?: Case["images"];
   options: {
     overlap: number;
     tta: boolean;
@@ -449,6 +451,7 @@ export class Segmenter {
     const record: OutputRecord = {
       model_sha256: this.modelSha256,
       inputs,
+      images: c.images,
       options: opts,
       output,
       outputs: wanted,

@@ -9,7 +9,8 @@
  * with the model loaded once, so the service keeps answering while a case is segmented.
  *
  * Delivery is at least once: a record already seen (same bucket, key, versionId, sequencer and
- * ETag; the last {@linkcode DEDUPE_ENTRIES} kept) changes nothing, a queued job absorbs further
+ * ETag; the last {@linkcode DEDUPE_ENTRIES} kept) changes nothing unless its job failed, a
+ * queued job absorbs further
  * events for its case, and `segment` skips a case already done with the same model and inputs.
  * A failing case becomes a failed job and `<out>/<case>.error.json`; the service goes on.
  * @module
@@ -29,7 +30,13 @@ import {
   TooManyRecordsError,
   triageRecord,
 } from "../pipeline/events.ts";
-import { deleteObject, joinUri, putObject } from "../pipeline/storage.ts";
+import {
+  deleteObject,
+  getObject,
+  joinUri,
+  ObjectNotFoundError,
+  putObject,
+} from "../pipeline/storage.ts";
 import { isTransientS3Error } from "../pipeline/storage_s3.ts";
 import { resolveModel } from "../pipeline/model_store.ts";
 import { MAX_OVERLAP, OVERLAP_RANGE } from "../pipeline/inference.ts";
@@ -542,13 +549,50 @@ export async function startEventService(
     return true;
   };
 
+  /**
+   * Outputs are keyed by case id, as `segment` writes them, so one id is one case: a job whose
+   * case id is running from another folder, or whose output record names inputs in another
+   * folder, is refused (batch `segment` refuses a dataset holding an id twice).
+   */
+  const active = new Set<Job>();
+  const folderOf = (uri: string) => uri.slice(0, uri.lastIndexOf("/") + 1);
+  const sourceConflict = async (job: Job): Promise<string | undefined> => {
+    const mine = folderOf(job.c.images.flair);
+    const refuse = (other: string, why: string) =>
+      `case "${job.case}" of ${mine} is refused: ${why} from ${other}, and outputs are keyed by ` +
+      `case id alone; remove ${joinUri(options.out, job.case + ".json")} (and its outputs) to ` +
+      `segment this folder's case instead`;
+    for (const other of active) {
+      if (other !== job && other.case === job.case && folderOf(other.c.images.flair) !== mine) {
+        return refuse(folderOf(other.c.images.flair), "the same case id is being segmented");
+      }
+    }
+    let record: { images?: { flair?: unknown } } | undefined;
+    try {
+      record = JSON.parse(
+        new TextDecoder().decode(await getObject(joinUri(options.out, `${job.case}.json`))),
+      );
+    } catch (e) {
+      if (e instanceof ObjectNotFoundError || e instanceof SyntaxError) return undefined;
+      throw e;
+    }
+    const flair = record?.images?.flair;
+    if (typeof flair === "string" && folderOf(flair) !== mine) {
+      return refuse(folderOf(flair), `${Segmenter.outputUri(options.out, job.case)} was segmented`);
+    }
+    return undefined;
+  };
+
   const runJob = async (job: Job) => {
     job.status = "running";
     job.started = new Date().toISOString();
     job.attempts++;
     log({ event: "job", id: job.id, status: "running", case: job.case, attempt: job.attempts });
     const errorUri = joinUri(options.out, `${job.case}.error.json`);
+    active.add(job);
     try {
+      const conflict = await sourceConflict(job);
+      if (conflict) throw new CaseFailure(conflict, false);
       const r = await runner.segment(job.id, job.c, options.out, caseOptions);
       // A success supersedes an earlier failure's record; gone before the job shows as finished.
       await deleteObject(errorUri).catch(() => {});
@@ -560,7 +604,7 @@ export async function startEventService(
       // a failure without the record it names.
       let error = aborting ? "abandoned at shutdown" : describeError(e);
       if (!aborting && isTransientFailure(e)) {
-        if (scheduleRetry(job, error)) return;
+        if (scheduleRetry(job, error)) return void active.delete(job);
         const spent = Math.round((Date.now() - (job.firstFailure ?? Date.now())) / 1000);
         error += ` (transient; gave up after ${job.attempts} attempts over ${spent} s)`;
       }
@@ -587,6 +631,7 @@ export async function startEventService(
       job.outputs = outputs;
       job.status = "failed";
     }
+    active.delete(job);
     job.finished = new Date().toISOString();
     counts[job.status as keyof typeof counts]++;
     log({
@@ -881,15 +926,18 @@ it into <out>/<case>.metrics.json (Dice, HD95, sensitivity, specificity of ET, T
 file arriving later starts the case again, and its metrics appear then). Answers 202
 {"status":"queued","id":"<job>"} or 202 {"status":"waiting"} (a modality is still missing; its own
 event will start the case), 200 for ignored or duplicate records, 400 for a malformed event, 401
-without the token, 413 for a body over --max-body or an event of more than ${MAX_EVENT_RECORDS} records
-(S3 sends one per event; each folder is listed once per event), 503 when the queue is full or the
-service is shutting down.
+without the token, 413 for a body over --max-body or an event of more than
+${MAX_EVENT_RECORDS} records (S3 sends one per event; each folder is listed once per event), 503
+when the queue is full or the service is shutting down.
 
 Events for objects under --out, for files that are not case inputs, and for object versions already
-seen are ignored, so outputs can never trigger the service. A failing case is recorded in
-<out>/<case>.error.json and GET /jobs/<id>; the service goes on. SIGTERM or SIGINT stops accepting
-events, finishes the queued and running cases, and exits 0; a second signal abandons them (outputs
-are written whole or not at all) and exits 0.
+done, queued or running are ignored, so outputs can never trigger the service (a version whose job
+failed is run again when redelivered). A case failing for a transient reason (S3 unreachable,
+throttling, 5xx) is retried with backoff while the next attempt starts within 60 s of the first
+failure. A case id segmented from another input folder is refused (outputs are keyed by case id).
+A failing case is recorded in <out>/<case>.error.json and GET /jobs/<id>; the service goes on.
+SIGTERM or SIGINT stops accepting events, finishes the queued and running cases, and exits 0; a
+second signal abandons them (outputs are written whole or not at all) and exits 0.
 
 Endpoints:
   POST /  or /events      an S3 event notification (JSON)

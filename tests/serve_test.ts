@@ -667,6 +667,8 @@ Deno.test("service: the in-process runner segments a case and skips it when redo
     }
     assertEquals(statuses, ["done", "skipped"]);
     assert(await exists(join(tmp.path, "seg", `${id}.nii.gz`)));
+    const record = JSON.parse(await Deno.readTextFile(join(tmp.path, "seg", `${id}.json`)));
+    assertEquals(record.images.flair, `s3://brats/in/${id}/${id}_flair.nii.gz`);
   } finally {
     await service.drain();
   }
@@ -1109,6 +1111,62 @@ Deno.test("service: a transient failure is retried with backoff within the budge
     // What succeeded stays a duplicate.
     const dup = await post(service.url, ev(ids[2]), undefined);
     assertEquals([dup.status, dup.body.status], [200, "duplicate"]);
+  } finally {
+    await service.abort();
+  }
+});
+
+Deno.test("service: one case id in two input folders is segmented from one; the other is refused with an error record", async () => {
+  await using _s3 = await startS3rver({ buckets: ["brats"] });
+  const id = "BraTS2021_00001";
+  for (const f of ["a", "b", "c"]) {
+    await placeholderCase(`s3://brats/in/${f}/`, id, ["flair", "t1", "t1ce", "t2"]);
+  }
+  const ev = (f: string) => ({ Records: [awsRecord("brats", `in/${f}/${id}/${id}_t2.nii.gz`)] });
+  const runner = fakeRunner();
+  const service = await startEventService({
+    out: "s3://brats/seg/",
+    model: "fake",
+    hostname: "127.0.0.1",
+    port: 0,
+    concurrency: 2,
+    queue: 8,
+    token: undefined,
+  }, runner);
+  try {
+    // While folder a's case runs, folder b's is refused, naming both folders.
+    const a = await post(service.url, ev("a"), undefined);
+    await runner.started(1);
+    const b = await post(service.url, ev("b"), undefined);
+    assertEquals(b.status, 202);
+    const fb = await job(service.url, String(b.body.id), "");
+    assertEquals(fb.status, "failed", JSON.stringify(fb));
+    assertStringIncludes(fb.error!, `case "${id}" of s3://brats/in/b/${id}/ is refused`);
+    assertStringIncludes(fb.error!, `from s3://brats/in/a/${id}/`);
+    assertEquals(fb.outputs, [`s3://brats/seg/${id}.error.json`]);
+    assertEquals(runner.calls.length, 1, "folder b's case never ran");
+    runner.calls[0].finish();
+    assertEquals((await job(service.url, String(a.body.id), "")).status, "done");
+    // Once folder a's output record exists (segment writes its inputs there), c is refused too.
+    await putObject(
+      `s3://brats/seg/${id}.json`,
+      JSON.stringify({ images: { flair: `s3://brats/in/a/${id}/${id}_flair.nii.gz` } }),
+    );
+    const c = await post(service.url, ev("c"), undefined);
+    const fc = await job(service.url, String(c.body.id), "");
+    assertEquals(fc.status, "failed");
+    assertStringIncludes(
+      fc.error!,
+      `s3://brats/seg/${id}.nii.gz was segmented from s3://brats/in/a/`,
+    );
+    assertEquals(runner.calls.length, 1);
+    // Folder a's own case is not refused.
+    const a2 = await post(service.url, {
+      Records: [awsRecord("brats", `in/a/${id}/${id}_t1.nii.gz`)],
+    }, undefined);
+    await runner.started(2);
+    runner.calls[1].finish();
+    assertEquals((await job(service.url, String(a2.body.id), "")).status, "done");
   } finally {
     await service.abort();
   }
