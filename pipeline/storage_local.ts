@@ -101,6 +101,19 @@ export async function headLocal(uri: string, path: string): Promise<ObjectInfo> 
   }
 }
 
+/** Writes `data` to the new file `tmp` (beside `path`, whose folders are created) and flushes it. */
+async function writeTemporary(tmp: string, path: string, data: Uint8Array): Promise<void> {
+  await Deno.mkdir(dirname(path), { recursive: true });
+  const file = await Deno.open(tmp, { write: true, createNew: true });
+  try {
+    let written = 0;
+    while (written < data.length) written += await file.write(data.subarray(written));
+    await file.syncData();
+  } finally {
+    file.close();
+  }
+}
+
 /**
  * Writes a file atomically: the bytes go to a temporary name in the same folder, are flushed to disk,
  * and the temporary file is renamed over the target, so readers see the old file or the whole new
@@ -109,15 +122,7 @@ export async function headLocal(uri: string, path: string): Promise<ObjectInfo> 
 export async function putLocal(uri: string, path: string, data: Uint8Array): Promise<void> {
   const tmp = tempName(path);
   try {
-    await Deno.mkdir(dirname(path), { recursive: true });
-    const file = await Deno.open(tmp, { write: true, createNew: true });
-    try {
-      let written = 0;
-      while (written < data.length) written += await file.write(data.subarray(written));
-      await file.syncData();
-    } finally {
-      file.close();
-    }
+    await writeTemporary(tmp, path, data);
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
@@ -136,15 +141,7 @@ export async function putLocal(uri: string, path: string, data: Uint8Array): Pro
 export async function createLocal(uri: string, path: string, data: Uint8Array): Promise<boolean> {
   const tmp = tempName(path);
   try {
-    await Deno.mkdir(dirname(path), { recursive: true });
-    const file = await Deno.open(tmp, { write: true, createNew: true });
-    try {
-      let written = 0;
-      while (written < data.length) written += await file.write(data.subarray(written));
-      await file.syncData();
-    } finally {
-      file.close();
-    }
+    await writeTemporary(tmp, path, data);
     await Deno.link(tmp, path);
     return true;
   } catch (e) {
