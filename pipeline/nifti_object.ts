@@ -36,6 +36,7 @@ import {
   imageFrom,
   isGzip,
   type NiftiImage,
+  shortGzipHeader,
   sizeMismatch,
 } from "./nifti_read.ts";
 import { getObjectRange, headObject } from "./storage.ts";
@@ -197,13 +198,7 @@ async function gzipHeader(src: Source, fail: Fail): Promise<NiftiHeader> {
         `decompress to ${got.length} bytes, the header needs ${need}`,
     );
   }
-  throw fail(
-    SyntaxError,
-    got.length === 0
-      ? "the gzip stream is empty (it decompresses to 0 bytes)"
-      : `truncated header: the gzip stream decompresses to ${got.length} bytes, ` +
-        `a NIfTI-${need === 348 ? 1 : 2} header needs ${need}`,
-  );
+  throw shortGzipHeader(got.length, need, fail);
 }
 
 /** How an {@linkcode inflate} ended. */

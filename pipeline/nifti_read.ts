@@ -376,13 +376,7 @@ function readHeader(bytes: Uint8Array, fail: Fail): NiftiHeader {
           `and the header needs ${need}`,
       );
     }
-    throw fail(
-      SyntaxError,
-      head.length === 0
-        ? "the gzip stream is empty (it decompresses to 0 bytes)"
-        : `truncated header: the gzip stream decompresses to ${head.length} bytes, ` +
-          `a NIfTI-${need === 348 ? 1 : 2} header needs ${need}`,
-    );
+    throw shortGzipHeader(head.length, need, fail);
   }
   return parseHeader(head, fail);
 }
@@ -410,6 +404,20 @@ function inflatePrefix(bytes: Uint8Array, want: number, fail: Fail): Uint8Array 
     if (out.length >= want || take === bytes.length) return out;
     take = Math.min(bytes.length, take * 8);
   }
+}
+
+/**
+ * The error for a gzip stream that ends before the NIfTI header it starts (`got` of the `need`
+ * bytes): empty, or a truncated header.
+ */
+export function shortGzipHeader(got: number, need: number, fail: Fail): Error {
+  return fail(
+    SyntaxError,
+    got === 0
+      ? "the gzip stream is empty (it decompresses to 0 bytes)"
+      : `truncated header: the gzip stream decompresses to ${got} bytes, ` +
+        `a NIfTI-${need === 348 ? 1 : 2} header needs ${need}`,
+  );
 }
 
 /** A zlib error as the file's SyntaxError: a truncated or a corrupted gzip stream. */
