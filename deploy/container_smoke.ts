@@ -15,8 +15,8 @@
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
-import { getObject, listObjects, putObject } from "../pipeline/storage.ts";
-import { decodeNifti } from "../pipeline/nifti.ts";
+import { getObject, listObjects, putObject } from "../pipeline/storage/mod.ts";
+import { decodeNifti } from "../pipeline/nifti/mod.ts";
 import { startS3rver } from "../tests/_s3rver.ts";
 
 const { values } = parseArgs({

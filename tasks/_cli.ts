@@ -4,7 +4,7 @@
  * @module
  */
 import { parseArgs as nodeParseArgs, type ParseArgsConfig } from "node:util";
-import { parseShard, type Shard } from "../pipeline/shard.ts";
+import { parseShard, type Shard } from "../pipeline/cases/mod.ts";
 import { BACKEND_NAMES, type BackendName } from "../model/backend.ts";
 
 /** One subcommand of main.ts. */

@@ -13,7 +13,7 @@
 import type { WorkerReply, WorkerRequest } from "./serve.ts";
 import { describeError, runOutcome } from "./serve.ts";
 import { Segmenter } from "./segment.ts";
-import { isTransientS3Error } from "../pipeline/storage_s3.ts";
+import { isTransientS3Error } from "../pipeline/storage/mod.ts";
 
 interface WorkerScope {
   onmessage: ((e: MessageEvent<WorkerRequest>) => void) | null;

@@ -11,7 +11,7 @@
  * @module
  */
 import { cropMultiple } from "../model/mod.ts";
-import type { TrainSettings } from "../pipeline/checkpoint.ts";
+import type { TrainSettings } from "../pipeline/training/mod.ts";
 import { UsageError } from "./_cli.ts";
 
 /** The command-line flag of each setting, for messages. */

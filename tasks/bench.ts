@@ -25,7 +25,7 @@ import {
   reversibleLowerBound,
   standardGrads,
 } from "../model/mod.ts";
-import { datasetShape } from "../pipeline/cases.ts";
+import { datasetShape } from "../pipeline/cases/mod.ts";
 import { selectBackend } from "../model/backend.ts";
 import { benchSpeed, BRATS_DIMS, formatSpeed } from "./bench_speed.ts";
 import { benchKernels, formatKernels } from "./bench_kernels.ts";

@@ -23,8 +23,12 @@ import {
   resolveConfig,
   trainStepAsync,
 } from "../model/mod.ts";
-import { slidingWindowProbabilities, windowShape, windowStarts } from "../pipeline/inference.ts";
-import { seededRandom } from "../pipeline/random.ts";
+import {
+  slidingWindowProbabilities,
+  windowShape,
+  windowStarts,
+} from "../pipeline/inference/mod.ts";
+import { seededRandom } from "../pipeline/cases/mod.ts";
 import { envVar } from "../model/env.ts";
 
 /** A BraTS case's grid, x, y, z. */

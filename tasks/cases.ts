@@ -2,7 +2,7 @@
  * `cases <dataset-uri>`: lists the BraTS cases found under a dataset as JSON lines.
  * @module
  */
-import { findCases } from "../pipeline/cases.ts";
+import { findCases } from "../pipeline/cases/mod.ts";
 import { type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
 
 export const casesCommand: Command = {

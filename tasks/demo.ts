@@ -5,7 +5,7 @@
  * @module
  */
 import { resolveConfig } from "../model/mod.ts";
-import { findCases } from "../pipeline/cases.ts";
+import { findCases } from "../pipeline/cases/mod.ts";
 import {
   deleteObject,
   exists,
@@ -13,9 +13,9 @@ import {
   joinUri,
   listObjects,
   putObject,
-} from "../pipeline/storage.ts";
-import { writeSynthDataset } from "../pipeline/synth.ts";
-import { summarize, writeEvaluation } from "../pipeline/evaluation.ts";
+} from "../pipeline/storage/mod.ts";
+import { writeSynthDataset } from "../pipeline/synth/mod.ts";
+import { summarize, writeEvaluation } from "../pipeline/evaluation/mod.ts";
 import { segment, segmentationReport } from "./segment.ts";
 import { defaultSettings, train } from "./train.ts";
 import { backendFlag, type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";

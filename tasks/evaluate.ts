@@ -14,14 +14,14 @@ import {
   metricsBaseName,
   type Stats,
   writeEvaluation,
-} from "../pipeline/evaluation.ts";
-import { caseReport, reportMetrics } from "../pipeline/case_report.ts";
-import { LESION_WISE_CHALLENGES, type LesionWiseParams } from "../pipeline/lesion_wise.ts";
-import { findCases } from "../pipeline/cases.ts";
-import { Progress } from "../pipeline/progress.ts";
-import { writeReport } from "../pipeline/report.ts";
-import { joinUri, mapConcurrent } from "../pipeline/storage.ts";
-import { inShard, shardName } from "../pipeline/shard.ts";
+} from "../pipeline/evaluation/mod.ts";
+import { caseReport, reportMetrics } from "../pipeline/report/mod.ts";
+import { LESION_WISE_CHALLENGES, type LesionWiseParams } from "../pipeline/evaluation/mod.ts";
+import { findCases } from "../pipeline/cases/mod.ts";
+import { Progress } from "../pipeline/report/mod.ts";
+import { writeReport } from "../pipeline/report/mod.ts";
+import { joinUri, mapConcurrent } from "../pipeline/storage/mod.ts";
+import { inShard, shardName } from "../pipeline/cases/mod.ts";
 import {
   type Command,
   intFlag,

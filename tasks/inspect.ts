@@ -2,8 +2,8 @@
  * `inspect <path-or-uri>`: prints a NIfTI volume's grid and value statistics as one JSON object.
  * @module
  */
-import { DEFAULT_MAX_BYTES, describeNifti } from "../pipeline/nifti.ts";
-import { readNifti } from "../pipeline/nifti_object.ts";
+import { DEFAULT_MAX_BYTES, describeNifti } from "../pipeline/nifti/mod.ts";
+import { readNifti } from "../pipeline/nifti/mod.ts";
 import { type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
 
 export const inspectCommand: Command = {

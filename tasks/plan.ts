@@ -15,7 +15,7 @@ import {
   resolveConfig,
 } from "../model/mod.ts";
 import { selectBackend } from "../model/backend.ts";
-import { datasetShape } from "../pipeline/cases.ts";
+import { datasetShape } from "../pipeline/cases/mod.ts";
 import {
   backendFlag,
   type Command,

@@ -29,38 +29,46 @@ import {
   maxCropEdge,
   type UNet,
 } from "../model/mod.ts";
-import { caseKey } from "../pipeline/case_cache.ts";
+import { caseKey } from "../pipeline/cases/mod.ts";
 import {
   type Case,
   caseChannels,
   findCases,
   MODALITIES,
   readNiftiHeader,
-} from "../pipeline/cases.ts";
+} from "../pipeline/cases/mod.ts";
 import {
   type DatasetDescription,
   isBraTS,
   labelScheme,
   parseDatasetDescription,
-} from "../pipeline/datasets.ts";
-import { MAX_OVERLAP, OVERLAP_RANGE, slidingWindowProbabilities } from "../pipeline/inference.ts";
+} from "../pipeline/cases/mod.ts";
+import {
+  MAX_OVERLAP,
+  OVERLAP_RANGE,
+  slidingWindowProbabilities,
+} from "../pipeline/inference/mod.ts";
 import { bratsEnhancingLabel, type Labels, probabilitiesToLabels } from "../pipeline/labels.ts";
-import { keepLargestComponent } from "../pipeline/postprocess.ts";
-import { readModelBytes, resolveModel } from "../pipeline/model_store.ts";
-import { decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
-import { readNifti } from "../pipeline/nifti_object.ts";
-import { preprocessCase, uncropBox } from "../pipeline/preprocess.ts";
-import { casesFromEvent, type IgnoredRecord, type WaitingCase } from "../pipeline/events.ts";
-import { formatDuration, Progress } from "../pipeline/progress.ts";
-import { inShard, type Shard, shardName } from "../pipeline/shard.ts";
-import { caseReport } from "../pipeline/case_report.ts";
+import { keepLargestComponent } from "../pipeline/inference/mod.ts";
+import { readModelBytes, resolveModel } from "../pipeline/training/mod.ts";
+import { decodeNifti, encodeNifti } from "../pipeline/nifti/mod.ts";
+import { readNifti } from "../pipeline/nifti/mod.ts";
+import { preprocessCase } from "../pipeline/cases/mod.ts";
+import {
+  casesFromEvent,
+  type IgnoredRecord,
+  type WaitingCase,
+} from "../pipeline/segmentation/mod.ts";
+import { formatDuration, Progress } from "../pipeline/report/mod.ts";
+import { inShard, type Shard, shardName } from "../pipeline/cases/mod.ts";
+import { caseReport } from "../pipeline/report/mod.ts";
 import {
   type CaseMetrics,
   type CaseResult,
   evaluateImages,
   evaluatePair,
-} from "../pipeline/evaluation.ts";
-import { writeReport } from "../pipeline/report.ts";
+} from "../pipeline/evaluation/mod.ts";
+import { writeReport } from "../pipeline/report/mod.ts";
 import {
   deleteObject,
   exists,
@@ -69,7 +77,7 @@ import {
   mapConcurrent,
   putObject,
   removeStaleWrites,
-} from "../pipeline/storage.ts";
+} from "../pipeline/storage/mod.ts";
 import {
   backendFlag,
   type Command,
@@ -80,6 +88,7 @@ import {
   shardFlag,
   UsageError,
 } from "./_cli.ts";
+import { uncropBox } from "../pipeline/volume/mod.ts";
 
 /** Options of one case's segmentation. */
 export interface CaseOptions {

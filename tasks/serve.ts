@@ -17,7 +17,7 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { BackendName } from "../model/backend.ts";
-import type { Case } from "../pipeline/cases.ts";
+import type { Case } from "../pipeline/cases/mod.ts";
 import {
   caseKeyOf,
   type CaseResolution,
@@ -29,17 +29,17 @@ import {
   resolveCases,
   TooManyRecordsError,
   triageRecord,
-} from "../pipeline/events.ts";
+} from "../pipeline/segmentation/mod.ts";
 import {
   deleteObject,
   getObject,
   joinUri,
   ObjectNotFoundError,
   putObject,
-} from "../pipeline/storage.ts";
-import { isTransientS3Error } from "../pipeline/storage_s3.ts";
-import { resolveModel } from "../pipeline/model_store.ts";
-import { MAX_OVERLAP, OVERLAP_RANGE } from "../pipeline/inference.ts";
+} from "../pipeline/storage/mod.ts";
+import { isTransientS3Error } from "../pipeline/storage/mod.ts";
+import { resolveModel } from "../pipeline/training/mod.ts";
+import { MAX_OVERLAP, OVERLAP_RANGE } from "../pipeline/inference/mod.ts";
 import {
   backendFlag,
   type Command,

@@ -10,7 +10,7 @@ import {
   SYNTH_NAMINGS,
   type SynthNaming,
   writeSynthDataset,
-} from "../pipeline/synth.ts";
+} from "../pipeline/synth/mod.ts";
 import { type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
 
 export const synthCommand: Command = {

@@ -43,10 +43,10 @@ import {
   defaultCaseMemory,
   loadCases,
   STREAMED_CASES_PER_SAMPLER,
-} from "../pipeline/training_cases.ts";
-import { type Case, caseDataset, findCases } from "../pipeline/cases.ts";
-import { isBraTS, labelScheme } from "../pipeline/datasets.ts";
-import { slidingWindowProbabilities } from "../pipeline/inference.ts";
+} from "../pipeline/training/mod.ts";
+import { type Case, caseDataset, findCases } from "../pipeline/cases/mod.ts";
+import { isBraTS, labelScheme } from "../pipeline/cases/mod.ts";
+import { slidingWindowProbabilities } from "../pipeline/inference/mod.ts";
 import {
   bratsEnhancingLabel,
   type Labels,
@@ -54,7 +54,7 @@ import {
   probabilitiesToLabels,
   regionsToLabels,
 } from "../pipeline/labels.ts";
-import { meanScores, regionDice, type RegionScores } from "../pipeline/metrics.ts";
+import { meanScores, regionDice, type RegionScores } from "../pipeline/evaluation/mod.ts";
 import {
   checkpointName,
   type EpochMetrics,
@@ -66,23 +66,23 @@ import {
   type TrainState,
   writeBest,
   writeCheckpoint,
-} from "../pipeline/checkpoint.ts";
-import { reportMetrics } from "../pipeline/case_report.ts";
-import { caseMetrics } from "../pipeline/evaluation.ts";
-import { renderCurves } from "../pipeline/plot.ts";
-import { renderCaseSlices, writeReport } from "../pipeline/report.ts";
-import { BatchPrefetcher } from "../pipeline/prefetch.ts";
-import { caseAt, type Cases } from "../pipeline/sampling.ts";
-import { formatDuration, Progress } from "../pipeline/progress.ts";
-import { streamRandom } from "../pipeline/random.ts";
+} from "../pipeline/training/mod.ts";
+import { reportMetrics } from "../pipeline/report/mod.ts";
+import { caseMetrics } from "../pipeline/evaluation/mod.ts";
+import { renderCurves } from "../pipeline/report/mod.ts";
+import { renderCaseSlices, writeReport } from "../pipeline/report/mod.ts";
+import { BatchPrefetcher } from "../pipeline/cases/mod.ts";
+import { caseAt, type Cases } from "../pipeline/cases/mod.ts";
+import { formatDuration, Progress } from "../pipeline/report/mod.ts";
+import { streamRandom } from "../pipeline/cases/mod.ts";
 import {
   exists,
   getObject,
   joinUri,
   putObject,
   removeStaleWritesUnder,
-} from "../pipeline/storage.ts";
-import { acquireRunLock, isWithin, type RunLock } from "../pipeline/run_lock.ts";
+} from "../pipeline/storage/mod.ts";
+import { acquireRunLock, isWithin, type RunLock } from "../pipeline/storage/mod.ts";
 import {
   backendFlag,
   type Command,
@@ -94,7 +94,7 @@ import {
 } from "./_cli.ts";
 import { resumedSettings } from "./_train_resume.ts";
 
-export type { EpochMetrics, TrainSettings } from "../pipeline/checkpoint.ts";
+export type { EpochMetrics, TrainSettings } from "../pipeline/training/mod.ts";
 export { resumedSettings } from "./_train_resume.ts";
 
 /** How a run is executed: does not change its result. */

@@ -13,7 +13,7 @@ import * as tf from "../model/tf.ts";
 /** A function of tensors whose gradient is checked; it must not dispose its arguments. */
 export type TensorFn = (...inputs: tf.Tensor[]) => tf.Tensor;
 
-export { seededRandom } from "../pipeline/random.ts";
+export { seededRandom } from "../pipeline/cases/random.ts";
 
 /** Normal values (Box–Muller) of `shape` from `rng`, as float32. */
 export function randomNormal<R extends tf.Rank>(

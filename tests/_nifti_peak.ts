@@ -5,7 +5,7 @@
  * through /proc/self/clear_refs before each file.
  * @module
  */
-import { readNifti } from "../pipeline/nifti_object.ts";
+import { readNifti } from "../pipeline/nifti/object.ts";
 
 function status(field: string): number {
   const text = Deno.readTextFileSync("/proc/self/status");

@@ -35,7 +35,7 @@ import { Buffer } from "node:buffer";
 // for tests only (it pulls in ~270 packages and a core-js build script).
 // deno-lint-ignore no-import-prefix -- kept out of deno.json on purpose (above)
 import S3rver from "npm:s3rver@3.7.1";
-import { resetS3Clients } from "../pipeline/storage.ts";
+import { resetS3Clients } from "../pipeline/storage/objects.ts";
 
 /** Credentials s3rver accepts (its built-in dummy account). */
 export const S3RVER_CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" } as const;

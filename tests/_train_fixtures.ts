@@ -4,8 +4,8 @@
  * @module
  */
 import { disposeUNet, resolveConfig } from "../model/mod.ts";
-import { loadModel } from "../pipeline/model_store.ts";
-import { writePhantomDataset } from "../pipeline/phantom.ts";
+import { loadModel } from "../pipeline/training/model_store.ts";
+import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
 import { defaultSettings, type TrainSettings } from "../tasks/train.ts";
 import { ROOT } from "./_cli.ts";
 

@@ -43,8 +43,8 @@ import {
   trainStepAsync,
   unetFromWeights,
 } from "../model/mod.ts";
-import { slidingWindowProbabilities } from "../pipeline/inference.ts";
-import { loadModel, saveModel } from "../pipeline/model_store.ts";
+import { slidingWindowProbabilities } from "../pipeline/inference/sliding_window.ts";
+import { loadModel, saveModel } from "../pipeline/training/model_store.ts";
 
 await selectBackend("cpu");
 

@@ -5,9 +5,14 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
-import { type Case, type CaseListing, findCases, parseCaseFileName } from "../pipeline/cases.ts";
-import { createNiftiHeader, encodeNifti } from "../pipeline/nifti.ts";
-import { getObject, putObject } from "../pipeline/storage.ts";
+import {
+  type Case,
+  type CaseListing,
+  findCases,
+  parseCaseFileName,
+} from "../pipeline/cases/cases.ts";
+import { createNiftiHeader, encodeNifti } from "../pipeline/nifti/mod.ts";
+import { getObject, putObject } from "../pipeline/storage/objects.ts";
 import { startS3rver } from "./_s3rver.ts";
 
 // ---------------------------------------------------------------------------------------------

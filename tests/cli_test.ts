@@ -5,8 +5,8 @@
  */
 import { join } from "node:path";
 import { assert, assertAlmostEquals, assertEquals, assertStringIncludes } from "@std/assert";
-import { createNiftiHeader, encodeNifti } from "../pipeline/nifti.ts";
-import { putObject } from "../pipeline/storage.ts";
+import { createNiftiHeader, encodeNifti } from "../pipeline/nifti/mod.ts";
+import { putObject } from "../pipeline/storage/objects.ts";
 import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
 import { startS3rver } from "./_s3rver.ts";
 import { ROOT, type Run, runMain } from "./_cli.ts";

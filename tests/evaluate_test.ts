@@ -21,7 +21,7 @@ import {
   squaredDistanceTransform,
   surface,
   surfaceDistances,
-} from "../pipeline/distance.ts";
+} from "../pipeline/evaluation/distance.ts";
 import {
   caseMetrics,
   CSV_COLUMNS,
@@ -35,10 +35,10 @@ import {
   regionMetrics,
   summarize,
   writeEvaluation,
-} from "../pipeline/evaluation.ts";
-import { createNiftiHeader, encodeNifti } from "../pipeline/nifti.ts";
-import { seededRandom } from "../pipeline/random.ts";
-import { getObject, putObject } from "../pipeline/storage.ts";
+} from "../pipeline/evaluation/evaluation.ts";
+import { createNiftiHeader, encodeNifti } from "../pipeline/nifti/mod.ts";
+import { seededRandom } from "../pipeline/cases/random.ts";
+import { getObject, putObject } from "../pipeline/storage/objects.ts";
 import { type Run, runMain } from "./_cli.ts";
 import { PYTHON } from "./_nifti_fixtures.ts";
 import { startS3rver } from "./_s3rver.ts";

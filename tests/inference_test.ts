@@ -23,10 +23,10 @@ import {
   slidingWindowProbabilities,
   windowShape,
   windowStarts,
-} from "../pipeline/inference.ts";
-import type { Dims } from "../pipeline/preprocess.ts";
+} from "../pipeline/inference/sliding_window.ts";
 import { randomNet } from "./_model_fixtures.ts";
 import { seededRandom } from "./_grad_check.ts";
+import { type Dims } from "../pipeline/volume/mod.ts";
 
 await tf.setBackend("cpu");
 

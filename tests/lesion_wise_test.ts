@@ -17,7 +17,11 @@
  */
 import { join } from "node:path";
 import { assert, assertAlmostEquals, assertEquals, assertStringIncludes } from "@std/assert";
-import { evaluatePair, evaluationCsv, LESION_CSV_COLUMNS } from "../pipeline/evaluation.ts";
+import {
+  evaluatePair,
+  evaluationCsv,
+  LESION_CSV_COLUMNS,
+} from "../pipeline/evaluation/evaluation.ts";
 import {
   connectedComponents,
   dilate,
@@ -25,10 +29,10 @@ import {
   LESION_WISE_CHALLENGES,
   type LesionWiseParams,
   lesionWiseRegion,
-} from "../pipeline/lesion_wise.ts";
-import { createNiftiHeader, decodeNifti, encodeNifti } from "../pipeline/nifti.ts";
-import { seededRandom } from "../pipeline/random.ts";
-import { cellAreas, robustHausdorff } from "../pipeline/surfels.ts";
+} from "../pipeline/evaluation/lesion_wise.ts";
+import { createNiftiHeader, decodeNifti, encodeNifti } from "../pipeline/nifti/mod.ts";
+import { seededRandom } from "../pipeline/cases/random.ts";
+import { cellAreas, robustHausdorff } from "../pipeline/evaluation/surfels.ts";
 import { runMain } from "./_cli.ts";
 import { PYTHON } from "./_nifti_fixtures.ts";
 

@@ -20,9 +20,9 @@ import {
   encodeNifti,
   scaledData,
   volumeStats,
-} from "../pipeline/nifti.ts";
-import { readNifti } from "../pipeline/nifti_object.ts";
-import { seededRandom } from "../pipeline/random.ts";
+} from "../pipeline/nifti/mod.ts";
+import { readNifti } from "../pipeline/nifti/object.ts";
+import { seededRandom } from "../pipeline/cases/random.ts";
 import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
 
 const SEED = 20261203;

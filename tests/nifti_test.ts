@@ -20,19 +20,19 @@ import {
   type NiftiImage,
   scaledData,
   volumeStats,
-} from "../pipeline/nifti.ts";
+} from "../pipeline/nifti/mod.ts";
 import {
   HAS_NIBABEL,
   type NibabelFixture,
   readWithNibabel,
   writeNibabelFixtures,
 } from "./_nifti_fixtures.ts";
-import { findCases } from "../pipeline/cases.ts";
-import { evaluatePair } from "../pipeline/evaluation.ts";
-import { readNifti } from "../pipeline/nifti_object.ts";
-import { writePhantomDataset } from "../pipeline/phantom.ts";
-import { loadCase, preprocessCase } from "../pipeline/preprocess.ts";
-import { getObject, ObjectNotFoundError, putObject } from "../pipeline/storage.ts";
+import { findCases } from "../pipeline/cases/cases.ts";
+import { evaluatePair } from "../pipeline/evaluation/evaluation.ts";
+import { readNifti } from "../pipeline/nifti/object.ts";
+import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
+import { loadCase, preprocessCase } from "../pipeline/cases/preprocess.ts";
+import { getObject, ObjectNotFoundError, putObject } from "../pipeline/storage/objects.ts";
 import { startS3rver } from "./_s3rver.ts";
 import { ROOT, runMain } from "./_cli.ts";
 

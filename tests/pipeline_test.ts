@@ -1,14 +1,15 @@
 import * as tf from "../model/tf.ts";
 import { assert, assertAlmostEquals, assertEquals, assertRejects, assertThrows } from "@std/assert";
-import { findCases } from "../pipeline/cases.ts";
-import { decodeNifti, scaledData } from "../pipeline/nifti.ts";
-import { phantomCase, writePhantomDataset } from "../pipeline/phantom.ts";
+import { findCases } from "../pipeline/cases/cases.ts";
+import { decodeNifti, scaledData } from "../pipeline/nifti/mod.ts";
+import { phantomCase, writePhantomDataset } from "../pipeline/synth/phantom.ts";
 import { labelsToRegions, regionChannels } from "../pipeline/labels.ts";
-import { cropCube, loadCase } from "../pipeline/preprocess.ts";
-import { loadModel, loadOptimizer, saveModel } from "../pipeline/model_store.ts";
-import { getObject } from "../pipeline/storage.ts";
+import { loadCase } from "../pipeline/cases/preprocess.ts";
+import { loadModel, loadOptimizer, saveModel } from "../pipeline/training/model_store.ts";
+import { getObject } from "../pipeline/storage/objects.ts";
 import { createUNet, disposeUNet, Optimizer, resolveConfig, trainStep } from "../model/mod.ts";
 import { startS3rver } from "./_s3rver.ts";
+import { cropCube } from "../pipeline/volume/mod.ts";
 
 Deno.test("phantomCase is deterministic for a seed and holds all three tumor labels", () => {
   const a = phantomCase([24, 24, 20], 5);

@@ -17,9 +17,9 @@ import {
   renderCaseSlices,
   summarizeMetrics,
   writeReport,
-} from "../pipeline/report.ts";
-import { renderCurves } from "../pipeline/plot.ts";
-import { getObject, listObjects } from "../pipeline/storage.ts";
+} from "../pipeline/report/report.ts";
+import { renderCurves } from "../pipeline/report/plot.ts";
+import { getObject, listObjects } from "../pipeline/storage/objects.ts";
 import { startS3rver } from "./_s3rver.ts";
 
 type Dims = [number, number, number];

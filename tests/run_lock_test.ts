@@ -13,8 +13,8 @@ import {
   type LockHolder,
   RunLockedError,
   staleReason,
-} from "../pipeline/run_lock.ts";
-import { createObject, exists, getObject, resetS3Clients } from "../pipeline/storage.ts";
+} from "../pipeline/storage/run_lock.ts";
+import { createObject, exists, getObject, resetS3Clients } from "../pipeline/storage/objects.ts";
 import { startS3rver, useS3Env } from "./_s3rver.ts";
 import { runMain } from "./_cli.ts";
 import { pathMissing, phantomDataset, spawnTrain, TINY_JSON } from "./_train_fixtures.ts";

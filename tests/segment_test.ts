@@ -8,19 +8,25 @@ import {
   predictPeak,
   resolveConfig,
 } from "../model/mod.ts";
-import { findCases } from "../pipeline/cases.ts";
-import { resolveModel, saveModel } from "../pipeline/model_store.ts";
-import { EVAL_REGIONS, evaluatePair, METRICS } from "../pipeline/evaluation.ts";
-import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti.ts";
-import { writePhantomDataset } from "../pipeline/phantom.ts";
-import { deleteObject, exists, getObject, listObjects, putObject } from "../pipeline/storage.ts";
-import { writeSynthDataset } from "../pipeline/synth.ts";
+import { findCases } from "../pipeline/cases/cases.ts";
+import { resolveModel, saveModel } from "../pipeline/training/model_store.ts";
+import { EVAL_REGIONS, evaluatePair, METRICS } from "../pipeline/evaluation/evaluation.ts";
+import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti/mod.ts";
+import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
+import {
+  deleteObject,
+  exists,
+  getObject,
+  listObjects,
+  putObject,
+} from "../pipeline/storage/objects.ts";
+import { writeSynthDataset } from "../pipeline/synth/synth.ts";
 import { probabilitiesToLabels } from "../pipeline/labels.ts";
-import { keepLargestComponent } from "../pipeline/postprocess.ts";
-import { connectedComponents } from "../pipeline/lesion_wise.ts";
+import { keepLargestComponent } from "../pipeline/inference/postprocess.ts";
+import { connectedComponents } from "../pipeline/evaluation/lesion_wise.ts";
 import { segment } from "../tasks/segment.ts";
 import { defaultSettings, train } from "../tasks/train.ts";
-import { inShard } from "../pipeline/shard.ts";
+import { inShard } from "../pipeline/cases/shard.ts";
 import { runMain } from "./_cli.ts";
 import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
 import { S3RVER_CREDENTIALS, startS3rver } from "./_s3rver.ts";

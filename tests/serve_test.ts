@@ -15,7 +15,7 @@ import {
   assertThrows,
 } from "@std/assert";
 import { createUNet, disposeUNet, resolveConfig } from "../model/mod.ts";
-import type { Case } from "../pipeline/cases.ts";
+import type { Case } from "../pipeline/cases/cases.ts";
 import {
   casesFromEvent,
   decodeS3Key,
@@ -23,12 +23,12 @@ import {
   parseS3Event,
   type S3ObjectEvent,
   triageRecord,
-} from "../pipeline/events.ts";
-import { saveModel } from "../pipeline/model_store.ts";
-import { EVAL_REGIONS, evaluatePair, METRICS } from "../pipeline/evaluation.ts";
-import { decodeNiftiHeader } from "../pipeline/nifti.ts";
-import { writePhantomDataset } from "../pipeline/phantom.ts";
-import { exists, getObject, listObjects, putObject } from "../pipeline/storage.ts";
+} from "../pipeline/segmentation/events.ts";
+import { saveModel } from "../pipeline/training/model_store.ts";
+import { EVAL_REGIONS, evaluatePair, METRICS } from "../pipeline/evaluation/evaluation.ts";
+import { decodeNiftiHeader } from "../pipeline/nifti/mod.ts";
+import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
+import { exists, getObject, listObjects, putObject } from "../pipeline/storage/objects.ts";
 import {
   type CaseRunner,
   InProcessRunner,
@@ -36,10 +36,10 @@ import {
   type RunOutcome,
   startEventService,
 } from "../tasks/serve.ts";
-import { ObjectNotFoundError } from "../pipeline/storage.ts";
+import { ObjectNotFoundError } from "../pipeline/storage/objects.ts";
 import { ROOT, runMain } from "./_cli.ts";
 import { closedPort, type S3EventLike, startS3rver, useS3Env } from "./_s3rver.ts";
-import { isTransientS3Error } from "../pipeline/storage_s3.ts";
+import { isTransientS3Error } from "../pipeline/storage/s3.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Payloads shaped as the services send them

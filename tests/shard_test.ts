@@ -6,10 +6,10 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import { createUNet, disposeUNet, resolveConfig } from "../model/mod.ts";
-import { writePhantomDataset } from "../pipeline/phantom.ts";
-import { saveModel } from "../pipeline/model_store.ts";
-import { inShard, parseShard, type Shard, shardOf } from "../pipeline/shard.ts";
-import { decodeNifti } from "../pipeline/nifti.ts";
+import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
+import { saveModel } from "../pipeline/training/model_store.ts";
+import { inShard, parseShard, type Shard, shardOf } from "../pipeline/cases/shard.ts";
+import { decodeNifti } from "../pipeline/nifti/mod.ts";
 import { ROOT, runMain } from "./_cli.ts";
 
 Deno.test("parseShard() reads --shard i/n, and auto/n or auto from the environment", () => {

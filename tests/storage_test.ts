@@ -26,7 +26,7 @@ import {
   parseUri,
   putObject,
   resetS3Clients,
-} from "../pipeline/storage.ts";
+} from "../pipeline/storage/objects.ts";
 import { closedPort, startS3rver, useS3Env } from "./_s3rver.ts";
 
 const enc = new TextEncoder();

@@ -13,10 +13,10 @@ import {
   assertRejects,
   assertStringIncludes,
 } from "@std/assert";
-import { findCases, MODALITIES, type Modality } from "../pipeline/cases.ts";
-import { decodeNifti } from "../pipeline/nifti.ts";
-import { loadCase } from "../pipeline/preprocess.ts";
-import { getObject } from "../pipeline/storage.ts";
+import { findCases, MODALITIES, type Modality } from "../pipeline/cases/cases.ts";
+import { decodeNifti } from "../pipeline/nifti/mod.ts";
+import { loadCase } from "../pipeline/cases/preprocess.ts";
+import { getObject } from "../pipeline/storage/objects.ts";
 import {
   CH2BET_PATH,
   loadSynthTemplate,
@@ -26,7 +26,7 @@ import {
   type SynthNaming,
   type SynthTemplate,
   writeSynthDataset,
-} from "../pipeline/synth.ts";
+} from "../pipeline/synth/synth.ts";
 import { UsageError } from "../tasks/_cli.ts";
 import { synthCommand } from "../tasks/synth.ts";
 import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";

@@ -23,8 +23,8 @@ import {
   type TrainState,
   writeBest,
   writeCheckpoint,
-} from "../pipeline/checkpoint.ts";
-import { loadModel, sha256Hex } from "../pipeline/model_store.ts";
+} from "../pipeline/training/checkpoint.ts";
+import { loadModel, sha256Hex } from "../pipeline/training/model_store.ts";
 import { resumedSettings } from "../tasks/_train_resume.ts";
 import { UsageError } from "../tasks/_cli.ts";
 import { defaultSettings } from "../tasks/train.ts";

@@ -7,8 +7,8 @@
 import * as tf from "../model/tf.ts";
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import { disposeUNet, resolveConfig } from "../model/mod.ts";
-import { decodeCachedCase } from "../pipeline/case_cache.ts";
-import { loadModel } from "../pipeline/model_store.ts";
+import { decodeCachedCase } from "../pipeline/cases/case_cache.ts";
+import { loadModel } from "../pipeline/training/model_store.ts";
 import { train, type TrainEvent, type TrainSettings } from "../tasks/train.ts";
 import { resumedSettings } from "../tasks/_train_resume.ts";
 import { UsageError } from "../tasks/_cli.ts";

@@ -13,12 +13,12 @@ import {
   readCachedHeader,
   StreamedCases,
   streamedEntry,
-} from "../pipeline/case_cache.ts";
-import { batchForStep, BatchPrefetcher, type PrefetchOptions } from "../pipeline/prefetch.ts";
-import type { Dims, PreprocessedCase } from "../pipeline/preprocess.ts";
-import { streamRandom } from "../pipeline/random.ts";
+} from "../pipeline/cases/case_cache.ts";
+import { batchForStep, BatchPrefetcher, type PrefetchOptions } from "../pipeline/cases/prefetch.ts";
+import type { PreprocessedCase } from "../pipeline/cases/preprocess.ts";
+import { streamRandom } from "../pipeline/cases/random.ts";
 import { train, type TrainRuntime } from "../tasks/train.ts";
-import { defaultCaseMemory } from "../pipeline/training_cases.ts";
+import { defaultCaseMemory } from "../pipeline/training/training_cases.ts";
 import { runMain } from "./_cli.ts";
 import {
   pathMissing,
@@ -28,6 +28,7 @@ import {
   tinySettings,
   weightsOf,
 } from "./_train_fixtures.ts";
+import { type Dims } from "../pipeline/volume/mod.ts";
 
 await tf.setBackend("cpu");
 

@@ -1,40 +1,33 @@
 import * as tf from "../model/tf.ts";
 import { assert, assertAlmostEquals, assertEquals, assertRejects, assertThrows } from "@std/assert";
-import { findCases } from "../pipeline/cases.ts";
+import { findCases } from "../pipeline/cases/cases.ts";
 import {
   caseKey,
   decodeCachedCase,
   encodeCachedCase,
   loadPreprocessed,
   sharedCase,
-} from "../pipeline/case_cache.ts";
+} from "../pipeline/cases/case_cache.ts";
 import {
   gaussianWeights,
-  mirrorVolume,
   slidingWindowProbabilities,
   windowStarts,
-} from "../pipeline/inference.ts";
+} from "../pipeline/inference/sliding_window.ts";
 import { regionChannels } from "../pipeline/labels.ts";
-import { regionDice } from "../pipeline/metrics.ts";
-import { loadModel } from "../pipeline/model_store.ts";
-import { writePhantomDataset } from "../pipeline/phantom.ts";
-import { batchForStep, BatchPrefetcher } from "../pipeline/prefetch.ts";
-import {
-  boundingBox,
-  type Dims,
-  loadCase,
-  preprocessCase,
-  type PreprocessedCase,
-  uncropBox,
-} from "../pipeline/preprocess.ts";
-import { streamRandom } from "../pipeline/random.ts";
-import { sampleBatch, sampleCrop, tumorVoxels } from "../pipeline/sampling.ts";
-import { getObject, listObjects, putObject } from "../pipeline/storage.ts";
-import { renderCurves } from "../pipeline/plot.ts";
+import { regionDice } from "../pipeline/evaluation/metrics.ts";
+import { loadModel } from "../pipeline/training/model_store.ts";
+import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
+import { batchForStep, BatchPrefetcher } from "../pipeline/cases/prefetch.ts";
+import { loadCase, preprocessCase, type PreprocessedCase } from "../pipeline/cases/preprocess.ts";
+import { streamRandom } from "../pipeline/cases/random.ts";
+import { sampleBatch, sampleCrop, tumorVoxels } from "../pipeline/cases/sampling.ts";
+import { getObject, listObjects, putObject } from "../pipeline/storage/objects.ts";
+import { renderCurves } from "../pipeline/report/plot.ts";
 import { createUNet, disposeUNet, predictLogits } from "../model/mod.ts";
 import { splitCases, train } from "../tasks/train.ts";
 import { runMain } from "./_cli.ts";
 import { phantomDataset, spawnTrain, TINY, tinySettings, weightsOf } from "./_train_fixtures.ts";
+import { boundingBox, type Dims, mirrorVolume, uncropBox } from "../pipeline/volume/mod.ts";
 
 await tf.setBackend("cpu");
 

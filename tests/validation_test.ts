@@ -6,14 +6,14 @@
  */
 import * as tf from "../model/tf.ts";
 import { assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
-import { decodeCachedCase, encodeCachedCase } from "../pipeline/case_cache.ts";
-import { findCases } from "../pipeline/cases.ts";
+import { decodeCachedCase, encodeCachedCase } from "../pipeline/cases/case_cache.ts";
+import { findCases } from "../pipeline/cases/cases.ts";
 import { labelsToRegions, probabilitiesToLabels, regionsToLabels } from "../pipeline/labels.ts";
-import { preprocessCase } from "../pipeline/preprocess.ts";
-import { evaluateCases } from "../pipeline/evaluation.ts";
-import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti.ts";
-import { writePhantomDataset } from "../pipeline/phantom.ts";
-import { REGIONS } from "../pipeline/metrics.ts";
+import { preprocessCase } from "../pipeline/cases/preprocess.ts";
+import { evaluateCases } from "../pipeline/evaluation/evaluation.ts";
+import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti/mod.ts";
+import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
+import { REGIONS } from "../pipeline/evaluation/metrics.ts";
 import { segment } from "../tasks/segment.ts";
 import { train } from "../tasks/train.ts";
 import { tinySettings } from "./_train_fixtures.ts";

@@ -1,0 +1,823 @@
+/**
+ * BraTS evaluation, layered from pure to I/O as nnU-Net layers it: metrics of label volumes in
+ * memory ({@linkcode caseMetrics}, {@linkcode regionMetrics}) → one prediction file against its
+ * reference ({@linkcode evaluatePair}) → a folder of predictions against a dataset
+ * ({@linkcode evaluateCases}), with summary statistics and the JSON and CSV that `evaluate` writes.
+ *
+ * Per region (ET, TC, WT): Dice, HD95 in mm (MedPy's definition, see pipeline/distance.ts),
+ * sensitivity and specificity over the whole volume. Empty regions are scored by the legacy BraTS
+ * rules: both empty → Dice 1 and HD95 0; one empty → Dice 0 and HD95 {@linkcode EMPTY_HD95}
+ * (373.1287 mm, the diagonal of the 240×240×155 1 mm grid); sensitivity with an empty reference is 1 when nothing is predicted, else 0;
+ * specificity with no negatives is 1.
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { caseMetrics } from "./evaluation.ts";
+ * // A 4×1×1 volume: the reference has enhancing tumor (4) at x = 0..1, the prediction at x = 1..2.
+ * const truth = new Uint8Array([4, 4, 0, 0]);
+ * const pred = new Uint8Array([0, 4, 4, 0]);
+ * const m = caseMetrics(pred, truth, [4, 1, 1], [1, 1, 1], 4);
+ * assertEquals(m.ET.dice, 0.5);
+ * assertEquals(m.ET.sensitivity, 0.5);
+ * assertEquals(m.ET.specificity, 0.5);
+ * ```
+ * @module
+ */
+import { ENHANCING_LABEL, parseCaseFileName } from "../cases/mod.ts";
+import { type Box, boxDims, hd95, type MaskArray, percentile } from "./distance.ts";
+import { type LesionWiseParams, type LesionWiseRegion, lesionWiseRegion } from "./lesion_wise.ts";
+import type { NiftiHeader, NiftiImage } from "../nifti/mod.ts";
+import { readNifti } from "../nifti/mod.ts";
+import { INVALID_LABEL as INVALID, REGION_BITS as BIT, regionTable } from "../labels.ts";
+import { diceOfCounts, type Region } from "./metrics.ts";
+import { shardName } from "../cases/mod.ts";
+import {
+  emptyFolderReason,
+  joinUri,
+  listObjects,
+  mapConcurrent,
+  putObject,
+} from "../storage/mod.ts";
+
+/** The regions in the order they are reported (JSON keys, CSV columns, table). */
+export const EVAL_REGIONS: readonly Region[] = ["ET", "TC", "WT"];
+/** The metrics of each region, in the order they are reported. */
+export const METRICS = ["dice", "hd95", "sensitivity", "specificity"] as const;
+/** One of {@linkcode METRICS}. */
+export type MetricName = typeof METRICS[number];
+
+/**
+ * HD95 (mm) when exactly one of prediction and reference is empty, the legacy BraTS value: the
+ * diagonal of the 240×240×155 grid of 1 mm voxels, √(240² + 240² + 155²) = 373.12866413611…
+ * (exact to the last bit: the sum is an integer and the square root is correctly rounded).
+ */
+export const EMPTY_HD95: number = Math.sqrt(240 ** 2 + 240 ** 2 + 155 ** 2);
+
+/** A BraTS label convention: enhancing tumor is 4 in 2018–2021 and 3 from 2023 on. */
+export type LabelConvention = "2021" | "2023";
+/** The enhancing label of each convention. */
+export const CONVENTION_ENHANCING: Record<LabelConvention, 3 | 4> = { "2021": 4, "2023": 3 };
+
+/** The four metrics of one region of one case. */
+export interface RegionMetrics {
+  /** 2·TP / (2·TP + FP + FN); 1 when both are empty. */
+  dice: number;
+  /** 95th-percentile Hausdorff distance in mm; 0 when both are empty, EMPTY_HD95 when one is. */
+  hd95: number;
+  /** TP / (TP + FN); with an empty reference, 1 when nothing is predicted, else 0. */
+  sensitivity: number;
+  /** TN / (TN + FP) over the whole volume; 1 when there are no negatives. */
+  specificity: number;
+}
+
+/** Metrics of the three regions of one case. */
+export type CaseMetrics = Record<Region, RegionMetrics>;
+
+/** Lesion-wise scores (BraTS 2023, pipeline/lesion_wise.ts) of the three regions of one case. */
+export type CaseLesionWise = Record<Region, LesionWiseRegion>;
+
+/** One row of an evaluation: the case id and its metrics. */
+export interface CaseResult extends CaseMetrics {
+  case: string;
+  /** With `lesionWise` options only. */
+  lesionWise?: CaseLesionWise;
+}
+
+/** Statistics of one metric over cases; null when no case was evaluated. */
+export interface Stats {
+  mean: number | null;
+  /** Population standard deviation (numpy's default, ddof = 0). */
+  std: number | null;
+  median: number | null;
+  /** 25th percentile, interpolated linearly as numpy.percentile does. */
+  q25: number | null;
+  q75: number | null;
+}
+
+/** Statistics of every metric of every region. */
+export type Summary = Record<Region, Record<MetricName, Stats>>;
+
+/** What `evaluate --json` prints and `--out` writes as metrics.json. */
+export interface Evaluation {
+  /** One entry per case with both a prediction and a reference, sorted by id. */
+  cases: CaseResult[];
+  summary: Summary;
+  /** Ids of reference cases without a prediction. */
+  missing: string[];
+  /** Ids of predictions without a reference. */
+  extra: string[];
+  /** With `lesionWise` options only: the parameters used and the statistics over cases. */
+  lesionWise?: LesionWiseParams & { summary: LesionWiseSummary };
+}
+
+/** The lesion-wise values of a region, in the order they are reported. */
+export const LESION_METRICS = ["dice", "hd95", "tp", "fp", "fn"] as const;
+/** Statistics of the lesion-wise values of every region. */
+export type LesionWiseSummary = Record<Region, Record<typeof LESION_METRICS[number], Stats>>;
+
+// ---------------------------------------------------------------------------------------------
+// Metrics of volumes in memory
+
+/**
+ * Dice, HD95, sensitivity and specificity of a binary prediction against a binary reference
+ * (nonzero is inside), with the legacy BraTS rules for empty masks.
+ * @param dims `[nx, ny, nz]`, x fastest in the arrays
+ * @param spacing voxel size in mm along x, y, z
+ */
+export function regionMetrics(
+  pred: MaskArray,
+  truth: MaskArray,
+  dims: readonly number[],
+  spacing: readonly number[] = [1, 1, 1],
+): RegionMetrics {
+  if (pred.length !== truth.length) {
+    throw new RangeError(
+      `Cannot compare masks: the prediction has ${pred.length} voxels, the reference ${truth.length}`,
+    );
+  }
+  let tp = 0;
+  let p = 0;
+  let t = 0;
+  for (let i = 0; i < pred.length; i++) {
+    const a = pred[i] !== 0;
+    const b = truth[i] !== 0;
+    if (a) p++;
+    if (b) t++;
+    if (a && b) tp++;
+  }
+  const distance = () => hd95(pred, truth, dims, spacing);
+  return scores(tp, p, t, pred.length, distance);
+}
+
+/**
+ * {@linkcode lesionWiseRegion} of ET, TC and WT between two label volumes that
+ * {@linkcode caseMetrics} accepted (the same regions of the same labels).
+ */
+export function lesionWiseCase(
+  pred: ArrayLike<number>,
+  truth: ArrayLike<number>,
+  dims: readonly number[],
+  spacing: readonly number[],
+  enhancingLabel: { pred: 3 | 4; truth: 3 | 4 },
+  params: LesionWiseParams,
+): CaseLesionWise {
+  const lp = regionTable(enhancingLabel.pred);
+  const lt = regionTable(enhancingLabel.truth);
+  const out = {} as CaseLesionWise;
+  const pm = new Uint8Array(pred.length);
+  const tm = new Uint8Array(truth.length);
+  for (const region of EVAL_REGIONS) {
+    const bit = BIT[region];
+    // Plain loops: Uint8Array.from with a mapping function is some 10× slower on 9M voxels.
+    for (let i = 0; i < pm.length; i++) pm[i] = (lp[pred[i]] & bit) !== 0 ? 1 : 0;
+    for (let i = 0; i < tm.length; i++) tm[i] = (lt[truth[i]] & bit) !== 0 ? 1 : 0;
+    out[region] = lesionWiseRegion(pm, tm, dims, spacing, params);
+  }
+  return out;
+}
+
+/** The label set of a convention, for messages. */
+function labelList(enhancing: 3 | 4): string {
+  return `0, 1, 2, ${enhancing} (BraTS ${enhancing === 4 ? "2018–2021" : "2023"} convention)`;
+}
+
+/**
+ * Metrics of ET, TC and WT between two BraTS label volumes on one grid: WT is every tumor label
+ * (1, 2 and enhancing), TC is 1 and enhancing, ET is enhancing. One pass counts the overlaps and
+ * finds each region's bounding box; distances are computed only in the box holding both masks.
+ *
+ * @param pred predicted labels, x fastest
+ * @param truth reference labels, same grid
+ * @param dims `[nx, ny, nz]`
+ * @param spacing voxel size in mm along x, y, z (the reference's pixdim). @default [1, 1, 1]
+ * @param enhancingLabel the enhancing label of both volumes, or of each: 4 (2018–2021) or 3 (2023)
+ * @param names what to call the volumes in errors. @default {pred: "prediction", truth: "reference"}
+ * @throws {RangeError} a label outside the convention (naming the volume, voxel and value), or
+ *   volumes that do not fit `dims`
+ */
+export function caseMetrics(
+  pred: ArrayLike<number>,
+  truth: ArrayLike<number>,
+  dims: readonly number[],
+  spacing: readonly number[] = [1, 1, 1],
+  enhancingLabel: 3 | 4 | { pred: 3 | 4; truth: 3 | 4 } = 4,
+  names: { pred: string; truth: string } = { pred: "prediction", truth: "reference" },
+): CaseMetrics {
+  if (dims.length !== 3 || !dims.every((d) => Number.isInteger(d) && d >= 1)) {
+    throw new RangeError(`Cannot evaluate: dims must be 3 positive integers, got [${dims}]`);
+  }
+  const [nx, ny, nz] = dims;
+  const n = nx * ny * nz;
+  for (const [what, v] of [[names.pred, pred], [names.truth, truth]] as const) {
+    if (v.length !== n) {
+      throw new RangeError(
+        `Cannot evaluate "${what}": it has ${v.length} voxels, dims [${dims}] need ${n}`,
+      );
+    }
+  }
+  const enh = typeof enhancingLabel === "number"
+    ? { pred: enhancingLabel, truth: enhancingLabel }
+    : enhancingLabel;
+  const lp = regionTable(enh.pred);
+  const lt = regionTable(enh.truth);
+
+  // Per region bit b (0 WT, 1 TC, 2 ET): counts, and the boxes of prediction and reference.
+  const tp = [0, 0, 0];
+  const np = [0, 0, 0];
+  const nt = [0, 0, 0];
+  // box[(volume * 3 + b) * 6 + ...]: min x, y, z then max x, y, z; volume 0 prediction, 1 reference.
+  const box = new Int32Array(36);
+  for (let j = 0; j < 6; j++) {
+    for (let k = 0; k < 3; k++) box[j * 6 + k] = 2 ** 30;
+    for (let k = 3; k < 6; k++) box[j * 6 + k] = -1;
+  }
+  const grow = (j: number, x: number, y: number, z: number) => {
+    const o = j * 6;
+    if (x < box[o]) box[o] = x;
+    if (y < box[o + 1]) box[o + 1] = y;
+    if (z < box[o + 2]) box[o + 2] = z;
+    if (x > box[o + 3]) box[o + 3] = x;
+    if (y > box[o + 4]) box[o + 4] = y;
+    if (z > box[o + 5]) box[o + 5] = z;
+  };
+  let i = 0;
+  for (let z = 0; z < nz; z++) {
+    for (let y = 0; y < ny; y++) {
+      for (let x = 0; x < nx; x++, i++) {
+        const p = lp[pred[i]] ?? INVALID;
+        const t = lt[truth[i]] ?? INVALID;
+        if ((p | t) === 0) continue;
+        if ((p | t) & INVALID) {
+          const bad = p & INVALID ? names.pred : names.truth;
+          const value = p & INVALID ? pred[i] : truth[i];
+          throw new RangeError(
+            `Cannot evaluate "${bad}": voxel [${x}, ${y}, ${z}] has label ${value}; ` +
+              `the labels are ${labelList(p & INVALID ? enh.pred : enh.truth)}`,
+          );
+        }
+        for (let b = 0; b < 3; b++) {
+          const inP = (p >> b) & 1;
+          const inT = (t >> b) & 1;
+          if (inP) {
+            np[b]++;
+            grow(b, x, y, z);
+          }
+          if (inT) {
+            nt[b]++;
+            grow(3 + b, x, y, z);
+          }
+          tp[b] += inP & inT;
+        }
+      }
+    }
+  }
+
+  const out = {} as CaseMetrics;
+  for (const region of EVAL_REGIONS) {
+    const b = Math.log2(BIT[region]);
+    const distance = () => {
+      // The box holding both masks holds every surface voxel and every nearest neighbour.
+      const pa = b * 6;
+      const ta = (3 + b) * 6;
+      const union = {
+        min: [0, 1, 2].map((k) => Math.min(box[pa + k], box[ta + k])) as [number, number, number],
+        max: [3, 4, 5].map((k) => Math.max(box[pa + k], box[ta + k])) as [number, number, number],
+      };
+      const bit = BIT[region];
+      const pm = cropRegion(pred, lp, bit, dims, union);
+      const tm = cropRegion(truth, lt, bit, dims, union);
+      return hd95(pm, tm, boxDims(union), spacing);
+    };
+    out[region] = scores(tp[b], np[b], nt[b], n, distance);
+  }
+  return out;
+}
+
+/** The voxels of `box` in region `bit`, 1 or 0, x fastest (a crop of the region mask). */
+function cropRegion(
+  labels: ArrayLike<number>,
+  table: Uint8Array,
+  bit: number,
+  dims: readonly number[],
+  box: Box,
+): Uint8Array {
+  const [nx, ny] = dims;
+  const [bx, by, bz] = boxDims(box);
+  const out = new Uint8Array(bx * by * bz);
+  let o = 0;
+  for (let z = box.min[2]; z <= box.max[2]; z++) {
+    for (let y = box.min[1]; y <= box.max[1]; y++) {
+      let i = box.min[0] + nx * (y + ny * z);
+      for (let x = 0; x < bx; x++, i++, o++) out[o] = (table[labels[i]] & bit) !== 0 ? 1 : 0;
+    }
+  }
+  return out;
+}
+
+/** The four metrics from the counts, with the legacy BraTS rules for empty masks. */
+function scores(
+  tp: number,
+  predicted: number,
+  actual: number,
+  voxels: number,
+  distance: () => number,
+): RegionMetrics {
+  const fp = predicted - tp;
+  const fn = actual - tp;
+  const tn = voxels - tp - fp - fn;
+  const bothEmpty = predicted === 0 && actual === 0;
+  const oneEmpty = (predicted === 0) !== (actual === 0);
+  return {
+    dice: diceOfCounts(tp, predicted, actual),
+    hd95: bothEmpty ? 0 : oneEmpty ? EMPTY_HD95 : distance(),
+    sensitivity: actual === 0 ? (predicted === 0 ? 1 : 0) : tp / actual,
+    specificity: tn + fp === 0 ? 1 : tn / (tn + fp),
+  };
+}
+// ---------------------------------------------------------------------------------------------
+// Label volumes from NIfTI files
+
+/**
+ * The voxels of a decoded segmentation as labels 0..255 (after scl_slope/scl_inter, as nibabel
+ * reads them), whatever its datatype: BraTS releases store uint8, int16 or float64.
+ * @param name the file's name or URI, for errors
+ * @throws {RangeError} a volume that is not 3D (a 4th dimension of 1 is allowed), or a voxel whose
+ *   value is not an integer in 0..255
+ */
+export function labelVolume(image: NiftiImage, name: string): Uint8Array {
+  const { data, header } = image;
+  const dims = header.dims;
+  if (dims.length < 3 || dims.slice(3).some((d) => d !== 1)) {
+    throw new RangeError(
+      `Cannot read labels from "${name}": a segmentation must be 3D, found dims [${dims}]`,
+    );
+  }
+  const slope = header.sclSlope;
+  const scaled = slope !== 0 && Number.isFinite(slope) && (slope !== 1 || header.sclInter !== 0);
+  if (!scaled && data instanceof Uint8Array) return data;
+  const out = new Uint8Array(data.length);
+  for (let i = 0; i < data.length; i++) {
+    const v = scaled ? data[i] * slope + header.sclInter : data[i];
+    if (!(Number.isInteger(v) && v >= 0 && v <= 255)) {
+      const [nx, ny] = dims;
+      const at = [i % nx, Math.floor(i / nx) % ny, Math.floor(i / (nx * ny))];
+      throw new RangeError(
+        `Cannot read labels from "${name}": voxel [${at.join(", ")}] holds ${v}, not a label ` +
+          `(an integer 0..255); is it a probability map or an image rather than a segmentation?`,
+      );
+    }
+    out[i] = v;
+  }
+  return out;
+}
+
+/** The distinct labels in a volume, ascending. */
+export function labelsPresent(labels: Uint8Array): number[] {
+  const seen = new Uint8Array(256);
+  for (let i = 0; i < labels.length; i++) seen[labels[i]] = 1;
+  const out: number[] = [];
+  for (let l = 0; l < 256; l++) if (seen[l]) out.push(l);
+  return out;
+}
+
+/**
+ * The enhancing label of a volume by what it holds: 3 when it has 3 and not 4 (2023), 4 when it
+ * has 4 and not 3 (2018–2021), undefined when it has neither (no enhancing tumor: either fits).
+ * @param name the file, for errors
+ * @throws {RangeError} labels outside 0..4, or both 3 and 4
+ */
+export function detectEnhancingLabel(present: readonly number[], name: string): 3 | 4 | undefined {
+  const unknown = present.filter((l) => l > 4);
+  if (unknown.length > 0) {
+    throw new RangeError(
+      `Cannot evaluate "${name}": label${unknown.length > 1 ? "s" : ""} ${unknown.join(", ")} ` +
+        `${unknown.length > 1 ? "are" : "is"} not a BraTS label (0, 1, 2 and 4 for 2018–2021, ` +
+        `0, 1, 2 and 3 for 2023)`,
+    );
+  }
+  const has3 = present.includes(3);
+  const has4 = present.includes(4);
+  if (has3 && has4) {
+    throw new RangeError(
+      `Cannot evaluate "${name}": it holds both 3 and 4, so it follows neither BraTS convention ` +
+        `(enhancing tumor is 4 in 2018–2021, 3 in 2023)`,
+    );
+  }
+  return has3 ? 3 : has4 ? 4 : undefined;
+}
+
+/** Checks that a volume holds only the labels of a known convention. */
+function checkConvention(
+  present: readonly number[],
+  enhancing: 3 | 4,
+  name: string,
+  why: string,
+): void {
+  const allowed = [0, 1, 2, enhancing];
+  const bad = present.filter((l) => !allowed.includes(l));
+  if (bad.length === 0) return;
+  const other = enhancing === 4 ? "2023" : "2021";
+  throw new RangeError(
+    `Cannot evaluate "${name}": label${bad.length > 1 ? "s" : ""} ${bad.join(", ")} ` +
+      `${bad.length > 1 ? "are" : "is"} not among ${labelList(enhancing)}, ${why}` +
+      (bad.every((l) => l === 3 || l === 4)
+        ? `; for the other convention pass --labels ${other}`
+        : ""),
+  );
+}
+
+/** Options of {@linkcode evaluatePair}. */
+export interface PairOptions {
+  /**
+   * The label convention of both files. Unset: the reference's is `truthEnhancingLabel` or else
+   * detected from its labels, and the prediction's is detected (falling back on the reference's).
+   */
+  labels?: LabelConvention;
+  /** The reference's enhancing label as its BraTS file name tells it (2021 or 2023 naming). */
+  truthEnhancingLabel?: 3 | 4;
+  /** Largest difference allowed between the two affines' entries (mm). @default 1e-3 */
+  affineTolerance?: number;
+  /** Also score BraTS 2023 lesion-wise Dice and HD95 with these parameters. */
+  lesionWise?: LesionWiseParams;
+}
+
+/** What {@linkcode evaluatePair} found besides the metrics. */
+export interface PairResult {
+  metrics: CaseMetrics;
+  dims: number[];
+  /** The reference's voxel size (pixdim), used for the distances. */
+  spacing: number[];
+  enhancingLabel: { pred: 3 | 4; truth: 3 | 4 };
+  /** With `lesionWise` options only. */
+  lesionWise?: CaseLesionWise;
+}
+
+/**
+ * Evaluates one predicted segmentation file against its reference: reads both, checks that they
+ * share a grid (dims, and the affine within tolerance), reads their labels and conventions, and
+ * computes {@linkcode caseMetrics} with the reference's voxel spacing.
+ * @throws {SyntaxError|RangeError} a broken file, labels outside the convention, or two grids,
+ *   naming the file(s)
+ */
+export async function evaluatePair(
+  predUri: string,
+  truthUri: string,
+  options: PairOptions = {},
+): Promise<PairResult> {
+  const [predImage, truthImage] = await Promise.all([readNifti(predUri), readNifti(truthUri)]);
+  return evaluateImages(predImage, predUri, truthImage, truthUri, options);
+}
+
+/**
+ * {@linkcode evaluatePair} of two decoded volumes: what `segment` uses on a prediction it holds in
+ * memory, so that its metrics are those `evaluate` computes from the written file.
+ * @param predUri the prediction's name or URI, for errors
+ * @param truthUri the reference's name or URI, for errors
+ * @throws {RangeError} labels outside the convention, or two grids, naming the file(s)
+ */
+export function evaluateImages(
+  predImage: NiftiImage,
+  predUri: string,
+  truthImage: NiftiImage,
+  truthUri: string,
+  options: PairOptions = {},
+): PairResult {
+  checkSameGrid(predImage.header, predUri, truthImage.header, truthUri, options.affineTolerance);
+  const truth = labelVolume(truthImage, truthUri);
+  const pred = labelVolume(predImage, predUri);
+  const truthPresent = labelsPresent(truth);
+  const predPresent = labelsPresent(pred);
+
+  const fixed = options.labels ? CONVENTION_ENHANCING[options.labels] : undefined;
+  let truthE: 3 | 4 | undefined;
+  let predE: 3 | 4 | undefined;
+  if (fixed) {
+    checkConvention(
+      truthPresent,
+      fixed,
+      truthUri,
+      `the convention --labels ${options.labels} sets`,
+    );
+    checkConvention(predPresent, fixed, predUri, `the convention --labels ${options.labels} sets`);
+    truthE = predE = fixed;
+  } else {
+    if (options.truthEnhancingLabel) {
+      truthE = options.truthEnhancingLabel;
+      checkConvention(truthPresent, truthE, truthUri, "the convention its BraTS file name implies");
+    } else {
+      truthE = detectEnhancingLabel(truthPresent, truthUri);
+    }
+    predE = detectEnhancingLabel(predPresent, predUri);
+    truthE ??= predE ?? 4;
+    predE ??= truthE;
+  }
+  const dims = truthImage.header.dims.slice(0, 3);
+  const spacing = truthImage.header.pixdim.slice(0, 3);
+  const metrics = caseMetrics(pred, truth, dims, spacing, { pred: predE, truth: truthE }, {
+    pred: predUri,
+    truth: truthUri,
+  });
+  const enhancingLabel = { pred: predE, truth: truthE };
+  const lesionWise = options.lesionWise
+    ? lesionWiseCase(pred, truth, dims, spacing, enhancingLabel, options.lesionWise)
+    : undefined;
+  return { metrics, dims, spacing, enhancingLabel, ...(lesionWise ? { lesionWise } : {}) };
+}
+
+function checkSameGrid(
+  p: NiftiHeader,
+  predUri: string,
+  t: NiftiHeader,
+  truthUri: string,
+  tolerance = 1e-3,
+): void {
+  const spatial = (h: NiftiHeader) => [0, 1, 2].map((k) => h.dims[k] ?? 1);
+  if (spatial(p).join() !== spatial(t).join()) {
+    throw new RangeError(
+      `Cannot evaluate "${predUri}" against "${truthUri}": the prediction has dims [${p.dims}], ` +
+        `the reference [${t.dims}]; a prediction must be on its reference's grid`,
+    );
+  }
+  let diff = 0;
+  for (let r = 0; r < 4; r++) {
+    for (let c = 0; c < 4; c++) diff = Math.max(diff, Math.abs(p.affine[r][c] - t.affine[r][c]));
+  }
+  if (!(diff <= tolerance)) {
+    throw new RangeError(
+      `Cannot evaluate "${predUri}" against "${truthUri}": their affines differ by ` +
+        `${diff.toPrecision(3)} mm (tolerance ${tolerance}); a prediction must be on its ` +
+        `reference's grid (prediction ${JSON.stringify(p.affine.slice(0, 3))}, reference ` +
+        `${JSON.stringify(t.affine.slice(0, 3))})`,
+    );
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Folders of predictions against a dataset
+
+/** A reference segmentation found under the truth URI. */
+export interface TruthCase {
+  id: string;
+  uri: string;
+  /** The enhancing label its BraTS naming implies; unset for a flat `<case>.nii.gz`. */
+  enhancingLabel?: 3 | 4;
+}
+
+/** A predicted segmentation found under the prediction URI. */
+export interface Prediction {
+  id: string;
+  uri: string;
+}
+
+const NIFTI_NAME = /^(.+)\.nii(?:\.gz)?$/;
+/** `segment --save-probabilities` writes these beside the labels: not segmentations. */
+const PROBABILITIES = /_probabilities\.nii(?:\.gz)?$/;
+
+/** Why nothing usable was found under a folder: it is missing or empty, else what is expected. */
+async function whyEmpty(uri: string, expected: string): Promise<string> {
+  return (await listObjects(uri)).length === 0
+    ? `${await emptyFolderReason(uri)}; ${expected}`
+    : expected;
+}
+
+/**
+ * The reference segmentations under `truthUri`: the seg files of a BraTS dataset in any release's
+ * naming (`<id>_seg.nii.gz`, `<id>-seg.nii.gz`; case folders or flat, as pipeline/cases.ts names
+ * them), or, when it has none, every `<case>.nii[.gz]` directly under it.
+ * @throws {Error} when a case has two reference files, naming both
+ */
+export async function findTruth(truthUri: string): Promise<TruthCase[]> {
+  const objects = await listObjects(truthUri);
+  const brats: TruthCase[] = [];
+  const flat: TruthCase[] = [];
+  for (const o of objects) {
+    const name = o.key.split("/").pop()!;
+    if (name.startsWith(".")) continue;
+    const parsed = parseCaseFileName(name);
+    if (parsed) {
+      if (parsed.part === "seg") {
+        brats.push({ id: parsed.id, uri: o.uri, enhancingLabel: ENHANCING_LABEL[parsed.naming] });
+      }
+      continue;
+    }
+    const m = NIFTI_NAME.exec(name);
+    if (m && !o.key.includes("/") && !PROBABILITIES.test(name)) flat.push({ id: m[1], uri: o.uri });
+  }
+  return unique(brats.length > 0 ? brats : flat, "reference segmentations", truthUri);
+}
+
+/**
+ * The predicted segmentations directly under `predUri`: `<case>.nii[.gz]` or
+ * `<case>_seg.nii[.gz]` (also `<case>-seg`), not BraTS image files (`<id>_t1.nii.gz`, ...) and not
+ * `segment`'s `<case>_probabilities.nii.gz`.
+ * @throws {Error} when a case has two predictions (e.g. `<case>.nii.gz` and `<case>_seg.nii.gz`)
+ */
+export async function findPredictions(predUri: string): Promise<Prediction[]> {
+  const found: Prediction[] = [];
+  for (const o of await listObjects(predUri)) {
+    if (o.key.includes("/") || o.key.startsWith(".") || PROBABILITIES.test(o.key)) continue;
+    const parsed = parseCaseFileName(o.key);
+    if (parsed) {
+      if (parsed.part === "seg") found.push({ id: parsed.id, uri: o.uri });
+      continue;
+    }
+    const m = NIFTI_NAME.exec(o.key);
+    if (m) found.push({ id: m[1], uri: o.uri });
+  }
+  return unique(found, "predictions", predUri);
+}
+
+function unique<T extends { id: string; uri: string }>(list: T[], what: string, root: string): T[] {
+  const byId = new Map<string, T[]>();
+  for (const item of list) byId.set(item.id, [...(byId.get(item.id) ?? []), item]);
+  const dup = [...byId].filter(([, items]) => items.length > 1);
+  if (dup.length > 0) {
+    throw new Error(
+      `Cannot evaluate: ${root} holds more than one of the ${what} of ${
+        dup.map(([id, items]) => `case "${id}" (${items.map((i) => i.uri).join(", ")})`)
+          .join("; ")
+      }; keep one per case`,
+    );
+  }
+  return [...list].sort((a, b) => compareIds(a.id, b.id));
+}
+
+function compareIds(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** Options of {@linkcode evaluateCases}. */
+export interface EvaluateOptions extends Omit<PairOptions, "truthEnhancingLabel"> {
+  /** Cases read at once. @default 4 */
+  concurrency?: number;
+  /** Called after each case, e.g. for progress. */
+  onCase?: (result: CaseResult, done: number, total: number) => void;
+  /** Only the cases whose id passes (e.g. one shard of a batch job); the others are not listed. */
+  only?: (id: string) => boolean;
+}
+
+/**
+ * Evaluates every prediction under `predUri` against the reference of the same case under
+ * `truthUri` (see {@linkcode findPredictions} and {@linkcode findTruth}). Cases are matched by id;
+ * references without a prediction are listed in `missing` and predictions without a reference in
+ * `extra`, never dropped silently (it is the caller's decision whether `missing` is an error).
+ * With `only` (one shard), a shard without cases gives an empty evaluation, and a shard whose
+ * predictions are all absent lists its cases as missing.
+ * @throws {Error} when no reference is found at all, or no prediction at all without `only`, or
+ *   any pair cannot be evaluated (a broken file, unknown labels, two grids): nothing is returned
+ *   then
+ */
+export async function evaluateCases(
+  predUri: string,
+  truthUri: string,
+  options: EvaluateOptions = {},
+): Promise<Evaluation> {
+  const only = options.only ?? (() => true);
+  const [allTruth, allPreds] = await Promise.all([findTruth(truthUri), findPredictions(predUri)]);
+  if (allTruth.length === 0) {
+    throw new Error(
+      `No reference segmentations under "${truthUri}": ${await whyEmpty(
+        truthUri,
+        "expected BraTS seg files (<id>_seg.nii.gz or <id>-seg.nii.gz, in case folders or " +
+          "flat) or <case>.nii.gz files",
+      )}`,
+    );
+  }
+  // Unfiltered, an empty folder is a wrong URI. Filtered (one shard of a batch job), a shard may
+  // hold no case at all, and a shard whose predictions are all absent reports them as missing.
+  if (allPreds.length === 0 && !options.only) {
+    throw new Error(
+      `No predictions under "${predUri}": ${await whyEmpty(
+        predUri,
+        "expected <case>.nii.gz or <case>_seg.nii.gz files directly in it",
+      )}`,
+    );
+  }
+  const truth = allTruth.filter((c) => only(c.id));
+  const preds = allPreds.filter((c) => only(c.id));
+  const predById = new Map(preds.map((p) => [p.id, p]));
+  const truthIds = new Set(truth.map((t) => t.id));
+  const pairs = truth.filter((t) => predById.has(t.id));
+  const missing = truth.filter((t) => !predById.has(t.id)).map((t) => t.id);
+  const extra = preds.filter((p) => !truthIds.has(p.id)).map((p) => p.id);
+  let done = 0;
+  const cases = await mapConcurrent(pairs, Math.max(1, options.concurrency ?? 4), async (t) => {
+    const { metrics, lesionWise } = await evaluatePair(predById.get(t.id)!.uri, t.uri, {
+      labels: options.labels,
+      truthEnhancingLabel: t.enhancingLabel,
+      affineTolerance: options.affineTolerance,
+      lesionWise: options.lesionWise,
+    });
+    const result: CaseResult = { case: t.id, ...metrics, ...(lesionWise ? { lesionWise } : {}) };
+    options.onCase?.(result, ++done, pairs.length);
+    return result;
+  });
+  const evaluation: Evaluation = { cases, summary: summarize(cases), missing, extra };
+  if (options.lesionWise) {
+    evaluation.lesionWise = { ...options.lesionWise, summary: summarizeLesionWise(cases) };
+  }
+  return evaluation;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summaries and files
+
+/**
+ * Mean, population standard deviation, median and quartiles (numpy.percentile's linear
+ * interpolation) of some values; all null for none.
+ */
+export function describe(values: readonly number[]): Stats {
+  if (values.length === 0) return { mean: null, std: null, median: null, q25: null, q75: null };
+  const mean = values.reduce((s, v) => s + v, 0) / values.length;
+  const variance = values.reduce((s, v) => s + (v - mean) ** 2, 0) / values.length;
+  const at = (q: number) => percentile(values, q);
+  return { mean, std: Math.sqrt(variance), median: at(50), q25: at(25), q75: at(75) };
+}
+
+/** {@linkcode describe} of every metric of every region over the cases. */
+export function summarize(cases: readonly CaseMetrics[]): Summary {
+  const out = {} as Summary;
+  for (const region of EVAL_REGIONS) {
+    out[region] = {} as Record<MetricName, Stats>;
+    for (const metric of METRICS) {
+      out[region][metric] = describe(cases.map((c) => c[region][metric]));
+    }
+  }
+  return out;
+}
+
+/** {@linkcode describe} of the lesion-wise values of every region over the cases that have them. */
+export function summarizeLesionWise(cases: readonly CaseResult[]): LesionWiseSummary {
+  const scored = cases.flatMap((c) => c.lesionWise ? [c.lesionWise] : []);
+  const out = {} as LesionWiseSummary;
+  for (const region of EVAL_REGIONS) {
+    out[region] = {} as LesionWiseSummary[Region];
+    for (const m of LESION_METRICS) out[region][m] = describe(scored.map((c) => c[region][m]));
+  }
+  return out;
+}
+
+/** The lesion-wise CSV columns, after CSV_COLUMNS when present: `ET_lesion_dice, ..., WT_lesion_fn`. */
+export const LESION_CSV_COLUMNS: readonly string[] = EVAL_REGIONS.flatMap((r) =>
+  LESION_METRICS.map((m) => `${r}_lesion_${m}`)
+);
+
+/** The CSV columns after `case`: `ET_dice, ET_hd95, ..., WT_specificity`. */
+export const CSV_COLUMNS: readonly string[] = EVAL_REGIONS.flatMap((r) =>
+  METRICS.map((m) => `${r}_${m}`)
+);
+
+/**
+ * One row per case: `case` then {@linkcode CSV_COLUMNS} (then {@linkcode LESION_CSV_COLUMNS} when
+ * the cases have lesion-wise scores), with a header row, full precision.
+ */
+export function evaluationCsv(cases: readonly CaseResult[]): string {
+  const quote = (s: string) => /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
+  const lesions = cases.some((c) => c.lesionWise);
+  const rows = [["case", ...CSV_COLUMNS, ...(lesions ? LESION_CSV_COLUMNS : [])].join(",")];
+  for (const c of cases) {
+    const lw = lesions
+      ? EVAL_REGIONS.flatMap((r) => LESION_METRICS.map((m) => String(c.lesionWise?.[r][m] ?? "")))
+      : [];
+    rows.push(
+      [quote(c.case), ...EVAL_REGIONS.flatMap((r) => METRICS.map((m) => String(c[r][m]))), ...lw]
+        .join(","),
+    );
+  }
+  return rows.join("\n") + "\n";
+}
+
+/**
+ * The base name of the files {@linkcode writeEvaluation} writes: `metrics`, or for one shard of a
+ * batch job `metrics-shard-<i>-of-<n>`, so shards that share an output folder never overwrite
+ * each other's files (`metrics.json` is left to the merge: `evaluate` over the whole output).
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { metricsBaseName } from "./evaluation.ts";
+ * assertEquals(metricsBaseName(), "metrics");
+ * assertEquals(metricsBaseName({ index: 2, count: 8 }), "metrics-shard-2-of-8");
+ * ```
+ */
+export function metricsBaseName(shard?: { index: number; count: number }): string {
+  return shard ? `metrics-${shardName(shard)}` : "metrics";
+}
+
+/**
+ * Writes `<name>.json` (the evaluation) and `<name>.csv` (per case) under `outUri`, each
+ * atomically (a single PUT, or a temporary file renamed).
+ * @param name the base name. @default "metrics" (see {@linkcode metricsBaseName})
+ * @returns the URIs written, JSON first
+ */
+export async function writeEvaluation(
+  outUri: string,
+  evaluation: Evaluation,
+  name = "metrics",
+): Promise<[string, string]> {
+  const json = joinUri(outUri, `${name}.json`);
+  const csv = joinUri(outUri, `${name}.csv`);
+  await putObject(csv, evaluationCsv(evaluation.cases));
+  await putObject(json, JSON.stringify(evaluation, null, 2) + "\n");
+  return [json, csv];
+}

@@ -1,0 +1,182 @@
+/**
+ * Sliding-window inference: a volume of any size through a network trained on smaller crops.
+ *
+ * As nnU-Net does: windows overlap (0.5 by default), each window's probabilities are weighted by a
+ * Gaussian centred on it (σ = 1/8 of the window) so that predictions near a window's border, which
+ * see less context, count less, and the weighted sum is divided by the summed weights. Optional
+ * test-time augmentation averages the 8 mirrorings over the three axes.
+ * @module
+ */
+import * as tf from "../../model/tf.ts";
+import { cropMultiple, predictLogits, type UNet } from "../../model/mod.ts";
+import { checkWebGpuErrors } from "../../model/backend.ts";
+import { cropBox, type Dims, mirrorVolume } from "../volume/mod.ts";
+
+/** Options of {@linkcode slidingWindowProbabilities}. */
+export interface SlidingWindowOptions {
+  /** Window edge in voxels (a cube, shrunk on axes where the volume is smaller). Default 128. */
+  window?: number;
+  /** Fraction of a window its neighbour overlaps, in [0, {@linkcode MAX_OVERLAP}]. Default 0.5. */
+  overlap?: number;
+  /** Windows per forward pass. Default 1. */
+  batch?: number;
+  /** Average the 8 mirrorings over x, y, z (test-time augmentation). Default false. */
+  mirror?: boolean;
+  /** Called after each forward pass with windows done and windows in all. */
+  onWindow?: (done: number, total: number) => void;
+}
+
+/**
+ * The largest window overlap: at 0.95 a window moves by 1/20 of its edge, 20³ = 8,000 times the
+ * windows of no overlap; beyond it the count explodes for no measurable gain (nnU-Net uses 0.5).
+ */
+export const MAX_OVERLAP = 0.95;
+/** The overlaps accepted, as help texts and errors print them. */
+export const OVERLAP_RANGE = `[0, ${MAX_OVERLAP}]`;
+
+/**
+ * Starts of windows of `window` voxels covering `extent` voxels with at least `overlap` between
+ * neighbours, spread evenly from 0 to `extent - window` (one start at 0 when the window is larger).
+ */
+export function windowStarts(extent: number, window: number, overlap: number): number[] {
+  if (extent <= window) return [0];
+  const stride = window * (1 - overlap);
+  const n = Math.ceil((extent - window) / stride) + 1;
+  const step = (extent - window) / (n - 1);
+  return Array.from({ length: n }, (_, i) => Math.round(i * step));
+}
+
+/** The window shape used on a volume: the requested edge, or less, a multiple of `m` per axis. */
+export function windowShape(dims: Dims, window: number, m: number): Dims {
+  if (!Number.isInteger(window) || window < m || window % m !== 0) {
+    throw new RangeError(`Window edge ${window} must be a positive multiple of ${m}`);
+  }
+  return dims.map((d) => Math.min(window, Math.ceil(d / m) * m)) as Dims;
+}
+
+/** Gaussian importance map over a window [z, y, x], σ = edge/8, peak 1, floor at 1e-3 of peak. */
+export function gaussianWeights(shape: Dims): Float32Array {
+  const axis = (n: number) => {
+    const sigma = n / 8;
+    const c = (n - 1) / 2;
+    return Float64Array.from({ length: n }, (_, i) => Math.exp(-((i - c) ** 2) / (2 * sigma ** 2)));
+  };
+  const [gx, gy, gz] = shape.map(axis);
+  const out = new Float32Array(shape[0] * shape[1] * shape[2]);
+  let i = 0;
+  for (let z = 0; z < shape[2]; z++) {
+    for (let y = 0; y < shape[1]; y++) {
+      for (let x = 0; x < shape[0]; x++) out[i++] = Math.max(gz[z] * gy[y] * gx[x], 1e-3);
+    }
+  }
+  return out;
+}
+
+/**
+ * Probabilities (sigmoid of the logits) of every voxel of a channel-last volume.
+ *
+ * @param image [z, y, x, inChannels] float32
+ * @param dims the volume's extent along x, y, z
+ * @returns [z, y, x, outChannels] probabilities in [0, 1]
+ * @throws {RangeError} synchronously checked arguments are reported as a rejected promise
+ */
+export async function slidingWindowProbabilities(
+  net: UNet,
+  image: Float32Array,
+  dims: Dims,
+  options: SlidingWindowOptions = {},
+): Promise<Float32Array> {
+  const { window = 128, overlap = 0.5, batch = 1, mirror = false, onWindow } = options;
+  const cin = net.config.inChannels;
+  const cout = net.config.outChannels;
+  const n = dims[0] * dims[1] * dims[2];
+  if (image.length !== n * cin) {
+    throw new RangeError(
+      `Image has ${image.length} values; dims [${dims}] × ${cin} channels need ${n * cin}`,
+    );
+  }
+  if (!(overlap >= 0 && overlap <= MAX_OVERLAP)) {
+    throw new RangeError(`Overlap ${overlap} is not in ${OVERLAP_RANGE}`);
+  }
+  if (!Number.isInteger(batch) || batch < 1) throw new RangeError(`Batch ${batch} is not ≥ 1`);
+  const shape = windowShape(dims, window, cropMultiple(net.config));
+  const weights = gaussianWeights(shape);
+  const starts: Dims[] = [];
+  const [sx, sy, sz] = dims.map((d, a) => windowStarts(d, shape[a], overlap));
+  for (const z of sz) for (const y of sy) for (const x of sx) starts.push([x, y, z]);
+  const wv = shape[0] * shape[1] * shape[2];
+  const sum = new Float32Array(n * cout);
+  const weightSum = new Float32Array(n);
+  const flips = mirror ? [0, 1, 2, 3, 4, 5, 6, 7] : [0];
+  const passes = Math.ceil(starts.length / batch) * flips.length;
+  let done = 0;
+  for (let b0 = 0; b0 < starts.length; b0 += batch) {
+    const group = starts.slice(b0, b0 + batch);
+    const crops = group.map((s) => cropBox(image, dims, cin, s, shape));
+    const probs = group.map(() => new Float32Array(wv * cout));
+    for (const axes of flips) {
+      const input = new Float32Array(group.length * wv * cin);
+      crops.forEach((c, i) => input.set(mirrorVolume(c, shape, cin, axes), i * wv * cin));
+      const out = tf.tidy(() => {
+        const x = tf.tensor5d(input, [group.length, shape[2], shape[1], shape[0], cin]);
+        const logits = predictLogits(net, x);
+        return tf.sigmoid(logits);
+      });
+      // An asynchronous read: WebGPU's synchronous one needs a canvas, which Deno lacks.
+      const values = (await out.data()) as Float32Array;
+      out.dispose();
+      checkWebGpuErrors();
+      group.forEach((_, i) => {
+        const p = mirrorVolume(
+          values.subarray(i * wv * cout, (i + 1) * wv * cout),
+          shape,
+          cout,
+          axes,
+        );
+        const acc = probs[i];
+        for (let j = 0; j < acc.length; j++) acc[j] += p[j];
+      });
+      onWindow?.(++done, passes);
+    }
+    group.forEach((s, i) =>
+      accumulate(probs[i], 1 / flips.length, weights, s, shape, dims, cout, sum, weightSum)
+    );
+  }
+  for (let i = 0; i < n; i++) {
+    const w = weightSum[i];
+    for (let k = 0; k < cout; k++) sum[i * cout + k] /= w;
+  }
+  return sum;
+}
+
+/** Adds a window's probabilities (× `scale` × its Gaussian) into the volume's running sums. */
+function accumulate(
+  probs: Float32Array,
+  scale: number,
+  weights: Float32Array,
+  start: Dims,
+  shape: Dims,
+  dims: Dims,
+  cout: number,
+  sum: Float32Array,
+  weightSum: Float32Array,
+) {
+  const [nx, ny, nz] = dims;
+  for (let z = 0; z < shape[2]; z++) {
+    const vz = start[2] + z;
+    if (vz >= nz) break;
+    for (let y = 0; y < shape[1]; y++) {
+      const vy = start[1] + y;
+      if (vy >= ny) break;
+      for (let x = 0; x < shape[0]; x++) {
+        const vx = start[0] + x;
+        if (vx >= nx) break;
+        const w = (z * shape[1] + y) * shape[0] + x;
+        const v = (vz * ny + vy) * nx + vx;
+        const g = weights[w];
+        weightSum[v] += g;
+        for (let k = 0; k < cout; k++) sum[v * cout + k] += probs[w * cout + k] * scale * g;
+      }
+    }
+  }
+}
