@@ -9,6 +9,7 @@ export * from "./group_norm.ts";
 export * from "./reversible.ts";
 export * from "./upsample.ts";
 export * from "./unet.ts";
+export * from "./predict.ts";
 export * from "./loss.ts";
 export * from "./optimizer.ts";
 export * from "./train_step.ts";

@@ -30,6 +30,7 @@ import {
 } from "../pipeline/inference/mod.ts";
 import { seededRandom } from "../pipeline/cases/mod.ts";
 import { envVar } from "../model/env.ts";
+import { unetPredictor } from "../model/mod.ts";
 
 /** A BraTS case's grid, x, y, z. */
 export const BRATS_DIMS: readonly [number, number, number] = Object.freeze([240, 240, 155]);
@@ -276,7 +277,7 @@ export async function benchSpeed(options: BenchSpeedOptions = {}) {
         const plan = windowPlan(dims, window, overlap, m);
         log(`case ${dims.join("x")}: sliding window ${window}^3, overlap ${overlap}`);
         const start = performance.now();
-        const probs = await slidingWindowProbabilities(net, image, dims, {
+        const probs = await slidingWindowProbabilities(unetPredictor(net), image, dims, {
           window,
           overlap,
           mirror: false,

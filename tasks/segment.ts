@@ -89,6 +89,7 @@ import {
   UsageError,
 } from "./_cli.ts";
 import { uncropBox } from "../pipeline/volume/mod.ts";
+import { unetPredictor } from "../model/mod.ts";
 
 /** Options of one case's segmentation. */
 export interface CaseOptions {
@@ -404,7 +405,7 @@ export class Segmenter {
     // The reference is read once, below, for the metrics: inference needs only the images.
     const { seg: _reference, ...images } = c;
     const p = await preprocessCase(images);
-    const probs = await slidingWindowProbabilities(this.net, p.image, p.box.size, {
+    const probs = await slidingWindowProbabilities(unetPredictor(this.net), p.image, p.box.size, {
       window: Math.min(opts.window, 1024),
       overlap: opts.overlap,
       batch: options.batch ?? 1,

@@ -93,6 +93,7 @@ import {
   UsageError,
 } from "./_cli.ts";
 import { resumedSettings } from "./_train_resume.ts";
+import { unetPredictor } from "../model/mod.ts";
 
 export type { EpochMetrics, TrainSettings } from "../pipeline/training/mod.ts";
 export { resumedSettings } from "./_train_resume.ts";
@@ -219,7 +220,7 @@ export async function validate(
   for (let i = 0; i < cases.length; i++) {
     options.signal?.throwIfAborted();
     const c = caseAt(cases, i);
-    const probs = await slidingWindowProbabilities(net, c.image, c.box.size, {
+    const probs = await slidingWindowProbabilities(unetPredictor(net), c.image, c.box.size, {
       window,
       overlap: 0.5,
     });
@@ -640,7 +641,7 @@ async function trainingReport(
   for (let i = 0; i < preprocessed.length; i++) {
     const p = caseAt(preprocessed, i);
     const c = cases[i];
-    const probs = await slidingWindowProbabilities(net, p.image, p.box.size, {
+    const probs = await slidingWindowProbabilities(unetPredictor(net), p.image, p.box.size, {
       window: s.valWindow,
     });
     // BraTS cases in their own convention; other datasets' labels are scored by `evaluate` only

@@ -45,6 +45,7 @@ import {
 } from "../model/mod.ts";
 import { slidingWindowProbabilities } from "../pipeline/inference/sliding_window.ts";
 import { loadModel, saveModel } from "../pipeline/training/model_store.ts";
+import { unetPredictor } from "../model/mod.ts";
 
 await selectBackend("cpu");
 
@@ -653,7 +654,7 @@ Deno.test({
       const loss = await trainStepAsync(net, opt, x, t, 1e-3);
       assert(Number.isFinite(loss), `loss ${loss}`);
       const image = Float32Array.from({ length: 12 * 10 * 8 * 4 }, (_, i) => Math.sin(i));
-      const probs = await slidingWindowProbabilities(net, image, [12, 10, 8], { window: 8 });
+      const probs = await slidingWindowProbabilities(unetPredictor(net), image, [12, 10, 8], { window: 8 });
       assertEquals(probs.length, 12 * 10 * 8 * 3);
       assert(probs.every((p) => p >= 0 && p <= 1));
       await saveModel(dir, net, opt);
@@ -695,7 +696,7 @@ Deno.test({
       const image = Float32Array.from({ length: 8 * 8 * 8 * 4 }, (_, i) => Math.sin(i));
       await refuse();
       await assertRejects(
-        () => slidingWindowProbabilities(net, image, [8, 8, 8], { window: 8 }),
+        () => slidingWindowProbabilities(unetPredictor(net), image, [8, 8, 8], { window: 8 }),
         Error,
         "results computed since are wrong",
       );

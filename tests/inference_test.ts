@@ -1,5 +1,5 @@
 /**
- * Tests of sliding-window inference (pipeline/inference.ts) against references built here from
+ * Tests of sliding-window inference (pipeline/inference/sliding_window.ts) against references built here from
  * tfjs ops: the Gaussian importance map (σ = 1/8 of the window per axis, as nnU-Net), the blend of
  * overlapping windows, and test-time augmentation as the mean of the 8 mirrored predictions.
  * @module
@@ -27,6 +27,7 @@ import {
 import { randomNet } from "./_model_fixtures.ts";
 import { seededRandom } from "./_grad_check.ts";
 import { type Dims } from "../pipeline/volume/mod.ts";
+import { unetPredictor } from "../model/mod.ts";
 
 await tf.setBackend("cpu");
 
@@ -88,7 +89,10 @@ Deno.test("slidingWindowProbabilities() blends overlapping windows with the Gaus
   const dims: Dims = [12, 10, 14]; // x, y, z: windows of 8 overlap on every axis
   const image = randomImage(dims, 4, 12);
   const window = 8;
-  const got = await slidingWindowProbabilities(net, image, dims, { window, overlap: 0.5 });
+  const got = await slidingWindowProbabilities(unetPredictor(net), image, dims, {
+    window,
+    overlap: 0.5,
+  });
   // Reference: every window through the network, weighted, summed and normalized with tf ops.
   const shape = windowShape(dims, window, 2);
   const weights = tf.tensor(gaussianWeights(shape), [shape[2], shape[1], shape[0], 1]);
@@ -132,8 +136,11 @@ Deno.test("slidingWindowProbabilities(mirror) is the mean of the 8 mirrored pred
   const dims: Dims = [8, 6, 10]; // one window covers it: the blend is the identity
   const image = randomImage(dims, 4, 22);
   const before = tf.memory().numTensors;
-  const tta = await slidingWindowProbabilities(net, image, dims, { window: 16, mirror: true });
-  const plain = await slidingWindowProbabilities(net, image, dims, { window: 16 });
+  const tta = await slidingWindowProbabilities(unetPredictor(net), image, dims, {
+    window: 16,
+    mirror: true,
+  });
+  const plain = await slidingWindowProbabilities(unetPredictor(net), image, dims, { window: 16 });
   assertEquals(tf.memory().numTensors, before, "tensors leaked");
   const expected = tf.tidy(() => {
     const x = tf.tensor5d(image, [1, dims[2], dims[1], dims[0], 4]);
@@ -179,4 +186,30 @@ Deno.test("inference memory plan: windows 16 and 24 predict the largest window u
   assert(measured <= budget, `measured ${measured} > budget ${budget}`);
   assert(measured > predictPeak(model, 32), "and a larger window than the next step down");
   assertEquals(autoWindow({ preferred: 64, maxEdge: edge, multiple: 8 }), 40);
+});
+
+Deno.test("slidingWindowProbabilities() runs any predict function: a voxel-wise one comes back unchanged, a wrong-sized answer is an error", async () => {
+  const dims: Dims = [13, 11, 9];
+  const n = dims[0] * dims[1] * dims[2];
+  const rand = seededRandom(11);
+  const image = Float32Array.from({ length: n * 2 }, () => rand());
+  const calls: number[] = [];
+  // Probability = the first input channel: the Gaussian-weighted mean of equal values is that value.
+  const voxelwise = {
+    inChannels: 2,
+    outChannels: 1,
+    multiple: 4,
+    predict(input: Float32Array, count: number, shape: readonly [number, number, number]) {
+      calls.push(count);
+      const v = shape[0] * shape[1] * shape[2] * count;
+      return Promise.resolve(Float32Array.from({ length: v }, (_, i) => input[i * 2]));
+    },
+  };
+  const got = await slidingWindowProbabilities(voxelwise, image, dims, { window: 8, batch: 3 });
+  assertEquals(got.length, n);
+  for (let i = 0; i < n; i++) assert(Math.abs(got[i] - image[i * 2]) < 1e-6, `voxel ${i}`);
+  assert(calls.length > 1 && calls.every((c) => c >= 1 && c <= 3), `batches of ≤ 3: ${calls}`);
+  const short = { ...voxelwise, predict: () => Promise.resolve(new Float32Array(5)) };
+  const err = await slidingWindowProbabilities(short, image, dims, { window: 8 }).catch((e) => e);
+  assert(err instanceof RangeError && /predict returned 5 values/.test(err.message), String(err));
 });

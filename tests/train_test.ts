@@ -28,6 +28,7 @@ import { splitCases, train } from "../tasks/train.ts";
 import { runMain } from "./_cli.ts";
 import { phantomDataset, spawnTrain, TINY, tinySettings, weightsOf } from "./_train_fixtures.ts";
 import { boundingBox, type Dims, mirrorVolume, uncropBox } from "../pipeline/volume/mod.ts";
+import { unetPredictor } from "../model/mod.ts";
 
 await tf.setBackend("cpu");
 
@@ -284,7 +285,7 @@ Deno.test("sliding window: starts cover the volume; a whole-volume window equals
   const net = createUNet(TINY, { seed: 1, zeroInitResidual: false });
   const dims: Dims = [16, 16, 16];
   const image = Float32Array.from({ length: 16 ** 3 * 4 }, (_, i) => Math.sin(i * 0.37));
-  const viaWindows = await slidingWindowProbabilities(net, image, dims, { window: 16 });
+  const viaWindows = await slidingWindowProbabilities(unetPredictor(net), image, dims, { window: 16 });
   const direct = tf.tidy(() =>
     tf.sigmoid(predictLogits(net, tf.tensor5d(image, [1, 16, 16, 16, 4]))).dataSync()
   );
@@ -293,7 +294,7 @@ Deno.test("sliding window: starts cover the volume; a whole-volume window equals
     maxDiff = Math.max(maxDiff, Math.abs(direct[i] - viaWindows[i]));
   }
   assert(maxDiff < 1e-5, `max difference ${maxDiff}`);
-  const tiled = await slidingWindowProbabilities(net, image, dims, {
+  const tiled = await slidingWindowProbabilities(unetPredictor(net), image, dims, {
     window: 8,
     batch: 3,
     mirror: true,
@@ -303,7 +304,7 @@ Deno.test("sliding window: starts cover the volume; a whole-volume window equals
   disposeUNet(net);
   assertEquals(tf.memory().numTensors, before);
   await assertRejects(
-    () => slidingWindowProbabilities(net, image, dims, { window: 9 }),
+    () => slidingWindowProbabilities(unetPredictor(net), image, dims, { window: 9 }),
     RangeError,
     "multiple",
   );

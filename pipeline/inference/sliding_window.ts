@@ -5,12 +5,36 @@
  * Gaussian centred on it (σ = 1/8 of the window) so that predictions near a window's border, which
  * see less context, count less, and the weighted sum is divided by the summed weights. Optional
  * test-time augmentation averages the 8 mirrorings over the three axes.
+ *
+ * The network comes as a {@linkcode WindowPredictor}: a function from windows to probabilities
+ * with its channel counts, so that this module runs any model (model/predict.ts makes one of the
+ * U-Net) and tests can run it on a plain function.
  * @module
  */
-import * as tf from "../../model/tf.ts";
-import { cropMultiple, predictLogits, type UNet } from "../../model/mod.ts";
-import { checkWebGpuErrors } from "../../model/backend.ts";
 import { cropBox, type Dims, mirrorVolume } from "../volume/mod.ts";
+
+/**
+ * What sliding-window inference needs of a network: channels in and out, the multiple a window's
+ * edges must be, and the probabilities of a batch of windows.
+ */
+export interface WindowPredictor {
+  /** Channels of an input voxel. */
+  inChannels: number;
+  /** Channels (regions) of an output voxel. */
+  outChannels: number;
+  /** Each window edge must be a multiple of this (the network's down-sampling factor). */
+  multiple: number;
+  /**
+   * Probabilities of `count` windows of `shape` voxels (x, y, z).
+   * @param input [count, z, y, x, inChannels] float32, channel-last
+   * @returns [count, z, y, x, outChannels] probabilities in [0, 1]
+   */
+  predict(
+    input: Float32Array,
+    count: number,
+    shape: readonly [number, number, number],
+  ): Promise<Float32Array>;
+}
 
 /** Options of {@linkcode slidingWindowProbabilities}. */
 export interface SlidingWindowOptions {
@@ -81,14 +105,14 @@ export function gaussianWeights(shape: Dims): Float32Array {
  * @throws {RangeError} synchronously checked arguments are reported as a rejected promise
  */
 export async function slidingWindowProbabilities(
-  net: UNet,
+  net: WindowPredictor,
   image: Float32Array,
   dims: Dims,
   options: SlidingWindowOptions = {},
 ): Promise<Float32Array> {
   const { window = 128, overlap = 0.5, batch = 1, mirror = false, onWindow } = options;
-  const cin = net.config.inChannels;
-  const cout = net.config.outChannels;
+  const cin = net.inChannels;
+  const cout = net.outChannels;
   const n = dims[0] * dims[1] * dims[2];
   if (image.length !== n * cin) {
     throw new RangeError(
@@ -99,7 +123,7 @@ export async function slidingWindowProbabilities(
     throw new RangeError(`Overlap ${overlap} is not in ${OVERLAP_RANGE}`);
   }
   if (!Number.isInteger(batch) || batch < 1) throw new RangeError(`Batch ${batch} is not ≥ 1`);
-  const shape = windowShape(dims, window, cropMultiple(net.config));
+  const shape = windowShape(dims, window, net.multiple);
   const weights = gaussianWeights(shape);
   const starts: Dims[] = [];
   const [sx, sy, sz] = dims.map((d, a) => windowStarts(d, shape[a], overlap));
@@ -117,15 +141,13 @@ export async function slidingWindowProbabilities(
     for (const axes of flips) {
       const input = new Float32Array(group.length * wv * cin);
       crops.forEach((c, i) => input.set(mirrorVolume(c, shape, cin, axes), i * wv * cin));
-      const out = tf.tidy(() => {
-        const x = tf.tensor5d(input, [group.length, shape[2], shape[1], shape[0], cin]);
-        const logits = predictLogits(net, x);
-        return tf.sigmoid(logits);
-      });
-      // An asynchronous read: WebGPU's synchronous one needs a canvas, which Deno lacks.
-      const values = (await out.data()) as Float32Array;
-      out.dispose();
-      checkWebGpuErrors();
+      const values = await net.predict(input, group.length, shape);
+      if (values.length !== group.length * wv * cout) {
+        throw new RangeError(
+          `predict returned ${values.length} values for ${group.length} window(s) of ` +
+            `${shape.join("×")} × ${cout} channels`,
+        );
+      }
       group.forEach((_, i) => {
         const p = mirrorVolume(
           values.subarray(i * wv * cout, (i + 1) * wv * cout),
