@@ -24,7 +24,7 @@ import { writeSynthDataset } from "../pipeline/synth/synth.ts";
 import { probabilitiesToLabels } from "../pipeline/labels.ts";
 import { keepLargestComponent } from "../pipeline/inference/postprocess.ts";
 import { connectedComponents } from "../pipeline/evaluation/lesion_wise.ts";
-import { segment } from "../tasks/segment.ts";
+import { segment } from "../pipeline/segmentation/mod.ts";
 import { defaultSettings, train } from "../tasks/train.ts";
 import { inShard } from "../pipeline/cases/shard.ts";
 import { runMain } from "./_cli.ts";
@@ -208,7 +208,7 @@ Deno.test("segment: outputs on the input's grid with evaluate's metrics, skipped
     const net = createUNet(resolveConfig(TINY), { seed: 2, zeroInitResidual: false });
     await saveModel(`${dir}/model`, net, undefined, { train_crop: "16" });
     disposeUNet(net);
-    const opts = { model: `${dir}/model`, input: `${dir}/data`, out: `${dir}/seg`, quiet: true };
+    const opts = { model: `${dir}/model`, input: `${dir}/data`, out: `${dir}/seg` };
     const first = await segment({ ...opts, saveProbabilities: true });
     assertEquals(first.cases.map((c) => c.status), ["done", "done"]);
     assertEquals(first.failed, []);
@@ -314,7 +314,7 @@ Deno.test({
     try {
       await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [24, 28, 20], seed: 4 });
       const model = await tinyModel(dir);
-      const r = await segment({ model, input: `${dir}/data`, out: `${dir}/seg`, quiet: true });
+      const r = await segment({ model, input: `${dir}/data`, out: `${dir}/seg` });
       const [c] = (await findCases(`${dir}/data`)).cases;
       assertEquals(r.cases.map((o) => o.output), [`${dir}/seg/${c.id}.nii.gz`]);
       const out = await new Deno.Command(PYTHON, {
@@ -387,7 +387,7 @@ Deno.test("segment: cases with a missing modality, two files for one, or modalit
     for (const index of [0, 1]) {
       const shard = { index, count: 2 };
       const out = `${dir}/shard${index}`;
-      const s = await segment({ model, input: `${dir}/data`, out, quiet: true, shard });
+      const s = await segment({ model, input: `${dir}/data`, out, shard });
       const mine = problems.filter((id) => inShard(id, shard));
       assertEquals(s.failed.map((f) => f.id), mine);
       for (const id of problems) {
@@ -407,7 +407,7 @@ Deno.test("segment --save-probabilities after a run without them writes them; la
     const [c] = (await findCases(`${dir}/data`)).cases;
     const segBytes = await getObject(c.seg!);
     await deleteObject(c.seg!);
-    const opts = { model, input: `${dir}/data`, out: `${dir}/seg`, quiet: true };
+    const opts = { model, input: `${dir}/data`, out: `${dir}/seg` };
     const at = (name: string, out = opts.out) => `${out}/${c.id}${name}`;
 
     const plain = await segment(opts);
@@ -511,7 +511,6 @@ Deno.test("train, then segment held-out synthetic cases (2023 naming) from and t
     model: "s3://brats/run/best",
     input: "s3://brats/heldout",
     out: "s3://brats/seg",
-    quiet: true,
   });
   assertEquals(seg.failed, []);
   assertEquals(seg.cases.map((c) => [c.id, c.status]), heldIds.map((id) => [id, "done"]));
@@ -641,7 +640,7 @@ Deno.test("segment --window auto (the default) is the fixed window it resolves t
   try {
     await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [24, 28, 20], seed: 5 });
     const model = await tinyModel(dir);
-    const base = { model, input: `${dir}/data`, quiet: true };
+    const base = { model, input: `${dir}/data` };
     await segment({ ...base, out: `${dir}/auto` });
     await segment({ ...base, out: `${dir}/fixed`, window: 16 });
     const plan = await inferenceModel(resolveConfig(TINY), inferenceFitEdges(resolveConfig(TINY)));
