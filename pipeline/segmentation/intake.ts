@@ -14,7 +14,8 @@ import {
   type S3ObjectEvent,
   triageRecord,
 } from "./events.ts";
-import type { Job, JobBoard, JobStatus } from "./jobs.ts";
+import type { Job, JobStatus } from "./job.ts";
+import type { JobBoard } from "./jobs.ts";
 import { describeError } from "./runner.ts";
 
 /** Records remembered for de-duplication (oldest forgotten first). */

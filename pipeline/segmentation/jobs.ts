@@ -5,72 +5,10 @@
  * @module
  */
 import type { Case } from "../cases/mod.ts";
-import {
-  deleteObject,
-  getObject,
-  joinUri,
-  ObjectNotFoundError,
-  putObject,
-} from "../storage/mod.ts";
-import { outputUri } from "./outputs.ts";
+import { deleteObject, joinUri, putObject } from "../storage/mod.ts";
+import { type Job, JOB_HISTORY, RETRY_MAX_DELAY_MS, sourceConflict } from "./job.ts";
 import { CaseFailure, type CaseRunner, describeError, isTransientFailure } from "./runner.ts";
 import type { CaseOptions } from "./segmenter.ts";
-
-/** Finished jobs kept for `GET /jobs/<id>`. */
-export const JOB_HISTORY = 1_000;
-/**
- * A case that failed for a transient reason (S3 unreachable, throttling, 5xx) is run again after
- * 1 s, 2 s, 4 s, ... (at most 15 s each, jittered), as long as the next attempt starts within this
- * many milliseconds of the first failure; then it fails for good.
- */
-export const RETRY_BUDGET_MS = 60_000;
-/** The first retry's delay. */
-export const RETRY_BASE_MS = 1_000;
-/** The longest delay between two attempts. */
-export const RETRY_MAX_DELAY_MS = 15_000;
-
-/** A job's state. */
-export type JobStatus = "queued" | "running" | "done" | "failed" | "skipped";
-
-/** What `GET /jobs/<id>` shows. */
-export interface JobView {
-  id: string;
-  status: JobStatus;
-  /** The case id. */
-  case: string;
-  /** The folder the case was found in. */
-  caseUri: string;
-  /** The objects whose events led to the job. */
-  trigger: string[];
-  /** The segmentation and, for a case with a reference, its metrics (done, skipped); or the
-   * error record (failed). */
-  outputs: string[];
-  error?: string;
-  created: string;
-  started?: string;
-  finished?: string;
-  /** Seconds the segmentation took. */
-  seconds?: number;
-  /** Runs started (more than 1 after transient failures). */
-  attempts: number;
-  /** While waiting to be run again: when, and the transient error. */
-  retryAt?: string;
-  lastError?: string;
-}
-
-/** A job with the case it segments. */
-export interface Job extends JobView {
-  c: Case;
-  key: string;
-  /** When the first transient failure happened (ms since the epoch). */
-  firstFailure?: number;
-}
-
-/** A job as `GET /jobs/<id>` shows it. */
-export function jobView(j: Job): JobView {
-  const { c: _c, key: _k, ...rest } = j;
-  return rest;
-}
 
 /** What the jobs need to know. */
 export interface JobBoardOptions {
@@ -82,12 +20,10 @@ export interface JobBoardOptions {
   concurrency: number;
   /** Options of each case's segmentation. */
   caseOptions: CaseOptions;
-  /** Retries of transient failures (see {@linkcode RETRY_BUDGET_MS}). */
+  /** Retries of transient failures (see `RETRY_BUDGET_MS` in job.ts). */
   retry: { budgetMs: number; baseDelayMs: number };
   log: (entry: Record<string, unknown>) => void;
 }
-
-const folderOf = (uri: string) => uri.slice(0, uri.lastIndexOf("/") + 1);
 
 /** The jobs of one service: queued, running, retrying and finished. */
 export class JobBoard {
@@ -101,7 +37,7 @@ export class JobBoard {
   running = 0;
   #aborting = false;
   #idleWaiters: (() => void)[] = [];
-  /** Jobs running now, for {@linkcode JobBoard.#sourceConflict}. */
+  /** Jobs running now, for {@linkcode sourceConflict}. */
   #active = new Set<Job>();
 
   constructor(private readonly runner: CaseRunner, private readonly options: JobBoardOptions) {}
@@ -213,39 +149,6 @@ export class JobBoard {
     return true;
   }
 
-  /**
-   * Outputs are keyed by case id, as `segment` writes them, so one id is one case: a job whose
-   * case id is running from another folder, or whose output record names inputs in another
-   * folder, is refused (batch `segment` refuses a dataset holding an id twice).
-   */
-  async #sourceConflict(job: Job): Promise<string | undefined> {
-    const out = this.options.out;
-    const mine = folderOf(job.c.images.flair);
-    const refuse = (other: string, why: string) =>
-      `case "${job.case}" of ${mine} is refused: ${why} from ${other}, and outputs are keyed by ` +
-      `case id alone; remove ${joinUri(out, job.case + ".json")} (and its outputs) to ` +
-      `segment this folder's case instead`;
-    for (const other of this.#active) {
-      if (other !== job && other.case === job.case && folderOf(other.c.images.flair) !== mine) {
-        return refuse(folderOf(other.c.images.flair), "the same case id is being segmented");
-      }
-    }
-    let record: { images?: { flair?: unknown } } | undefined;
-    try {
-      record = JSON.parse(
-        new TextDecoder().decode(await getObject(joinUri(out, `${job.case}.json`))),
-      );
-    } catch (e) {
-      if (e instanceof ObjectNotFoundError || e instanceof SyntaxError) return undefined;
-      throw e;
-    }
-    const flair = record?.images?.flair;
-    if (typeof flair === "string" && folderOf(flair) !== mine) {
-      return refuse(folderOf(flair), `${outputUri(out, job.case)} was segmented`);
-    }
-    return undefined;
-  }
-
   async #runJob(job: Job): Promise<void> {
     job.status = "running";
     job.started = new Date().toISOString();
@@ -255,7 +158,7 @@ export class JobBoard {
     const errorUri = joinUri(this.options.out, `${job.case}.error.json`);
     this.#active.add(job);
     try {
-      const conflict = await this.#sourceConflict(job);
+      const conflict = await sourceConflict(job, this.#active, this.options.out);
       if (conflict) throw new CaseFailure(conflict, false);
       const r = await this.runner.segment(
         job.id,

@@ -23,32 +23,14 @@ import {
   maxCropEdge,
   selectBackend,
   type UNet,
-  unetPredictor,
 } from "../../model/mod.ts";
-import {
-  type Case,
-  caseChannels,
-  caseKey,
-  type DatasetDescription,
-  preprocessCase,
-  readNiftiHeader,
-} from "../cases/mod.ts";
-import { type CaseResult, evaluateImages } from "../evaluation/mod.ts";
-import { keepLargestComponent, slidingWindowProbabilities } from "../inference/mod.ts";
-import { bratsEnhancingLabel, type Labels, probabilitiesToLabels } from "../labels.ts";
-import { decodeNifti, encodeNifti, type NiftiHeader, readNifti } from "../nifti/mod.ts";
+import { type Case, caseKey, type DatasetDescription } from "../cases/mod.ts";
+import { bratsEnhancingLabel, type Labels } from "../labels.ts";
 import { exists } from "../storage/mod.ts";
 import { type LoadedModel, loadModel, resolveModel } from "../training/mod.ts";
-import { uncropBox } from "../volume/mod.ts";
+import { encodeCase } from "./encode_case.ts";
 import { caseForModel, type ModelInputs, outputLabels } from "./channels.ts";
-import {
-  type OutputPlan,
-  outputUri,
-  planOutputs,
-  type RecordOptions,
-  upToDate,
-  writeOutputs,
-} from "./outputs.ts";
+import { outputUri, planOutputs, type RecordOptions, upToDate, writeOutputs } from "./outputs.ts";
 
 /** Options of one case's segmentation. */
 export interface CaseOptions {
@@ -93,22 +75,6 @@ export interface CaseOutcome {
   seconds: number;
   /** Voxels per label in the output. */
   labels?: Record<string, number>;
-}
-
-/** What `<out>/<case>.metrics.json` holds: `evaluate`'s entry for the case, and its two files. */
-export interface CaseMetricsRecord extends CaseResult {
-  prediction: string;
-  reference: string;
-}
-
-/** Channel-last [voxels, c] to channel-major (NIfTI's 4th dimension slowest). */
-function channelMajor(data: Float32Array, channels: number): Float32Array {
-  const n = data.length / channels;
-  const out = new Float32Array(data.length);
-  for (let i = 0; i < n; i++) {
-    for (let k = 0; k < channels; k++) out[k * n + i] = data[i * channels + k];
-  }
-  return out;
 }
 
 /** A loaded network that segments cases. */
@@ -238,7 +204,12 @@ export class Segmenter {
       const seconds = (performance.now() - t0) / 1000;
       return { id: c.id, status: "skipped", output: plan.output, ...paths, seconds };
     }
-    const files = await this.#encode(c, plan, labelsOut, opts, options);
+    const files = await encodeCase(this.net, this.modelSha256, c, {
+      plan,
+      labelsOut,
+      opts,
+      options,
+    });
     const record = {
       model_sha256: this.modelSha256,
       inputs,
@@ -259,71 +230,8 @@ export class Segmenter {
     };
   }
 
-  /**
-   * Infers one case and encodes its files (labels, probabilities, metrics) in memory: scored from
-   * the bytes about to be written, as `evaluate` would score the file, so a reference that cannot
-   * be read fails the case with nothing written.
-   */
-  async #encode(
-    c: Case,
-    plan: OutputPlan,
-    labelsOut: Labels,
-    opts: RecordOptions,
-    options: CaseOptions,
-  ) {
-    const header = await readNiftiHeader(caseChannels(c)[0].uri);
-    // The reference is read once, below, for the metrics: inference needs only the images.
-    const { seg: _reference, ...images } = c;
-    const p = await preprocessCase(images);
-    const probs = await slidingWindowProbabilities(unetPredictor(this.net), p.image, p.box.size, {
-      window: Math.min(opts.window, 1024),
-      overlap: opts.overlap,
-      batch: options.batch ?? 1,
-      mirror: opts.tta,
-      onWindow: options.onWindow,
-    });
-    const boxLabels = probabilitiesToLabels(probs, labelsOut, opts.et_threshold);
-    if (opts.largest_component) keepLargestComponent(boxLabels, p.box.size);
-    const labels = uncropBox(boxLabels, p.box, p.dims, 1);
-    const counts: Record<string, number> = {};
-    for (const l of labels) if (l) counts[l] = (counts[l] ?? 0) + 1;
-    const description = `revunet ${this.modelSha256.slice(0, 12)}`;
-    const nifti = (
-      data: Float32Array | Uint8Array,
-      type: "uint8" | "float32",
-      name: string,
-      k?: number,
-    ) => encodeNifti(data, type, header, { dims: niftiDims(header, k), description, name });
-    const labelBytes = nifti(labels, "uint8", plan.output);
-    let metrics: CaseMetricsRecord | undefined;
-    if (c.seg && plan.metrics) {
-      const truth = await readNifti(c.seg);
-      const scored = evaluateImages(
-        decodeNifti(labelBytes, plan.output),
-        plan.output,
-        truth,
-        c.seg,
-        {
-          truthEnhancingLabel: c.enhancingLabel,
-        },
-      );
-      metrics = { case: c.id, ...scored.metrics, prediction: plan.output, reference: c.seg };
-    }
-    const k = this.net.config.outChannels;
-    const probabilities = plan.probabilities
-      ? nifti(channelMajor(uncropBox(probs, p.box, p.dims, k), k), "float32", plan.probabilities, k)
-      : undefined;
-    return { labels: labelBytes, probabilities, metrics, counts };
-  }
-
   /** Frees the network. */
   dispose(): void {
     disposeUNet(this.net);
   }
-}
-
-/** The grid of an output: the input's, with `k` channels as a 4th dimension when given. */
-function niftiDims(header: NiftiHeader, k?: number): number[] {
-  const grid = header.dims.slice(0, 3);
-  return k === undefined ? grid : [...grid, k];
 }

@@ -17,7 +17,8 @@
 import { MalformedEventError, parseS3Event, TooManyRecordsError } from "./events.ts";
 import { confirmSubscription, json, readBody, tokenCheck, unauthorized } from "./http.ts";
 import { admitRecords, busy, type IntakeContext, type Reply, SeenRecords } from "./intake.ts";
-import { JobBoard, jobView, RETRY_BASE_MS, RETRY_BUDGET_MS } from "./jobs.ts";
+import { jobView, RETRY_BASE_MS, RETRY_BUDGET_MS } from "./job.ts";
+import { JobBoard } from "./jobs.ts";
 import { type CaseRunner, describeError } from "./runner.ts";
 import type { CaseOptions } from "./segmenter.ts";
 
