@@ -111,6 +111,22 @@ export function regionTable(enhancingLabel: Labels): Uint8Array {
 }
 
 /**
+ * Whether each label 0..255 lies in one region, 1 or 0: the region of `bit` (a
+ * {@linkcode REGION_BITS} value, or `1 << k` for region k of a scheme); labels outside the
+ * convention are in none. A lookup table for masks of one region (`cropMask`'s table).
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { REGION_BITS, regionMaskTable } from "./labels.ts";
+ * const tc = regionMaskTable(4, REGION_BITS.TC);
+ * assertEquals([tc[0], tc[1], tc[2], tc[3], tc[4]], [0, 1, 0, 0, 1]);
+ * ```
+ */
+export function regionMaskTable(labels: Labels, bit: number): Uint8Array {
+  return regionTable(labels).map((r) => (r & bit) !== 0 ? 1 : 0);
+}
+
+/**
  * The region bits of a label volume.
  * @param name what to call the volume in errors
  * @throws {RangeError} a label other than 0, 1, 2 or `enhancingLabel`, naming the volume and voxel

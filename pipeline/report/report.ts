@@ -39,9 +39,9 @@
 import { encode as encodePng } from "fast-png";
 import { REGIONS } from "../evaluation/mod.ts";
 import { joinUri, mapConcurrent, putObject } from "../storage/mod.ts";
+import { type Dims, maskBox } from "../volume/mod.ts";
 
 /** Voxels along x, y, z. */
-type Dims = [number, number, number];
 
 /** One of the three nested BraTS regions. */
 export type ReportRegion = "WT" | "TC" | "ET";
@@ -232,24 +232,14 @@ function busiestPlanes(mask: Uint8Array, dims: Dims): Dims | undefined {
 
 /** The centre of the bounding box of nonzero FLAIR voxels, else of the grid. */
 function brainCentre(flair: ArrayLike<number>, dims: Dims): Dims {
-  const [nx, ny, nz] = dims;
-  const lo = [nx, ny, nz];
-  const hi = [-1, -1, -1];
-  let i = 0;
-  for (let z = 0; z < nz; z++) {
-    for (let y = 0; y < ny; y++) {
-      for (let x = 0; x < nx; x++, i++) {
-        if (flair[i] === 0 || !Number.isFinite(flair[i])) continue;
-        const p = [x, y, z];
-        for (let a = 0; a < 3; a++) {
-          if (p[a] < lo[a]) lo[a] = p[a];
-          if (p[a] > hi[a]) hi[a] = p[a];
-        }
-      }
-    }
+  // NaN and ±Infinity are no brain: the box is that of the finite nonzero voxels.
+  const brain = new Uint8Array(flair.length);
+  for (let i = 0; i < brain.length; i++) {
+    brain[i] = flair[i] !== 0 && Number.isFinite(flair[i]) ? 1 : 0;
   }
-  if (hi[0] < 0) return dims.map((d) => Math.floor(d / 2)) as Dims;
-  return [0, 1, 2].map((a) => Math.floor((lo[a] + hi[a]) / 2)) as Dims;
+  const box = maskBox(brain, dims);
+  if (!box) return dims.map((d) => Math.floor(d / 2)) as Dims;
+  return [0, 1, 2].map((a) => Math.floor((2 * box.start[a] + box.size[a] - 1) / 2)) as Dims;
 }
 
 /** A view: the world axes (0 R, 1 A, 2 S) across and down the image, and the one it cuts. */
