@@ -33,6 +33,7 @@ import { readNifti } from "../nifti/mod.ts";
 import {
   INVALID_LABEL as INVALID,
   REGION_BITS as BIT,
+  regionMask,
   regionMaskTable,
   regionTable,
 } from "../labels.ts";
@@ -168,16 +169,12 @@ export function lesionWiseCase(
   enhancingLabel: { pred: 3 | 4; truth: 3 | 4 },
   params: LesionWiseParams,
 ): CaseLesionWise {
-  const lp = regionTable(enhancingLabel.pred);
-  const lt = regionTable(enhancingLabel.truth);
   const out = {} as CaseLesionWise;
   const pm = new Uint8Array(pred.length);
   const tm = new Uint8Array(truth.length);
   for (const region of EVAL_REGIONS) {
-    const bit = BIT[region];
-    // Plain loops: Uint8Array.from with a mapping function is some 10× slower on 9M voxels.
-    for (let i = 0; i < pm.length; i++) pm[i] = (lp[pred[i]] & bit) !== 0 ? 1 : 0;
-    for (let i = 0; i < tm.length; i++) tm[i] = (lt[truth[i]] & bit) !== 0 ? 1 : 0;
+    regionMask(pred, enhancingLabel.pred, BIT[region], pm);
+    regionMask(truth, enhancingLabel.truth, BIT[region], tm);
     out[region] = lesionWiseRegion(pm, tm, dims, spacing, params);
   }
   return out;

@@ -40,6 +40,7 @@ import { encode as encodePng } from "fast-png";
 import { REGIONS } from "../evaluation/mod.ts";
 import { joinUri, mapConcurrent, putObject } from "../storage/mod.ts";
 import { type Dims, maskBox } from "../volume/mod.ts";
+import { INVALID_LABEL, REGION_BITS, regionTable } from "../labels.ts";
 
 /** Voxels along x, y, z. */
 
@@ -120,13 +121,19 @@ function labelClasses(
       `Cannot render slices: ${what} has ${labels.length} voxels, expected ${n}`,
     );
   }
+  // Region bits (pipeline/labels.ts) → class; with no convention given, 3 and 4 both enhance.
+  const table = regionTable(enhancing ?? 4);
+  if (enhancing === undefined) table[3] = table[4];
+  const classOf = new Uint8Array(8);
+  classOf[REGION_BITS.WT | REGION_BITS.TC] = 1;
+  classOf[REGION_BITS.WT] = 2;
+  classOf[REGION_BITS.WT | REGION_BITS.TC | REGION_BITS.ET] = 3;
   const out = new Uint8Array(n);
   for (let i = 0; i < n; i++) {
     const l = labels[i];
     if (l === 0) continue;
-    if (l === 1) out[i] = 1;
-    else if (l === 2) out[i] = 2;
-    else if (enhancing === undefined ? l === 3 || l === 4 : l === enhancing) out[i] = 3;
+    const r = table[l] ?? INVALID_LABEL;
+    if (!(r & INVALID_LABEL)) out[i] = classOf[r];
     else {
       const expected = enhancing === undefined ? "3 or 4" : String(enhancing);
       throw new RangeError(
