@@ -5,7 +5,7 @@
  */
 import { type Command, UsageError } from "./tasks/_cli.ts";
 import { commands } from "./tasks/mod.ts";
-import { checkWebGpuErrors, onWebGpuError } from "./model/backend.ts";
+import { checkWebGpuErrors, onWebGpuError } from "./pipeline/training/mod.ts";
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));
