@@ -8,9 +8,10 @@
  * follows too), or undefined when it can be one.
  * @example
  * ```ts
+ * import { assertEquals } from "@std/assert";
  * import { bucketNameProblem } from "./bucket_name.ts";
- * bucketNameProblem("brats"); // undefined
- * bucketNameProblem("brats/seg"); // "may contain only a-z, 0-9, '.' and '-'"
+ * assertEquals(bucketNameProblem("brats"), undefined);
+ * assertEquals(bucketNameProblem("brats/seg"), "may contain only a-z, 0-9, '.' and '-'");
  * ```
  */
 export function bucketNameProblem(name: string): string | undefined {

@@ -181,10 +181,17 @@ export interface EventCases {
  * @param event the notification body (JSON text, bytes or the parsed value)
  * @throws {SyntaxError} a `MalformedEventError` for a body in no known shape; storage errors from listing
  * @example
- * ```ts ignore
- * import { casesFromEvent } from "./pipeline/events.ts";
- * const event = JSON.parse(await Deno.readTextFile("event.json"));
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { casesFromEvent } from "./events.ts";
+ * // The service's own output arriving: ignored before any folder is listed.
+ * const key = "seg/BraTS2021_00001.nii.gz";
+ * const event = {
+ *   Records: [{ eventName: "ObjectCreated:Put", s3: { bucket: { name: "brats" }, object: { key } } }],
+ * };
  * const { cases, ignored } = await casesFromEvent(event, { out: "s3://brats/seg/" });
+ * assertEquals(cases, []);
+ * assertEquals(ignored.map((i) => i.key), ["s3://brats/seg/BraTS2021_00001.nii.gz"]);
  * ```
  */
 export async function casesFromEvent(

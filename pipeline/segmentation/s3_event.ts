@@ -75,8 +75,9 @@ const isObject = (v: unknown): v is Json =>
  * @throws {MalformedEventError} for a broken %-escape
  * @example
  * ```ts
+ * import { assertEquals } from "@std/assert";
  * import { decodeS3Key } from "./s3_event.ts";
- * decodeS3Key("BraTS+2021/case%2B1_t1.nii.gz"); // "BraTS 2021/case+1_t1.nii.gz"
+ * assertEquals(decodeS3Key("BraTS+2021/case%2B1_t1.nii.gz"), "BraTS 2021/case+1_t1.nii.gz");
  * ```
  */
 export function decodeS3Key(raw: string): string {
