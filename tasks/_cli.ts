@@ -7,6 +7,9 @@ import { parseArgs as nodeParseArgs, type ParseArgsConfig } from "node:util";
 import { parseShard, type Shard } from "../pipeline/cases/mod.ts";
 import { BACKEND_NAMES, type BackendName } from "../pipeline/training/mod.ts";
 
+/** main.ts's check after each command that the WebGPU device reported no error. */
+export { checkWebGpuErrors } from "../pipeline/training/mod.ts";
+
 /** One subcommand of main.ts. */
 export interface Command {
   /** The subcommand's name, as typed after `main.ts` (and as its `deno task` name). */
