@@ -3,7 +3,7 @@
  * Only this file turns errors into exit codes: 2 for usage errors, 1 for everything else.
  * @module
  */
-import { checkWebGpuErrors, type Command, UsageError } from "./tasks/_cli.ts";
+import { checkWebGpuErrors, type Command, onWebGpuError, UsageError } from "./tasks/_cli.ts";
 import { commands } from "./tasks/mod.ts";
 
 function usage(): string {
@@ -40,6 +40,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   // Every error names its command, once: "error: train: --out is required".
+  onWebGpuError((message) => console.error(`error: WebGPU: ${message}`));
   const prefix = `${command.name}: `;
   const named = (message: string) => message.startsWith(prefix) ? message : prefix + message;
   try {

@@ -7,8 +7,8 @@ import { parseArgs as nodeParseArgs, type ParseArgsConfig } from "node:util";
 import { parseShard, type Shard } from "../pipeline/cases/mod.ts";
 import { BACKEND_NAMES, type BackendName } from "../pipeline/training/mod.ts";
 
-/** main.ts's check after each command that the WebGPU device reported no error. */
-export { checkWebGpuErrors } from "../pipeline/training/mod.ts";
+/** main.ts's hooks on the WebGPU device: its errors said as they come, and checked after a command. */
+export { checkWebGpuErrors, onWebGpuError } from "../pipeline/training/mod.ts";
 
 /** One subcommand of main.ts. */
 export interface Command {

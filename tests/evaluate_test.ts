@@ -15,13 +15,13 @@ import {
   assertThrows,
 } from "@std/assert";
 import {
-  boundingBox,
   hd95,
   percentile,
   squaredDistanceTransform,
   surface,
   surfaceDistances,
 } from "../pipeline/evaluation/distance.ts";
+import { maskBox } from "../pipeline/volume/mod.ts";
 import {
   caseMetrics,
   CSV_COLUMNS,
@@ -282,7 +282,7 @@ Deno.test("hd95() of x=[1 voxel at z=0] vs [z=3] with spacing [1,1,2] is 6 mm; e
   b[1 + 4 * (1 + 4 * 3)] = 1;
   assertEquals(hd95(a, b, [4, 4, 4], [1, 1, 2]), 6);
   assertEquals(surfaceDistances(a, b, [4, 4, 4], [1, 1, 2]), new Float64Array([6]));
-  assertEquals(boundingBox(a, [4, 4, 4]), { min: [1, 1, 0], max: [1, 1, 0] });
+  assertEquals(maskBox(a, [4, 4, 4]), { start: [1, 1, 0], size: [1, 1, 1] });
   assertThrows(() => hd95(a, new Uint8Array(64), [4, 4, 4]), RangeError, "second mask is empty");
   assertThrows(() => hd95(a, b, [4, 4, 3]), RangeError, "does not fit dims");
   assertThrows(() => hd95(a, b, [4, 4, 4], [1, 0, 1]), RangeError, "spacing");

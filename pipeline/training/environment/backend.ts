@@ -12,6 +12,7 @@ export {
   type BackendChoice,
   type BackendName,
   checkWebGpuErrors,
+  onWebGpuError,
   selectBackend,
 } from "../../../model/backend.ts";
 
