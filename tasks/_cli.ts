@@ -9,6 +9,9 @@ import { MAX_OVERLAP } from "../pipeline/inference/mod.ts";
 import type { CaseOptions } from "../pipeline/segmentation/mod.ts";
 import { BACKEND_NAMES, type BackendName } from "../pipeline/training/mod.ts";
 
+/** main.ts's hooks on the WebGPU device: its errors said as they come, checked after a command. */
+export { checkWebGpuErrors, onWebGpuError } from "../pipeline/training/mod.ts";
+
 /** One subcommand of main.ts. */
 export interface Command {
   /** The subcommand's name, as typed after `main.ts` (and as its `deno task` name). */
