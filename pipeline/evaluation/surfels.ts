@@ -12,7 +12,7 @@
  * group is cut off by a polygon through the midpoints of the cell edges leaving it; a non-planar
  * polygon is split into the triangles of largest total area. These are the surfaces the
  * challenge's lookup table holds (checked for all 256 cells, isotropic and anisotropic, in
- * tests/lesion_wise_test.ts's cross-check). Masks are flat, x fastest, as in pipeline/evaluation/distance.ts.
+ * tests/evaluation/lesion_wise_test.ts's cross-check). Masks are flat, x fastest, as in pipeline/evaluation/distance.ts.
  *
  * @example
  * ```ts
