@@ -5,7 +5,10 @@
  */
 import { parseArgs as nodeParseArgs, type ParseArgsConfig } from "node:util";
 import { parseShard, type Shard } from "../pipeline/cases/mod.ts";
-import { BACKEND_NAMES, type BackendName } from "../model/backend.ts";
+import { BACKEND_NAMES, type BackendName } from "../pipeline/training/mod.ts";
+
+/** main.ts's hooks on the WebGPU device: its errors said as they come, checked after a command. */
+export { checkWebGpuErrors, onWebGpuError } from "../pipeline/training/mod.ts";
 
 /** One subcommand of main.ts. */
 export interface Command {

@@ -6,3 +6,5 @@
 export * from "./checkpoint.ts";
 export * from "./model_store.ts";
 export * from "./training_cases.ts";
+export * from "./bench/mod.ts";
+export * from "./environment/mod.ts";

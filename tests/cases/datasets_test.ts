@@ -21,7 +21,7 @@ import {
 import { phantomCase, writePhantomDataset } from "../../pipeline/synth/phantom.ts";
 import { preprocessCase } from "../../pipeline/cases/preprocess.ts";
 import { getObject, putObject } from "../../pipeline/storage/objects.ts";
-import { segment } from "../../tasks/segment.ts";
+import { segment } from "../../pipeline/segmentation/mod.ts";
 import { train } from "../../tasks/train.ts";
 import { runMain } from "../_cli.ts";
 import { startS3rver } from "../_s3rver.ts";
@@ -411,7 +411,6 @@ Deno.test({
       model: `${run}/best`,
       input: `${tmp.path}/imagesTs`,
       out,
-      quiet: true,
     });
     assertEquals(s.failed, []);
     assertEquals(s.cases.map((c) => c.output), ids.slice(3).map((id) => `${out}/${id}.nii.gz`));
@@ -431,7 +430,6 @@ Deno.test({
       model: `${run}/best`,
       input: `${tmp.path}/imagesTs`,
       out: out2,
-      quiet: true,
     });
     assertEquals(s2.cases, []);
     assertEquals(s2.failed.length, 2);
@@ -456,7 +454,6 @@ Deno.test({
       model: `${run}/best`,
       input: `${tmp.path}/brats`,
       out: `${tmp.path}/seg3`,
-      quiet: true,
     });
     assertEquals(s3.failed, []);
     const l3 = scaledData(decodeNifti(await Deno.readFile(s3.cases[0].output), "brats"));
@@ -482,7 +479,6 @@ Deno.test({
       model: `${run}/best`,
       input: `${root}/imagesTs`,
       out,
-      quiet: true,
       saveProbabilities: true,
     });
     assertEquals(s.failed, []);
@@ -500,7 +496,6 @@ Deno.test({
       model: `${run}/best`,
       input: `${root}/imagesTr`,
       out: labelled,
-      quiet: true,
       report: true,
     });
     assertEquals(r.failed, []);
