@@ -5,22 +5,27 @@
  * here from phantom cases with the project's NIfTI writer; one test reads the real scans of
  * ../shared/data and skips, saying so, where they are absent.
  */
-import * as tf from "../model/tf.ts";
-import { disposeUNet } from "../model/mod.ts";
+import * as tf from "../../model/tf.ts";
+import { disposeUNet } from "../../model/mod.ts";
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
-import { caseChannels, datasetShape, findCases } from "../pipeline/cases/cases.ts";
-import { labelScheme, parseDatasetJson } from "../pipeline/cases/datasets.ts";
-import { labelsToRegions, probabilitiesToLabels, regionsToLabels } from "../pipeline/labels.ts";
-import { loadModel, readModelDataset } from "../pipeline/training/model_store.ts";
-import { createNiftiHeader, decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti/mod.ts";
-import { phantomCase, writePhantomDataset } from "../pipeline/synth/phantom.ts";
-import { preprocessCase } from "../pipeline/cases/preprocess.ts";
-import { getObject, putObject } from "../pipeline/storage/objects.ts";
-import { segment } from "../pipeline/segmentation/mod.ts";
-import { train } from "../tasks/train.ts";
-import { runMain } from "./_cli.ts";
-import { startS3rver } from "./_s3rver.ts";
-import { tinySettings } from "./_train_fixtures.ts";
+import { caseChannels, datasetShape, findCases } from "../../pipeline/cases/cases.ts";
+import { labelScheme, parseDatasetJson } from "../../pipeline/cases/datasets.ts";
+import { labelsToRegions, probabilitiesToLabels, regionsToLabels } from "../../pipeline/labels.ts";
+import { loadModel, readModelDataset } from "../../pipeline/training/model_store.ts";
+import {
+  createNiftiHeader,
+  decodeNifti,
+  encodeNifti,
+  scaledData,
+} from "../../pipeline/nifti/mod.ts";
+import { phantomCase, writePhantomDataset } from "../../pipeline/synth/phantom.ts";
+import { preprocessCase } from "../../pipeline/cases/preprocess.ts";
+import { getObject, putObject } from "../../pipeline/storage/objects.ts";
+import { segment } from "../../pipeline/segmentation/mod.ts";
+import { train } from "../../tasks/train.ts";
+import { runMain } from "../_cli.ts";
+import { startS3rver } from "../_s3rver.ts";
+import { tinySettings } from "../_train_fixtures.ts";
 
 await tf.setBackend("cpu");
 
@@ -561,7 +566,7 @@ Deno.test("bench memory --data reads the dataset before measuring; bench speed r
 // ---------------------------------------------------------------------------------------------
 // The real scans (../shared/data), when present
 
-const REAL = new URL("../../shared/data/Dataset501_BraTS2018WT", import.meta.url).pathname;
+const REAL = new URL("../../../shared/data/Dataset501_BraTS2018WT", import.meta.url).pathname;
 const realPresent = await Deno.stat(REAL).then(() => true, () => false);
 if (!realPresent) {
   console.warn(`datasets_test: ${REAL} is absent; skipping the test on real BraTS 2018 scans`);

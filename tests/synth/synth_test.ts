@@ -1,5 +1,5 @@
 /**
- * pipeline/synth.ts and `synth`: synthetic BraTS-like cases on small grids (48×56×40), built on
+ * pipeline/synth/synth.ts: synthetic BraTS-like cases on small grids (48×56×40), built on
  * ch2bet when mricron-data is installed and on the procedural head always; checked for determinism,
  * naming and labels, tumor nesting and contrast, and read back by findCases, loadCase, nibabel and
  * from s3rver.
@@ -13,10 +13,10 @@ import {
   assertRejects,
   assertStringIncludes,
 } from "@std/assert";
-import { findCases, MODALITIES, type Modality } from "../pipeline/cases/cases.ts";
-import { decodeNifti } from "../pipeline/nifti/mod.ts";
-import { loadCase } from "../pipeline/cases/preprocess.ts";
-import { getObject } from "../pipeline/storage/objects.ts";
+import { findCases, MODALITIES, type Modality } from "../../pipeline/cases/cases.ts";
+import { decodeNifti } from "../../pipeline/nifti/mod.ts";
+import { loadCase } from "../../pipeline/cases/preprocess.ts";
+import { getObject } from "../../pipeline/storage/objects.ts";
 import {
   CH2BET_PATH,
   loadSynthTemplate,
@@ -26,12 +26,10 @@ import {
   type SynthNaming,
   type SynthTemplate,
   writeSynthDataset,
-} from "../pipeline/synth/synth.ts";
-import { UsageError } from "../tasks/_cli.ts";
-import { synthCommand } from "../tasks/synth.ts";
-import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
-import { startS3rver } from "./_s3rver.ts";
-import { runMain } from "./_cli.ts";
+} from "../../pipeline/synth/synth.ts";
+import { HAS_NIBABEL, PYTHON } from "../_nifti_fixtures.ts";
+import { startS3rver } from "../_s3rver.ts";
+import { readTree, tempDir } from "../_synth_fixtures.ts";
 
 const SMALL: [number, number, number] = [48, 56, 40];
 const HAS_CH2BET = (() => {
@@ -41,23 +39,6 @@ const HAS_CH2BET = (() => {
     return false;
   }
 })();
-
-/** A temporary folder removed when disposed: `await using tmp = await tempDir()`. */
-async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
-  const path = await Deno.makeTempDir({ prefix: "synth-test-" });
-  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
-}
-
-/** Every file under `dir`, by path relative to it. */
-async function readTree(dir: string, prefix = ""): Promise<Map<string, Uint8Array>> {
-  const files = new Map<string, Uint8Array>();
-  for await (const e of Deno.readDir(join(dir, prefix))) {
-    const rel = prefix ? `${prefix}/${e.name}` : e.name;
-    if (e.isDirectory) { for (const [k, v] of await readTree(dir, rel)) files.set(k, v); }
-    else files.set(rel, await Deno.readFile(join(dir, rel)));
-  }
-  return files;
-}
 
 const sameBytes = (a: Uint8Array, b: Uint8Array) =>
   a.length === b.length && a.every((v, i) => v === b[i]);
@@ -443,65 +424,4 @@ Deno.test("writeSynthDataset() refuses bad options before writing anything", asy
   );
   assertStringIncludes(e.message, missing);
   assertEquals(await readTree(tmp.path), new Map());
-});
-
-// ---------------------------------------------------------------------------------------------
-// The command
-
-Deno.test("synth names the flag that is wrong, as a usage error", async () => {
-  await using tmp = await tempDir();
-  const out = join(tmp.path, "out");
-  const cases: [string[], string][] = [
-    [[], "--out"],
-    [["--cases", "2"], "--out"],
-    [["--out", out, "--naming", "brats2019"], "--naming"],
-    [["--out", out, "--size", "64,64"], "--size"],
-    [["--out", out, "--size", "64,0,48"], "--size"],
-    [["--out", out, "--size", "64,-8,48"], "--size"],
-    [["--out", out, "--size", "64,16,48"], "--size"],
-    [["--out", out, "--size", "64,x,48"], "--size"],
-    [["--out", out, "--cases", "0"], "--cases"],
-    [["--out", out, "--seed", "1.5"], "--seed"],
-    [["--out", out, "--concurrency", "0"], "--concurrency"],
-    [["--out", out, "--colour", "red"], "colour"],
-  ];
-  for (const [args, flag] of cases) {
-    const e = await assertRejects(() => synthCommand.run(args), UsageError);
-    assertStringIncludes(e.message, flag, `synth ${args.join(" ")}`);
-  }
-  assertEquals(await readTree(tmp.path), new Map());
-});
-
-Deno.test("main.ts synth: exit 2 naming a bad flag, exit 0 with a JSON line per case", async () => {
-  await using tmp = await tempDir();
-  const bad = await runMain(["synth", "--out", tmp.path, "--naming", "brats2019"]);
-  assertEquals(bad.code, 2, bad.stderr);
-  assertStringIncludes(bad.stderr, "--naming must be one of brats2020, brats2021, brats2023");
-  assertStringIncludes(bad.stderr, "deno task synth --help");
-
-  const ok = await runMain([
-    "synth",
-    "--out",
-    tmp.path,
-    "--cases",
-    "2",
-    "--seed",
-    "3",
-    "--size",
-    "40,44,32",
-    "--naming",
-    "brats2023",
-    "--template",
-    "procedural",
-  ]);
-  assertEquals(ok.code, 0, ok.stderr);
-  const lines = ok.stdout.trim().split("\n").map((l) => JSON.parse(l));
-  assertEquals(lines.map((l) => l.id), ["BraTS-GLI-00000-000", "BraTS-GLI-00001-000"]);
-  assertEquals(
-    lines[1].files.t2,
-    join(tmp.path, "BraTS-GLI-00001-000/BraTS-GLI-00001-000-t2w.nii.gz"),
-  );
-  assertStringIncludes(ok.stderr, "wrote 2 cases (brats2023, 40×44×32, enhancing label 3");
-  const { cases } = await findCases(tmp.path);
-  assertEquals(cases.length, 2);
 });

@@ -1,6 +1,6 @@
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertEquals, assertThrows } from "@std/assert";
-import { randomBatch, randomNet } from "./_model_fixtures.ts";
+import { randomBatch, randomNet } from "../_model_fixtures.ts";
 import {
   decodeSafetensors,
   deserializeOptimizer,
@@ -11,7 +11,7 @@ import {
   serializeOptimizer,
   serializeUNet,
   trainStep,
-} from "../model/mod.ts";
+} from "../../model/mod.ts";
 
 Deno.test("safetensors round trip keeps names, shapes, order, values and metadata", () => {
   const tensors = new Map([

@@ -1,5 +1,5 @@
 /**
- * pipeline/cases.ts: BraTS file names, and cases listed from small fake datasets (6×5×4 volumes
+ * pipeline/cases/cases.ts: BraTS file names, and cases listed from small fake datasets (6×5×4 volumes
  * written with encodeNifti) in a local folder and on a real s3rver (tests/_s3rver.ts).
  * @module
  */
@@ -10,10 +10,10 @@ import {
   type CaseListing,
   findCases,
   parseCaseFileName,
-} from "../pipeline/cases/cases.ts";
-import { createNiftiHeader, encodeNifti } from "../pipeline/nifti/mod.ts";
-import { getObject, putObject } from "../pipeline/storage/objects.ts";
-import { startS3rver } from "./_s3rver.ts";
+} from "../../pipeline/cases/cases.ts";
+import { createNiftiHeader, encodeNifti } from "../../pipeline/nifti/mod.ts";
+import { getObject, putObject } from "../../pipeline/storage/objects.ts";
+import { startS3rver } from "../_s3rver.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures

@@ -4,7 +4,7 @@
  * overlapping windows, and test-time augmentation as the mean of the 8 mirrored predictions.
  * @module
  */
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import {
   autoWindow,
@@ -17,17 +17,17 @@ import {
   predictPeak,
   resolveConfig,
   type UNet,
-} from "../model/mod.ts";
+} from "../../model/mod.ts";
 import {
   gaussianWeights,
   slidingWindowProbabilities,
   windowShape,
   windowStarts,
-} from "../pipeline/inference/sliding_window.ts";
-import { randomNet } from "./_model_fixtures.ts";
-import { seededRandom } from "./_grad_check.ts";
-import { type Dims } from "../pipeline/volume/mod.ts";
-import { unetPredictor } from "../model/mod.ts";
+} from "../../pipeline/inference/sliding_window.ts";
+import { randomNet } from "../_model_fixtures.ts";
+import { seededRandom } from "../_grad_check.ts";
+import { type Dims } from "../../pipeline/volume/mod.ts";
+import { unetPredictor } from "../../model/mod.ts";
 
 await tf.setBackend("cpu");
 

@@ -1,16 +1,16 @@
 /**
- * pipeline/shard.ts: the worker's shard from a flag, AWS Batch or Kubernetes, and a stable
+ * pipeline/cases/shard.ts: the worker's shard from a flag, AWS Batch or Kubernetes, and a stable
  * assignment of case ids to shards; and `segment --shard` over a dataset, each case done once.
  * @module
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertThrows } from "@std/assert";
-import { createUNet, disposeUNet, resolveConfig } from "../model/mod.ts";
-import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
-import { saveModel } from "../pipeline/training/model_store.ts";
-import { inShard, parseShard, type Shard, shardOf } from "../pipeline/cases/shard.ts";
-import { decodeNifti } from "../pipeline/nifti/mod.ts";
-import { ROOT, runMain } from "./_cli.ts";
+import { createUNet, disposeUNet, resolveConfig } from "../../model/mod.ts";
+import { writePhantomDataset } from "../../pipeline/synth/phantom.ts";
+import { saveModel } from "../../pipeline/training/model_store.ts";
+import { inShard, parseShard, type Shard, shardOf } from "../../pipeline/cases/shard.ts";
+import { decodeNifti } from "../../pipeline/nifti/mod.ts";
+import { ROOT, runMain } from "../_cli.ts";
 
 Deno.test("parseShard() reads --shard i/n, and auto/n or auto from the environment", () => {
   assertEquals(parseShard("0/3", {}), { index: 0, count: 3 });

@@ -1,5 +1,5 @@
 /**
- * pipeline/report.ts: slices through the tumor as PNG (sizes, overlay colours, orientation) and the
+ * pipeline/report/report.ts: slices through the tumor as PNG (sizes, overlay colours, orientation) and the
  * HTML report on a local folder and on s3rver.
  * @module
  */
@@ -17,10 +17,10 @@ import {
   renderCaseSlices,
   summarizeMetrics,
   writeReport,
-} from "../pipeline/report/report.ts";
-import { renderCurves } from "../pipeline/report/plot.ts";
-import { getObject, listObjects } from "../pipeline/storage/objects.ts";
-import { startS3rver } from "./_s3rver.ts";
+} from "../../pipeline/report/report.ts";
+import { renderCurves } from "../../pipeline/report/plot.ts";
+import { getObject, listObjects } from "../../pipeline/storage/objects.ts";
+import { startS3rver } from "../_s3rver.ts";
 
 type Dims = [number, number, number];
 

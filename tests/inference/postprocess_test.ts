@@ -1,6 +1,6 @@
 import { assertEquals, assertThrows } from "@std/assert";
-import { keepLargestComponent } from "../pipeline/inference/postprocess.ts";
-import { connectedComponents } from "../pipeline/evaluation/lesion_wise.ts";
+import { keepLargestComponent } from "../../pipeline/inference/postprocess.ts";
+import { connectedComponents } from "../../pipeline/evaluation/lesion_wise.ts";
 
 Deno.test("keepLargestComponent() keeps the largest 26-connected body, labels unchanged, and removes the rest", () => {
   const dims = [8, 8, 8];

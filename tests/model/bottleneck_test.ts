@@ -7,7 +7,7 @@
  * peak memory against their analytic working sets.
  * @module
  */
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertEquals } from "@std/assert";
 import {
   bottleneck,
@@ -21,8 +21,8 @@ import {
   type BottleneckWeights,
   disableNativeKernels,
   enableNativeKernels,
-} from "../model/mod.ts";
-import { assertAllClose, randomNormal, seededRandom } from "./_grad_check.ts";
+} from "../../model/mod.ts";
+import { assertAllClose, randomNormal, seededRandom } from "../_grad_check.ts";
 
 await tf.setBackend("cpu");
 

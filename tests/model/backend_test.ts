@@ -10,26 +10,26 @@
  * cpu whatever happens, so later test files run on cpu.
  * @module
  */
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
-import { type BackendName, checkWebGpuErrors, selectBackend } from "../model/backend.ts";
-import { setConvFilterGradMode } from "../model/conv_grad.ts";
-import { depthwiseConv3d } from "../model/depthwise_conv3d.ts";
-import { groupNorm, type GroupNormActivation } from "../model/group_norm.ts";
+import { type BackendName, checkWebGpuErrors, selectBackend } from "../../model/backend.ts";
+import { setConvFilterGradMode } from "../../model/conv_grad.ts";
+import { depthwiseConv3d } from "../../model/depthwise_conv3d.ts";
+import { groupNorm, type GroupNormActivation } from "../../model/group_norm.ts";
 import {
   hasKernel,
   REV_ADAM_UPDATE,
   REV_DEPTHWISE_CONV3D,
   REV_GROUP_NORM_ACT_GRAD,
   REV_SGD_UPDATE,
-} from "../model/native/names.ts";
+} from "../../model/native/names.ts";
 import {
   depthwiseTiling,
   disableWebGpuKernels,
   filterGradTiling,
   setWgslTiles,
   webGpuKernelsEnabled,
-} from "../model/webgpu/kernels.ts";
+} from "../../model/webgpu/kernels.ts";
 import {
   createUNet,
   diceBceLoss,
@@ -42,10 +42,10 @@ import {
   standardGrads,
   trainStepAsync,
   unetFromWeights,
-} from "../model/mod.ts";
-import { slidingWindowProbabilities } from "../pipeline/inference/sliding_window.ts";
-import { loadModel, saveModel } from "../pipeline/training/model_store.ts";
-import { unetPredictor } from "../model/mod.ts";
+} from "../../model/mod.ts";
+import { slidingWindowProbabilities } from "../../pipeline/inference/sliding_window.ts";
+import { loadModel, saveModel } from "../../pipeline/training/model_store.ts";
+import { unetPredictor } from "../../model/mod.ts";
 
 await selectBackend("cpu");
 
@@ -654,7 +654,9 @@ Deno.test({
       const loss = await trainStepAsync(net, opt, x, t, 1e-3);
       assert(Number.isFinite(loss), `loss ${loss}`);
       const image = Float32Array.from({ length: 12 * 10 * 8 * 4 }, (_, i) => Math.sin(i));
-      const probs = await slidingWindowProbabilities(unetPredictor(net), image, [12, 10, 8], { window: 8 });
+      const probs = await slidingWindowProbabilities(unetPredictor(net), image, [12, 10, 8], {
+        window: 8,
+      });
       assertEquals(probs.length, 12 * 10 * 8 * 3);
       assert(probs.every((p) => p >= 0 && p <= 1));
       await saveModel(dir, net, opt);

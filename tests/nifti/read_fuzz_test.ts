@@ -8,7 +8,7 @@
  *
  * Accepted files must also give finite voxel sizes, affine and float32 scaled voxels.
  *
- * A failure names the case's seed: `FUZZ_CASE=<seed> deno test … tests/nifti_fuzz_test.ts` reruns
+ * A failure names the case's seed: `FUZZ_CASE=<seed> deno test … tests/nifti/read_fuzz_test.ts` reruns
  * that one case alone.
  * @module
  */
@@ -20,10 +20,10 @@ import {
   encodeNifti,
   scaledData,
   volumeStats,
-} from "../pipeline/nifti/mod.ts";
-import { readNifti } from "../pipeline/nifti/object.ts";
-import { seededRandom } from "../pipeline/cases/random.ts";
-import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
+} from "../../pipeline/nifti/mod.ts";
+import { readNifti } from "../../pipeline/nifti/object.ts";
+import { seededRandom } from "../../pipeline/cases/random.ts";
+import { HAS_NIBABEL, PYTHON } from "../_nifti_fixtures.ts";
 
 const SEED = 20261203;
 /** `FUZZ_CASES=5000` runs a deeper search (the suite runs 320, well under its 30 s budget). */

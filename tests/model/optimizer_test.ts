@@ -3,14 +3,14 @@
  * below as literals) from PyTorch's update rules, for two steps on a two-element weight with chosen
  * gradients: g1 = [0.5, 0.25], g2 = [-0.2, 1.0], w0 = [1, -2], lr 0.1.
  */
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
 import {
   DEFAULT_OPTIMIZER,
   Optimizer,
   type OptimizerConfig,
   polyLearningRate,
-} from "../model/mod.ts";
+} from "../../model/mod.ts";
 
 await tf.setBackend("cpu");
 

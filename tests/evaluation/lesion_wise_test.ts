@@ -1,5 +1,5 @@
 /**
- * pipeline/lesion_wise.ts, pipeline/surfels.ts and `evaluate --lesion-wise`: components,
+ * pipeline/evaluation/lesion_wise.ts, pipeline/evaluation/surfels.ts and `evaluate --lesion-wise`: components,
  * dilation, lesion merging, small lesions, misses and false positives on hand-made volumes; the
  * surfel areas and robust HD95 against a brute force; and the whole scoring against the BraTS 2023
  * challenge's own Python code (rachitsaluja/BraTS-2023-Metrics, `metrics.py`) run on random
@@ -12,7 +12,7 @@
  * the scores do not depend on), and on pandas newer than the 1.3.4 it pins, its
  * `DataFrame.replace(inf, 374)` is applied to the numeric columns only (newer pandas raises on the
  * column of arrays of lesion numbers). Without them the test is skipped and says why, e.g.
- * `REVUNET_BRATS2023_METRICS=../BraTS-2023-Metrics deno test -A tests/lesion_wise_test.ts`.
+ * `REVUNET_BRATS2023_METRICS=../BraTS-2023-Metrics deno test -A tests/evaluation/lesion_wise_test.ts`.
  * @module
  */
 import { join } from "node:path";
@@ -21,7 +21,7 @@ import {
   evaluatePair,
   evaluationCsv,
   LESION_CSV_COLUMNS,
-} from "../pipeline/evaluation/evaluation.ts";
+} from "../../pipeline/evaluation/evaluation.ts";
 import {
   connectedComponents,
   dilate,
@@ -29,12 +29,12 @@ import {
   LESION_WISE_CHALLENGES,
   type LesionWiseParams,
   lesionWiseRegion,
-} from "../pipeline/evaluation/lesion_wise.ts";
-import { createNiftiHeader, decodeNifti, encodeNifti } from "../pipeline/nifti/mod.ts";
-import { seededRandom } from "../pipeline/cases/random.ts";
-import { cellAreas, robustHausdorff } from "../pipeline/evaluation/surfels.ts";
-import { runMain } from "./_cli.ts";
-import { PYTHON } from "./_nifti_fixtures.ts";
+} from "../../pipeline/evaluation/lesion_wise.ts";
+import { createNiftiHeader, decodeNifti, encodeNifti } from "../../pipeline/nifti/mod.ts";
+import { seededRandom } from "../../pipeline/cases/random.ts";
+import { cellAreas, robustHausdorff } from "../../pipeline/evaluation/surfels.ts";
+import { runMain } from "../_cli.ts";
+import { PYTHON } from "../_nifti_fixtures.ts";
 
 type Dims = [number, number, number];
 const at = (dims: Dims, x: number, y: number, z: number) => x + dims[0] * (y + dims[1] * z);
@@ -599,6 +599,7 @@ print(json.dumps(out))
 /** The real BraTS 2018 whole-tumour references beside the checkout (see its README). */
 const REAL_LABELS = join(
   import.meta.dirname!,
+  "..",
   "..",
   "..",
   "shared",

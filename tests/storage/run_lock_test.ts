@@ -1,5 +1,5 @@
 /**
- * The lock on a training run's output (pipeline/run_lock.ts): taken and released, refused while
+ * The lock on a training run's output (pipeline/storage/run_lock.ts): taken and released, refused while
  * held naming the holder, a stale lock of this host taken over, another host's never; on a real
  * s3rver (which ignores `If-None-Match` on PUT, so the lock reads first) and on a fake endpoint
  * that answers the conditional PUT with 412 as S3 does; and `train` with it: a second run on the
@@ -13,11 +13,11 @@ import {
   type LockHolder,
   RunLockedError,
   staleReason,
-} from "../pipeline/storage/run_lock.ts";
-import { createObject, exists, getObject, resetS3Clients } from "../pipeline/storage/objects.ts";
-import { startS3rver, useS3Env } from "./_s3rver.ts";
-import { runMain } from "./_cli.ts";
-import { pathMissing, phantomDataset, spawnTrain, TINY_JSON } from "./_train_fixtures.ts";
+} from "../../pipeline/storage/run_lock.ts";
+import { createObject, exists, getObject, resetS3Clients } from "../../pipeline/storage/objects.ts";
+import { startS3rver, useS3Env } from "../_s3rver.ts";
+import { runMain } from "../_cli.ts";
+import { pathMissing, phantomDataset, spawnTrain, TINY_JSON } from "../_train_fixtures.ts";
 
 const holderOf = async (uri: string): Promise<LockHolder> =>
   JSON.parse(new TextDecoder().decode(await getObject(uri)));

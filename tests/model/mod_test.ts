@@ -1,6 +1,6 @@
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertAlmostEquals, assertEquals, assertRejects, assertThrows } from "@std/assert";
-import { compareGrads, randomBatch, randomNet } from "./_model_fixtures.ts";
+import { compareGrads, randomBatch, randomNet } from "../_model_fixtures.ts";
 import {
   blockForward,
   blockInverse,
@@ -20,7 +20,7 @@ import {
   standardGrads,
   trainStep,
   upsampleConv,
-} from "../model/mod.ts";
+} from "../../model/mod.ts";
 
 function maxAbs(a: tf.Tensor, b: tf.Tensor): number {
   return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]);

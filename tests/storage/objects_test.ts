@@ -1,5 +1,5 @@
 /**
- * pipeline/storage.ts on local folders and on a real s3rver (tests/_s3rver.ts) through the AWS SDK.
+ * pipeline/storage/mod.ts on local folders and on a real s3rver (tests/_s3rver.ts) through the AWS SDK.
  * @module
  */
 import { createHash } from "node:crypto";
@@ -26,8 +26,8 @@ import {
   parseUri,
   putObject,
   resetS3Clients,
-} from "../pipeline/storage/objects.ts";
-import { closedPort, startS3rver, useS3Env } from "./_s3rver.ts";
+} from "../../pipeline/storage/objects.ts";
+import { closedPort, startS3rver, useS3Env } from "../_s3rver.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();

@@ -5,7 +5,7 @@
  * cache is read to load a run's cases.
  */
 import { assert, assertEquals, assertNotEquals, assertRejects, assertThrows } from "@std/assert";
-import { findCases } from "../pipeline/cases/cases.ts";
+import { findCases } from "../../pipeline/cases/cases.ts";
 import {
   CacheChecksumError,
   cacheEntryUri,
@@ -14,10 +14,10 @@ import {
   readCachedHeader,
   StreamedCases,
   streamedEntry,
-} from "../pipeline/cases/case_cache.ts";
-import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
-import { preprocessCase } from "../pipeline/cases/preprocess.ts";
-import { loadCases } from "../pipeline/training/training_cases.ts";
+} from "../../pipeline/cases/case_cache.ts";
+import { writePhantomDataset } from "../../pipeline/synth/phantom.ts";
+import { preprocessCase } from "../../pipeline/cases/preprocess.ts";
+import { loadCases } from "../../pipeline/training/training_cases.ts";
 
 /** Where an entry's payload (image, then region bits) starts: after its header, 4-aligned. */
 function payloadAt(bytes: Uint8Array): number {

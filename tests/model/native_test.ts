@@ -8,7 +8,7 @@
  * registered and once without. Skipped where gcc or OpenBLAS is missing.
  * @module
  */
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import {
   depthwiseConv3d,
@@ -24,9 +24,9 @@ import {
   REV_GROUP_NORM_ACT,
   reversibleGrads,
   selectBackend,
-} from "../model/mod.ts";
-import { assertAllClose, randomNormal, seededRandom } from "./_grad_check.ts";
-import { compareGrads, randomBatch, randomNet } from "./_model_fixtures.ts";
+} from "../../model/mod.ts";
+import { assertAllClose, randomNormal, seededRandom } from "../_grad_check.ts";
+import { compareGrads, randomBatch, randomNet } from "../_model_fixtures.ts";
 
 await tf.setBackend("cpu");
 

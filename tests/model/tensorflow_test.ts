@@ -8,8 +8,8 @@
  * @module
  */
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
-import { tfjsNodePackageDir } from "../model/tensorflow.ts";
-import { setupTensorflow } from "../pipeline/training/mod.ts";
+import { tfjsNodePackageDir } from "../../model/tensorflow.ts";
+import { setupTensorflow } from "../../pipeline/training/mod.ts";
 
 const built = (() => {
   try {
@@ -28,7 +28,7 @@ if (!built) console.warn(`tensorflow_test: tensorflow backend tests skipped:${SK
 async function check(what: string, edge = 16): Promise<Record<string, unknown>> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "--lock=tests/deno.lock", "tests/_tensorflow_check.ts", what, String(edge)],
-    cwd: new URL("..", import.meta.url),
+    cwd: new URL("../..", import.meta.url),
     stdout: "piped",
     stderr: "piped",
   }).output();
