@@ -21,7 +21,9 @@ import {
 } from "../../pipeline/evaluation/mod.ts";
 import { seededRandom } from "../../pipeline/cases/mod.ts";
 import { decodeNifti, encodeNifti } from "../../pipeline/nifti/mod.ts";
+import { putObject } from "../../pipeline/storage/objects.ts";
 import { runMain } from "../_cli.ts";
+import { startS3rver } from "../_s3rver.ts";
 import { PYTHON } from "../_nifti_fixtures.ts";
 import {
   blob,
@@ -472,4 +474,26 @@ Deno.test("schemeMetrics: a label outside the scheme names the volume, voxel and
   return e.then((err) => {
     assertStringIncludes(err.message, `"p.nii.gz": voxel [1, 0, 0] has label 5`);
   });
+});
+
+Deno.test("evaluate: an nnU-Net dataset on s3rver, as the dataset or as its labelsTr/", async () => {
+  await using _s3 = await startS3rver({ buckets: ["data"] });
+  const dataset = {
+    channel_names: { "0": "FLAIR", "1": "T1" },
+    labels: { background: 0, whole_tumor: 1 },
+    file_ending: ".nii.gz",
+  };
+  await putObject("s3://data/ds/dataset.json", JSON.stringify(dataset));
+  const ref = randomLabels(60, 1);
+  const pred = randomLabels(61, 1);
+  await putObject("s3://data/ds/labelsTr/S3_000.nii.gz", segFile(ref, DIMS));
+  await putObject("s3://data/pred/S3_000.nii.gz", segFile(pred, DIMS));
+  const expected = caseMetrics(pred.map((v) => 2 * v), ref.map((v) => 2 * v), DIMS).WT;
+  assert(expected.dice > 0 && expected.dice < 1);
+  for (const truth of ["s3://data/ds", "s3://data/ds/labelsTr/"]) {
+    const ev = await evaluateCases("s3://data/pred/", truth);
+    assertEquals(ev.dataset?.datasetJson, "s3://data/ds/dataset.json", truth);
+    assertEquals(ev.cases.map((c) => c.case), ["S3_000"]);
+    assertEquals(caseRegion(ev.cases[0], "whole_tumor"), expected);
+  }
 });
