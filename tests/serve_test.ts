@@ -26,7 +26,7 @@ import {
 } from "../pipeline/segmentation/mod.ts";
 import { saveModel } from "../pipeline/training/model_store.ts";
 import { EVAL_REGIONS, evaluatePair, METRICS } from "../pipeline/evaluation/evaluation.ts";
-import { decodeNiftiHeader } from "../pipeline/nifti/mod.ts";
+import { decodeNifti, decodeNiftiHeader } from "../pipeline/nifti/mod.ts";
 import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
 import { exists, getObject, listObjects, putObject } from "../pipeline/storage/objects.ts";
 import {
@@ -1227,6 +1227,109 @@ Deno.test({
     } finally {
       serve.signal("SIGTERM");
       assertEquals((await serve.status).code, 0, serve.output());
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "serve --largest-component and --save-probabilities: segment's flags, applied as segment applies them",
+  sanitizeResources: true,
+  async fn() {
+    // A value given to a switch: refused by both commands with the same message, exit 2.
+    for (const flag of ["--largest-component=yes", "--save-probabilities=1"]) {
+      const [serveBad, segmentBad] = await Promise.all([
+        runMain(["serve", "--model", "/nonexistent/m", "--out", "o", "--no-auth", flag]),
+        runMain(["segment", "--model", "/nonexistent/m", "--input", "i", "--out", "o", flag]),
+      ]);
+      assertEquals([serveBad.code, segmentBad.code], [2, 2], serveBad.stderr + segmentBad.stderr);
+      const message = (stderr: string, command: string) =>
+        stderr.split("\n").find((l) =>
+          l.includes(`${command}: `) && l.includes(flag.split("=")[0])
+        );
+      const serveLine = message(serveBad.stderr, "serve");
+      assert(serveLine, serveBad.stderr);
+      assertStringIncludes(serveLine, "does not take an argument");
+      assertEquals(
+        serveLine.replace("serve: ", ""),
+        message(segmentBad.stderr, "segment")?.replace("segment: ", ""),
+      );
+    }
+
+    await using tmp = await tempDir();
+    await using s3 = await startS3rver({ buckets: ["brats"] });
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries(Deno.env.toObject())) if (k.startsWith("AWS_")) env[k] = v;
+    const net = createUNet(
+      resolveConfig({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 }),
+      { seed: 1 },
+    );
+    await saveModel("s3://brats/model", net, undefined, { train_crop: "32" });
+    disposeUNet(net);
+    const [id] = await writePhantomDataset(join(tmp.path, "cases"), {
+      cases: 1,
+      dims: [32, 32, 32],
+      seed: 5,
+    });
+    let last: unknown;
+    for (const p of ["flair", "t1", "t1ce", "t2"]) {
+      const before = s3.events.length;
+      const name = `${id}_${p}.nii.gz`;
+      await putObject(
+        `s3://brats/in/${id}/${name}`,
+        await Deno.readFile(join(tmp.path, "cases", id, name)),
+      );
+      [last] = asAws(s3.events.slice(before));
+    }
+    const flags = ["--largest-component", "--save-probabilities"];
+    const serve = await startServe([
+      ...["--model", "s3://brats/model", "--out", "s3://brats/seg/", "--no-auth"],
+      ...["--port", "0", "--host", "127.0.0.1", ...flags],
+    ], env);
+    let done: JobView;
+    try {
+      const queued = await post(serve.url, last, undefined);
+      assertEquals(queued.status, 202, JSON.stringify(queued));
+      done = await job(serve.url, String(queued.body.id), "");
+      assertEquals(done.status, "done", JSON.stringify(done));
+    } finally {
+      serve.signal("SIGTERM");
+      assertEquals((await serve.status).code, 0, serve.output());
+    }
+    assertEquals(done.outputs, [
+      `s3://brats/seg/${id}.nii.gz`,
+      `s3://brats/seg/${id}_probabilities.nii.gz`,
+    ]);
+    // segment with the same flags on the same case: the same record options, the same labels
+    // (post-processed) and the same probabilities, byte for byte.
+    const local = join(tmp.path, "seg");
+    const seg = await runMain(
+      [
+        "segment",
+        "--model",
+        "s3://brats/model",
+        "--input",
+        `s3://brats/in/${id}/`,
+        "--out",
+        local,
+        "--quiet",
+        ...flags,
+      ],
+      env,
+    );
+    assertEquals(seg.code, 0, seg.stderr);
+    const served = JSON.parse(
+      new TextDecoder().decode(await getObject(`s3://brats/seg/${id}.json`)),
+    );
+    const segmented = JSON.parse(await Deno.readTextFile(join(local, `${id}.json`)));
+    assertEquals(served.options.largest_component, true);
+    assertEquals(served.options, segmented.options);
+    for (const name of [`${id}.nii.gz`, `${id}_probabilities.nii.gz`]) {
+      assertEquals(
+        decodeNifti(await getObject(`s3://brats/seg/${name}`), name).data,
+        decodeNifti(await Deno.readFile(join(local, name)), name).data,
+        name,
+      );
     }
   },
 });
