@@ -48,8 +48,9 @@ error record.
 With --event <file> (or - for standard input), the cases come from one S3 event notification (AWS
 S3, SNS-wrapped or MinIO webhook JSON, as \`serve\` accepts): each case whose four modalities are
 present is segmented; objects under --out and files that are not case inputs are ignored; cases
-still missing a modality are listed as waiting. A malformed event is an error (exit 1), nothing
-written.
+still missing a modality are listed as waiting; a case its folder holds in a form --input refuses
+(two files for one modality) fails as there, its error record naming the event's record. A
+malformed event is an error (exit 1), nothing written.
 
 Batch jobs: --shard <i>/<n> segments only the cases of shard i of n (0-based; a case's shard is a
 hash of its id, so it never moves when cases are added). Without the flag, AWS Batch array jobs

@@ -609,6 +609,69 @@ Deno.test("segment --event: the case an S3 notification completes; output keys i
   }
 });
 
+Deno.test("segment --event: a case the event names that discovery refuses (two files for one modality) fails as with --input: error record naming the record, exit 1, no output", async () => {
+  await using s3 = await startS3rver({ buckets: ["brats"] });
+  const dir = await Deno.makeTempDir();
+  try {
+    const [id] = await writePhantomDataset("s3://brats/in", {
+      cases: 1,
+      dims: [24, 24, 16],
+      seed: 8,
+    });
+    const model = await tinyModel(dir);
+    const flair = `in/${id}/${id}_flair.nii.gz`;
+    const second = `in/${id}/${id}_flair.nii`;
+    await putObject(`s3://brats/${second}`, await getObject(`s3://brats/${flair}`));
+    const event = {
+      Records: [{
+        eventVersion: "2.1",
+        eventSource: "aws:s3",
+        eventName: "ObjectCreated:Put",
+        s3: { bucket: { name: "brats" }, object: { key: encodeURIComponent(second), size: 1 } },
+      }],
+    };
+    await Deno.writeTextFile(`${dir}/event.json`, JSON.stringify(event));
+    const env = {
+      AWS_ENDPOINT_URL_S3: s3.endpoint,
+      AWS_REGION: "us-east-1",
+      AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+      AWS_EC2_METADATA_DISABLED: "true",
+    };
+    const r = await runMain(
+      [
+        "segment",
+        "--model",
+        model,
+        "--out",
+        "s3://brats/seg",
+        "--json",
+        "--event",
+        `${dir}/event.json`,
+      ],
+      env,
+    );
+    // Before: "ignored" on stderr, exit 0, nothing recorded.
+    assertEquals(r.code, 1, r.stderr);
+    const result = JSON.parse(r.stdout.trim().split("\n").at(-1)!);
+    assertEquals(result.cases, []);
+    assertEquals(result.failed.map((f: { id: string }) => f.id), [id]);
+    assertStringIncludes(r.stderr, `s3://brats/${second}`);
+    const record = JSON.parse(
+      new TextDecoder().decode(await getObject(`s3://brats/seg/${id}.error.json`)),
+    );
+    assertStringIncludes(record.error, "more than one file for flair");
+    assertStringIncludes(record.error, `event record s3://brats/${second}`);
+    assertEquals(
+      (await listObjects("s3://brats/seg/")).map((o) => o.key),
+      [`${id}.error.json`],
+      "nothing but the error record",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("segment --largest-component writes the plain output post-processed, and the option is in the skip key", async () => {
   const dir = await Deno.makeTempDir();
   try {
