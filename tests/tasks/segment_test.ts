@@ -1,172 +1,33 @@
-import * as tf from "../model/tf.ts";
-import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
+/**
+ * `main.ts segment`: outputs, skips, records and failures, --model forms, S3 in and out after
+ * training, --event, --largest-component.
+ * @module
+ */
+import * as tf from "../../model/tf.ts";
+import { assert, assertEquals, assertStringIncludes } from "@std/assert";
+import { createUNet, disposeUNet, resolveConfig } from "../../model/mod.ts";
+import { findCases } from "../../pipeline/cases/cases.ts";
+import { saveModel } from "../../pipeline/training/model_store.ts";
+import { decodeNifti, scaledData } from "../../pipeline/nifti/mod.ts";
+import { writePhantomDataset } from "../../pipeline/synth/phantom.ts";
+import { exists, getObject, listObjects, putObject } from "../../pipeline/storage/objects.ts";
+import { writeSynthDataset } from "../../pipeline/synth/synth.ts";
+import { keepLargestComponent } from "../../pipeline/inference/postprocess.ts";
+import { connectedComponents } from "../../pipeline/evaluation/lesion_wise.ts";
+import { segment } from "../../pipeline/segmentation/mod.ts";
+import { defaultSettings, train } from "../../tasks/train.ts";
+import { inShard } from "../../pipeline/cases/shard.ts";
+import { runMain } from "../_cli.ts";
+import { S3RVER_CREDENTIALS, startS3rver } from "../_s3rver.ts";
 import {
-  createUNet,
-  disposeUNet,
-  inferenceFitEdges,
-  inferenceModel,
-  predictPeak,
-  resolveConfig,
-} from "../model/mod.ts";
-import { findCases } from "../pipeline/cases/cases.ts";
-import {
-  loadModel,
-  modelMetadataRecord,
-  resolveModel,
-  saveModel,
-  sha256Hex,
-} from "../pipeline/training/model_store.ts";
-import { EVAL_REGIONS, evaluatePair, METRICS } from "../pipeline/evaluation/evaluation.ts";
-import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti/mod.ts";
-import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
-import {
-  deleteObject,
-  exists,
-  getObject,
-  listObjects,
-  putObject,
-} from "../pipeline/storage/objects.ts";
-import { writeSynthDataset } from "../pipeline/synth/synth.ts";
-import { probabilitiesToLabels } from "../pipeline/labels.ts";
-import { keepLargestComponent } from "../pipeline/inference/postprocess.ts";
-import { connectedComponents } from "../pipeline/evaluation/lesion_wise.ts";
-import { segment, Segmenter } from "../pipeline/segmentation/mod.ts";
-import { defaultSettings, train } from "../tasks/train.ts";
-import { inShard } from "../pipeline/cases/shard.ts";
-import { runMain } from "./_cli.ts";
-import { HAS_NIBABEL, PYTHON } from "./_nifti_fixtures.ts";
-import { S3RVER_CREDENTIALS, startS3rver } from "./_s3rver.ts";
+  assertMetricsRecord,
+  readJson,
+  runLayout,
+  TINY,
+  tinyModel,
+} from "../segmentation/_segment_fixtures.ts";
 
 await tf.setBackend("cpu");
-
-const TINY = { levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 };
-
-async function readJson(uri: string) {
-  return JSON.parse(new TextDecoder().decode(await getObject(uri)));
-}
-
-/** Checks a `<case>.metrics.json`: the case, its files, and finite values of every metric. */
-function assertMetricsRecord(m: Record<string, unknown>, id: string, reference: string): void {
-  assertEquals(m.case, id);
-  assertEquals(m.reference, reference);
-  for (const r of EVAL_REGIONS) {
-    for (const k of METRICS) {
-      const v = (m[r] as Record<string, number>)[k];
-      assert(Number.isFinite(v), `${id} ${r} ${k} = ${v}`);
-    }
-  }
-}
-
-/** A tiny random network saved as `<dir>/model` with a 16³ training crop. */
-async function tinyModel(dir: string, seed = 2): Promise<string> {
-  const net = createUNet(resolveConfig(TINY), { seed, zeroInitResidual: false });
-  await saveModel(`${dir}/model`, net, undefined, { train_crop: "16" });
-  disposeUNet(net);
-  return `${dir}/model`;
-}
-
-Deno.test("probabilitiesToLabels: WT→2, TC→1, ET→4 or 3, each overwriting; small ET becomes necrosis", () => {
-  const probs = Float32Array.from([
-    0.1,
-    0.1,
-    0.1, // background
-    0.9,
-    0.1,
-    0.1, // edema
-    0.9,
-    0.9,
-    0.1, // necrosis
-    0.9,
-    0.9,
-    0.9, // enhancing
-    0.2,
-    0.2,
-    0.9, // ET alone still counts as ET (nnU-Net order)
-  ]);
-  assertEquals([...probabilitiesToLabels(probs, 4)], [0, 2, 1, 4, 4]);
-  assertEquals([...probabilitiesToLabels(probs, 3)], [0, 2, 1, 3, 3]);
-  assertEquals(
-    [...probabilitiesToLabels(probs, 4, 3)],
-    [0, 2, 1, 1, 1],
-    "2 ET voxels < 3 → necrosis",
-  );
-  assertEquals([...probabilitiesToLabels(probs, 4, 2)], [0, 2, 1, 4, 4]);
-});
-
-/**
- * A training run's layout under `root`: `best/` and one checkpoint folder, each with a tiny
- * network, `latest.json`, and a `.safetensors` file elsewhere.
- */
-async function runLayout(root: string): Promise<void> {
-  const net = createUNet(resolveConfig(TINY), { seed: 3, zeroInitResidual: false });
-  await saveModel(joinPath(root, "run/best"), net, undefined, { train_crop: "16" });
-  await saveModel(joinPath(root, "run/checkpoints/epoch-0001-step-0000002"), net);
-  await saveModel(joinPath(root, "weights/final.safetensors"), net);
-  disposeUNet(net);
-  await putObject(joinPath(root, "run/latest.json"), "{}\n");
-  await putObject(joinPath(root, "unfinished/latest.json"), "{}\n");
-}
-
-function joinPath(root: string, rel: string): string {
-  return root.endsWith("/") ? root + rel : `${root}/${rel}`;
-}
-
-/** resolveModel() over {@linkcode runLayout} at `root` (a local folder or an s3:// prefix). */
-async function checkResolveModel(root: string): Promise<void> {
-  const at = (rel: string) => joinPath(root, rel);
-  const run = await resolveModel(at("run"));
-  assertEquals([run.kind, run.uri], ["run", at("run/best/model.safetensors")]);
-  assertStringIncludes(run.note!, "training run: using its best/");
-  for (const rel of ["run/", "run/best", "run/best/"]) {
-    const r = await resolveModel(at(rel));
-    assertEquals(r.uri, at("run/best/model.safetensors"), rel);
-  }
-  const ckpt = await resolveModel(at("run/checkpoints/epoch-0001-step-0000002"));
-  assertEquals(
-    [ckpt.kind, ckpt.uri],
-    ["folder", at("run/checkpoints/epoch-0001-step-0000002/model.safetensors")],
-  );
-  assertEquals(ckpt.note, undefined);
-  for (const rel of ["run/best/model.safetensors", "weights/final.safetensors"]) {
-    assertEquals(await resolveModel(at(rel)), { uri: at(rel), kind: "file" });
-  }
-  for (const rel of ["nothing", "weights", "weights/missing.safetensors", "run/checkpoints"]) {
-    const e = await assertRejects(() => resolveModel(at(rel)), Error);
-    for (
-      const accepted of [
-        `No model at "${at(rel)}"`,
-        "training run folder",
-        "best/",
-        "checkpoint folder",
-        ".safetensors",
-      ]
-    ) assertStringIncludes(e.message, accepted, rel);
-  }
-  if (root.startsWith("s3://")) {
-    // A bare bucket is a folder: listed as one, not HEAD-ed as an object.
-    const bucket = root.slice(0, root.indexOf("/", 5));
-    const e = await assertRejects(() => resolveModel(bucket), Error);
-    assertStringIncludes(e.message, `No model at "${bucket}"`);
-  }
-  const unfinished = await assertRejects(() => resolveModel(at("unfinished")), Error);
-  assertStringIncludes(unfinished.message, "a training run with no best/ yet");
-}
-
-Deno.test("resolveModel() takes a run folder (its best/), best/, a checkpoint or the file; else lists them", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    await runLayout(dir);
-    await checkResolveModel(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("resolveModel() on s3rver: run folder, best/, checkpoint, file, and the error", async () => {
-  await using _s3 = await startS3rver({ buckets: ["models"] });
-  await runLayout("s3://models/team");
-  await checkResolveModel("s3://models/team");
-});
 
 Deno.test("segment --model <run folder> uses its best/ and says so; a wrong --model lists what is accepted", async () => {
   const dir = await Deno.makeTempDir();
@@ -312,40 +173,6 @@ Deno.test("segment: outputs on the input's grid with evaluate's metrics, skipped
   }
 });
 
-Deno.test({
-  name: "segment: nibabel reads a written segmentation with the input's shape and affine, as uint8",
-  ignore: !HAS_NIBABEL,
-  async fn() {
-    const dir = await Deno.makeTempDir();
-    try {
-      await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [24, 28, 20], seed: 4 });
-      const model = await tinyModel(dir);
-      const r = await segment({ model, input: `${dir}/data`, out: `${dir}/seg` });
-      const [c] = (await findCases(`${dir}/data`)).cases;
-      assertEquals(r.cases.map((o) => o.output), [`${dir}/seg/${c.id}.nii.gz`]);
-      const out = await new Deno.Command(PYTHON, {
-        args: [
-          "-c",
-          "import sys, nibabel as nib, numpy as np; a = nib.load(sys.argv[1]); b = nib.load(sys.argv[2]); " +
-          "print(a.shape == b.shape, np.allclose(a.affine, b.affine), a.get_data_dtype() == np.uint8, " +
-          "sorted(set(np.unique(np.asarray(a.dataobj)).tolist()) - {0, 1, 2, 4}) == [])",
-          `${dir}/seg/${c.id}.nii.gz`,
-          c.images.flair,
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      assertEquals(
-        new TextDecoder().decode(out.stdout).trim(),
-        "True True True True",
-        new TextDecoder().decode(out.stderr),
-      );
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
-});
-
 Deno.test("segment: cases with a missing modality, two files for one, or modalities on two grids are recorded as error.json, exit 1, per shard", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -400,86 +227,6 @@ Deno.test("segment: cases with a missing modality, two files for one, or modalit
         assertEquals(await exists(`${out}/${id}.error.json`), mine.includes(id));
       }
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("segment --save-probabilities after a run without them writes them; labels first, record last; a reference added later brings metrics", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [24, 24, 16], seed: 7 });
-    const model = await tinyModel(dir);
-    const [c] = (await findCases(`${dir}/data`)).cases;
-    const segBytes = await getObject(c.seg!);
-    await deleteObject(c.seg!);
-    const opts = { model, input: `${dir}/data`, out: `${dir}/seg` };
-    const at = (name: string, out = opts.out) => `${out}/${c.id}${name}`;
-
-    const plain = await segment(opts);
-    assertEquals(plain.cases.map((o) => [o.status, o.metrics]), [["done", undefined]]);
-    assertEquals(await exists(at("_probabilities.nii.gz")), false);
-    assertEquals(await exists(at(".metrics.json")), false, "no reference, no metrics");
-    const withProbs = await segment({ ...opts, saveProbabilities: true });
-    assertEquals(withProbs.cases.map((o) => o.status), ["done"], "probabilities were missing");
-    const probs = decodeNifti(await getObject(at("_probabilities.nii.gz")), c.id);
-    assertEquals(probs.header.dims, [24, 24, 16, 3]);
-    assertEquals((await readJson(at(".json"))).outputs, [
-      at(".nii.gz"),
-      at("_probabilities.nii.gz"),
-    ]);
-    assertEquals((await segment({ ...opts, saveProbabilities: true })).cases[0].status, "skipped");
-    assertEquals((await segment(opts)).cases[0].status, "skipped", "the record covers more");
-
-    // The probabilities cannot be written (a folder holds their name): the labels are written,
-    // no record (so a re-run redoes the case), the error is recorded; then the re-run completes.
-    const out2 = `${dir}/seg2`;
-    await Deno.mkdir(at("_probabilities.nii.gz", out2), { recursive: true });
-    await Deno.writeTextFile(`${at("_probabilities.nii.gz", out2)}/x`, "in the way");
-    const blocked = await segment({ ...opts, out: out2, saveProbabilities: true });
-    assertEquals(blocked.failed.map((f) => f.id), [c.id]);
-    assert(
-      blocked.failed[0].error.includes(`${c.id}_probabilities.nii.gz`),
-      blocked.failed[0].error,
-    );
-    assert(await exists(at(".nii.gz", out2)), "the labels come first");
-    assertEquals(await exists(at(".json", out2)), false, "no record over missing outputs");
-    assert(await exists(at(".error.json", out2)));
-    await Deno.remove(at("_probabilities.nii.gz", out2), { recursive: true });
-    const unblocked = await segment({ ...opts, out: out2, saveProbabilities: true });
-    assertEquals(unblocked.cases.map((o) => o.status), ["done"]);
-    assertEquals(await exists(at(".error.json", out2)), false);
-    assert(await exists(at("_probabilities.nii.gz", out2)));
-
-    // The reference arrives: the inputs changed, so the case is redone and scored.
-    await putObject(c.seg!, segBytes);
-    const scored = await segment(opts);
-    assertEquals(scored.cases.map((o) => [o.status, o.metrics]), [["done", at(".metrics.json")]]);
-    assertEquals(
-      await exists(at("_probabilities.nii.gz")),
-      false,
-      "redone without --save-probabilities: no probabilities of the previous labels left",
-    );
-    assertMetricsRecord(await readJson(at(".metrics.json")), c.id, c.seg!);
-    assertEquals(
-      (await readJson(at(".metrics.json"))).ET,
-      (await evaluatePair(at(".nii.gz"), c.seg!)).metrics.ET,
-    );
-
-    // A reference that cannot be scored fails the case before anything is written.
-    const labels = decodeNifti(segBytes, c.seg!);
-    const bad = new Uint8Array(labels.data.length);
-    bad[5] = 7;
-    await putObject(c.seg!, encodeNifti(bad, "uint8", labels.header, { name: c.seg! }));
-    const out3 = `${dir}/seg3`;
-    const unscorable = await segment({ ...opts, out: out3 });
-    assertEquals(unscorable.failed.map((f) => f.id), [c.id]);
-    assert(unscorable.failed[0].error.includes(c.seg!), unscorable.failed[0].error);
-    assertEquals(
-      (await listObjects(out3)).map((o) => o.key),
-      [`${c.id}.error.json`],
-      "nothing but the error record",
-    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -700,118 +447,6 @@ Deno.test("segment --largest-component writes the plain output post-processed, a
     assertEquals(again.code, 0, again.stderr);
     assertEquals(JSON.parse(again.stdout).cases[0].status, "done");
   } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("segment --window auto (the default) is the fixed window it resolves to: same grid, same labels; a small budget caps it", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [24, 28, 20], seed: 5 });
-    const model = await tinyModel(dir);
-    const base = { model, input: `${dir}/data` };
-    await segment({ ...base, out: `${dir}/auto` });
-    await segment({ ...base, out: `${dir}/fixed`, window: 16 });
-    const plan = await inferenceModel(resolveConfig(TINY), inferenceFitEdges(resolveConfig(TINY)));
-    // Room for 8³ windows, not 16³ (the native kernels segment loads shift the peaks a little).
-    const budget = Math.sqrt(predictPeak(plan, 8) * predictPeak(plan, 16));
-    await segment({ ...base, out: `${dir}/small`, window: "auto", memoryBudget: budget });
-    const none = await segment({ ...base, out: `${dir}/none`, memoryBudget: 1 });
-    assertEquals(none.failed.length, 1);
-    assertStringIncludes(none.failed[0].error, "fits the memory budget");
-    const { cases: [c] } = await findCases(`${dir}/data`);
-    const read = async (o: string) => decodeNifti(await getObject(`${dir}/${o}/${c.id}.nii.gz`), o);
-    const [auto, fixed] = [await read("auto"), await read("fixed")];
-    assertEquals(auto.header.dims, fixed.header.dims);
-    assertEquals(auto.header.affine, fixed.header.affine);
-    assertEquals(scaledData(auto), scaledData(fixed));
-    assertEquals((await readJson(`${dir}/auto/${c.id}.json`)).options.window, 16);
-    const small = await read("small");
-    assertEquals(small.header.dims, fixed.header.dims);
-    const capped = (await readJson(`${dir}/small/${c.id}.json`)).options.window;
-    assert(capped >= 8 && capped < 16 && capped % 2 === 0, `window ${capped}`);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("loadModel() gives the training crop and validation window as numbers and the file's SHA-256; Segmenter.load takes them from it", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const net = createUNet(resolveConfig(TINY), { seed: 2, zeroInitResidual: false });
-    // Written as training writes them: strings, through the one encoder.
-    const meta = modelMetadataRecord({ trainCrop: 16, valWindow: 24 });
-    assertEquals(meta, { train_crop: "16", val_window: "24" });
-    await saveModel(`${dir}/model`, net, undefined, meta);
-    await saveModel(`${dir}/odd`, net, undefined, { train_crop: "sixteen", val_window: "-8" });
-    const brats = JSON.stringify({ layout: "brats2021", channels: ["flair", "t1"], labels: {} });
-    await saveModel(`${dir}/wrong`, net, undefined, { dataset: brats });
-    disposeUNet(net);
-
-    const loaded = await loadModel(`${dir}/model`, undefined, { trainable: false });
-    const bytes = await Deno.readFile(`${dir}/model/model.safetensors`);
-    assertEquals(loaded.info, { trainCrop: 16, valWindow: 24 });
-    assertEquals(loaded.uri, `${dir}/model/model.safetensors`);
-    assertEquals(loaded.sha256, sha256Hex(bytes));
-    assertEquals(loaded.metadata.train_crop, "16");
-    disposeUNet(loaded.net);
-    // Sizes that are not positive integers are unrecorded, not NaN.
-    const odd = await loadModel(`${dir}/odd`);
-    assertEquals(odd.info, {});
-    disposeUNet(odd.net);
-    // A dataset whose channels disagree with the network is refused naming the file.
-    const wrong = await assertRejects(() => loadModel(`${dir}/wrong`), RangeError);
-    assertStringIncludes(
-      wrong.message,
-      `${dir}/wrong/model.safetensors: its dataset has 2 channels`,
-    );
-
-    const segmenter = await Segmenter.load(`${dir}/model`);
-    assertEquals(
-      [segmenter.trainedCrop, segmenter.validatedWindow, segmenter.modelSha256],
-      [16, 24, sha256Hex(bytes)],
-    );
-    segmenter.dispose();
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("segment() prints nothing itself: its messages and window progress go to the progress it is given", async () => {
-  const dir = await Deno.makeTempDir();
-  const printed: unknown[][] = [];
-  const saved = { error: console.error, log: console.log, warn: console.warn };
-  try {
-    await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [16, 16, 16], seed: 4 });
-    // Created (tfjs initialised, its banner printed) before console is watched.
-    const model = await tinyModel(dir);
-    const opts = { model, input: `${dir}/data`, out: `${dir}/seg`, window: 16 };
-    console.error = console.log = console.warn = (...a: unknown[]) => void printed.push(a);
-    const silent = await segment(opts);
-    const lines: string[] = [];
-    const windows: [number, number][] = [];
-    const reported = await segment({
-      ...opts,
-      force: true,
-      progress: {
-        log: (m) => lines.push(m),
-        update: (_l, done, total) => windows.push([done, total]),
-      },
-    });
-    Object.assign(console, saved);
-    assertEquals(printed, []);
-    assertEquals([silent.failed, reported.failed], [[], []]);
-    const id = reported.cases[0].id;
-    // The backend chosen, then the case.
-    assertEquals(lines.length, 2, lines.join("\n"));
-    assertStringIncludes(lines[0], "segment: backend: using cpu");
-    assertStringIncludes(lines[1], `segment: ${id} → ${dir}/seg/${id}.nii.gz`);
-    assert(
-      windows.length > 0 && windows.at(-1)![0] === windows.at(-1)![1],
-      JSON.stringify(windows),
-    );
-  } finally {
-    Object.assign(console, saved);
     await Deno.remove(dir, { recursive: true });
   }
 });
