@@ -17,7 +17,8 @@ import {
 import { writeSynthDataset } from "../pipeline/synth/mod.ts";
 import { summarize, writeEvaluation } from "../pipeline/evaluation/mod.ts";
 import { segment, segmentationReport } from "./segment.ts";
-import { defaultSettings, train } from "./train.ts";
+import { defaultSettings, train, trainEventPrinter } from "../pipeline/training/mod.ts";
+import { Progress } from "../pipeline/report/mod.ts";
 import { backendFlag, type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
 
 /** The file that marks a folder as the demo's own, so a re-run may clear it. */
@@ -113,7 +114,7 @@ Example:
       valCases,
       seed,
       config: resolveConfig({}),
-    }, { out: run, backend });
+    }, { out: run, backend, onProgress: trainEventPrinter(new Progress()) });
 
     const state = JSON.parse(
       new TextDecoder().decode(await getObject(joinUri(run, `${trained.checkpoint}/state.json`))),

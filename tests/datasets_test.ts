@@ -17,7 +17,7 @@ import { phantomCase, writePhantomDataset } from "../pipeline/synth/phantom.ts";
 import { preprocessCase } from "../pipeline/cases/preprocess.ts";
 import { getObject, putObject } from "../pipeline/storage/objects.ts";
 import { segment } from "../tasks/segment.ts";
-import { train } from "../tasks/train.ts";
+import { train } from "../pipeline/training/mod.ts";
 import { runMain } from "./_cli.ts";
 import { startS3rver } from "./_s3rver.ts";
 import { tinySettings } from "./_train_fixtures.ts";

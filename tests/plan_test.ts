@@ -11,7 +11,7 @@ import {
   resolveConfig,
   reversibleLowerBound,
 } from "../model/mod.ts";
-import { planCrop } from "../tasks/plan.ts";
+import { planCrop } from "../pipeline/training/mod.ts";
 
 await tf.setBackend("cpu");
 const SMALL = { levels: 2, baseChannels: 8, blocksPerLevel: 2 };

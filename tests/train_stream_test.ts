@@ -17,7 +17,7 @@ import {
 import { batchForStep, BatchPrefetcher, type PrefetchOptions } from "../pipeline/cases/prefetch.ts";
 import type { PreprocessedCase } from "../pipeline/cases/preprocess.ts";
 import { streamRandom } from "../pipeline/cases/random.ts";
-import { train, type TrainRuntime } from "../tasks/train.ts";
+import { train, type TrainRuntime } from "../pipeline/training/mod.ts";
 import { defaultCaseMemory } from "../pipeline/training/training_cases.ts";
 import { runMain } from "./_cli.ts";
 import {
@@ -193,7 +193,6 @@ Deno.test("train: streamed runs equal the in-memory run bit for bit (local cache
     const oneCase = 24 * 28 * 20 * 17;
     const runtime: TrainRuntime = {
       out: `${dir}/temp`,
-      quiet: true,
       workers: 0,
       cache: "",
       caseMemory: oneCase,
@@ -232,7 +231,6 @@ Deno.test("train: a streamed case whose file is gone is an error naming it, and 
       const error = await assertRejects(() =>
         train(tinySettings(data, { valCases: 0 }), {
           out,
-          quiet: true,
           workers,
           cache,
           caseMemory: 0,

@@ -15,7 +15,7 @@ import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti/mod.ts";
 import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
 import { REGIONS } from "../pipeline/evaluation/metrics.ts";
 import { segment } from "../tasks/segment.ts";
-import { train } from "../tasks/train.ts";
+import { train } from "../pipeline/training/mod.ts";
 import { tinySettings } from "./_train_fixtures.ts";
 
 await tf.setBackend("cpu");
@@ -72,7 +72,7 @@ Deno.test("train's validation Dice (metrics.jsonl) equals evaluate's Dice of seg
     await labelCorner(data, 1);
     // The validation window (16) differs from the training crop (8).
     const settings = tinySettings(data, { epochs: 2, valCases: 2, valEvery: 1, seed: 4 });
-    const run = await train(settings, { out: `${dir}/run`, quiet: true, workers: 0, cache: "" });
+    const run = await train(settings, { out: `${dir}/run`, workers: 0, cache: "" });
     const history = (await Deno.readTextFile(`${dir}/run/metrics.jsonl`)).trim().split("\n")
       .map((l) => JSON.parse(l));
     const best = history.find((h) => h.epoch === run.best!.epoch);

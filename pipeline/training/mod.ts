@@ -1,8 +1,27 @@
 /**
- * Training: checkpoints and their state at any storage URI, saving and loading networks with their
- * digests, and the cases of a run loaded once.
+ * Training: the settings of a run and their defaults, the run itself (open or resume, prepare
+ * cases, step, end of epoch, finish), its events, validation and reports, checkpoints and their
+ * state at any storage URI, saving and loading networks with their digests, the cases of a run
+ * loaded once, and memory planning (`plan`, `--crop auto`).
+ *
+ * Also what the command line needs of model/ to choose a backend and describe a network, so that
+ * tasks/ imports no model/ module itself.
  * @module
  */
+export * from "./settings.ts";
+export * from "./run.ts";
+export * from "./events.ts";
+export * from "./validation.ts";
+export * from "./reports.ts";
+export * from "./run_cases.ts";
+export * from "./plan.ts";
 export * from "./checkpoint.ts";
 export * from "./model_store.ts";
 export * from "./training_cases.ts";
+export {
+  BACKEND_NAMES,
+  type BackendChoice,
+  type BackendName,
+  type NetworkConfig,
+  selectBackend,
+} from "../../model/mod.ts";
