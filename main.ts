@@ -5,7 +5,7 @@
  */
 import { type Command, UsageError } from "./tasks/_cli.ts";
 import { commands } from "./tasks/mod.ts";
-import { checkWebGpuErrors } from "./model/backend.ts";
+import { checkWebGpuErrors, onWebGpuError } from "./pipeline/training/mod.ts";
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));
@@ -41,6 +41,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   // Every error names its command, once: "error: train: --out is required".
+  onWebGpuError((message) => console.error(`error: WebGPU: ${message}`));
   const prefix = `${command.name}: `;
   const named = (message: string) => message.startsWith(prefix) ? message : prefix + message;
   try {

@@ -303,6 +303,17 @@ export function webGpuAdapterIsSoftware(): boolean {
 const webGpuErrors: string[] = [];
 /** Devices already listened to. */
 const watched = new WeakSet<object>();
+/** Who hears of each WebGPU device error as it happens (the command line prints it). */
+let webGpuErrorListener: ((message: string) => void) | undefined;
+
+/**
+ * Sets who hears of each error the WebGPU device reports, as it happens (the command line prints
+ * `error: WebGPU: <message>`); `undefined` stops it. {@linkcode checkWebGpuErrors} throws them
+ * either way.
+ */
+export function onWebGpuError(listener: ((message: string) => void) | undefined): void {
+  webGpuErrorListener = listener;
+}
 
 /**
  * Throws when the WebGPU device has reported an error since the last call (and forgets them).
@@ -328,7 +339,7 @@ function watchWebGpuErrors(): void {
     const error = (event as Event & { error?: { message?: string } }).error;
     const message = error?.message?.trim() || "an error without a message";
     webGpuErrors.push(message);
-    console.error(`error: WebGPU: ${message}`);
+    webGpuErrorListener?.(message);
   });
 }
 

@@ -5,7 +5,7 @@
  */
 import { parseArgs as nodeParseArgs, type ParseArgsConfig } from "node:util";
 import { parseShard, type Shard } from "../pipeline/cases/mod.ts";
-import { BACKEND_NAMES, type BackendName } from "../model/backend.ts";
+import { BACKEND_NAMES, type BackendName } from "../pipeline/training/mod.ts";
 
 /** One subcommand of main.ts. */
 export interface Command {

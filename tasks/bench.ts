@@ -1,34 +1,22 @@
 /**
- * `bench memory`: the seed paper's experiment — what a fixed memory budget buys the reversible
- * network over its standard twin — measured with tf.profile on this machine's backend.
- * `bench speed`: training and inference throughput and whole-case seconds, with a PyTorch peer
- * (tasks/bench_speed.ts).
+ * `bench memory|speed|kernels`: the flags, help and printing of the benchmarks that
+ * pipeline/training/bench runs — memory (the seed paper's experiment: what a fixed budget buys the
+ * reversible network over its standard twin), speed (training and inference throughput and
+ * whole-case seconds, with a PyTorch peer) and the project's kernels one by one.
  * @module
  */
-import * as tf from "../model/tf.ts";
-import {
-  compareGradMapsAsync,
-  countParams,
-  createUNet,
-  cropModel,
-  diceBceLoss,
-  disposeUNet,
-  fieldModel,
-  maxCropEdge,
-  maxFieldValue,
-  measureStepPeak,
-  predictPeak,
-  randomTarget,
-  REFERENCE_CONFIG,
-  resolveConfig,
-  reversibleGrads,
-  reversibleLowerBound,
-  standardGrads,
-} from "../model/mod.ts";
 import { datasetShape } from "../pipeline/cases/mod.ts";
-import { selectBackend } from "../model/backend.ts";
-import { benchSpeed, BRATS_DIMS, formatSpeed } from "./bench_speed.ts";
-import { benchKernels, formatKernels } from "./bench_kernels.ts";
+import {
+  type BackendChoice,
+  benchKernels,
+  benchMemory,
+  benchSpeed,
+  BRATS_DIMS,
+  formatKernels,
+  formatSpeed,
+  isGpuBackend,
+  selectBackend,
+} from "../pipeline/training/mod.ts";
 import {
   backendFlag,
   type Command,
@@ -40,140 +28,6 @@ import {
 } from "./_cli.ts";
 
 const GiB = 1024 ** 3;
-
-/** Options of {@linkcode benchMemory}. */
-export interface BenchMemoryOptions {
-  /** Memory budget for the searches, bytes. @default 16 GiB */
-  budget?: number;
-  /** Crop at which peak bytes are reported. @default 32 */
-  crop?: number;
-  /** Crop at which the depth and width searches are made. @default 96 */
-  searchCrop?: number;
-  /** Progress messages. */
-  log?: (msg: string) => void;
-  /** A dataset's input channels and output regions (see `--data`). @default 4 and 3 (BraTS) */
-  io?: { inChannels: number; outChannels: number };
-}
-
-/** Runs the memory benchmark and returns its JSON object. */
-export async function benchMemory(options: BenchMemoryOptions = {}) {
-  const { budget = 16 * GiB, crop = 32, searchCrop = 96, log = () => {} } = options;
-  const ref = resolveConfig({ ...REFERENCE_CONFIG, ...options.io });
-  const variants = { reversible: true, standard: false } as const;
-
-  log("gradient check: reversible vs standard, reference network, 16^3");
-  const x = tf.randomNormal([1, 16, 16, 16, ref.inChannels], 0, 1, "float32", 5) as tf.Tensor5D;
-  const target = randomTarget([1, 16, 16, 16, ref.outChannels], 6, 0.7);
-  const net = createUNet(ref, { seed: 7, zeroInitResidual: false });
-  const loss = (logits: tf.Tensor5D) => diceBceLoss(logits, target);
-  const rev = reversibleGrads(net, x, loss, true);
-  const std = standardGrads(net, x, loss, true);
-  const cmp = await compareGradMapsAsync(
-    new Map([...rev.grads, ["input", rev.inputGrad!]]),
-    new Map([...std.grads, ["input", std.inputGrad!]]),
-  );
-  tf.dispose([
-    x,
-    target,
-    rev.loss,
-    std.loss,
-    rev.inputGrad!,
-    std.inputGrad!,
-    ...rev.grads.values(),
-    ...std.grads.values(),
-  ]);
-  disposeUNet(net);
-
-  // The reversible step's fixed costs (weights, optimizer state, the small bottom levels) still
-  // bend its curve below 32³, so it is fitted from 32³ up, where it is a straight line (measured
-  // 2026-12-01: 997 bytes per voxel from 32 to 64 and from 64 to 96). The standard step is
-  // straight from 16³ and costs 20× more per voxel, so it stays at small crops.
-  const fitCrops = {
-    reversible: [crop, 48, 64],
-    standard: [16, 24, crop],
-  };
-  const fieldCrops = { reversible: [32, 48], standard: [16, 24] };
-  const models: Record<string, Awaited<ReturnType<typeof cropModel>>> = {};
-  const depth: Record<string, ReturnType<typeof fieldModel>> = {};
-  const width: Record<string, ReturnType<typeof fieldModel>> = {};
-  for (const [name, reversible] of Object.entries(variants)) {
-    const cfg = resolveConfig({ ...ref, reversible });
-    const crops = [...new Set(fitCrops[name as keyof typeof variants])].sort((a, b) => a - b);
-    const fc = fieldCrops[name as keyof typeof variants];
-    log(`${name}: peak bytes at crops ${crops.join(", ")}`);
-    models[name] = await cropModel(cfg, crops);
-    log(`${name}: depth model (blocksPerLevel 1 and 2 at crops ${fc.join(", ")})`);
-    const b1 = await cropModel(resolveConfig({ ...cfg, blocksPerLevel: 1 }), fc);
-    const b2 = await cropModel(cfg, fc);
-    depth[name] = fieldModel("blocksPerLevel", [b1, b2]);
-    log(`${name}: width model (baseChannels 8 and 16 at crops ${fc.join(", ")})`);
-    const w8 = await cropModel(resolveConfig({ ...cfg, baseChannels: 8 }), fc);
-    width[name] = fieldModel("baseChannels", [w8, b2]);
-  }
-  // The fit checked where the searches use it: the reversible step measured at the search crop.
-  log(`reversible: peak bytes at the search crop ${searchCrop} (checks the fit)`);
-  const checkMeasured = await measureStepPeak(resolveConfig(ref), searchCrop);
-  const checkPredicted = predictPeak(models.reversible, searchCrop);
-  const per = <T>(f: (name: keyof typeof variants) => T) => ({
-    reversible: f("reversible"),
-    standard: f("standard"),
-  });
-  const peakAt = per((n) => models[n].measured.find((m) => m.crop === crop)!.peakBytes);
-  const maxCrop = per((n) => maxCropEdge(models[n], budget, 16));
-  // The depth and width searches differ only in the fitted model and the step of the field.
-  const searchMax = (fms: typeof depth, step: number) =>
-    per((n) =>
-      maxFieldValue(
-        fms[n],
-        resolveConfig({ ...ref, reversible: n === "reversible" }),
-        budget,
-        searchCrop,
-        step,
-        1 << 16,
-      )
-    );
-  const maxBlocks = searchMax(depth, 1);
-  const maxBase = searchMax(width, 8);
-  const lower = reversibleLowerBound(ref, crop);
-  const ratio = (r: { reversible: number; standard: number }, pow = 1) =>
-    r.standard > 0 ? Number(((r.reversible / r.standard) ** pow).toFixed(3)) : null;
-  return {
-    backend: tf.getBackend(),
-    param_count: countParams(ref),
-    grad_check: { global_rel_err: cmp.globalRelErr, worst_tensor_rel_err: cmp.worstTensorRelErr },
-    peak_bytes: { crop, ...peakAt },
-    budget_bytes: budget,
-    max_crop_edge: maxCrop,
-    max_blocks_per_level: maxBlocks,
-    max_base_channels: maxBase,
-    lower_bound_bytes: { crop, reversible: lower },
-    fit_check: {
-      crop: searchCrop,
-      reversible_measured: checkMeasured,
-      reversible_predicted: Math.round(checkPredicted),
-      rel_err: Number(((checkPredicted - checkMeasured) / checkMeasured).toFixed(4)),
-      reversible_over_lower_bound: Number(
-        (checkMeasured / reversibleLowerBound(ref, searchCrop)).toFixed(3),
-      ),
-    },
-    ratios: {
-      peak_standard_over_reversible: Number((peakAt.standard / peakAt.reversible).toFixed(3)),
-      volume: ratio(maxCrop, 3),
-      depth: ratio(maxBlocks),
-      channels: ratio(maxBase),
-      reversible_over_lower_bound: Number((peakAt.reversible / lower).toFixed(3)),
-    },
-    fits: per((n) => ({
-      bytes_per_voxel: Math.round(models[n].fit.slope),
-      fixed_bytes: Math.round(models[n].fit.intercept),
-      max_rel_residual: Number(models[n].fit.maxRelResidual.toExponential(2)),
-      measured: models[n].measured,
-      predicted_at_search_crop: Math.round(predictPeak(models[n], searchCrop)),
-      depth_bytes_per_voxel_per_block: Math.round(depth[n].perVoxel.slope),
-      width_bytes_per_voxel_per_channel: Math.round(width[n].perVoxel.slope),
-    })),
-  };
-}
 
 /** Parses `--case-sizes`: comma-separated XxYxZ sizes, or "none". */
 function caseSizesFlag(value: string | undefined): [number, number, number][] | undefined {
@@ -224,9 +78,9 @@ warm-up each, and sliding-window inference (overlap 0.5, no mirroring) over synt
 of each --case-sizes size; case_seconds is the one at ${BRATS_DIMS.join("x")} when measured, else
 extrapolated from the sizes measured (seconds are linear in the voxels the windows cover, which
 are known for any size). Then runs the same network in PyTorch
-(tasks/peer_torch.py with /usr/bin/python3; \`deno task setup --peer\` installs it) at the same crop
-and steps and reports it as "peer" with the ratios ours/peer of voxels per second; without PyTorch,
-"peer" is null and "peer_reason" says why.
+(pipeline/training/bench/peer_torch.py with /usr/bin/python3; \`deno task setup --peer\` installs
+it) at the same crop and steps and reports it as "peer" with the ratios ours/peer of voxels per
+second; without PyTorch, "peer" is null and "peer_reason" says why.
 
 kernels: times the project's own kernels one by one — depthwise conv3d, its input and filter
 gradients, GroupNorm+activation and its gradient — at the reference network's depthwise shapes at
@@ -277,73 +131,102 @@ Examples:
       "no-peer": { type: "boolean" },
       backend: { type: "string" },
     }, true);
-    const [which, ...extra] = positionals;
-    if (which !== "memory" && which !== "speed" && which !== "kernels") {
-      throw new UsageError(
-        `bench: expected a benchmark name (memory, speed or kernels), got ${which ?? "none"}`,
-      );
-    }
-    if (extra.length > 0) throw new UsageError(`bench: unexpected arguments: ${extra.join(" ")}`);
-    const own = OWN_FLAGS[which];
-    const given = Object.keys(values).filter((k) =>
-      (values as Record<string, unknown>)[k] !== undefined
-    );
-    const misplaced = given.find((k) => !COMMON_FLAGS.includes(k) && !own.includes(k));
-    if (misplaced) {
-      const owners = Object.entries(OWN_FLAGS).filter(([, flags]) => flags.includes(misplaced));
-      throw new UsageError(
-        `bench ${which}: --${misplaced} belongs to bench ${
-          owners.map(([name]) => name).join(" and ")
-        } (bench ${which} takes ${[...COMMON_FLAGS, ...own].map((k) => `--${k}`).join(", ")})`,
-      );
-    }
+    const which = benchName(positionals, values);
     const log = values.json ? () => {} : (m: string) => console.error(`bench: ${m}`);
     const choice = await selectBackend(backendFlag(values.backend), log);
-    if (which === "kernels") {
-      const gpu = choice.name === "webgpu" || /CUDA GPU/.test(choice.device);
-      const crop = intFlag("crop", values.crop, gpu ? 64 : 32, 8);
-      if (crop % 8 !== 0) throw new UsageError(`--crop must be a multiple of 8, got ${crop}`);
-      const result = await benchKernels({
-        crop,
-        steps: intFlag("steps", values.steps, 3, 1),
-        device: choice.device,
-        log,
-      });
-      if (values.json) printJson(result);
-      else console.log(`${formatKernels(result)}\n${JSON.stringify(result)}`);
-      return;
-    }
-    if (which === "speed") {
-      const gpu = choice.name === "webgpu" || /CUDA GPU/.test(choice.device);
-      const crop = intFlag("crop", values.crop, gpu ? 128 : 32, 8);
-      if (crop % 8 !== 0) throw new UsageError(`--crop must be a multiple of 8, got ${crop}`);
-      const window = intFlag("window", values.window, crop, 8);
-      if (window % 8 !== 0) throw new UsageError(`--window must be a multiple of 8, got ${window}`);
-      const result = await benchSpeed({
-        crop,
-        steps: intFlag("steps", values.steps, 3, 1),
-        caseSizes: caseSizesFlag(values["case-sizes"]),
-        window,
-        threads: intFlag("threads", values.threads, navigator.hardwareConcurrency ?? 1, 1),
-        peer: !values["no-peer"],
-        device: choice.device,
-        log,
-      });
-      if (values.json) printJson(result);
-      else console.log(`${formatSpeed(result)}\n${JSON.stringify(result)}`);
-      return;
-    }
-    const crop = intFlag("crop", values.crop, 32, 8);
-    if (crop % 8 !== 0) throw new UsageError(`--crop must be a multiple of 8, got ${crop}`);
-    const io = values.data === undefined ? undefined : await datasetShape(values.data);
-    printJson(
-      await benchMemory({
-        budget: numberFlag("budget", values.budget, 16, 0.001) * GiB,
-        crop,
-        searchCrop: intFlag("search-crop", values["search-crop"], 96, 8),
-        log,
-        ...(io ? { io: { inChannels: io.inChannels, outChannels: io.outChannels } } : {}),
-      }),
-    );
+    if (which === "kernels") await runKernels(values, choice, log);
+    else if (which === "speed") await runSpeed(values, choice, log);
+    else await runMemory(values, log);
   },
 };
+
+type BenchValues = Partial<Record<string, string | boolean>> & {
+  json?: boolean;
+  budget?: string;
+  crop?: string;
+  "search-crop"?: string;
+  data?: string;
+  steps?: string;
+  "case-sizes"?: string;
+  window?: string;
+  threads?: string;
+  "no-peer"?: boolean;
+};
+type Log = (message: string) => void;
+
+/** The benchmark named, its flags checked against the ones it takes. */
+function benchName(positionals: string[], values: BenchValues): keyof typeof OWN_FLAGS {
+  const [which, ...extra] = positionals;
+  if (which !== "memory" && which !== "speed" && which !== "kernels") {
+    throw new UsageError(
+      `bench: expected a benchmark name (memory, speed or kernels), got ${which ?? "none"}`,
+    );
+  }
+  if (extra.length > 0) throw new UsageError(`bench: unexpected arguments: ${extra.join(" ")}`);
+  const own = OWN_FLAGS[which];
+  const given = Object.keys(values).filter((k) => values[k] !== undefined);
+  const misplaced = given.find((k) => !COMMON_FLAGS.includes(k) && !own.includes(k));
+  if (misplaced) {
+    const owners = Object.entries(OWN_FLAGS).filter(([, flags]) => flags.includes(misplaced));
+    throw new UsageError(
+      `bench ${which}: --${misplaced} belongs to bench ${
+        owners.map(([name]) => name).join(" and ")
+      } (bench ${which} takes ${[...COMMON_FLAGS, ...own].map((k) => `--${k}`).join(", ")})`,
+    );
+  }
+  return which;
+}
+
+/** An edge flag that must be a multiple of 8 (`--crop`, `--window`). */
+function edgeFlag(name: string, value: string | undefined, fallback: number): number {
+  const edge = intFlag(name, value, fallback, 8);
+  if (edge % 8 !== 0) throw new UsageError(`--${name} must be a multiple of 8, got ${edge}`);
+  return edge;
+}
+
+/** Prints a result: the JSON alone with --json, else the summary for people and the JSON. */
+function printResult(json: boolean | undefined, result: unknown, summary: string): void {
+  if (json) printJson(result);
+  else console.log(`${summary}\n${JSON.stringify(result)}`);
+}
+
+async function runKernels(values: BenchValues, choice: BackendChoice, log: Log): Promise<void> {
+  const crop = edgeFlag("crop", values.crop, isGpuBackend(choice.name, choice.device) ? 64 : 32);
+  const result = await benchKernels({
+    crop,
+    steps: intFlag("steps", values.steps, 3, 1),
+    device: choice.device,
+    log,
+  });
+  printResult(values.json, result, formatKernels(result));
+}
+
+async function runSpeed(values: BenchValues, choice: BackendChoice, log: Log): Promise<void> {
+  const crop = edgeFlag("crop", values.crop, isGpuBackend(choice.name, choice.device) ? 128 : 32);
+  const window = edgeFlag("window", values.window, crop);
+  const result = await benchSpeed({
+    crop,
+    steps: intFlag("steps", values.steps, 3, 1),
+    caseSizes: caseSizesFlag(values["case-sizes"]),
+    window,
+    threads: intFlag("threads", values.threads, navigator.hardwareConcurrency ?? 1, 1),
+    peer: !values["no-peer"],
+    device: choice.device,
+    log,
+  });
+  printResult(values.json, result, formatSpeed(result));
+}
+
+async function runMemory(values: BenchValues, log: Log): Promise<void> {
+  const crop = edgeFlag("crop", values.crop, 32);
+  const io = values.data === undefined ? undefined : await datasetShape(values.data);
+  printJson(
+    await benchMemory({
+      budget: numberFlag("budget", values.budget, 16, 0.001) * GiB,
+      crop,
+      searchCrop: intFlag("search-crop", values["search-crop"], 96, 8),
+      log,
+      ...(io ? { io: { inChannels: io.inChannels, outChannels: io.outChannels } } : {}),
+    }),
+  );
+}

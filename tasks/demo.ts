@@ -16,7 +16,7 @@ import {
 } from "../pipeline/storage/mod.ts";
 import { writeSynthDataset } from "../pipeline/synth/mod.ts";
 import { summarize, writeEvaluation } from "../pipeline/evaluation/mod.ts";
-import { segment, segmentationReport } from "./segment.ts";
+import { segment, segmentationReport } from "../pipeline/segmentation/mod.ts";
 import { defaultSettings, train, trainEventPrinter } from "../pipeline/training/mod.ts";
 import { Progress } from "../pipeline/report/mod.ts";
 import { backendFlag, type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
@@ -129,7 +129,6 @@ Example:
       input: data,
       out: seg,
       backend,
-      quiet: true,
       only: (c) => heldOut.includes(c.id) || heldOut.length === 0 && c === cases.at(-1),
     });
     log(`segmented ${segmented.cases.map((c) => c.id).join(", ")} → ${seg}`);

@@ -1,27 +1,21 @@
 /**
  * `evaluate --pred <uri> --truth <uri>`: BraTS metrics (Dice, HD95, sensitivity, specificity of
- * ET, TC and WT) of a folder of predicted segmentations against a dataset's references.
+ * ET, TC and WT) of a folder of predicted segmentations against a dataset's references
+ * (pipeline/evaluation), with the report of pipeline/report.
  * @module
  */
 import {
-  EVAL_REGIONS,
-  evaluateCases,
+  evaluateShard,
   type Evaluation,
-  findPredictions,
+  formatLesionTable,
+  formatTable,
   type LabelConvention,
-  type MetricName,
-  METRICS,
-  metricsBaseName,
-  type Stats,
-  writeEvaluation,
+  LESION_WISE_CHALLENGES,
+  type LesionWiseParams,
+  shardOutUri,
+  writeShardEvaluation,
 } from "../pipeline/evaluation/mod.ts";
-import { caseReport, reportMetrics } from "../pipeline/report/mod.ts";
-import { LESION_WISE_CHALLENGES, type LesionWiseParams } from "../pipeline/evaluation/mod.ts";
-import { findCases } from "../pipeline/cases/mod.ts";
-import { Progress } from "../pipeline/report/mod.ts";
-import { writeReport } from "../pipeline/report/mod.ts";
-import { joinUri, mapConcurrent } from "../pipeline/storage/mod.ts";
-import { inShard, shardName } from "../pipeline/cases/mod.ts";
+import { Progress, writeEvaluationReport } from "../pipeline/report/mod.ts";
 import {
   type Command,
   intFlag,
@@ -146,12 +140,12 @@ Examples:
 
     const progress = new Progress();
     const t0 = performance.now();
-    const evaluation = await evaluateCases(values.pred, values.truth, {
+    const evaluation = await evaluateShard(values.pred, values.truth, {
       labels,
       concurrency,
       affineTolerance,
       ...(lesionWise ? { lesionWise } : {}),
-      ...(shard ? { only: (id: string) => inShard(id, shard) } : {}),
+      shard,
       onCase: (r, done, total) => {
         const eta = ((performance.now() - t0) / 1000 / done) * (total - done);
         progress.update("evaluate", done, total, r.case, eta);
@@ -165,12 +159,13 @@ Examples:
       progress.log(`extra: prediction "${id}" has no reference under ${values.truth}`);
     }
     progress.log(evaluationNote(evaluation));
-    const name = metricsBaseName(shard);
-    const written = values.out ? await writeEvaluation(values.out, evaluation, name) : undefined;
+    const written = values.out
+      ? await writeShardEvaluation(values.out, evaluation, shard)
+      : undefined;
     if (values.report) {
       // One report folder per shard, for the same reason as the metrics' names.
-      const reportOut = shard ? joinUri(values.out!, shardName(shard)) : values.out!;
-      const uri = await writeEvaluationReport(values.pred, values.truth, reportOut, evaluation);
+      const out = shardOutUri(values.out!, shard);
+      const uri = await writeEvaluationReport(values.pred, values.truth, out, evaluation);
       progress.log(`evaluate: report ${uri}`);
     }
     if (values.json) printJson(evaluation);
@@ -178,87 +173,25 @@ Examples:
     if (!values.json && evaluation.lesionWise) console.log("\n" + formatLesionTable(evaluation));
     if (written) progress.log(`evaluate: wrote ${written.join(" and ")}`);
     if (evaluation.missing.length > 0 && !values["allow-missing"]) {
-      const ids = evaluation.missing;
-      throw new Error(
-        `${ids.length} of ${ids.length + evaluation.cases.length} reference cases have no ` +
-          `prediction under ${values.pred} (${ids.slice(0, 5).join(", ")}${
-            ids.length > 5 ? ", ..." : ""
-          }); the metrics above cover the others. Pass --allow-missing to accept this.`,
-      );
+      throw missingError(evaluation, values.pred);
     }
   },
 };
-
-/**
- * The HTML report of an evaluation: slices for the cases whose images are under `truth` (a BraTS
- * dataset), the metrics of every evaluated case.
- */
-export async function writeEvaluationReport(
-  pred: string,
-  truth: string,
-  out: string,
-  evaluation: Evaluation,
-): Promise<string> {
-  const predictions = new Map((await findPredictions(pred)).map((p) => [p.id, p.uri]));
-  const images = new Map((await findCases(truth)).cases.map((c) => [c.id, c]));
-  const cases = await mapConcurrent(evaluation.cases, 2, async (r) => {
-    const c = images.get(r.case);
-    const p = predictions.get(r.case);
-    return c && p ? await caseReport(c, p, r) : { id: r.case, metrics: reportMetrics(r) };
-  });
-  return await writeReport(out, {
-    title: "Evaluation",
-    cases,
-    notes: [`predictions: ${pred}`, `references: ${truth}`],
-  });
-}
 
 function evaluationNote(e: Evaluation): string {
   return `evaluate: ${e.cases.length} cases evaluated, ${e.missing.length} missing, ` +
     `${e.extra.length} extra`;
 }
 
-const HEADINGS: Record<MetricName, string> = {
-  dice: "Dice",
-  hd95: "HD95",
-  sensitivity: "Sens",
-  specificity: "Spec",
-};
-
-function formatValue(metric: MetricName, v: number | null): string {
-  if (v === null) return "-";
-  return metric === "hd95" ? v.toFixed(2) : v.toFixed(4);
-}
-
-/** The per-case table (HD95 in mm), the summary rows, then the missing and extra cases. */
-export function formatTable(e: Evaluation): string {
-  const head = ["case", ...METRICS.flatMap((m) => EVAL_REGIONS.map((r) => `${HEADINGS[m]} ${r}`))];
-  const rows: string[][] = e.cases.map((c) => [
-    c.case,
-    ...METRICS.flatMap((m) => EVAL_REGIONS.map((r) => formatValue(m, c[r][m]))),
-  ]);
-  const stats: (keyof Stats)[] = ["mean", "std", "median", "q25", "q75"];
-  const summary = stats.map((s) => [
-    s,
-    ...METRICS.flatMap((m) => EVAL_REGIONS.map((r) => formatValue(m, e.summary[r][m][s]))),
-  ]);
-  const all = [head, ...rows, ...summary];
-  const widths = head.map((_, k) => Math.max(...all.map((row) => row[k].length)));
-  const line = (row: string[]) =>
-    row.map((cell, k) => (k === 0 ? cell.padEnd(widths[k]) : cell.padStart(widths[k]))).join("  ")
-      .trimEnd();
-  const rule = "-".repeat(widths.reduce((a, b) => a + b + 2, -2));
-  return [
-    line(head),
-    rule,
-    ...rows.map(line),
-    rule,
-    ...summary.map(line),
-    "",
-    `${e.cases.length} cases evaluated; ${e.missing.length} missing` +
-    (e.missing.length ? ` (${e.missing.join(", ")})` : "") +
-    `; ${e.extra.length} extra` + (e.extra.length ? ` (${e.extra.join(", ")})` : ""),
-  ].join("\n");
+/** A missing prediction is an error, as nnU-Net has it, naming the first five. */
+function missingError(evaluation: Evaluation, pred: string): Error {
+  const ids = evaluation.missing;
+  return new Error(
+    `${ids.length} of ${ids.length + evaluation.cases.length} reference cases have no ` +
+      `prediction under ${pred} (${ids.slice(0, 5).join(", ")}${
+        ids.length > 5 ? ", ..." : ""
+      }); the metrics above cover the others. Pass --allow-missing to accept this.`,
+  );
 }
 
 /** The lesion-wise parameters from `--lesion-wise`, `--challenge` and the overrides. */
@@ -288,47 +221,4 @@ function lesionWiseFlags(values: {
     dilation: intFlag("lesion-dilation", values["lesion-dilation"], challenge.dilation, 0, 50),
     minVolume: numberFlag("lesion-min-volume", values["lesion-min-volume"], challenge.minVolume, 0),
   };
-}
-
-/** The lesion-wise table: per case Dice, HD95 and lesion counts per region, then the means. */
-export function formatLesionTable(e: Evaluation): string {
-  const lw = e.lesionWise!;
-  const head = [
-    "case",
-    ...EVAL_REGIONS.map((r) => `LDice ${r}`),
-    ...EVAL_REGIONS.map((r) => `LHD95 ${r}`),
-    ...EVAL_REGIONS.map((r) => `TP/FP/FN ${r}`),
-  ];
-  const rows = e.cases.map((c) => [
-    c.case,
-    ...EVAL_REGIONS.map((r) => formatValue("dice", c.lesionWise?.[r].dice ?? null)),
-    ...EVAL_REGIONS.map((r) => formatValue("hd95", c.lesionWise?.[r].hd95 ?? null)),
-    ...EVAL_REGIONS.map((r) => {
-      const l = c.lesionWise?.[r];
-      return l ? `${l.tp}/${l.fp}/${l.fn}` : "-";
-    }),
-  ]);
-  const mean = [
-    "mean",
-    ...EVAL_REGIONS.map((r) => formatValue("dice", lw.summary[r].dice.mean)),
-    ...EVAL_REGIONS.map((r) => formatValue("hd95", lw.summary[r].hd95.mean)),
-    ...EVAL_REGIONS.map(() => ""),
-  ];
-  const all = [head, ...rows, mean];
-  const widths = head.map((_, k) => Math.max(...all.map((row) => row[k].length)));
-  const line = (row: string[]) =>
-    row.map((cell, k) => (k === 0 ? cell.padEnd(widths[k]) : cell.padStart(widths[k]))).join("  ")
-      .trimEnd();
-  const rule = "-".repeat(widths.reduce((a, b) => a + b + 2, -2));
-  return [
-    `lesion-wise (${
-      lw.challenge ?? "custom"
-    }: dilation ${lw.dilation}, lesions <= ${lw.minVolume} ` +
-    `mm³ left out; misses score Dice 0, HD95 374 mm)`,
-    line(head),
-    rule,
-    ...rows.map(line),
-    rule,
-    line(mean),
-  ].join("\n");
 }

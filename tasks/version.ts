@@ -3,37 +3,8 @@
  * `--backend auto` would choose here, with why.
  * @module
  */
-import config from "../deno.json" with { type: "json" };
-import { selectBackend } from "../model/backend.ts";
-import * as tf from "../model/tf.ts";
+import { versionInfo } from "../pipeline/training/mod.ts";
 import { type Command, parseFlags, printJson } from "./_cli.ts";
-
-/** The project's version: deno.json's `version` field. */
-export const VERSION: string = config.version;
-
-/** What `version` reports. */
-export interface VersionInfo {
-  revunet: string;
-  deno: string;
-  v8: string;
-  typescript: string;
-  tfjs: string;
-  /** The backend `--backend auto` chooses in this process, its device and why. */
-  backend: { name: string; device: string; reason: string };
-}
-
-/** Collects {@linkcode VersionInfo}; selects the auto backend (as a computing command would). */
-export async function versionInfo(): Promise<VersionInfo> {
-  const choice = await selectBackend("auto");
-  return {
-    revunet: VERSION,
-    deno: Deno.version.deno,
-    v8: Deno.version.v8,
-    typescript: Deno.version.typescript,
-    tfjs: tf.version_core,
-    backend: { name: choice.name, device: choice.device, reason: choice.reason },
-  };
-}
 
 export const versionCommand: Command = {
   name: "version",

@@ -3,10 +3,9 @@
  * PyTorch peer's network checked against ours when Debian's python3-torch is installed.
  * @module
  */
-import { assert, assertEquals } from "@std/assert";
+import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { countParams, REFERENCE_CONFIG, resolveConfig } from "../model/mod.ts";
-import { PEER_PYTHON } from "../tasks/bench_speed.ts";
-import { depthwiseShapes } from "../tasks/bench_kernels.ts";
+import { depthwiseShapes, PEER_PYTHON, PEER_SCRIPT } from "../pipeline/training/mod.ts";
 import { runCommand } from "./_cli.ts";
 
 const HAS_TORCH: boolean = (() => {
@@ -90,7 +89,12 @@ Deno.test({
   name: "peer_torch.py --check: the PyTorch network has our 479,955 parameters and output shape",
   ignore: !HAS_TORCH,
   async fn() {
-    const r = await run(PEER_PYTHON, ["tasks/peer_torch.py", "--check", "--device", "cpu"]);
+    const r = await run(PEER_PYTHON, [
+      "pipeline/training/bench/peer_torch.py",
+      "--check",
+      "--device",
+      "cpu",
+    ]);
     assertEquals(r.code, 0, r.stderr);
     const j = JSON.parse(r.stdout.trim().split("\n").pop()!);
     assertEquals(j.param_count, countParams(resolveConfig(REFERENCE_CONFIG)));
@@ -216,4 +220,39 @@ Deno.test("bench kernels --json times every kernel at every level; misplaced fla
   ]);
   assertEquals(bad.code, 2, bad.stderr);
   assert(bad.stderr.includes("--budget belongs to bench memory"), bad.stderr);
+});
+
+Deno.test("bench speed without --json: the summary for people, then the same result as JSON", async () => {
+  const r = await run(Deno.execPath(), [
+    "run",
+    "-A",
+    "main.ts",
+    "bench",
+    "speed",
+    "--crop",
+    "8",
+    "--steps",
+    "1",
+    "--case-sizes",
+    "8x8x8",
+    "--no-peer",
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  const lines = r.stdout.trimEnd().split("\n");
+  const j = JSON.parse(lines.at(-1)!);
+  assertEquals(lines[0], "speed: reference network (479,955 parameters), batch 1, crop 8^3");
+  assertEquals(lines[1], `  backend cpu on ${j.device}`);
+  assert(lines[4].startsWith("  case 8x8x8       "), lines[4]);
+  assertStringIncludes(lines[4], "(1 windows of 8^3, ");
+  assertStringIncludes(lines[5], `(240x240x155, ${j.case.windows} windows, overlap 0.5, no TTA)`);
+  assert(lines[5].endsWith(" (extrapolated)"), lines[5]);
+  assertEquals(lines[6], "  peer: none (not asked for (--no-peer))");
+  assertEquals(lines.length, 8, r.stdout);
+  // Progress went to stderr, prefixed with the command.
+  assert(r.stderr.split("\n").filter((l) => l).every((l) => l.startsWith("bench: ")), r.stderr);
+});
+
+Deno.test("bench speed: the PyTorch peer's script lies beside the engine that runs it", async () => {
+  assert(PEER_SCRIPT.pathname.endsWith("/pipeline/training/bench/peer_torch.py"), PEER_SCRIPT.href);
+  assert((await Deno.stat(PEER_SCRIPT)).isFile, `${PEER_SCRIPT.href} is missing`);
 });

@@ -16,7 +16,7 @@ import { createNiftiHeader, decodeNifti, encodeNifti, scaledData } from "../pipe
 import { phantomCase, writePhantomDataset } from "../pipeline/synth/phantom.ts";
 import { preprocessCase } from "../pipeline/cases/preprocess.ts";
 import { getObject, putObject } from "../pipeline/storage/objects.ts";
-import { segment } from "../tasks/segment.ts";
+import { segment } from "../pipeline/segmentation/mod.ts";
 import { train } from "../pipeline/training/mod.ts";
 import { runMain } from "./_cli.ts";
 import { startS3rver } from "./_s3rver.ts";
@@ -406,7 +406,6 @@ Deno.test({
       model: `${run}/best`,
       input: `${tmp.path}/imagesTs`,
       out,
-      quiet: true,
     });
     assertEquals(s.failed, []);
     assertEquals(s.cases.map((c) => c.output), ids.slice(3).map((id) => `${out}/${id}.nii.gz`));
@@ -426,7 +425,6 @@ Deno.test({
       model: `${run}/best`,
       input: `${tmp.path}/imagesTs`,
       out: out2,
-      quiet: true,
     });
     assertEquals(s2.cases, []);
     assertEquals(s2.failed.length, 2);
@@ -451,7 +449,6 @@ Deno.test({
       model: `${run}/best`,
       input: `${tmp.path}/brats`,
       out: `${tmp.path}/seg3`,
-      quiet: true,
     });
     assertEquals(s3.failed, []);
     const l3 = scaledData(decodeNifti(await Deno.readFile(s3.cases[0].output), "brats"));
@@ -477,7 +474,6 @@ Deno.test({
       model: `${run}/best`,
       input: `${root}/imagesTs`,
       out,
-      quiet: true,
       saveProbabilities: true,
     });
     assertEquals(s.failed, []);
@@ -495,7 +491,6 @@ Deno.test({
       model: `${run}/best`,
       input: `${root}/imagesTr`,
       out: labelled,
-      quiet: true,
       report: true,
     });
     assertEquals(r.failed, []);

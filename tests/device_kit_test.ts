@@ -6,7 +6,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
-import { PEER_PYTHON, PEER_PYTHON_ENV, peerPython, runPeer } from "../tasks/bench_speed.ts";
+import { PEER_PYTHON, PEER_PYTHON_ENV, peerPython, runPeer } from "../pipeline/training/mod.ts";
 import { ROOT, runCommand } from "./_cli.ts";
 
 const DEVICE = join(ROOT, "deploy", "device");

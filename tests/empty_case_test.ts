@@ -13,8 +13,8 @@ import { createNiftiHeader, encodeNifti } from "../pipeline/nifti/mod.ts";
 import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
 import { loadCase, preprocessCase } from "../pipeline/cases/preprocess.ts";
 import { exists, getObject, joinUri, putObject } from "../pipeline/storage/objects.ts";
-import { segment, Segmenter } from "../tasks/segment.ts";
-import { InProcessRunner, type JobView, startEventService } from "../tasks/serve.ts";
+import { segment, Segmenter } from "../pipeline/segmentation/mod.ts";
+import { InProcessRunner, type JobView, startEventService } from "../pipeline/segmentation/mod.ts";
 import { train } from "../pipeline/training/mod.ts";
 import { startS3rver } from "./_s3rver.ts";
 import { pathMissing, TINY, tinySettings } from "./_train_fixtures.ts";
@@ -67,7 +67,7 @@ Deno.test("segment: a case with no brain voxel fails with an error record naming
     const [good] = await writePhantomDataset(`${dir}/data`, { cases: 1, dims: DIMS, seed: 5 });
     await writeEmptyCase(`${dir}/data`);
     const model = await tinyModel(dir);
-    const r = await segment({ model, input: `${dir}/data`, out: `${dir}/seg`, quiet: true });
+    const r = await segment({ model, input: `${dir}/data`, out: `${dir}/seg` });
     assertEquals(r.cases.map((c) => [c.id, c.status]), [[good, "done"]]);
     assertEquals(r.failed.map((f) => f.id), [EMPTY_ID]);
     assertStringIncludes(r.failed[0].error, `case "${EMPTY_ID}": no brain voxel`);
@@ -80,7 +80,7 @@ Deno.test("segment: a case with no brain voxel fails with an error record naming
     assert(await exists(`${dir}/seg/${good}.nii.gz`));
 
     // The Segmenter that `serve` shares refuses it the same way.
-    const segmenter = await Segmenter.load(model, { quiet: true });
+    const segmenter = await Segmenter.load(model, {});
     try {
       const c = (await findCases(`${dir}/data`)).cases.find((c) => c.id === EMPTY_ID)!;
       await assertRejects(

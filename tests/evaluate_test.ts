@@ -15,13 +15,13 @@ import {
   assertThrows,
 } from "@std/assert";
 import {
-  boundingBox,
   hd95,
   percentile,
   squaredDistanceTransform,
   surface,
   surfaceDistances,
 } from "../pipeline/evaluation/distance.ts";
+import { maskBox } from "../pipeline/volume/mod.ts";
 import {
   caseMetrics,
   CSV_COLUMNS,
@@ -36,6 +36,14 @@ import {
   summarize,
   writeEvaluation,
 } from "../pipeline/evaluation/evaluation.ts";
+import {
+  evaluateShard,
+  formatLesionTable,
+  formatTable,
+  shardOutUri,
+  writeShardEvaluation,
+} from "../pipeline/evaluation/mod.ts";
+import { shardOf } from "../pipeline/cases/mod.ts";
 import { createNiftiHeader, encodeNifti } from "../pipeline/nifti/mod.ts";
 import { seededRandom } from "../pipeline/cases/random.ts";
 import { getObject, putObject } from "../pipeline/storage/objects.ts";
@@ -274,7 +282,7 @@ Deno.test("hd95() of x=[1 voxel at z=0] vs [z=3] with spacing [1,1,2] is 6 mm; e
   b[1 + 4 * (1 + 4 * 3)] = 1;
   assertEquals(hd95(a, b, [4, 4, 4], [1, 1, 2]), 6);
   assertEquals(surfaceDistances(a, b, [4, 4, 4], [1, 1, 2]), new Float64Array([6]));
-  assertEquals(boundingBox(a, [4, 4, 4]), { min: [1, 1, 0], max: [1, 1, 0] });
+  assertEquals(maskBox(a, [4, 4, 4]), { start: [1, 1, 0], size: [1, 1, 1] });
   assertThrows(() => hd95(a, new Uint8Array(64), [4, 4, 4]), RangeError, "second mask is empty");
   assertThrows(() => hd95(a, b, [4, 4, 3]), RangeError, "does not fit dims");
   assertThrows(() => hd95(a, b, [4, 4, 4], [1, 0, 1]), RangeError, "spacing");
@@ -807,6 +815,89 @@ Deno.test("evaluate --json prints one JSON object, writes --out, and exits 1 on 
     table.stdout,
     "1 missing (BraTS20_Training_R); 1 extra (BraTS20_Training_X)",
   );
+});
+
+Deno.test("evaluateShard() takes one shard's cases; writeShardEvaluation() and shardOutUri() name its outputs", async () => {
+  await using tmp = await tempDir();
+  await commandFixture(tmp.path);
+  const [pred, truth, out] = ["pred", "truth", "out"].map((d) => join(tmp.path, d));
+  const ids = ["P", "Q", "R"].map((x) => `BraTS20_Training_${x}`);
+  for (const index of [0, 1]) {
+    const shard = { index, count: 2 };
+    const ev = await evaluateShard(pred, truth, { shard });
+    const mine = ids.filter((id) => shardOf(id, 2) === index);
+    assertEquals([...ev.cases.map((c) => c.case), ...ev.missing].sort(), mine);
+    const written = await writeShardEvaluation(out, ev, shard);
+    assertEquals(written, [
+      join(out, `metrics-shard-${index}-of-2.json`),
+      join(out, `metrics-shard-${index}-of-2.csv`),
+    ]);
+    assertEquals(shardOutUri(out, shard), join(out, `shard-${index}-of-2`));
+  }
+  const all = await evaluateShard(pred, truth);
+  assertEquals(all.cases.map((c) => c.case), ids.slice(0, 2));
+  assertEquals(await writeShardEvaluation(out, all), [
+    join(out, "metrics.json"),
+    join(out, "metrics.csv"),
+  ]);
+  assertEquals(shardOutUri(out), out);
+});
+
+Deno.test("formatTable() and formatLesionTable(): the rows of a table as wide as its rule", async () => {
+  await using tmp = await tempDir();
+  await commandFixture(tmp.path);
+  const ev = await evaluateShard(join(tmp.path, "pred"), join(tmp.path, "truth"), {
+    lesionWise: { dilation: 1, minVolume: 0 },
+  });
+  const [table, footer] = formatTable(ev).split("\n\n");
+  const rows = table.split("\n");
+  assertEquals(rows.length, 1 + 1 + 2 + 1 + 5); // head, rule, 2 cases, rule, 5 statistics
+  assert(rows.every((r) => r.length === rows[1].length), table);
+  assert(/^-+$/.test(rows[1]) && rows[4] === rows[1], table);
+  assertEquals(rows.slice(5).map((r) => r.split(" ")[0]), ["mean", "std", "median", "q25", "q75"]);
+  assertEquals(
+    footer,
+    "2 cases evaluated; 1 missing (BraTS20_Training_R); 1 extra (BraTS20_Training_X)",
+  );
+  const [title, ...lesionRows] = formatLesionTable(ev).split("\n");
+  assertStringIncludes(title, "lesion-wise (custom: dilation 1, lesions <= 0 mm³ left out");
+  assertEquals(lesionRows.length, 1 + 1 + 2 + 1 + 1); // head, rule, 2 cases, rule, mean
+  // The mean row has no counts: its trailing empty cells are trimmed.
+  const full = lesionRows.slice(0, -1);
+  assert(full.every((r) => r.length === lesionRows[1].length), lesionRows.join("\n"));
+  assert(lesionRows[0].startsWith("case") && lesionRows.at(-1)!.startsWith("mean"));
+});
+
+Deno.test("evaluate --report --shard: the shard's metrics files and its report folder, no others", async () => {
+  await using tmp = await tempDir();
+  await commandFixture(tmp.path);
+  const [pred, truth, out] = ["pred", "truth", "out"].map((d) => join(tmp.path, d));
+  const index = shardOf("BraTS20_Training_P", 2);
+  const r = await runMain([
+    "evaluate",
+    "--pred",
+    pred,
+    "--truth",
+    truth,
+    "--out",
+    out,
+    "--report",
+    "--shard",
+    `${index}/2`,
+    "--allow-missing",
+    "--json",
+  ]);
+  assertEquals(r.code, 0, show(r));
+  const ev = JSON.parse(r.stdout) as Evaluation;
+  assert(ev.cases.some((c) => c.case === "BraTS20_Training_P"), r.stdout);
+  const name = `shard-${index}-of-2`;
+  assertEquals(JSON.parse(await Deno.readTextFile(join(out, `metrics-${name}.json`))), ev);
+  const html = await Deno.readTextFile(join(out, name, "report", "index.html"));
+  for (const c of ev.cases) assertStringIncludes(html, c.case);
+  assertStringIncludes(r.stderr, `evaluate: report ${join(out, name, "report", "index.html")}`);
+  assertStringIncludes(r.stderr, `evaluate: wrote ${join(out, `metrics-${name}.json`)} and `);
+  const names = [...Deno.readDirSync(out)].map((e) => e.name).sort();
+  assertEquals(names, [`metrics-${name}.csv`, `metrics-${name}.json`, name]);
 });
 
 Deno.test("evaluate exits 2 on usage errors and 1 on a broken file, writing nothing", async () => {

@@ -9,7 +9,13 @@ import {
   resolveConfig,
 } from "../model/mod.ts";
 import { findCases } from "../pipeline/cases/cases.ts";
-import { resolveModel, saveModel } from "../pipeline/training/model_store.ts";
+import {
+  loadModel,
+  modelMetadataRecord,
+  resolveModel,
+  saveModel,
+  sha256Hex,
+} from "../pipeline/training/model_store.ts";
 import { EVAL_REGIONS, evaluatePair, METRICS } from "../pipeline/evaluation/evaluation.ts";
 import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti/mod.ts";
 import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
@@ -24,7 +30,7 @@ import { writeSynthDataset } from "../pipeline/synth/synth.ts";
 import { probabilitiesToLabels } from "../pipeline/labels.ts";
 import { keepLargestComponent } from "../pipeline/inference/postprocess.ts";
 import { connectedComponents } from "../pipeline/evaluation/lesion_wise.ts";
-import { segment } from "../tasks/segment.ts";
+import { segment, Segmenter } from "../pipeline/segmentation/mod.ts";
 import { defaultSettings, train } from "../pipeline/training/mod.ts";
 import { inShard } from "../pipeline/cases/shard.ts";
 import { runMain } from "./_cli.ts";
@@ -208,7 +214,7 @@ Deno.test("segment: outputs on the input's grid with evaluate's metrics, skipped
     const net = createUNet(resolveConfig(TINY), { seed: 2, zeroInitResidual: false });
     await saveModel(`${dir}/model`, net, undefined, { train_crop: "16" });
     disposeUNet(net);
-    const opts = { model: `${dir}/model`, input: `${dir}/data`, out: `${dir}/seg`, quiet: true };
+    const opts = { model: `${dir}/model`, input: `${dir}/data`, out: `${dir}/seg` };
     const first = await segment({ ...opts, saveProbabilities: true });
     assertEquals(first.cases.map((c) => c.status), ["done", "done"]);
     assertEquals(first.failed, []);
@@ -314,7 +320,7 @@ Deno.test({
     try {
       await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [24, 28, 20], seed: 4 });
       const model = await tinyModel(dir);
-      const r = await segment({ model, input: `${dir}/data`, out: `${dir}/seg`, quiet: true });
+      const r = await segment({ model, input: `${dir}/data`, out: `${dir}/seg` });
       const [c] = (await findCases(`${dir}/data`)).cases;
       assertEquals(r.cases.map((o) => o.output), [`${dir}/seg/${c.id}.nii.gz`]);
       const out = await new Deno.Command(PYTHON, {
@@ -387,7 +393,7 @@ Deno.test("segment: cases with a missing modality, two files for one, or modalit
     for (const index of [0, 1]) {
       const shard = { index, count: 2 };
       const out = `${dir}/shard${index}`;
-      const s = await segment({ model, input: `${dir}/data`, out, quiet: true, shard });
+      const s = await segment({ model, input: `${dir}/data`, out, shard });
       const mine = problems.filter((id) => inShard(id, shard));
       assertEquals(s.failed.map((f) => f.id), mine);
       for (const id of problems) {
@@ -407,7 +413,7 @@ Deno.test("segment --save-probabilities after a run without them writes them; la
     const [c] = (await findCases(`${dir}/data`)).cases;
     const segBytes = await getObject(c.seg!);
     await deleteObject(c.seg!);
-    const opts = { model, input: `${dir}/data`, out: `${dir}/seg`, quiet: true };
+    const opts = { model, input: `${dir}/data`, out: `${dir}/seg` };
     const at = (name: string, out = opts.out) => `${out}/${c.id}${name}`;
 
     const plain = await segment(opts);
@@ -511,7 +517,6 @@ Deno.test("train, then segment held-out synthetic cases (2023 naming) from and t
     model: "s3://brats/run/best",
     input: "s3://brats/heldout",
     out: "s3://brats/seg",
-    quiet: true,
   });
   assertEquals(seg.failed, []);
   assertEquals(seg.cases.map((c) => [c.id, c.status]), heldIds.map((id) => [id, "done"]));
@@ -641,7 +646,7 @@ Deno.test("segment --window auto (the default) is the fixed window it resolves t
   try {
     await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [24, 28, 20], seed: 5 });
     const model = await tinyModel(dir);
-    const base = { model, input: `${dir}/data`, quiet: true };
+    const base = { model, input: `${dir}/data` };
     await segment({ ...base, out: `${dir}/auto` });
     await segment({ ...base, out: `${dir}/fixed`, window: 16 });
     const plan = await inferenceModel(resolveConfig(TINY), inferenceFitEdges(resolveConfig(TINY)));
@@ -663,6 +668,87 @@ Deno.test("segment --window auto (the default) is the fixed window it resolves t
     const capped = (await readJson(`${dir}/small/${c.id}.json`)).options.window;
     assert(capped >= 8 && capped < 16 && capped % 2 === 0, `window ${capped}`);
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("loadModel() gives the training crop and validation window as numbers and the file's SHA-256; Segmenter.load takes them from it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const net = createUNet(resolveConfig(TINY), { seed: 2, zeroInitResidual: false });
+    // Written as training writes them: strings, through the one encoder.
+    const meta = modelMetadataRecord({ trainCrop: 16, valWindow: 24 });
+    assertEquals(meta, { train_crop: "16", val_window: "24" });
+    await saveModel(`${dir}/model`, net, undefined, meta);
+    await saveModel(`${dir}/odd`, net, undefined, { train_crop: "sixteen", val_window: "-8" });
+    const brats = JSON.stringify({ layout: "brats2021", channels: ["flair", "t1"], labels: {} });
+    await saveModel(`${dir}/wrong`, net, undefined, { dataset: brats });
+    disposeUNet(net);
+
+    const loaded = await loadModel(`${dir}/model`, undefined, { trainable: false });
+    const bytes = await Deno.readFile(`${dir}/model/model.safetensors`);
+    assertEquals(loaded.info, { trainCrop: 16, valWindow: 24 });
+    assertEquals(loaded.uri, `${dir}/model/model.safetensors`);
+    assertEquals(loaded.sha256, sha256Hex(bytes));
+    assertEquals(loaded.metadata.train_crop, "16");
+    disposeUNet(loaded.net);
+    // Sizes that are not positive integers are unrecorded, not NaN.
+    const odd = await loadModel(`${dir}/odd`);
+    assertEquals(odd.info, {});
+    disposeUNet(odd.net);
+    // A dataset whose channels disagree with the network is refused naming the file.
+    const wrong = await assertRejects(() => loadModel(`${dir}/wrong`), RangeError);
+    assertStringIncludes(
+      wrong.message,
+      `${dir}/wrong/model.safetensors: its dataset has 2 channels`,
+    );
+
+    const segmenter = await Segmenter.load(`${dir}/model`);
+    assertEquals(
+      [segmenter.trainedCrop, segmenter.validatedWindow, segmenter.modelSha256],
+      [16, 24, sha256Hex(bytes)],
+    );
+    segmenter.dispose();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("segment() prints nothing itself: its messages and window progress go to the progress it is given", async () => {
+  const dir = await Deno.makeTempDir();
+  const printed: unknown[][] = [];
+  const saved = { error: console.error, log: console.log, warn: console.warn };
+  try {
+    await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [16, 16, 16], seed: 4 });
+    // Created (tfjs initialised, its banner printed) before console is watched.
+    const model = await tinyModel(dir);
+    const opts = { model, input: `${dir}/data`, out: `${dir}/seg`, window: 16 };
+    console.error = console.log = console.warn = (...a: unknown[]) => void printed.push(a);
+    const silent = await segment(opts);
+    const lines: string[] = [];
+    const windows: [number, number][] = [];
+    const reported = await segment({
+      ...opts,
+      force: true,
+      progress: {
+        log: (m) => lines.push(m),
+        update: (_l, done, total) => windows.push([done, total]),
+      },
+    });
+    Object.assign(console, saved);
+    assertEquals(printed, []);
+    assertEquals([silent.failed, reported.failed], [[], []]);
+    const id = reported.cases[0].id;
+    // The backend chosen, then the case.
+    assertEquals(lines.length, 2, lines.join("\n"));
+    assertStringIncludes(lines[0], "segment: backend: using cpu");
+    assertStringIncludes(lines[1], `segment: ${id} → ${dir}/seg/${id}.nii.gz`);
+    assert(
+      windows.length > 0 && windows.at(-1)![0] === windows.at(-1)![1],
+      JSON.stringify(windows),
+    );
+  } finally {
+    Object.assign(console, saved);
     await Deno.remove(dir, { recursive: true });
   }
 });

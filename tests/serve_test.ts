@@ -35,7 +35,7 @@ import {
   type JobView,
   type RunOutcome,
   startEventService,
-} from "../tasks/serve.ts";
+} from "../pipeline/segmentation/mod.ts";
 import { ObjectNotFoundError } from "../pipeline/storage/objects.ts";
 import { ROOT, runMain } from "./_cli.ts";
 import { closedPort, type S3EventLike, startS3rver, useS3Env } from "./_s3rver.ts";
@@ -1170,4 +1170,63 @@ Deno.test("service: one case id in two input folders is segmented from one; the 
   } finally {
     await service.abort();
   }
+});
+
+Deno.test({
+  name: "serve --window and --et-threshold: parsed as segment parses them, applied to each case",
+  sanitizeResources: true,
+  async fn() {
+    // Refused as segment refuses them, before anything is loaded.
+    const base = ["serve", "--model", "/nonexistent/m", "--out", "o", "--no-auth"];
+    const bad = await runMain([...base, "--window", "4"]);
+    assertEquals(bad.code, 2, bad.stderr);
+    assertStringIncludes(bad.stderr, '--window must be an integer >= 8 <= 1024, got "4"');
+    const badEt = await runMain([...base, "--et-threshold", "-1"]);
+    assertEquals(badEt.code, 2, badEt.stderr);
+    assertStringIncludes(badEt.stderr, '--et-threshold must be an integer >= 0, got "-1"');
+
+    await using tmp = await tempDir();
+    await using s3 = await startS3rver({ buckets: ["brats"] });
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries(Deno.env.toObject())) if (k.startsWith("AWS_")) env[k] = v;
+    const net = createUNet(
+      resolveConfig({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 }),
+      { seed: 1 },
+    );
+    await saveModel("s3://brats/model", net, undefined, { train_crop: "32" });
+    disposeUNet(net);
+    const [id] = await writePhantomDataset(join(tmp.path, "cases"), {
+      cases: 1,
+      dims: [32, 32, 32],
+      seed: 5,
+    });
+    let last: unknown;
+    for (const p of ["flair", "t1", "t1ce", "t2"]) {
+      const before = s3.events.length;
+      const name = `${id}_${p}.nii.gz`;
+      await putObject(
+        `s3://brats/in/${id}/${name}`,
+        await Deno.readFile(join(tmp.path, "cases", id, name)),
+      );
+      [last] = asAws(s3.events.slice(before));
+    }
+    const serve = await startServe([
+      ...["--model", "s3://brats/model", "--out", "s3://brats/seg/", "--no-auth"],
+      ...["--port", "0", "--host", "127.0.0.1", "--window", "16", "--et-threshold", "7"],
+    ], env);
+    try {
+      const queued = await post(serve.url, last, undefined);
+      assertEquals(queued.status, 202, JSON.stringify(queued));
+      const done = await job(serve.url, String(queued.body.id), "");
+      assertEquals(done.status, "done", JSON.stringify(done));
+      const record = JSON.parse(
+        new TextDecoder().decode(await getObject(`s3://brats/seg/${id}.json`)),
+      );
+      // Without the flags: the training crop (32) and 0.
+      assertEquals([record.options.window, record.options.et_threshold], [16, 7]);
+    } finally {
+      serve.signal("SIGTERM");
+      assertEquals((await serve.status).code, 0, serve.output());
+    }
+  },
 });

@@ -9,7 +9,7 @@
  */
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { tfjsNodePackageDir } from "../model/tensorflow.ts";
-import { setupTensorflow } from "../tasks/setup_tensorflow.ts";
+import { setupTensorflow } from "../pipeline/training/mod.ts";
 
 const built = (() => {
   try {

@@ -14,7 +14,7 @@ import { evaluateCases } from "../pipeline/evaluation/evaluation.ts";
 import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti/mod.ts";
 import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
 import { REGIONS } from "../pipeline/evaluation/metrics.ts";
-import { segment } from "../tasks/segment.ts";
+import { segment } from "../pipeline/segmentation/mod.ts";
 import { train } from "../pipeline/training/mod.ts";
 import { tinySettings } from "./_train_fixtures.ts";
 
@@ -86,7 +86,6 @@ Deno.test("train's validation Dice (metrics.jsonl) equals evaluate's Dice of seg
       model: `${dir}/run/best`,
       input: data,
       out: `${dir}/seg`,
-      quiet: true,
       only: (c) => val.includes(c.id),
     });
     assertEquals(seg.failed, []);

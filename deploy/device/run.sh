@@ -9,7 +9,7 @@
 #   kernels-webgpu         bench kernels --backend webgpu --crop DEVICE_KERNEL_CROP: each project
 #                          kernel at the network's shapes against what it replaces (untiled
 #                          depthwise programs, tfjs's convolution-filter gradient)
-#   peer-<dev>             python3 tasks/peer_torch.py --check, then --crop p (p in DEVICE_PEER_CROPS)
+#   peer-<dev>             python3 pipeline/training/bench/peer_torch.py --check, then --crop p (p in DEVICE_PEER_CROPS)
 #                          alone on CUDA: figures even when Deno cannot start
 #   bench-webgpu-<c>-full  bench speed --crop c --case-sizes 240x240x155 --steps 1 --no-peer (c in
 #                          DEVICE_FULL_CROPS): the whole-case seconds, the slow part, last
@@ -369,11 +369,11 @@ if [ -n "$PEER_CROPS" ] && [ -n "$PEER_PY" ]; then
   fi
   threads=$(nproc)
   : >"$WORK/peer.jsonl"
-  run_step "peer-$dev-check" "$T_PEER" all "$PEER_PY" tasks/peer_torch.py --check --device "$dev" \
+  run_step "peer-$dev-check" "$T_PEER" all "$PEER_PY" pipeline/training/bench/peer_torch.py --check --device "$dev" \
     --threads "$threads"
   [ "$STEP_JSON" != - ] && cat "$STEP_JSON" >>"$WORK/peer.jsonl"
   for c in $PEER_CROPS; do
-    run_step "peer-$dev-$c" "$T_PEER" all "$PEER_PY" tasks/peer_torch.py --device "$dev" --crop "$c" \
+    run_step "peer-$dev-$c" "$T_PEER" all "$PEER_PY" pipeline/training/bench/peer_torch.py --device "$dev" --crop "$c" \
       --threads "$threads"
     [ "$STEP_JSON" != - ] && cat "$STEP_JSON" >>"$WORK/peer.jsonl"
   done

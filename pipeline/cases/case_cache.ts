@@ -108,7 +108,7 @@ export interface CaseMemoryOptions {
    * @default false
    */
   inPlace?: boolean;
-  /** Where {@linkcode loadPreprocessed} says why it rebuilds a damaged entry. @default console.error */
+  /** Where {@linkcode loadPreprocessed} says why it rebuilds a damaged entry. @default nowhere */
   log?: (message: string) => void;
   /**
    * {@linkcode loadPreprocessed} preprocesses and rewrites the entry without reading it: the
@@ -343,7 +343,7 @@ export async function loadPreprocessed(
       return { case: p, cached: true, uri };
     } catch (e) {
       // A damaged entry is rebuilt rather than trusted or fatal, and the log says why.
-      (options.log ?? console.error)(`cache: ${(e as Error).message}; rebuilding`);
+      options.log?.(`cache: ${(e as Error).message}; rebuilding`);
     }
   }
   const p = await fresh();

@@ -8,7 +8,13 @@
  */
 import { type Case, caseChannels, caseDataset } from "./cases.ts";
 import { labelScheme } from "./datasets.ts";
-import { type LabelScheme, labelsToRegions, regionChannels } from "../labels.ts";
+import {
+  type LabelScheme,
+  labelsToRegions,
+  regionChannels,
+  regionCount,
+  regionVoxels,
+} from "../labels.ts";
 import { scaledData } from "../nifti/mod.ts";
 import { readNifti } from "../nifti/mod.ts";
 import { boundingBox, type Box, cropBox, type Dims } from "../volume/mod.ts";
@@ -139,11 +145,6 @@ export async function loadCase(c: Case): Promise<LoadedCase> {
   };
 }
 
-/** The number of regions (network outputs) of a label scheme. */
-export function regionCount(labels: LabelScheme | 3 | 4): number {
-  return typeof labels === "number" ? 3 : labels.regions.length;
-}
-
 /** Input channels of a preprocessed case: its image's values per voxel of its box. */
 export function imageChannels(p: { image: { length: number }; box: Box }): number {
   return p.image.length / (p.box.size[0] * p.box.size[1] * p.box.size[2]);
@@ -209,10 +210,7 @@ export async function preprocessCase(c: Case): Promise<PreprocessedCase> {
   if (!full) return { id: c.id, dims, box, stats, image };
   const regions = cropBox(full, dims, 1, box.start, box.size);
   const nr = regionCount(caseLabelScheme(c));
-  const outside = new Array<number>(nr).fill(0);
-  const inside = new Array<number>(nr).fill(0);
-  for (const r of full) for (let k = 0; k < nr; k++) outside[k] += (r >> k) & 1;
-  for (const r of regions) for (let k = 0; k < nr; k++) inside[k] += (r >> k) & 1;
-  for (let k = 0; k < nr; k++) outside[k] -= inside[k];
+  const inside = regionVoxels(regions, nr);
+  const outside = regionVoxels(full, nr).map((v, k) => v - inside[k]);
   return { id: c.id, dims, box, stats, image, regions, regionsOutside: outside };
 }

@@ -20,75 +20,10 @@
  * ```
  * @module
  */
-
-/** A box of voxels, inclusive at both ends: `min[k] <= x[k] <= max[k]` along x, y, z. */
-export interface Box {
-  min: [number, number, number];
-  max: [number, number, number];
-}
+import { checkGrid, cropMask, maskBox, unionBox } from "../volume/mod.ts";
 
 /** Any flat array of voxel values; nonzero is inside the mask. */
 export type MaskArray = ArrayLike<number>;
-
-/**
- * The smallest box holding every nonzero voxel of `mask`, or undefined when it has none.
- * @example
- * ```ts
- * import { assertEquals } from "@std/assert";
- * import { boundingBox } from "./distance.ts";
- * const m = new Uint8Array(3 * 3 * 3);
- * m[1 + 3 * (2 + 3 * 0)] = 1;
- * assertEquals(boundingBox(m, [3, 3, 3]), { min: [1, 2, 0], max: [1, 2, 0] });
- * ```
- */
-export function boundingBox(mask: MaskArray, dims: readonly number[]): Box | undefined {
-  const [nx, ny, nz] = checkGrid(mask, dims, "boundingBox");
-  const min: [number, number, number] = [nx, ny, nz];
-  const max: [number, number, number] = [-1, -1, -1];
-  let i = 0;
-  for (let z = 0; z < nz; z++) {
-    for (let y = 0; y < ny; y++) {
-      for (let x = 0; x < nx; x++, i++) {
-        if (mask[i] === 0) continue;
-        if (x < min[0]) min[0] = x;
-        if (x > max[0]) max[0] = x;
-        if (y < min[1]) min[1] = y;
-        if (y > max[1]) max[1] = y;
-        if (z < min[2]) min[2] = z;
-        if (z > max[2]) max[2] = z;
-      }
-    }
-  }
-  return max[0] < 0 ? undefined : { min, max };
-}
-
-/** The smallest box holding both boxes. */
-export function unionBox(a: Box, b: Box): Box {
-  return {
-    min: [0, 1, 2].map((k) => Math.min(a.min[k], b.min[k])) as [number, number, number],
-    max: [0, 1, 2].map((k) => Math.max(a.max[k], b.max[k])) as [number, number, number],
-  };
-}
-
-/** The voxels of `box` copied out of `mask` as 0/1, x fastest; their dims are `boxDims(box)`. */
-export function cropMask(mask: MaskArray, dims: readonly number[], box: Box): Uint8Array {
-  const [nx, ny] = checkGrid(mask, dims, "cropMask");
-  const [bx, by, bz] = boxDims(box);
-  const out = new Uint8Array(bx * by * bz);
-  let o = 0;
-  for (let z = box.min[2]; z <= box.max[2]; z++) {
-    for (let y = box.min[1]; y <= box.max[1]; y++) {
-      let i = box.min[0] + nx * (y + ny * z);
-      for (let x = 0; x < bx; x++, i++, o++) out[o] = mask[i] !== 0 ? 1 : 0;
-    }
-  }
-  return out;
-}
-
-/** Voxels along x, y and z of a box. */
-export function boxDims(box: Box): [number, number, number] {
-  return [0, 1, 2].map((k) => box.max[k] - box.min[k] + 1) as [number, number, number];
-}
 
 /**
  * The surface of a mask as MedPy defines it: the mask minus its erosion by the 6-connected
@@ -331,36 +266,18 @@ function croppedPair(
   checkGrid(a, dims, what);
   checkGrid(b, dims, what);
   checkSpacing(spacing, what);
-  const boxA = boundingBox(a, dims);
-  const boxB = boundingBox(b, dims);
+  const boxA = maskBox(a, dims);
+  const boxB = maskBox(b, dims);
   if (!boxA || !boxB) {
     throw new RangeError(
       `Cannot compute ${what}: the ${!boxA ? "first" : "second"} mask is empty (no surface)`,
     );
   }
   const box = unionBox(boxA, boxB);
-  const cropDims = boxDims(box);
-  if (cropDims.every((d, k) => d === dims[k])) {
+  if (box.size.every((d, k) => d === dims[k])) {
     return { a, b, dims: [dims[0], dims[1], dims[2]] };
   }
-  return { a: cropMask(a, dims, box), b: cropMask(b, dims, box), dims: cropDims };
-}
-
-function checkGrid(mask: MaskArray, dims: readonly number[], what: string): number[] {
-  if (dims.length !== 3 || !dims.every((d) => Number.isInteger(d) && d >= 1)) {
-    throw new RangeError(
-      `Cannot compute ${what}: dims must be 3 positive integers [nx, ny, nz], got ${
-        JSON.stringify(dims)
-      }`,
-    );
-  }
-  const n = dims[0] * dims[1] * dims[2];
-  if (mask.length !== n) {
-    throw new RangeError(
-      `Cannot compute ${what}: a mask of ${mask.length} voxels does not fit dims [${dims}] (${n})`,
-    );
-  }
-  return [dims[0], dims[1], dims[2]];
+  return { a: cropMask(a, dims, box), b: cropMask(b, dims, box), dims: box.size };
 }
 
 function checkSpacing(spacing: readonly number[], what: string): void {

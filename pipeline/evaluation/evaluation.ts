@@ -25,11 +25,18 @@
  * @module
  */
 import { ENHANCING_LABEL, parseCaseFileName } from "../cases/mod.ts";
-import { type Box, boxDims, hd95, type MaskArray, percentile } from "./distance.ts";
+import { hd95, type MaskArray, percentile } from "./distance.ts";
+import { type Box, cropMask } from "../volume/mod.ts";
 import { type LesionWiseParams, type LesionWiseRegion, lesionWiseRegion } from "./lesion_wise.ts";
 import type { NiftiHeader, NiftiImage } from "../nifti/mod.ts";
 import { readNifti } from "../nifti/mod.ts";
-import { INVALID_LABEL as INVALID, REGION_BITS as BIT, regionTable } from "../labels.ts";
+import {
+  INVALID_LABEL as INVALID,
+  REGION_BITS as BIT,
+  regionMask,
+  regionMaskTable,
+  regionTable,
+} from "../labels.ts";
 import { diceOfCounts, type Region } from "./metrics.ts";
 import { shardName } from "../cases/mod.ts";
 import {
@@ -162,16 +169,12 @@ export function lesionWiseCase(
   enhancingLabel: { pred: 3 | 4; truth: 3 | 4 },
   params: LesionWiseParams,
 ): CaseLesionWise {
-  const lp = regionTable(enhancingLabel.pred);
-  const lt = regionTable(enhancingLabel.truth);
   const out = {} as CaseLesionWise;
   const pm = new Uint8Array(pred.length);
   const tm = new Uint8Array(truth.length);
   for (const region of EVAL_REGIONS) {
-    const bit = BIT[region];
-    // Plain loops: Uint8Array.from with a mapping function is some 10× slower on 9M voxels.
-    for (let i = 0; i < pm.length; i++) pm[i] = (lp[pred[i]] & bit) !== 0 ? 1 : 0;
-    for (let i = 0; i < tm.length; i++) tm[i] = (lt[truth[i]] & bit) !== 0 ? 1 : 0;
+    regionMask(pred, enhancingLabel.pred, BIT[region], pm);
+    regionMask(truth, enhancingLabel.truth, BIT[region], tm);
     out[region] = lesionWiseRegion(pm, tm, dims, spacing, params);
   }
   return out;
@@ -280,37 +283,18 @@ export function caseMetrics(
       // The box holding both masks holds every surface voxel and every nearest neighbour.
       const pa = b * 6;
       const ta = (3 + b) * 6;
-      const union = {
-        min: [0, 1, 2].map((k) => Math.min(box[pa + k], box[ta + k])) as [number, number, number],
-        max: [3, 4, 5].map((k) => Math.max(box[pa + k], box[ta + k])) as [number, number, number],
+      const start = [0, 1, 2].map((k) => Math.min(box[pa + k], box[ta + k]));
+      const end = [3, 4, 5].map((k) => Math.max(box[pa + k], box[ta + k]) + 1);
+      const union: Box = {
+        start: [start[0], start[1], start[2]],
+        size: [end[0] - start[0], end[1] - start[1], end[2] - start[2]],
       };
       const bit = BIT[region];
-      const pm = cropRegion(pred, lp, bit, dims, union);
-      const tm = cropRegion(truth, lt, bit, dims, union);
-      return hd95(pm, tm, boxDims(union), spacing);
+      const pm = cropMask(pred, dims, union, regionMaskTable(enh.pred, bit));
+      const tm = cropMask(truth, dims, union, regionMaskTable(enh.truth, bit));
+      return hd95(pm, tm, union.size, spacing);
     };
     out[region] = scores(tp[b], np[b], nt[b], n, distance);
-  }
-  return out;
-}
-
-/** The voxels of `box` in region `bit`, 1 or 0, x fastest (a crop of the region mask). */
-function cropRegion(
-  labels: ArrayLike<number>,
-  table: Uint8Array,
-  bit: number,
-  dims: readonly number[],
-  box: Box,
-): Uint8Array {
-  const [nx, ny] = dims;
-  const [bx, by, bz] = boxDims(box);
-  const out = new Uint8Array(bx * by * bz);
-  let o = 0;
-  for (let z = box.min[2]; z <= box.max[2]; z++) {
-    for (let y = box.min[1]; y <= box.max[1]; y++) {
-      let i = box.min[0] + nx * (y + ny * z);
-      for (let x = 0; x < bx; x++, i++, o++) out[o] = (table[labels[i]] & bit) !== 0 ? 1 : 0;
-    }
   }
   return out;
 }

@@ -33,7 +33,8 @@
  * ```
  * @module
  */
-import { boundingBox, type Box, boxDims, cropMask, type MaskArray, unionBox } from "./distance.ts";
+import type { MaskArray } from "./distance.ts";
+import { type Box, cropMask, type Dims, maskBox, unionBox } from "../volume/mod.ts";
 import { robustHausdorff } from "./surfels.ts";
 
 /** The per-challenge parameters of lesion-wise scoring. */
@@ -195,30 +196,9 @@ export function dilate(mask: MaskArray, dims: readonly number[], iterations: num
 
 /** A box grown by `pad` voxels on every side, within a volume of `dims`. */
 function grow(box: Box, pad: number, dims: readonly number[]): Box {
-  return {
-    min: box.min.map((v) => Math.max(0, v - pad)) as [number, number, number],
-    max: box.max.map((v, k) => Math.min(dims[k] - 1, v + pad)) as [number, number, number],
-  };
-}
-
-/** Voxels of `labels` in `box` that equal a label in `keep`, as a 0/1 mask of the box. */
-function cropLabels(
-  labels: Int32Array,
-  dims: readonly number[],
-  box: Box,
-  keep: (l: number) => boolean,
-): Uint8Array {
-  const [nx, ny] = dims;
-  const [bx, by, bz] = boxDims(box);
-  const out = new Uint8Array(bx * by * bz);
-  let o = 0;
-  for (let z = box.min[2]; z < box.min[2] + bz; z++) {
-    for (let y = box.min[1]; y < box.min[1] + by; y++) {
-      let i = box.min[0] + nx * (y + ny * z);
-      for (let x = 0; x < bx; x++, i++, o++) out[o] = labels[i] !== 0 && keep(labels[i]) ? 1 : 0;
-    }
-  }
-  return out;
+  const start = box.start.map((v) => Math.max(0, v - pad)) as Dims;
+  const end = box.start.map((v, k) => Math.min(dims[k], v + box.size[k] + pad));
+  return { start, size: [end[0] - start[0], end[1] - start[1], end[2] - start[2]] };
 }
 
 /** Per label 1..count: its voxel count and bounding box. */
@@ -229,10 +209,9 @@ function componentStats(
 ): { size: Int32Array; boxes: Box[] } {
   const [nx, ny, nz] = dims;
   const size = new Int32Array(count + 1);
-  const boxes: Box[] = Array.from({ length: count + 1 }, () => ({
-    min: [nx, ny, nz] as [number, number, number],
-    max: [-1, -1, -1] as [number, number, number],
-  }));
+  // lo[3l + k] and hi[3l + k]: the first and last voxel of label l along axis k.
+  const lo = new Int32Array(3 * (count + 1)).fill(2 ** 30);
+  const hi = new Int32Array(3 * (count + 1)).fill(-1);
   let i = 0;
   for (let z = 0; z < nz; z++) {
     for (let y = 0; y < ny; y++) {
@@ -240,16 +219,23 @@ function componentStats(
         const l = labels[i];
         if (l === 0) continue;
         size[l]++;
-        const b = boxes[l];
-        if (x < b.min[0]) b.min[0] = x;
-        if (y < b.min[1]) b.min[1] = y;
-        if (z < b.min[2]) b.min[2] = z;
-        if (x > b.max[0]) b.max[0] = x;
-        if (y > b.max[1]) b.max[1] = y;
-        if (z > b.max[2]) b.max[2] = z;
+        const b = 3 * l;
+        if (x < lo[b]) lo[b] = x;
+        if (y < lo[b + 1]) lo[b + 1] = y;
+        if (z < lo[b + 2]) lo[b + 2] = z;
+        if (x > hi[b]) hi[b] = x;
+        if (y > hi[b + 1]) hi[b + 1] = y;
+        if (z > hi[b + 2]) hi[b + 2] = z;
       }
     }
   }
+  const boxes = Array.from({ length: count + 1 }, (_, l): Box => {
+    const b = 3 * l;
+    return {
+      start: [lo[b], lo[b + 1], lo[b + 2]],
+      size: [hi[b] - lo[b] + 1, hi[b + 1] - lo[b + 1] + 1, hi[b + 2] - lo[b + 2] + 1],
+    };
+  });
   return { size, boxes };
 }
 
@@ -276,12 +262,12 @@ export function lesionWiseRegion(
       `Cannot score lesions: the minimum volume must be ≥ 0 mm³, got ${params.minVolume}`,
     );
   }
-  const boxP = boundingBox(pred, dims);
-  const boxT = boundingBox(truth, dims);
+  const boxP = maskBox(pred, dims);
+  const boxT = maskBox(truth, dims);
   if (!boxP && !boxT) return { dice: 1, hd95: 0, tp: 0, fp: 0, fn: 0, small: 0 };
   const d = params.dilation;
   const box = grow(boxP && boxT ? unionBox(boxP, boxT) : (boxP ?? boxT)!, d, dims);
-  const grid = boxDims(box);
+  const grid = box.size;
   const p = cropMask(pred, dims, box);
   const t = cropMask(truth, dims, box);
 
@@ -295,6 +281,8 @@ export function lesionWiseRegion(
 
   const voxelVolume = (n: number) => n * spacing[0] * spacing[1] * spacing[2];
   const matchedAny = new Uint8Array(predicted.count + 1);
+  // The labels a crop keeps (cropMask's table): set before each crop, cleared after.
+  const pick = new Uint8Array(Math.max(merged.count, predicted.count) + 1);
   let diceSum = 0;
   let hdSum = 0;
   let tp = 0;
@@ -303,13 +291,17 @@ export function lesionWiseRegion(
   for (let l = 1; l <= merged.count; l++) {
     // The predicted lesions meeting this lesion's own dilation.
     const around = grow(lesions.boxes[l], d, grid);
-    const aroundDims = boxDims(around);
-    const zone = dilate(cropLabels(lesionOf, grid, around, (v) => v === l), aroundDims, d);
+    const [ax, ay, az] = around.start;
+    const aroundDims = around.size;
+    pick[l] = 1;
+    const lesion = cropMask(lesionOf, grid, around, pick);
+    pick[l] = 0;
+    const zone = dilate(lesion, aroundDims, d);
     const matched = new Set<number>();
     let o = 0;
-    for (let z = around.min[2]; z <= around.max[2]; z++) {
-      for (let y = around.min[1]; y <= around.max[1]; y++) {
-        let i = around.min[0] + grid[0] * (y + grid[1] * z);
+    for (let z = az; z < az + aroundDims[2]; z++) {
+      for (let y = ay; y < ay + aroundDims[1]; y++) {
+        let i = ax + grid[0] * (y + grid[1] * z);
         for (let x = 0; x < aroundDims[0]; x++, i++, o++) {
           if (zone[o] !== 0 && predicted.labels[i] !== 0) matched.add(predicted.labels[i]);
         }
@@ -333,12 +325,16 @@ export function lesionWiseRegion(
       both = unionBox(both, components.boxes[c]);
       predVoxels += components.size[c];
     }
-    const a = cropLabels(lesionOf, grid, both, (v) => v === l);
-    const b = cropLabels(predicted.labels, grid, both, (v) => matched.has(v));
+    pick[l] = 1;
+    const a = cropMask(lesionOf, grid, both, pick);
+    pick[l] = 0;
+    for (const c of matched) pick[c] = 1;
+    const b = cropMask(predicted.labels, grid, both, pick);
+    for (const c of matched) pick[c] = 0;
     let overlap = 0;
     for (let i = 0; i < a.length; i++) overlap += a[i] & b[i];
     diceSum += (2 * overlap) / (lesions.size[l] + predVoxels);
-    hdSum += robustHausdorff(a, b, boxDims(both), spacing);
+    hdSum += robustHausdorff(a, b, both.size, spacing);
   }
   let fp = 0;
   for (let c = 1; c <= predicted.count; c++) if (!matchedAny[c]) fp++;

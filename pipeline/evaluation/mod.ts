@@ -9,3 +9,5 @@ export * from "./distance.ts";
 export * from "./surfels.ts";
 export * from "./lesion_wise.ts";
 export * from "./evaluation.ts";
+export * from "./run.ts";
+export * from "./table.ts";

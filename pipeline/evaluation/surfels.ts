@@ -27,14 +27,8 @@
  * ```
  * @module
  */
-import {
-  boundingBox,
-  boxDims,
-  cropMask,
-  type MaskArray,
-  squaredDistanceTransform,
-  unionBox,
-} from "./distance.ts";
+import { type MaskArray, squaredDistanceTransform } from "./distance.ts";
+import { cropMask, maskBox, unionBox } from "../volume/mod.ts";
 
 type Vec = [number, number, number];
 
@@ -208,14 +202,14 @@ export function surfelDistances(
   dims: readonly number[],
   spacing: readonly number[] = [1, 1, 1],
 ): SurfelDistances {
-  const boxA = boundingBox(a, dims);
-  const boxB = boundingBox(b, dims);
+  const boxA = maskBox(a, dims);
+  const boxB = maskBox(b, dims);
   if (!boxA && !boxB) {
     const none = new Float64Array(0);
     return { aToB: none, areasA: none, bToA: none, areasB: none };
   }
   const box = boxA && boxB ? unionBox(boxA, boxB) : (boxA ?? boxB)!;
-  const cropDims = boxDims(box);
+  const cropDims = box.size;
   const codesA = cellCodes(cropMask(a, dims, box), cropDims);
   const codesB = cellCodes(cropMask(b, dims, box), cropDims);
   const grid = cropDims.map((d) => d + 1);

@@ -7,3 +7,4 @@ export * from "./report.ts";
 export * from "./plot.ts";
 export * from "./case_report.ts";
 export * from "./progress.ts";
+export * from "./evaluation_report.ts";

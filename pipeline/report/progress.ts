@@ -15,16 +15,47 @@ export function formatDuration(seconds: number): string {
   return `${s}s`;
 }
 
-/** Draws `label [#####.....] text ETA` lines. */
+/** Options of {@linkcode Progress}. */
+export interface ProgressOptions {
+  /** Draw nothing. @default false */
+  quiet?: boolean;
+  /**
+   * Redraw one line in place (a terminal) instead of a plain line now and then.
+   * @default whether standard error is a terminal, when `write` is absent; else false
+   */
+  tty?: boolean;
+  /**
+   * Where the text goes, as it is to appear: lines end in "\n", a redrawn line starts with
+   * "\r\x1b[K". The command line passes standard error; `quiet` writes nothing.
+   * @default standard error
+   */
+  write?: (text: string) => void;
+}
+
+/**
+ * Draws `label [#####.....] text ETA` lines.
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { Progress } from "./progress.ts";
+ * const out: string[] = [];
+ * const progress = new Progress({ write: (t) => out.push(t) });
+ * progress.update("train", 5, 10, "loss 0.5", 65);
+ * progress.log("epoch 1 done");
+ * assertEquals(out, ["train [##########..........] loss 0.5 ETA 1m05s\n", "epoch 1 done\n"]);
+ * ```
+ */
 export class Progress {
   readonly #tty: boolean;
   readonly #quiet: boolean;
+  readonly #write: (text: string) => void;
   #lastPlain = 0;
   #drawn = false;
 
-  constructor(options: { quiet?: boolean; tty?: boolean } = {}) {
+  constructor(options: ProgressOptions = {}) {
     this.#quiet = options.quiet ?? false;
-    this.#tty = options.tty ?? Deno.stderr.isTerminal();
+    this.#write = options.write ?? writeStderr;
+    this.#tty = options.tty ?? (options.write ? false : Deno.stderr.isTerminal());
   }
 
   /** Updates the line: `done` of `total` units, `text` after the bar, `eta` seconds left. */
@@ -36,19 +67,24 @@ export class Progress {
       formatDuration(eta)
     }`;
     if (this.#tty) {
-      Deno.stderr.writeSync(new TextEncoder().encode(`\r\x1b[K${line}`));
+      this.#write(`\r\x1b[K${line}`);
       this.#drawn = true;
     } else if (Date.now() - this.#lastPlain > 30_000 || done === total) {
       this.#lastPlain = Date.now();
-      console.error(line);
+      this.#write(`${line}\n`);
     }
   }
 
   /** Prints a message on its own line (after the progress line, if one is drawn). */
   log(message: string): void {
     if (this.#quiet) return;
-    if (this.#drawn) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
+    this.#write(`${this.#drawn ? "\r\x1b[K" : ""}${message}\n`);
     this.#drawn = false;
-    console.error(message);
   }
+}
+
+/** The default of {@linkcode ProgressOptions.write}: standard error, written at once. */
+function writeStderr(text: string): void {
+  const bytes = new TextEncoder().encode(text);
+  for (let n = 0; n < bytes.length;) n += Deno.stderr.writeSync(bytes.subarray(n));
 }

@@ -39,9 +39,10 @@
 import { encode as encodePng } from "fast-png";
 import { REGIONS } from "../evaluation/mod.ts";
 import { joinUri, mapConcurrent, putObject } from "../storage/mod.ts";
+import { type Dims, maskBox } from "../volume/mod.ts";
+import { INVALID_LABEL, REGION_BITS, regionTable } from "../labels.ts";
 
 /** Voxels along x, y, z. */
-type Dims = [number, number, number];
 
 /** One of the three nested BraTS regions. */
 export type ReportRegion = "WT" | "TC" | "ET";
@@ -120,13 +121,19 @@ function labelClasses(
       `Cannot render slices: ${what} has ${labels.length} voxels, expected ${n}`,
     );
   }
+  // Region bits (pipeline/labels.ts) → class; with no convention given, 3 and 4 both enhance.
+  const table = regionTable(enhancing ?? 4);
+  if (enhancing === undefined) table[3] = table[4];
+  const classOf = new Uint8Array(8);
+  classOf[REGION_BITS.WT | REGION_BITS.TC] = 1;
+  classOf[REGION_BITS.WT] = 2;
+  classOf[REGION_BITS.WT | REGION_BITS.TC | REGION_BITS.ET] = 3;
   const out = new Uint8Array(n);
   for (let i = 0; i < n; i++) {
     const l = labels[i];
     if (l === 0) continue;
-    if (l === 1) out[i] = 1;
-    else if (l === 2) out[i] = 2;
-    else if (enhancing === undefined ? l === 3 || l === 4 : l === enhancing) out[i] = 3;
+    const r = table[l] ?? INVALID_LABEL;
+    if (!(r & INVALID_LABEL)) out[i] = classOf[r];
     else {
       const expected = enhancing === undefined ? "3 or 4" : String(enhancing);
       throw new RangeError(
@@ -232,24 +239,14 @@ function busiestPlanes(mask: Uint8Array, dims: Dims): Dims | undefined {
 
 /** The centre of the bounding box of nonzero FLAIR voxels, else of the grid. */
 function brainCentre(flair: ArrayLike<number>, dims: Dims): Dims {
-  const [nx, ny, nz] = dims;
-  const lo = [nx, ny, nz];
-  const hi = [-1, -1, -1];
-  let i = 0;
-  for (let z = 0; z < nz; z++) {
-    for (let y = 0; y < ny; y++) {
-      for (let x = 0; x < nx; x++, i++) {
-        if (flair[i] === 0 || !Number.isFinite(flair[i])) continue;
-        const p = [x, y, z];
-        for (let a = 0; a < 3; a++) {
-          if (p[a] < lo[a]) lo[a] = p[a];
-          if (p[a] > hi[a]) hi[a] = p[a];
-        }
-      }
-    }
+  // NaN and ±Infinity are no brain: the box is that of the finite nonzero voxels.
+  const brain = new Uint8Array(flair.length);
+  for (let i = 0; i < brain.length; i++) {
+    brain[i] = flair[i] !== 0 && Number.isFinite(flair[i]) ? 1 : 0;
   }
-  if (hi[0] < 0) return dims.map((d) => Math.floor(d / 2)) as Dims;
-  return [0, 1, 2].map((a) => Math.floor((lo[a] + hi[a]) / 2)) as Dims;
+  const box = maskBox(brain, dims);
+  if (!box) return dims.map((d) => Math.floor(d / 2)) as Dims;
+  return [0, 1, 2].map((a) => Math.floor((2 * box.start[a] + box.size[a] - 1) / 2)) as Dims;
 }
 
 /** A view: the world axes (0 R, 1 A, 2 S) across and down the image, and the one it cuts. */

@@ -2,10 +2,11 @@
  * Training: the settings of a run and their defaults, the run itself (open or resume, prepare
  * cases, step, end of epoch, finish), its events, validation and reports, checkpoints and their
  * state at any storage URI, saving and loading networks with their digests, the cases of a run
- * loaded once, and memory planning (`plan`, `--crop auto`).
+ * loaded once, memory planning (`plan`, `--crop auto`), benchmarks, and the environment the
+ * network runs in (backends, versions, optional packages).
  *
- * Also what the command line needs of model/ to choose a backend and describe a network, so that
- * tasks/ imports no model/ module itself.
+ * Also what the command line needs of model/ (backend names and choice, the network
+ * configuration's type), so that tasks/ imports no model/ module itself.
  * @module
  */
 export * from "./settings.ts";
@@ -18,10 +19,7 @@ export * from "./plan.ts";
 export * from "./checkpoint.ts";
 export * from "./model_store.ts";
 export * from "./training_cases.ts";
-export {
-  BACKEND_NAMES,
-  type BackendChoice,
-  type BackendName,
-  type NetworkConfig,
-  selectBackend,
-} from "../../model/mod.ts";
+export * from "./bench/mod.ts";
+export * from "./environment/mod.ts";
+/** The network configuration, for the command line's `--config`. */
+export type { NetworkConfig } from "../../model/mod.ts";

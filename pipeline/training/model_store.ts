@@ -17,6 +17,7 @@ import { createHash } from "node:crypto";
 import {
   deserializeOptimizer,
   deserializeUNet,
+  disposeUNet,
   type Optimizer,
   serializeOptimizerAsync,
   serializeUNetAsync,
@@ -208,16 +209,106 @@ export async function saveModel(
   return written;
 }
 
+/** Metadata keys of what training records about the weights ({@linkcode ModelMetadata}). */
+export const METADATA_KEYS = {
+  trainCrop: "train_crop",
+  valWindow: "val_window",
+  dataset: "dataset",
+} as const;
+
 /**
- * Loads the network at `location`; errors name the object.
+ * What a model file's metadata says about its weights, typed (safetensors metadata is strings:
+ * this is the one place that reads them).
+ */
+export interface ModelMetadata {
+  /** The crop edge the network was trained on (`train_crop`), when recorded. */
+  trainCrop?: number;
+  /** The window validation scored these weights with (`val_window`), when recorded. */
+  valWindow?: number;
+  /**
+   * The dataset it was trained on (`dataset`: channels, labels, regions); none for a model
+   * trained on a BraTS naming before descriptions were kept.
+   */
+  dataset?: DatasetDescription;
+}
+
+/**
+ * The string metadata recording `m` (the inverse of {@linkcode modelMetadata} for the sizes), for
+ * {@linkcode saveModel}'s `extra`.
+ */
+export function modelMetadataRecord(
+  m: { trainCrop?: number; valWindow?: number },
+): Record<string, string> {
+  return {
+    ...(m.trainCrop !== undefined ? { [METADATA_KEYS.trainCrop]: String(m.trainCrop) } : {}),
+    ...(m.valWindow ? { [METADATA_KEYS.valWindow]: String(m.valWindow) } : {}),
+  };
+}
+
+/**
+ * The typed view of a model file's string metadata: sizes that are not positive integers are
+ * taken as unrecorded.
+ * @param uri the file, named in errors
+ * @throws {SyntaxError|TypeError|RangeError} a `dataset` description that is not one, naming `uri`
+ */
+export function modelMetadata(metadata: Record<string, string>, uri: string): ModelMetadata {
+  const size = (key: string) => {
+    const v = Number(metadata[key]);
+    return Number.isInteger(v) && v > 0 ? v : undefined;
+  };
+  const text = metadata[METADATA_KEYS.dataset];
+  const trainCrop = size(METADATA_KEYS.trainCrop);
+  const valWindow = size(METADATA_KEYS.valWindow);
+  return {
+    ...(trainCrop !== undefined ? { trainCrop } : {}),
+    ...(valWindow !== undefined ? { valWindow } : {}),
+    ...(text !== undefined ? { dataset: parseDatasetDescription(text, uri) } : {}),
+  };
+}
+
+/** A loaded model file: see {@linkcode loadModel}. */
+export interface LoadedModel {
+  net: UNet;
+  /** The `.safetensors` object it was read from. */
+  uri: string;
+  /** The file's metadata as stored (strings). */
+  metadata: Record<string, string>;
+  /** The same, typed. */
+  info: ModelMetadata;
+  /** Hex SHA-256 of the whole file (what `segment`'s output records name). */
+  sha256: string;
+}
+
+/**
+ * Loads the network at `location` (a `.safetensors` object or a folder holding
+ * {@linkcode MODEL_FILE}), with its metadata typed and the file's SHA-256; errors name the object.
  * @param expected the file's recorded digest (a checkpoint's), checked when given
+ * @param options `trainable: false` for inference (constant weights) @default true
+ * @throws {Error} naming the file: missing, damaged, not a model, or a dataset description whose
+ *   channels disagree with the network's
  */
 export async function loadModel(
   location: string,
   expected?: FileDigest,
-): Promise<{ net: UNet; metadata: Record<string, string> }> {
+  options: { trainable?: boolean } = {},
+): Promise<LoadedModel> {
   const uri = modelFileUri(location);
-  return deserializeUNet(await readModelBytes(uri, expected), uri);
+  const bytes = await readModelBytes(uri, expected);
+  const { net, metadata } = deserializeUNet(bytes, uri, options.trainable ?? true);
+  let info: ModelMetadata;
+  try {
+    info = modelMetadata(metadata, uri);
+    const channels = info.dataset?.channels.length;
+    if (channels !== undefined && channels !== net.config.inChannels) {
+      throw new RangeError(
+        `${uri}: its dataset has ${channels} channels, its network takes ${net.config.inChannels}`,
+      );
+    }
+  } catch (e) {
+    disposeUNet(net);
+    throw e;
+  }
+  return { net, uri, metadata, info, sha256: sha256Hex(bytes) };
 }
 
 /**
@@ -251,6 +342,6 @@ export async function readModelDataset(uri: string): Promise<DatasetDescription 
   } catch (e) {
     throw bad(`header is not JSON (${(e as Error).message})`);
   }
-  const text = header?.__metadata__?.dataset;
+  const text = header?.__metadata__?.[METADATA_KEYS.dataset];
   return text === undefined ? undefined : parseDatasetDescription(text, uri);
 }

@@ -15,32 +15,114 @@ export interface Box {
 }
 
 /**
- * The smallest box holding every nonzero voxel of `mask` ([z, y, x] order, x fastest), or the whole
- * grid when the mask is empty (nothing to crop to).
+ * The smallest box holding every nonzero voxel of `mask` ([z, y, x] order, x fastest), or
+ * undefined when it has none: the one bounding-box scan of the project.
+ * @throws {RangeError} when `mask` does not have one value per voxel of `dims`
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { maskBox } from "./geometry.ts";
+ * const m = new Uint8Array(3 * 3 * 3);
+ * m[1 + 3 * (2 + 3 * 0)] = 1; // voxel x 1, y 2, z 0
+ * assertEquals(maskBox(m, [3, 3, 3]), { start: [1, 2, 0], size: [1, 1, 1] });
+ * assertEquals(maskBox(new Uint8Array(27), [3, 3, 3]), undefined);
+ * ```
  */
-export function boundingBox(mask: ArrayLike<number>, dims: Dims): Box {
-  const [nx, ny, nz] = dims;
-  const lo = [nx, ny, nz];
-  const hi = [-1, -1, -1];
+export function maskBox(mask: ArrayLike<number>, dims: readonly number[]): Box | undefined {
+  const [nx, ny, nz] = checkGrid(mask, dims, "the bounding box");
+  let x0 = nx, y0 = ny, z0 = nz;
+  let x1 = -1, y1 = -1, z1 = -1;
   let i = 0;
   for (let z = 0; z < nz; z++) {
     for (let y = 0; y < ny; y++) {
       for (let x = 0; x < nx; x++, i++) {
         if (mask[i] === 0) continue;
-        if (x < lo[0]) lo[0] = x;
-        if (x > hi[0]) hi[0] = x;
-        if (y < lo[1]) lo[1] = y;
-        if (y > hi[1]) hi[1] = y;
-        if (z < lo[2]) lo[2] = z;
-        if (z > hi[2]) hi[2] = z;
+        if (x < x0) x0 = x;
+        if (x > x1) x1 = x;
+        if (y < y0) y0 = y;
+        if (y > y1) y1 = y;
+        if (z < z0) z0 = z;
+        if (z > z1) z1 = z;
       }
     }
   }
-  if (hi[0] < 0) return { start: [0, 0, 0], size: [...dims] };
-  return {
-    start: lo as Dims,
-    size: [hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1],
-  };
+  if (x1 < 0) return undefined;
+  return { start: [x0, y0, z0], size: [x1 - x0 + 1, y1 - y0 + 1, z1 - z0 + 1] };
+}
+
+/**
+ * The smallest box holding every nonzero voxel of `mask` ([z, y, x] order, x fastest), or the whole
+ * grid when the mask is empty (nothing to crop to).
+ */
+export function boundingBox(mask: ArrayLike<number>, dims: Dims): Box {
+  return maskBox(mask, dims) ?? { start: [0, 0, 0], size: [...dims] };
+}
+
+/** The smallest box holding both boxes. */
+export function unionBox(a: Box, b: Box): Box {
+  const start = [0, 1, 2].map((k) => Math.min(a.start[k], b.start[k])) as Dims;
+  const end = [0, 1, 2].map((k) => Math.max(a.start[k] + a.size[k], b.start[k] + b.size[k]));
+  return { start, size: [end[0] - start[0], end[1] - start[1], end[2] - start[2]] };
+}
+
+/**
+ * The voxels of `box` (inside the grid) copied out of a one-channel volume as 0/1, x fastest, the
+ * box's `size` their dims: 1 where the value is nonzero, or with `table`, `table[value]` (each
+ * value's 0/1 membership, e.g. of a region's labels).
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { cropMask, type Dims } from "./geometry.ts";
+ * const labels = new Uint8Array([0, 2, 4, 1]); // 4 × 1 × 1
+ * const box = { start: [1, 0, 0], size: [3, 1, 1] } as { start: Dims; size: Dims };
+ * assertEquals([...cropMask(labels, [4, 1, 1], box)], [1, 1, 1]);
+ * const enhancing = new Uint8Array(256);
+ * enhancing[4] = 1;
+ * assertEquals([...cropMask(labels, [4, 1, 1], box, enhancing)], [0, 1, 0]);
+ * ```
+ */
+export function cropMask(
+  mask: ArrayLike<number>,
+  dims: readonly number[],
+  box: Box,
+  table?: Uint8Array,
+): Uint8Array {
+  const [nx, ny] = checkGrid(mask, dims, "a crop");
+  const [bx, by, bz] = box.size;
+  const [x0, y0, z0] = box.start;
+  const out = new Uint8Array(bx * by * bz);
+  let o = 0;
+  for (let z = z0; z < z0 + bz; z++) {
+    for (let y = y0; y < y0 + by; y++) {
+      let i = x0 + nx * (y + ny * z);
+      if (table) { for (let x = 0; x < bx; x++, i++, o++) out[o] = table[mask[i]]; }
+      else for (let x = 0; x < bx; x++, i++, o++) out[o] = mask[i] !== 0 ? 1 : 0;
+    }
+  }
+  return out;
+}
+
+/**
+ * The grid `[nx, ny, nz]` of a one-channel volume, checked: 3 positive integers whose product is
+ * the volume's length.
+ * @param what what the caller computes, for the message (`Cannot compute ${what}: …`)
+ * @throws {RangeError} naming `what`, the dims and the length found
+ */
+export function checkGrid(mask: ArrayLike<number>, dims: readonly number[], what: string): Dims {
+  if (dims.length !== 3 || !dims.every((d) => Number.isInteger(d) && d >= 1)) {
+    throw new RangeError(
+      `Cannot compute ${what}: dims must be 3 positive integers [nx, ny, nz], got ${
+        JSON.stringify(dims)
+      }`,
+    );
+  }
+  const n = dims[0] * dims[1] * dims[2];
+  if (mask.length !== n) {
+    throw new RangeError(
+      `Cannot compute ${what}: a mask of ${mask.length} voxels does not fit dims [${dims}] (${n})`,
+    );
+  }
+  return [dims[0], dims[1], dims[2]];
 }
 
 /**

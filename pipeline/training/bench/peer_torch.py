@@ -1,10 +1,10 @@
 """The speed benchmark's peer: the reference network of shared/design/reference-network.md in PyTorch.
 
-Run by `deno task bench speed` (tasks/bench_speed.ts) as a subprocess, with the same crop and thread
-count as our side; prints one JSON line on stdout. Also usable alone:
+Run by `deno task bench speed` (pipeline/training/bench/speed.ts) as a subprocess, with the same
+crop and thread count as our side; prints one JSON line on stdout. Also usable alone:
 
-    /usr/bin/python3 tasks/peer_torch.py --crop 32 --steps 3 --threads 2
-    /usr/bin/python3 tasks/peer_torch.py --check     # parameter count, output shape, gradient check
+    /usr/bin/python3 pipeline/training/bench/peer_torch.py --crop 32 --steps 3 --threads 2
+    /usr/bin/python3 pipeline/training/bench/peer_torch.py --check   # parameters, shape, gradients
 
 The network mirrors model/unet.ts layer for layer (NCDHW here, NDHWC there):
 

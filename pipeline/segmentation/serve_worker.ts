@@ -1,19 +1,15 @@
 /**
- * One segmentation worker of `serve`: loads the model once, then segments the cases it is sent.
- *
- * Segmentation runs tfjs synchronously for seconds to minutes; in the service's own thread that
- * would stall every HTTP request (health checks, events) until it finished. A worker keeps the
- * service answering.
+ * One segmentation worker of `serve` (see worker_pool.ts): loads the model once, then segments the
+ * cases it is sent.
  *
  * Messages in: `{ type: "load", model, backend }`, then `{ type: "segment", job, case, out,
  * options }`. Messages out: `{ type: "loaded", backend, model }` or `{ type: "error", error }`;
  * `{ type: "result", job, outcome }` or `{ type: "failed", job, error, transient }`.
  * @module
  */
-import type { WorkerReply, WorkerRequest } from "./serve.ts";
-import { describeError, runOutcome } from "./serve.ts";
-import { Segmenter } from "./segment.ts";
-import { isTransientS3Error } from "../pipeline/storage/mod.ts";
+import { isTransientS3Error } from "../storage/mod.ts";
+import { describeError, runOutcome, type WorkerReply, type WorkerRequest } from "./runner.ts";
+import { Segmenter } from "./segmenter.ts";
 
 interface WorkerScope {
   onmessage: ((e: MessageEvent<WorkerRequest>) => void) | null;
@@ -27,7 +23,7 @@ scope.onmessage = async (e) => {
   const msg = e.data;
   if (msg.type === "load") {
     try {
-      segmenter = await Segmenter.load(msg.model, { backend: msg.backend, quiet: true });
+      segmenter = await Segmenter.load(msg.model, { backend: msg.backend });
       scope.postMessage({ type: "loaded", backend: segmenter.backend, model: segmenter.modelUri });
     } catch (err) {
       scope.postMessage({ type: "error", error: describeError(err) });

@@ -13,7 +13,7 @@
  * nothing else depends on it.
  * @module
  */
-import { TFJS_NODE_VERSION, tfjsNodePackageDir, tfjsNodeRoot } from "../model/tensorflow.ts";
+import { TFJS_NODE_VERSION, tfjsNodePackageDir, tfjsNodeRoot } from "../../../model/tensorflow.ts";
 
 /** The wheel whose libtensorflow the binding is built against. */
 export const TENSORFLOW_WHEEL = { name: "tensorflow_cpu", version: "2.21.0" } as const;
@@ -66,7 +66,9 @@ async function run(
 
 /** The project's copy of a tfjs package in Deno's node_modules, or undefined when missing. */
 function projectCopy(name: string): string | undefined {
-  const root = decodeURIComponent(new URL("../node_modules/.deno/", import.meta.url).pathname);
+  const root = decodeURIComponent(
+    new URL("../../../node_modules/.deno/", import.meta.url).pathname,
+  );
   const dir = `${root}@tensorflow+${name}@${TFJS_NODE_VERSION}/node_modules/@tensorflow/${name}`;
   return exists(`${dir}/package.json`) ? dir : undefined;
 }
@@ -102,6 +104,121 @@ async function python(): Promise<string | undefined> {
   return undefined;
 }
 
+/** A step's failure: why the backend is unavailable. */
+type Failure = string | undefined;
+
+/** Installs `@tensorflow/tfjs-node` with npm, scripts off, into `root` (when not there yet). */
+async function installTfjsNode(
+  root: string,
+  pkgDir: string,
+  log: (msg: string) => void,
+): Promise<Failure> {
+  if (exists(`${pkgDir}/package.json`)) return undefined;
+  Deno.mkdirSync(root, { recursive: true });
+  if (!exists(`${root}/package.json`)) {
+    Deno.writeTextFileSync(
+      `${root}/package.json`,
+      JSON.stringify({ private: true, description: "revunet: tfjs-node, built by setup" }) + "\n",
+    );
+  }
+  log(`setup: installing @tensorflow/tfjs-node@${TFJS_NODE_VERSION} into ${root} (no scripts)`);
+  const npm = await run("npm", [
+    "install",
+    "--ignore-scripts",
+    "--no-audit",
+    "--no-fund",
+    "--no-save",
+    `@tensorflow/tfjs-node@${TFJS_NODE_VERSION}`,
+  ], { cwd: root });
+  return npm.ok ? undefined : `npm install of @tensorflow/tfjs-node failed: ${npm.tail}`;
+}
+
+/** Unpacks only the two libraries and the C API headers: the wheel unpacks to over 1 GB. */
+const UNPACK_SCRIPT = `
+import os, sys, zipfile
+whl, deps, libs, heads = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4].split(",")
+with zipfile.ZipFile(whl) as z:
+    for m in z.namelist():
+        if not m.startswith("tensorflow/") or m.endswith("/"): continue
+        rel = m[len("tensorflow/"):]
+        if rel in libs: dest = os.path.join(deps, "lib", rel)
+        elif rel.startswith("include/") and any(rel[8:].startswith(h) for h in heads):
+            dest = os.path.join(deps, rel)
+        else: continue
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with z.open(m) as src, open(dest + ".part", "wb") as out:
+            while True:
+                b = src.read(1 << 22)
+                if not b: break
+                out.write(b)
+        os.replace(dest + ".part", dest)
+`;
+
+/**
+ * Fetches the wheel with pip and unpacks its libtensorflow into `deps` with the names the addon
+ * links against (when not there yet).
+ */
+async function unpackWheel(
+  root: string,
+  deps: string,
+  log: (msg: string) => void,
+): Promise<Failure> {
+  if (exists(`${deps}/lib/libtensorflow_cc.so.2`)) return undefined;
+  const wheelDir = `${root}/wheel`;
+  const spec = `${TENSORFLOW_WHEEL.name}==${TENSORFLOW_WHEEL.version}`;
+  log(`setup: fetching ${spec} from the Python package index pip is configured with`);
+  const pip = await run("pip", ["download", "--no-deps", "-q", spec, "-d", wheelDir]);
+  const wheels = exists(wheelDir)
+    ? [...Deno.readDirSync(wheelDir)].map((e) => e.name).filter((n) =>
+      n.startsWith(`${TENSORFLOW_WHEEL.name}-${TENSORFLOW_WHEEL.version}-`) && n.endsWith(".whl")
+    )
+    : [];
+  if (!pip.ok || wheels.length === 0) {
+    return `no ${spec} wheel from pip (${pip.tail || "no wheel"})`;
+  }
+  const py = await python();
+  if (!py) return "no python3 to unpack the wheel with";
+  const unpack = await run(py, [
+    "-c",
+    UNPACK_SCRIPT,
+    `${wheelDir}/${wheels[0]}`,
+    deps,
+    LIBS.join(","),
+    HEADER_DIRS.join(","),
+  ]);
+  if (!unpack.ok) return `unpacking ${wheels[0]} failed: ${unpack.tail}`;
+  Deno.removeSync(wheelDir, { recursive: true });
+  // The addon links -ltensorflow and -ltensorflow_framework; the wheel's C API library is
+  // libtensorflow_cc (its SONAME, which the addon records, is libtensorflow_cc.so.2).
+  for (
+    const [name, target] of [
+      ["libtensorflow.so.2", "libtensorflow_cc.so.2"],
+      ["libtensorflow.so", "libtensorflow.so.2"],
+      ["libtensorflow_framework.so", "libtensorflow_framework.so.2"],
+    ]
+  ) {
+    const link = `${deps}/lib/${name}`;
+    if (exists(link)) Deno.removeSync(link);
+    Deno.symlinkSync(target, link);
+  }
+  return undefined;
+}
+
+/** Builds the addon from source with node-pre-gyp against the system's Node headers. */
+async function buildAddon(
+  root: string,
+  pkgDir: string,
+  log: (msg: string) => void,
+): Promise<Failure> {
+  log("setup: building the tfjs-node addon against it (node-pre-gyp, from source)");
+  const env: Record<string, string> = {};
+  // node-gyp would download Node's headers; Debian's nodejs ships them under /usr/include/node.
+  if (exists("/usr/include/node/node_api.h")) env.npm_config_nodedir = "/usr";
+  const preGyp = `${root}/node_modules/.bin/node-pre-gyp`;
+  const build = await run(preGyp, ["install", "--build-from-source"], { cwd: pkgDir, env });
+  return build.ok ? undefined : `building the tfjs-node addon failed: ${build.tail}`;
+}
+
 /**
  * Builds the tfjs-node binding against the local libtensorflow wheel (see the module doc).
  *
@@ -129,98 +246,11 @@ export async function setupTensorflow(log: (msg: string) => void = () => {}): Pr
     return err ? unavailable(err) : { ok: true, detail: `already built in ${root}` };
   }
   const started = performance.now();
-
-  if (!exists(`${pkgDir}/package.json`)) {
-    Deno.mkdirSync(root, { recursive: true });
-    if (!exists(`${root}/package.json`)) {
-      Deno.writeTextFileSync(
-        `${root}/package.json`,
-        JSON.stringify({ private: true, description: "revunet: tfjs-node, built by setup" }) + "\n",
-      );
-    }
-    log(`setup: installing @tensorflow/tfjs-node@${TFJS_NODE_VERSION} into ${root} (no scripts)`);
-    const npm = await run("npm", [
-      "install",
-      "--ignore-scripts",
-      "--no-audit",
-      "--no-fund",
-      "--no-save",
-      `@tensorflow/tfjs-node@${TFJS_NODE_VERSION}`,
-    ], { cwd: root });
-    if (!npm.ok) return unavailable(`npm install of @tensorflow/tfjs-node failed: ${npm.tail}`);
-  }
-
-  const deps = `${pkgDir}/deps`;
-  if (!exists(`${deps}/lib/libtensorflow_cc.so.2`)) {
-    const wheelDir = `${root}/wheel`;
-    const spec = `${TENSORFLOW_WHEEL.name}==${TENSORFLOW_WHEEL.version}`;
-    log(`setup: fetching ${spec} from the Python package index pip is configured with`);
-    const pip = await run("pip", ["download", "--no-deps", "-q", spec, "-d", wheelDir]);
-    const wheels = exists(wheelDir)
-      ? [...Deno.readDirSync(wheelDir)].map((e) => e.name).filter((n) =>
-        n.startsWith(`${TENSORFLOW_WHEEL.name}-${TENSORFLOW_WHEEL.version}-`) && n.endsWith(".whl")
-      )
-      : [];
-    if (!pip.ok || wheels.length === 0) {
-      return unavailable(`no ${spec} wheel from pip (${pip.tail || "no wheel"})`);
-    }
-    const py = await python();
-    if (!py) return unavailable("no python3 to unpack the wheel with");
-    // Only the two libraries and the C API headers: the wheel unpacks to over 1 GB.
-    const script = `
-import os, sys, zipfile
-whl, deps, libs, heads = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4].split(",")
-with zipfile.ZipFile(whl) as z:
-    for m in z.namelist():
-        if not m.startswith("tensorflow/") or m.endswith("/"): continue
-        rel = m[len("tensorflow/"):]
-        if rel in libs: dest = os.path.join(deps, "lib", rel)
-        elif rel.startswith("include/") and any(rel[8:].startswith(h) for h in heads):
-            dest = os.path.join(deps, rel)
-        else: continue
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        with z.open(m) as src, open(dest + ".part", "wb") as out:
-            while True:
-                b = src.read(1 << 22)
-                if not b: break
-                out.write(b)
-        os.replace(dest + ".part", dest)
-`;
-    const unpack = await run(py, [
-      "-c",
-      script,
-      `${wheelDir}/${wheels[0]}`,
-      deps,
-      LIBS.join(","),
-      HEADER_DIRS.join(","),
-    ]);
-    if (!unpack.ok) return unavailable(`unpacking ${wheels[0]} failed: ${unpack.tail}`);
-    Deno.removeSync(wheelDir, { recursive: true });
-    // The addon links -ltensorflow and -ltensorflow_framework; the wheel's C API library is
-    // libtensorflow_cc (its SONAME, which the addon records, is libtensorflow_cc.so.2).
-    for (
-      const [name, target] of [
-        ["libtensorflow.so.2", "libtensorflow_cc.so.2"],
-        ["libtensorflow.so", "libtensorflow.so.2"],
-        ["libtensorflow_framework.so", "libtensorflow_framework.so.2"],
-      ]
-    ) {
-      const link = `${deps}/lib/${name}`;
-      if (exists(link)) Deno.removeSync(link);
-      Deno.symlinkSync(target, link);
-    }
-  }
-
-  log("setup: building the tfjs-node addon against it (node-pre-gyp, from source)");
-  const env: Record<string, string> = {};
-  // node-gyp would download Node's headers; Debian's nodejs ships them under /usr/include/node.
-  if (exists("/usr/include/node/node_api.h")) env.npm_config_nodedir = "/usr";
-  const preGyp = `${root}/node_modules/.bin/node-pre-gyp`;
-  const build = await run(preGyp, ["install", "--build-from-source"], { cwd: pkgDir, env });
-  if (!build.ok) return unavailable(`building the tfjs-node addon failed: ${build.tail}`);
-
-  const err = linkProjectTfjs(root);
-  if (err) return unavailable(err);
+  const failure = (await installTfjsNode(root, pkgDir, log)) ??
+    (await unpackWheel(root, `${pkgDir}/deps`, log)) ??
+    (await buildAddon(root, pkgDir, log)) ??
+    linkProjectTfjs(root);
+  if (failure) return unavailable(failure);
   Deno.writeTextFileSync(stamp, `${TENSORFLOW_WHEEL.name}-${TENSORFLOW_WHEEL.version}\n`);
   const s = ((performance.now() - started) / 1000).toFixed(0);
   return {

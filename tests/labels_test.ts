@@ -1,0 +1,61 @@
+/**
+ * pipeline/labels.ts, the one owner of region↔label conversion: region masks, lookup tables,
+ * region counts and voxel counts agree with labelsToRegions on both BraTS conventions and on a
+ * dataset's own scheme.
+ * @module
+ */
+import { assertEquals } from "@std/assert";
+import {
+  type LabelScheme,
+  labelsToRegions,
+  REGION_BITS,
+  regionCount,
+  regionMask,
+  regionMaskTable,
+  regionVoxels,
+} from "../pipeline/labels.ts";
+import { seededRandom } from "../pipeline/cases/random.ts";
+
+const SCHEME: LabelScheme = {
+  regions: [{ name: "kidney", labels: [1, 2] }, { name: "tumour", labels: [2] }],
+  order: [1, 2],
+};
+
+Deno.test("regionMask() and regionMaskTable() equal labelsToRegions' bit, per region and scheme", () => {
+  const rand = seededRandom(4);
+  for (
+    const [scheme, values, bits] of [
+      [4, [0, 1, 2, 4], [1, 2, 4]],
+      [3, [0, 1, 2, 3], [1, 2, 4]],
+      [SCHEME, [0, 1, 2], [1, 2]],
+    ] as const
+  ) {
+    const labels = Uint8Array.from(
+      { length: 500 },
+      () => values[Math.floor(rand() * values.length)],
+    );
+    const regions = labelsToRegions(labels, scheme);
+    const out = new Uint8Array(labels.length);
+    for (const bit of bits) {
+      const expected = [...regions].map((r) => (r & bit) !== 0 ? 1 : 0);
+      assertEquals(
+        [...regionMask(labels, scheme, bit)],
+        expected,
+        `scheme ${JSON.stringify(scheme)}`,
+      );
+      assertEquals(regionMask(labels, scheme, bit, out), out);
+      assertEquals([...out], expected);
+      const table = regionMaskTable(scheme, bit);
+      assertEquals([...labels].map((l) => table[l]), expected);
+    }
+  }
+  // Labels outside the convention are in no region (caseMetrics refuses them before).
+  assertEquals([...regionMask([3, 5, 0.5, 300], 4, REGION_BITS.WT)], [0, 0, 0, 0]);
+});
+
+Deno.test("regionCount() is 3 for BraTS, a scheme's regions otherwise; regionVoxels() counts bits", () => {
+  assertEquals([regionCount(4), regionCount(3), regionCount(SCHEME)], [3, 3, 2]);
+  const regions = labelsToRegions([0, 1, 2, 4, 4, 2], 4);
+  assertEquals(regionVoxels(regions, 3), [5, 3, 2]);
+  assertEquals(regionVoxels(labelsToRegions([0, 1, 2, 2], SCHEME), 2), [3, 2]);
+});
