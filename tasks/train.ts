@@ -1,9 +1,6 @@
 /**
- * `train`: the command line of the training engine (pipeline/training/): its flags and help, the
- * signals that stop a run (SIGTERM or SIGINT: an abort signal, so the run checkpoints before its
- * next step and the command exits 143 or 130), and the printing of the run's log and progress on
- * standard error. What a run does and writes is documented in pipeline/training/run.ts, which
- * settings `--resume` may change in pipeline/training/settings.ts.
+ * `train`: the command line of pipeline/training/run.ts: flags and help, SIGTERM and SIGINT as the
+ * run's abort signal (it checkpoints; the command exits 143 or 130), its log and progress printed.
  * @module
  */
 import { Progress } from "../pipeline/report/mod.ts";
@@ -128,10 +125,7 @@ async function cropFlag(
   given.crop = auto.crop;
 }
 
-/**
- * Runs `start` with an abort signal that SIGTERM and SIGINT raise, prints the result with `json`,
- * and exits 143 or 130 after a signal (the run has checkpointed by then).
- */
+/** Runs `start` with an abort signal that SIGTERM and SIGINT raise; exits 143 or 130 after one. */
 async function runStoppable(
   start: (signal: AbortSignal) => Promise<TrainResult>,
   json: boolean,

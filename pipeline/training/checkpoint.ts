@@ -34,6 +34,7 @@ import {
   loadModel,
   loadOptimizer,
   MODEL_FILE,
+  modelMetadataRecord,
   OPTIMIZER_FILE,
   saveModel,
 } from "./model_store.ts";
@@ -139,7 +140,7 @@ export async function writeCheckpoint(
   const dir = joinUri(out, name);
   const files = await saveModel(dir, net, optimizer, {
     ...extra,
-    train_crop: String(state.settings.crop),
+    ...modelMetadataRecord({ trainCrop: state.settings.crop }),
     epoch: String(state.epoch),
     step: String(state.globalStep),
   });
@@ -426,9 +427,8 @@ export async function writeBest(
 ): Promise<void> {
   await saveModel(joinUri(out, "best"), net, undefined, {
     ...extra,
-    train_crop: String(at.crop),
     // The window validation scored these weights with: `segment`'s default, so it reproduces them.
-    ...(at.valWindow ? { val_window: String(at.valWindow) } : {}),
+    ...modelMetadataRecord({ trainCrop: at.crop, valWindow: at.valWindow }),
     epoch: String(at.epoch),
     ...(at.valDice
       ? { val_dice: JSON.stringify(at.valDice) }

@@ -40,6 +40,15 @@ export interface ProgressSink {
 /**
  * An `onProgress` that writes the run's log lines as `<name>: <message>` and its steps as a
  * progress line (`epoch 2/10 [####....] step 5/25 loss 0.8123 lr 2.9e-3 0.41 s/step ETA 1m02s`).
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { trainEventPrinter } from "./events.ts";
+ * const lines: string[] = [];
+ * const print = trainEventPrinter({ log: (m) => lines.push(m), update: () => {} });
+ * print({ kind: "log", message: "epoch 1: loss 0.9123" });
+ * assertEquals(lines, ["train: epoch 1: loss 0.9123"]);
+ * ```
  */
 export function trainEventPrinter(sink: ProgressSink, name = "train"): (event: TrainEvent) => void {
   return (e) => {

@@ -38,7 +38,6 @@ import {
   disposeUNet,
   Optimizer,
   polyLearningRate,
-  selectBackend,
   trainStepAsync,
   type UNet,
 } from "../../model/mod.ts";
@@ -48,7 +47,6 @@ import { formatDuration } from "../report/mod.ts";
 import {
   acquireRunLock,
   exists,
-  isWithin,
   joinUri,
   removeStaleWritesUnder,
   type RunLock,
@@ -57,17 +55,16 @@ import {
   checkpointName,
   type EpochMetrics,
   latestUri,
-  loadCheckpointWeights,
-  newTrainState,
-  readCheckpointState,
   type TrainState,
   writeBest,
   writeCheckpoint,
 } from "./checkpoint.ts";
+import { type OpenedRun, openRun, type RunContext } from "./_open.ts";
 import type { TrainEvent } from "./events.ts";
 import { trainingReport, writeReports } from "./reports.ts";
+import { METADATA_KEYS } from "./model_store.ts";
 import { labelledCases, type RunDataset, runDataset, runSplit } from "./run_cases.ts";
-import { checkSettings, resumedSettings, SettingsError, type TrainSettings } from "./settings.ts";
+import type { TrainSettings } from "./settings.ts";
 import { defaultCaseMemory, loadCases } from "./training_cases.ts";
 import { validate } from "./validation.ts";
 
@@ -146,7 +143,7 @@ export async function train(
   requested: Partial<TrainSettings>,
   runtime: TrainRuntime,
 ): Promise<TrainResult> {
-  const run = await openRun(requested, runtime);
+  const run = new TrainRun(await openRun(requested, runtime));
   try {
     await run.prepareCases();
     while (run.hasEpochToRun()) {
@@ -156,92 +153,6 @@ export async function train(
     return await run.finish();
   } finally {
     await run.close();
-  }
-}
-
-/** What every stage of a run reports to and checks. */
-interface RunContext {
-  out: string;
-  runtime: TrainRuntime;
-  emit: (e: TrainEvent) => void;
-  log: (message: string) => void;
-  aborted: () => boolean;
-}
-
-/** A run opened: its state (settings included) and optimizer, its network when resumed. */
-interface Opened {
-  state: TrainState;
-  net?: UNet;
-  optimizer: Optimizer;
-  /** The checkpoint that holds the current state, when one does. */
-  saved?: string;
-}
-
-/** Opens a new run or resumes one, on the backend it asks for. */
-async function openRun(
-  requested: Partial<TrainSettings>,
-  runtime: TrainRuntime,
-): Promise<TrainRun> {
-  const emit = (e: TrainEvent) => runtime.onProgress?.(e);
-  const ctx: RunContext = {
-    out: runtime.out,
-    runtime,
-    emit,
-    log: (message) => emit({ kind: "log", message }),
-    aborted: () => runtime.signal?.aborted ?? false,
-  };
-  // Before the backend loads: a run must not write into the cases it reads.
-  if (!runtime.resume && requested.data !== undefined) {
-    await refuseOutInData(ctx.out, requested.data);
-  }
-  const backend = await selectBackend(runtime.backend ?? "cpu", ctx.log);
-  const opened = runtime.resume
-    ? await resumeRun(ctx, requested)
-    : await newRun(ctx, requested as TrainSettings);
-  return new TrainRun(ctx, backend, opened);
-}
-
-async function newRun(ctx: RunContext, settings: TrainSettings): Promise<Opened> {
-  checkSettings(settings);
-  const latest = latestUri(ctx.out);
-  if (await exists(latest)) {
-    throw new Error(
-      `${ctx.out} already holds a training run (${latest}); pass --resume to continue it or choose another --out`,
-    );
-  }
-  const optimizer = new Optimizer({ kind: settings.optimizer, weightDecay: settings.weightDecay });
-  // A new run's network is made once the dataset says its input channels and output regions.
-  return { state: newTrainState(settings), optimizer };
-}
-
-async function resumeRun(ctx: RunContext, requested: Partial<TrainSettings>): Promise<Opened> {
-  const latest = latestUri(ctx.out);
-  if (!(await exists(latest))) {
-    throw new Error(`--resume: ${latest} does not exist; there is no run to resume there`);
-  }
-  const { checkpoint, dir, state, files } = await readCheckpointState(ctx.out);
-  const resumed = resumedSettings(state.settings, requested, state);
-  state.settings = resumed.settings;
-  await refuseOutInData(ctx.out, state.settings.data);
-  const { net, optimizer } = await loadCheckpointWeights(dir, files);
-  ctx.log(`resuming ${ctx.out} at epoch ${state.epoch}, step ${state.globalStep} (${checkpoint})`);
-  for (const change of resumed.changes) ctx.log(change);
-  // A changed setting is stored by the next checkpoint, even one written before any step.
-  return { state, net, optimizer, saved: resumed.changes.length > 0 ? undefined : checkpoint };
-}
-
-/**
- * Refuses an output equal to or inside the data folder: its checkpoints, cache and reports would
- * be written among the cases it reads (and found as cases by the next run).
- */
-async function refuseOutInData(out: string, data: string): Promise<void> {
-  if (data !== "" && await isWithin(out, data)) {
-    throw new SettingsError(
-      "--out",
-      `--out ${out} is ${
-        (await isWithin(data, out)) ? "the --data folder" : `inside the --data folder ${data}`
-      }: a run writes its checkpoints, cache and reports there; choose an --out outside it`,
-    );
   }
 }
 
@@ -273,7 +184,12 @@ class TrainRun {
   stepsAtStart: number;
   stopAfter: number;
 
-  constructor(readonly ctx: RunContext, readonly backend: BackendChoice, opened: Opened) {
+  readonly ctx: RunContext;
+  readonly backend: BackendChoice;
+
+  constructor({ ctx, backend, opened }: OpenedRun) {
+    this.ctx = ctx;
+    this.backend = backend;
     this.state = opened.state;
     this.net = opened.net;
     this.optimizer = opened.optimizer;
@@ -305,7 +221,7 @@ class TrainRun {
       ...data,
       split,
       ...loaded,
-      modelDataset: { dataset: JSON.stringify(data.dataset) },
+      modelDataset: { [METADATA_KEYS.dataset]: JSON.stringify(data.dataset) },
     };
     this.runStart = performance.now();
     if (this.hasEpochToRun()) {

@@ -182,6 +182,15 @@ export function checkSettings(s: TrainSettings): void {
  * The settings of a new run: the defaults ({@linkcode defaultSettings}) under `given`, the
  * validation window the crop unless given, checked ({@linkcode checkSettings}).
  * @throws {SettingsError} naming the first setting that cannot be used
+ * @example
+ * ```ts
+ * import { assertEquals, assertThrows } from "@std/assert";
+ * import { newRunSettings, SettingsError } from "./settings.ts";
+ * const s = newRunSettings("s3://bucket/brats", { crop: 48 });
+ * assertEquals([s.epochs, s.crop, s.valWindow], [10, 48, 48]);
+ * const e = assertThrows(() => newRunSettings("data", { crop: 36 }), SettingsError);
+ * assertEquals([e.flag, e.message], ["--crop", "--crop 36 must be a multiple of 8 (4 levels)"]);
+ * ```
  */
 export function newRunSettings(data: string, given: Partial<TrainSettings>): TrainSettings {
   const d = defaultSettings(data);
