@@ -4,7 +4,6 @@
  * scores them (`evaluate`) and writes an HTML report, all under one output folder.
  * @module
  */
-import { resolveConfig } from "../model/mod.ts";
 import { findCases } from "../pipeline/cases/mod.ts";
 import {
   deleteObject,
@@ -113,7 +112,6 @@ Example:
       valWindow: crop,
       valCases,
       seed,
-      config: resolveConfig({}),
     }, { out: run, backend, onProgress: trainEventPrinter(new Progress()) });
 
     const state = JSON.parse(
