@@ -3,9 +3,8 @@
  * Only this file turns errors into exit codes: 2 for usage errors, 1 for everything else.
  * @module
  */
-import { type Command, UsageError } from "./tasks/_cli.ts";
+import { checkWebGpuErrors, type Command, onWebGpuError, UsageError } from "./tasks/_cli.ts";
 import { commands } from "./tasks/mod.ts";
-import { checkWebGpuErrors, onWebGpuError } from "./pipeline/training/mod.ts";
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

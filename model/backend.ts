@@ -19,10 +19,12 @@
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { selectBackend } from "./backend.ts";
  *
- * const choice = await selectBackend("auto", (msg) => console.error(msg));
- * console.error(`${choice.name} on ${choice.device}: ${choice.reason}`);
+ * const lines: string[] = []; // the command line prints them on standard error
+ * const choice = await selectBackend("auto", (msg) => lines.push(msg));
+ * assert(lines.at(-1)!.startsWith(`backend: using ${choice.name} on ${choice.device}`));
  * ```
  * @module
  */

@@ -6,8 +6,16 @@
 import { formatDuration, Progress } from "../pipeline/report/mod.ts";
 import { OVERLAP_RANGE } from "../pipeline/inference/mod.ts";
 import { segment, segmentEvent, type SegmentResult } from "../pipeline/segmentation/mod.ts";
-import { backendFlag, type Command, parseFlags, printJson, shardFlag, UsageError } from "./_cli.ts";
-import { INFERENCE_FLAGS, inferenceOptions } from "./_inference_flags.ts";
+import {
+  backendFlag,
+  type Command,
+  INFERENCE_FLAGS,
+  inferenceOptions,
+  parseFlags,
+  printJson,
+  shardFlag,
+  UsageError,
+} from "./_cli.ts";
 
 /** Reads an event notification from a file, or from standard input for "-". */
 async function readEvent(source: string): Promise<string> {

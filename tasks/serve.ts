@@ -15,8 +15,16 @@ import {
   WorkerPool,
 } from "../pipeline/segmentation/mod.ts";
 import { resolveModel } from "../pipeline/training/mod.ts";
-import { backendFlag, type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
-import { INFERENCE_FLAGS, inferenceOptions } from "./_inference_flags.ts";
+import {
+  backendFlag,
+  type Command,
+  INFERENCE_FLAGS,
+  inferenceOptions,
+  intFlag,
+  parseFlags,
+  printJson,
+  UsageError,
+} from "./_cli.ts";
 
 /** The environment variable holding the bearer token unless `--token-env` names another. */
 export const DEFAULT_TOKEN_ENV = "REVUNET_TOKEN";

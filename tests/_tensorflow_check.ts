@@ -1,5 +1,5 @@
 /**
- * The tensorflow backend's checks, run by tests/tensorflow_test.ts in a process of their own:
+ * The tensorflow backend's checks, run by tests/model/tensorflow_test.ts in a process of their own:
  * libtensorflow cannot be loaded into a process that has mapped Mesa's Vulkan driver (the WebGPU
  * tests do), and native libraries stay loaded for the life of the process that `deno test` runs
  * every file in. Prints one JSON object on the last line of stdout.

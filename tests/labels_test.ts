@@ -4,11 +4,12 @@
  * dataset's own scheme.
  * @module
  */
-import { assertEquals } from "@std/assert";
+import { assertEquals, assertThrows } from "@std/assert";
 import {
   type LabelScheme,
   labelsToRegions,
   REGION_BITS,
+  regionChannels,
   regionCount,
   regionMask,
   regionMaskTable,
@@ -58,4 +59,15 @@ Deno.test("regionCount() is 3 for BraTS, a scheme's regions otherwise; regionVox
   const regions = labelsToRegions([0, 1, 2, 4, 4, 2], 4);
   assertEquals(regionVoxels(regions, 3), [5, 3, 2]);
   assertEquals(regionVoxels(labelsToRegions([0, 1, 2, 2], SCHEME), 2), [3, 2]);
+});
+
+Deno.test("labelsToRegions + regionChannels nest WT ⊇ TC ⊇ ET for both label conventions and name bad labels", () => {
+  const targets = (l: number[], e: 3 | 4) => [...regionChannels(labelsToRegions(l, e))];
+  assertEquals(targets([0, 1, 2, 4], 4), [0, 0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1]);
+  assertEquals(targets([3, 2], 3), [1, 1, 1, 1, 0, 0]);
+  assertThrows(
+    () => labelsToRegions([0, 3], 4, "x_seg.nii.gz"),
+    RangeError,
+    "x_seg.nii.gz: voxel 1 has label 3",
+  );
 });

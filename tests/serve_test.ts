@@ -23,7 +23,7 @@ import {
   parseS3Event,
   type S3ObjectEvent,
   triageRecord,
-} from "../pipeline/segmentation/events.ts";
+} from "../pipeline/segmentation/mod.ts";
 import { saveModel } from "../pipeline/training/model_store.ts";
 import { EVAL_REGIONS, evaluatePair, METRICS } from "../pipeline/evaluation/evaluation.ts";
 import { decodeNiftiHeader } from "../pipeline/nifti/mod.ts";

@@ -12,12 +12,14 @@
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import * as tf from "../tf.ts";
  * import { disableNativeKernels, enableNativeKernels } from "./mod.ts";
  *
  * await tf.setBackend("cpu");
- * const status = enableNativeKernels({ log: (m) => console.error(m) });
- * console.error(`sgemm ${status.matMul}, layers ${status.layers}, ${status.threads} threads`);
+ * const why: string[] = []; // what stays on tfjs, and why
+ * const status = enableNativeKernels({ log: (m) => why.push(m) });
+ * assert(status.threads >= 1 && (status.matMul || why.length > 0));
  * disableNativeKernels();
  * ```
  * @module

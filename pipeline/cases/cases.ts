@@ -7,7 +7,7 @@
  *
  * A location with a `dataset.json` (an nnU-Net v2 raw dataset or an MSD task, or its `imagesTr`
  * or `imagesTs` folder) is read as that dataset says, and a folder of bare nnU-Net image files
- * (`<case>_0000.nii.gz`, …) as one such folder: see pipeline/datasets.ts.
+ * (`<case>_0000.nii.gz`, …) as one such folder: see pipeline/cases/datasets.ts.
  * @module
  */
 import { decodeNiftiHeader, isGzip, type NiftiHeader } from "../nifti/mod.ts";

@@ -30,7 +30,7 @@ export interface LoadedCase {
   target?: Float32Array;
 }
 
-/** The regions of a case's labels: its dataset's (see pipeline/datasets.ts), WT/TC/ET for BraTS. */
+/** The regions of a case's labels: its dataset's (see pipeline/cases/datasets.ts), WT/TC/ET for BraTS. */
 export function caseLabelScheme(c: Case): LabelScheme | 3 | 4 {
   return c.enhancingLabel ?? labelScheme(caseDataset(c), c.id);
 }

@@ -178,7 +178,7 @@ export function surfaceDistances(
  * The 95th-percentile Hausdorff distance in mm between two non-empty masks, as MedPy's `hd95`:
  * the surface distances from `a` to `b` and from `b` to `a` pooled into one set, of which the 95th
  * percentile is taken with linear interpolation (numpy.percentile's default). Symmetric in `a` and
- * `b`. Empty masks are the caller's rule to apply (BraTS's is in pipeline/evaluation.ts).
+ * `b`. Empty masks are the caller's rule to apply (BraTS's is in pipeline/evaluation/evaluation.ts).
  * @throws {RangeError} when either mask is empty
  */
 export function hd95(

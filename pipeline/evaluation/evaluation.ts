@@ -4,7 +4,7 @@
  * reference ({@linkcode evaluatePair}) → a folder of predictions against a dataset
  * ({@linkcode evaluateCases}), with summary statistics and the JSON and CSV that `evaluate` writes.
  *
- * Per region (ET, TC, WT): Dice, HD95 in mm (MedPy's definition, see pipeline/distance.ts),
+ * Per region (ET, TC, WT): Dice, HD95 in mm (MedPy's definition, see pipeline/evaluation/distance.ts),
  * sensitivity and specificity over the whole volume. Empty regions are scored by the legacy BraTS
  * rules: both empty → Dice 1 and HD95 0; one empty → Dice 0 and HD95 {@linkcode EMPTY_HD95}
  * (373.1287 mm, the diagonal of the 240×240×155 1 mm grid); sensitivity with an empty reference is 1 when nothing is predicted, else 0;
@@ -81,7 +81,7 @@ export interface RegionMetrics {
 /** Metrics of the three regions of one case. */
 export type CaseMetrics = Record<Region, RegionMetrics>;
 
-/** Lesion-wise scores (BraTS 2023, pipeline/lesion_wise.ts) of the three regions of one case. */
+/** Lesion-wise scores (BraTS 2023, pipeline/evaluation/lesion_wise.ts) of the three regions of one case. */
 export type CaseLesionWise = Record<Region, LesionWiseRegion>;
 
 /** One row of an evaluation: the case id and its metrics. */
@@ -567,7 +567,7 @@ async function whyEmpty(uri: string, expected: string): Promise<string> {
 
 /**
  * The reference segmentations under `truthUri`: the seg files of a BraTS dataset in any release's
- * naming (`<id>_seg.nii.gz`, `<id>-seg.nii.gz`; case folders or flat, as pipeline/cases.ts names
+ * naming (`<id>_seg.nii.gz`, `<id>-seg.nii.gz`; case folders or flat, as pipeline/cases/cases.ts names
  * them), or, when it has none, every `<case>.nii[.gz]` directly under it.
  * @throws {Error} when a case has two reference files, naming both
  */

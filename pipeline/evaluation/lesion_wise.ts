@@ -7,7 +7,7 @@
  *    dilated component form one lesion (lesions closer than the dilation are merged).
  * 2. Predicted lesions: the 26-connected components of the prediction.
  * 3. Each reference lesion is matched by every predicted lesion that meets the lesion's own
- *    dilation; its Dice and robust HD95 (pipeline/surfels.ts: the challenge's surface-distance
+ *    dilation; its Dice and robust HD95 (pipeline/evaluation/surfels.ts: the challenge's surface-distance
  *    definition) are taken against the union of those predicted lesions, whole. A lesion matched
  *    by none scores Dice 0 and HD95 374 mm.
  * 4. Predicted lesions that match no reference lesion are false positives: Dice 0, HD95 374 mm.

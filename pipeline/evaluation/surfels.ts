@@ -1,6 +1,6 @@
 /**
  * The robust Hausdorff distance as the BraTS 2023 lesion-wise scoring measures it (it uses
- * DeepMind's surface-distance definition, not MedPy's of pipeline/distance.ts): surfaces are the
+ * DeepMind's surface-distance definition, not MedPy's of pipeline/evaluation/distance.ts): surfaces are the
  * corners of the voxel grid whose 2×2×2 neighbourhood is neither all inside nor all outside a
  * mask; each such corner carries the area of the marching-cubes surface through its cell; the
  * `q`-th percentile of each directed set of distances is taken over the surface *area* (no
@@ -12,7 +12,7 @@
  * group is cut off by a polygon through the midpoints of the cell edges leaving it; a non-planar
  * polygon is split into the triangles of largest total area. These are the surfaces the
  * challenge's lookup table holds (checked for all 256 cells, isotropic and anisotropic, in
- * tests/lesion_wise_test.ts's cross-check). Masks are flat, x fastest, as in pipeline/distance.ts.
+ * tests/evaluation/lesion_wise_test.ts's cross-check). Masks are flat, x fastest, as in pipeline/evaluation/distance.ts.
  *
  * @example
  * ```ts

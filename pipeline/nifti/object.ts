@@ -14,10 +14,18 @@
  * only then is a buffer of that size filled.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { createNiftiHeader, encodeNifti } from "./mod.ts";
  * import { readNifti } from "./object.ts";
- * const image = await readNifti("s3://brats/BraTS2021_00000/BraTS2021_00000_t1.nii.gz");
- * console.log(image.header.dims); // [240, 240, 155]
+ * const dir = await Deno.makeTempDir();
+ * const like = createNiftiHeader([4, 3, 2], [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]);
+ * const t1 = Int16Array.from({ length: 24 }, (_, i) => i);
+ * await Deno.writeFile(`${dir}/t1.nii.gz`, encodeNifti(t1, "int16", like, { name: "t1.nii.gz" }));
+ * const image = await readNifti(`${dir}/t1.nii.gz`); // or an s3:// URI
+ * assertEquals(image.header.dims, [4, 3, 2]);
+ * assertEquals(image.data, t1);
+ * await Deno.remove(dir, { recursive: true });
  * ```
  * @module
  */

@@ -14,25 +14,36 @@
  * enlarged with nearest-neighbour sampling.
  *
  * @example
- * ```ts ignore
- * import { decodeNifti, scaledData } from "../nifti/mod.ts";
- * import { getObject } from "../storage/mod.ts";
+ * ```ts
+ * import { assertEquals, assertStringIncludes } from "@std/assert";
+ * import { renderCurves } from "./plot.ts";
  * import { renderCaseSlices, writeReport } from "./report.ts";
- * const flair = decodeNifti(await getObject(c.images.flair), c.images.flair);
- * const slices = renderCaseSlices({
- *   flair: scaledData(flair),
- *   dims: flair.header.dims.slice(0, 3) as [number, number, number],
- *   spacing: flair.header.pixdim.slice(0, 3) as [number, number, number],
- *   affine: flair.header.affine,
- *   truth: truthLabels, // BraTS labels on the same grid
- *   prediction: predictedLabels,
- *   enhancingLabel: c.enhancingLabel,
- * });
- * const uri = await writeReport("s3://brats/out", {
+ * // A 16³ FLAIR with a cube of edema (2) around enhancing tumour (4), predicted exactly.
+ * const dims: [number, number, number] = [16, 16, 16];
+ * const flair = new Float32Array(16 ** 3).fill(100);
+ * const truth = new Uint8Array(16 ** 3);
+ * for (let z = 4; z < 12; z++) {
+ *   for (let y = 4; y < 12; y++) {
+ *     for (let x = 4; x < 12; x++) truth[x + 16 * (y + 16 * z)] = x > 6 && x < 9 ? 4 : 2;
+ *   }
+ * }
+ * const slices = renderCaseSlices({ flair, dims, truth, prediction: truth, enhancingLabel: 4 });
+ * assertEquals(slices.centre, "truth");
+ * const out = await Deno.makeTempDir(); // or s3://bucket/prefix
+ * const dice = { dice: 1, hd95: 0, sensitivity: 1, specificity: 1 };
+ * const uri = await writeReport(out, {
  *   title: "Validation",
- *   cases: [{ id: c.id, slices, metrics: { WT: { dice: 0.91 }, TC: { dice: 0.84 }, ET: { dice: 0.78 } } }],
- *   curvesSvg: renderCurves(panels),
- * }); // "s3://brats/out/report/index.html"
+ *   cases: [{ id: "case-1", slices, metrics: { WT: dice, TC: dice, ET: dice } }],
+ *   curvesSvg: renderCurves([{
+ *     title: "loss",
+ *     xLabel: "step",
+ *     yLabel: "loss",
+ *     series: [{ name: "train", color: "#1f77b4", points: [[0, 1], [1, 0.5]] }],
+ *   }]),
+ * });
+ * assertEquals(uri, `${out}/report/index.html`);
+ * assertStringIncludes(await Deno.readTextFile(uri), "case-1");
+ * await Deno.remove(out, { recursive: true });
  * ```
  * @module
  */

@@ -61,7 +61,28 @@ const SILENT: SegmentProgress = { log: () => {}, update: () => {} };
 /**
  * Segments every case under `input` (one case's folder or a dataset). A case that fails, or that
  * discovery rejects (a missing modality, duplicate files, modalities on different grids), is
- * recorded as `<out>/<id>.error.json` and listed in `failed`; the others go on.
+ * recorded as `<out>/<id>.error.json` and listed in `failed`; the others go on. A second run with
+ * the same model, inputs and options skips what is done.
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { createUNet, disposeUNet, resolveConfig, selectBackend } from "../../model/mod.ts";
+ * import { writePhantomDataset } from "../synth/mod.ts";
+ * import { saveModel } from "../training/mod.ts";
+ * import { segment } from "./mod.ts";
+ * await selectBackend("cpu", () => {});
+ * const dir = await Deno.makeTempDir();
+ * const [id] = await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [16, 16, 16], seed: 1 });
+ * const tiny = resolveConfig({ levels: 2, baseChannels: 4, blocksPerLevel: 1, expansion: 2 });
+ * const net = createUNet(tiny, { seed: 1 });
+ * await saveModel(`${dir}/model`, net, undefined, { train_crop: "16" });
+ * disposeUNet(net);
+ * const options = { model: `${dir}/model`, input: `${dir}/data`, out: `${dir}/seg` };
+ * const first = await segment(options);
+ * assertEquals(first.cases.map((c) => [c.output, c.status]), [[`${dir}/seg/${id}.nii.gz`, "done"]]);
+ * assertEquals((await segment(options)).cases[0].status, "skipped");
+ * await Deno.remove(dir, { recursive: true });
+ * ```
  */
 export async function segment(options: SegmentOptions): Promise<SegmentResult> {
   // A missing folder, or one without case files, is an error saying which and what is expected.

@@ -11,9 +11,9 @@ import {
   type EventFilterOptions,
   type IgnoredRecord,
   resolveCases,
-  type S3ObjectEvent,
   triageRecord,
 } from "./events.ts";
+import type { S3ObjectEvent } from "./s3_event.ts";
 import type { Job, JobStatus } from "./job.ts";
 import type { JobBoard } from "./jobs.ts";
 import { describeError } from "./runner.ts";

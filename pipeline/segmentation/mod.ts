@@ -5,6 +5,8 @@
  * and authentication, jobs and de-duplication, and the worker threads that segment.
  * @module
  */
+export * from "./s3_event.ts";
+export * from "./bucket_name.ts";
 export * from "./events.ts";
 export * from "./channels.ts";
 export * from "./outputs.ts";

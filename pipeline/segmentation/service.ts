@@ -14,7 +14,7 @@
  * inputs is skipped. A failing case becomes a failed job and `<out>/<case>.error.json`.
  * @module
  */
-import { MalformedEventError, parseS3Event, TooManyRecordsError } from "./events.ts";
+import { MalformedEventError, parseS3Event, TooManyRecordsError } from "./s3_event.ts";
 import { confirmSubscription, json, readBody, tokenCheck, unauthorized } from "./http.ts";
 import { admitRecords, busy, type IntakeContext, type Reply, SeenRecords } from "./intake.ts";
 import { jobView, RETRY_BASE_MS, RETRY_BUDGET_MS } from "./job.ts";

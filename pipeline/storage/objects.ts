@@ -13,11 +13,16 @@
  * bounded time.
  *
  * @example
- * ```ts ignore
- * import { getObject, listObjects, putObject } from "./pipeline/storage.ts";
- * for (const o of await listObjects("s3://brats/train/")) console.log(o.key, o.size);
- * await putObject("out/report.json", JSON.stringify({ dice: 0.9 }));
- * const bytes = await getObject("s3://brats/train/BraTS20_Training_001/BraTS20_Training_001_t1.nii.gz");
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { getObject, listObjects, putObject } from "./objects.ts";
+ * const root = await Deno.makeTempDir(); // the same calls take s3://bucket/prefix URIs
+ * await putObject(`${root}/run/report.json`, JSON.stringify({ dice: 0.9 }));
+ * const listed = await listObjects(`${root}/run/`);
+ * assertEquals(listed.map((o) => [o.key, o.size]), [["report.json", 12]]);
+ * const bytes = await getObject(`${root}/run/report.json`);
+ * assertEquals(JSON.parse(new TextDecoder().decode(bytes)), { dice: 0.9 });
+ * await Deno.remove(root, { recursive: true });
  * ```
  * @module
  */
@@ -259,10 +264,15 @@ export async function mapConcurrent<T, R>(
  * {@linkcode RangeError} names any key that breaks this). Listings give keys relative to the root.
  *
  * @example
- * ```ts ignore
- * const cases = openStore("s3://brats/train");
- * const files = await cases.list("BraTS20_Training_001/"); // keys like "BraTS20_Training_001/..._t1.nii.gz"
- * await openStore("out").put("001/seg.nii.gz", bytes);
+ * ```ts
+ * import { assertEquals, assertRejects } from "@std/assert";
+ * import { openStore } from "./objects.ts";
+ * const root = await Deno.makeTempDir(); // or "s3://brats/train"
+ * const store = openStore(root);
+ * await store.put("001/seg.nii.gz", new Uint8Array([1, 2, 3]));
+ * assertEquals((await store.list("001/")).map((o) => o.key), ["001/seg.nii.gz"]);
+ * await assertRejects(() => store.get("../outside"), RangeError);
+ * await Deno.remove(root, { recursive: true });
  * ```
  */
 export class Store {

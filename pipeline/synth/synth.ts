@@ -9,10 +9,14 @@
  * by its intensities, and paints each modality from per-tissue means.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { assertEquals } from "@std/assert";
  * import { writeSynthDataset } from "./synth.ts";
- * const summary = await writeSynthDataset("s3://brats/synthetic", { cases: 4, seed: 1 });
- * // summary.cases[0].id === "BraTS2021_00000"
+ * const out = await Deno.makeTempDir(); // or s3://bucket/prefix
+ * const summary = await writeSynthDataset(out, { cases: 1, seed: 1, dims: [32, 32, 32] });
+ * assertEquals(summary.cases[0].id, "BraTS2021_00000");
+ * assertEquals(summary.cases[0].files.seg, `${out}/BraTS2021_00000/BraTS2021_00000_seg.nii.gz`);
+ * await Deno.remove(out, { recursive: true });
  * ```
  * @module
  */

@@ -1,19 +1,20 @@
 /**
- * Saving and loading networks (and optimizer state) at any storage URI.
+ * Saving and loading networks (and optimizer state) at any storage URI: the one loader of model
+ * files, {@linkcode loadModel}, which training (resume) and segmentation both use, returning the
+ * network, its metadata typed (model_metadata.ts) and the file's SHA-256.
  *
  * A model location is either a `.safetensors` object or a folder/prefix holding `model.safetensors`
  * (and, for training checkpoints, `optimizer.safetensors`). The model file alone is enough to run
  * segmentation: it carries the configuration it was built with and, from training, the description
- * of its dataset (metadata `dataset`: channels, labels, regions; see pipeline/datasets.ts).
+ * of its dataset (metadata `dataset`: channels, labels, regions; see pipeline/cases/datasets.ts).
  *
  * Every file written here carries the SHA-256 of its tensor data in its metadata
- * (`data_sha256`), checked whenever it is loaded, so that damaged weights (flipped bytes, NaNs
- * written over them) are refused by name instead of run; files written before this check (or by
- * other tools) have none and load unchecked. {@linkcode saveModel} also returns each file's
- * whole-file SHA-256, which training checkpoints record (pipeline/checkpoint.ts).
+ * (`data_sha256`, model_file.ts), checked whenever it is loaded, so that damaged weights (flipped
+ * bytes, NaNs written over them) are refused by name instead of run; files written before this
+ * check (or by other tools) have none and load unchecked. {@linkcode saveModel} also returns each
+ * file's whole-file SHA-256, which training checkpoints record (checkpoint.ts).
  * @module
  */
-import { createHash } from "node:crypto";
 import {
   deserializeOptimizer,
   deserializeUNet,
@@ -23,16 +24,22 @@ import {
   serializeUNetAsync,
   type UNet,
 } from "../../model/mod.ts";
-import { type DatasetDescription, parseDatasetDescription } from "../cases/mod.ts";
-import { exists, getObject, getObjectRange, joinUri, parseUri, putObject } from "../storage/mod.ts";
+import { exists, joinUri, parseUri, putObject } from "../storage/mod.ts";
+import {
+  BEST_FOLDER,
+  type FileDigest,
+  fileDigest,
+  MODEL_FILE,
+  modelFileUri,
+  OPTIMIZER_FILE,
+  readModelBytes,
+  sha256Hex,
+  withDataDigest,
+} from "./model_file.ts";
+import { type ModelMetadata, modelMetadata } from "./model_metadata.ts";
 
-/** File name of the weights inside a model folder. */
-export const MODEL_FILE = "model.safetensors";
-/** File name of the optimizer state inside a checkpoint folder. */
-export const OPTIMIZER_FILE = "optimizer.safetensors";
-
-/** Folder of a training run holding the weights that validated best (see pipeline/checkpoint.ts). */
-export const BEST_FOLDER = "best";
+export * from "./model_file.ts";
+export * from "./model_metadata.ts";
 
 /** A model location turned into the weights file it stands for: see {@linkcode resolveModel}. */
 export interface ResolvedModel {
@@ -82,106 +89,6 @@ export async function resolveModel(location: string): Promise<ResolvedModel> {
   );
 }
 
-/** Hex SHA-256 of `bytes`. */
-export function sha256Hex(bytes: Uint8Array): string {
-  return createHash("sha256").update(bytes).digest("hex");
-}
-
-/** A file as written: its whole-file SHA-256 and size, as checkpoints record them. */
-export interface FileDigest {
-  sha256: string;
-  bytes: number;
-}
-
-/** The digest of a file's bytes. */
-export function fileDigest(bytes: Uint8Array): FileDigest {
-  return { sha256: sha256Hex(bytes), bytes: bytes.length };
-}
-
-/**
- * Refuses `bytes` read from `uri` unless they are what `expected` records.
- * @throws {Error} naming `uri`, the recorded and the found digest
- */
-export function checkDigest(bytes: Uint8Array, uri: string, expected: FileDigest): void {
-  const found = fileDigest(bytes);
-  if (found.sha256 !== expected.sha256 || found.bytes !== expected.bytes) {
-    throw new Error(
-      `${uri}: damaged file: its SHA-256 is ${found.sha256} (${found.bytes} bytes), the ` +
-        `checkpoint records ${expected.sha256} (${expected.bytes} bytes)`,
-    );
-  }
-}
-
-const DATA_DIGEST = "data_sha256";
-
-/** The header length, header and data section of safetensors bytes (undefined if malformed). */
-function splitSafetensors(bytes: Uint8Array) {
-  if (bytes.length < 8) return undefined;
-  const n = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getBigUint64(0, true);
-  if (n > BigInt(bytes.length - 8)) return undefined;
-  const end = 8 + Number(n);
-  try {
-    const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, end)));
-    if (typeof header !== "object" || header === null || Array.isArray(header)) return undefined;
-    return { header: header as Record<string, unknown>, data: bytes.subarray(end) };
-  } catch {
-    return undefined;
-  }
-}
-
-/** Safetensors bytes with the SHA-256 of their data section added to their metadata. */
-function withDataDigest(bytes: Uint8Array): Uint8Array {
-  const parts = splitSafetensors(bytes)!;
-  const meta = (parts.header.__metadata__ ?? {}) as Record<string, string>;
-  parts.header.__metadata__ = { ...meta, [DATA_DIGEST]: sha256Hex(parts.data) };
-  let json = JSON.stringify(parts.header);
-  // The data section stays 8-byte aligned, as the encoder pads it.
-  json += " ".repeat((8 - ((8 + new TextEncoder().encode(json).length) % 8)) % 8);
-  const head = new TextEncoder().encode(json);
-  const out = new Uint8Array(8 + head.length + parts.data.length);
-  new DataView(out.buffer).setBigUint64(0, BigInt(head.length), true);
-  out.set(head, 8);
-  out.set(parts.data, 8 + head.length);
-  return out;
-}
-
-/**
- * Checks the data digest a model or optimizer file carries (none: nothing to check; a malformed
- * file is left to the decoder, whose errors say what is wrong).
- * @throws {Error} naming `uri` when its tensor data is not what was written
- */
-export function checkDataDigest(bytes: Uint8Array, uri: string): void {
-  const parts = splitSafetensors(bytes);
-  const meta = parts?.header.__metadata__ as Record<string, unknown> | undefined;
-  const recorded = meta?.[DATA_DIGEST];
-  if (!parts || recorded === undefined) return;
-  const found = sha256Hex(parts.data);
-  if (found !== recorded) {
-    throw new Error(
-      `${uri}: damaged weights: the SHA-256 of its tensor data is ${found}, the file records ${
-        JSON.stringify(recorded)
-      }`,
-    );
-  }
-}
-
-/**
- * Reads a model or optimizer file and checks it: against `expected` (a checkpoint's record) when
- * given, and against the data digest it carries.
- * @throws {ObjectNotFoundError} when it does not exist; {@linkcode Error} naming it when damaged
- */
-export async function readModelBytes(uri: string, expected?: FileDigest): Promise<Uint8Array> {
-  const bytes = await getObject(uri);
-  if (expected) checkDigest(bytes, uri, expected);
-  checkDataDigest(bytes, uri);
-  return bytes;
-}
-
-/** The URI of the weights for a model location (a `.safetensors` object or a folder). */
-export function modelFileUri(location: string): string {
-  return location.endsWith(".safetensors") ? location : joinUri(location, MODEL_FILE);
-}
-
 /**
  * Writes the network (and optionally the optimizer) to `location`, each file atomically and with
  * the SHA-256 of its tensor data in its metadata.
@@ -207,63 +114,6 @@ export async function saveModel(
     written[OPTIMIZER_FILE] = fileDigest(state);
   }
   return written;
-}
-
-/** Metadata keys of what training records about the weights ({@linkcode ModelMetadata}). */
-export const METADATA_KEYS = {
-  trainCrop: "train_crop",
-  valWindow: "val_window",
-  dataset: "dataset",
-} as const;
-
-/**
- * What a model file's metadata says about its weights, typed (safetensors metadata is strings:
- * this is the one place that reads them).
- */
-export interface ModelMetadata {
-  /** The crop edge the network was trained on (`train_crop`), when recorded. */
-  trainCrop?: number;
-  /** The window validation scored these weights with (`val_window`), when recorded. */
-  valWindow?: number;
-  /**
-   * The dataset it was trained on (`dataset`: channels, labels, regions); none for a model
-   * trained on a BraTS naming before descriptions were kept.
-   */
-  dataset?: DatasetDescription;
-}
-
-/**
- * The string metadata recording `m` (the inverse of {@linkcode modelMetadata} for the sizes), for
- * {@linkcode saveModel}'s `extra`.
- */
-export function modelMetadataRecord(
-  m: { trainCrop?: number; valWindow?: number },
-): Record<string, string> {
-  return {
-    ...(m.trainCrop !== undefined ? { [METADATA_KEYS.trainCrop]: String(m.trainCrop) } : {}),
-    ...(m.valWindow ? { [METADATA_KEYS.valWindow]: String(m.valWindow) } : {}),
-  };
-}
-
-/**
- * The typed view of a model file's string metadata: sizes that are not positive integers are
- * taken as unrecorded.
- * @param uri the file, named in errors
- * @throws {SyntaxError|TypeError|RangeError} a `dataset` description that is not one, naming `uri`
- */
-export function modelMetadata(metadata: Record<string, string>, uri: string): ModelMetadata {
-  const size = (key: string) => {
-    const v = Number(metadata[key]);
-    return Number.isInteger(v) && v > 0 ? v : undefined;
-  };
-  const text = metadata[METADATA_KEYS.dataset];
-  const trainCrop = size(METADATA_KEYS.trainCrop);
-  const valWindow = size(METADATA_KEYS.valWindow);
-  return {
-    ...(trainCrop !== undefined ? { trainCrop } : {}),
-    ...(valWindow !== undefined ? { valWindow } : {}),
-    ...(text !== undefined ? { dataset: parseDatasetDescription(text, uri) } : {}),
-  };
 }
 
 /** A loaded model file: see {@linkcode loadModel}. */
@@ -322,26 +172,4 @@ export async function loadOptimizer(
   const uri = joinUri(location, OPTIMIZER_FILE);
   if (!(await exists(uri))) return undefined;
   return deserializeOptimizer(await readModelBytes(uri, expected), uri);
-}
-
-/**
- * The dataset description a model file keeps (metadata `dataset`), reading only the file's header;
- * undefined for a model trained before descriptions were kept (a BraTS model).
- * @param uri the `.safetensors` object
- * @throws {SyntaxError} a header that is not a safetensors header, naming the file
- */
-export async function readModelDataset(uri: string): Promise<DatasetDescription | undefined> {
-  const head = await getObjectRange(uri, 0, 8);
-  const bad = (why: string) => new SyntaxError(`"${uri}" is not a safetensors file: ${why}`);
-  if (head.length < 8) throw bad(`${head.length} bytes`);
-  const n = Number(new DataView(head.buffer, head.byteOffset, 8).getBigUint64(0, true));
-  if (!Number.isSafeInteger(n) || n <= 0 || n > 100 * 2 ** 20) throw bad(`header length ${n}`);
-  let header: { __metadata__?: Record<string, string> };
-  try {
-    header = JSON.parse(new TextDecoder().decode(await getObjectRange(uri, 8, 8 + n)));
-  } catch (e) {
-    throw bad(`header is not JSON (${(e as Error).message})`);
-  }
-  const text = header?.__metadata__?.[METADATA_KEYS.dataset];
-  return text === undefined ? undefined : parseDatasetDescription(text, uri);
 }

@@ -7,6 +7,7 @@ import { assertEquals, assertThrows } from "@std/assert";
 import {
   boundingBox,
   type Box,
+  cropCube,
   cropMask,
   type Dims,
   maskBox,
@@ -85,4 +86,15 @@ Deno.test("cropMask() copies a box as 0/1, plain (nonzero) or through a table, l
   }
   assertEquals([...cropMask(labels, dims, box)], plain);
   assertEquals([...cropMask(labels, dims, box, table)], looked);
+});
+
+Deno.test("cropCube copies the cube and zero-pads outside the volume: dims [3,2,2], 2 channels", () => {
+  const dims: [number, number, number] = [3, 2, 2];
+  const data = Float32Array.from({ length: 12 * 2 }, (_, i) => i + 1);
+  const inside = cropCube(data, dims, 2, [1, 0, 0], 2);
+  // voxel (x=1,y=0,z=0) is index 1 → channels 3, 4
+  assertEquals([...inside.subarray(0, 2)], [3, 4]);
+  const outside = cropCube(data, dims, 2, [-1, -1, -1], 2);
+  assertEquals([...outside.subarray(0, 14)], new Array(14).fill(0));
+  assertEquals([...outside.subarray(14, 16)], [1, 2]); // (1,1,1) of the cube is voxel (0,0,0)
 });

@@ -28,7 +28,7 @@ import {
 import { slidingWindowProbabilities, windowShape, windowStarts } from "../../inference/mod.ts";
 import { seededRandom } from "../../cases/mod.ts";
 import { type LinearFit, linearFit, median, round, timeRuns } from "./_timing.ts";
-import { runPeer } from "./peer.ts";
+import { type PeerArgs, runPeer } from "./peer.ts";
 
 /** A BraTS case's grid, x, y, z. */
 export const BRATS_DIMS: readonly [number, number, number] = Object.freeze([240, 240, 155]);
@@ -239,6 +239,13 @@ function caseSummary(
   return { caseSeconds, summary };
 }
 
+/** The peer's result, or null with the reason there is none (also logged). */
+async function peerRun(args: PeerArgs, log: Log) {
+  const r = await runPeer(args, log);
+  if (r.reason) log(`peer: none: ${r.reason}`);
+  return r;
+}
+
 /** Runs the speed benchmark on the active backend and returns its JSON object. */
 export async function benchSpeed(options: BenchSpeedOptions = {}) {
   const {
@@ -284,23 +291,10 @@ export async function benchSpeed(options: BenchSpeedOptions = {}) {
   const skipped = caseSizes.length === 0 ? "no case sizes asked for" : undefined;
   const cases = caseSummary(caseTimings, window, overlap, cropMultiple(config), skipped);
 
-  let peerResult: Record<string, unknown> | null = null;
-  let peerReason: string | undefined;
-  if (peer) {
-    // A peer on the GPU against our cpu backend (or the reverse) would compare devices, not code.
-    const r = await runPeer({
-      crop,
-      steps,
-      warmup,
-      threads,
-      device: gpuBackend ? "auto" : "cpu",
-    }, log);
-    peerResult = r.peer;
-    peerReason = r.reason;
-    if (peerReason) log(`peer: none: ${peerReason}`);
-  } else {
-    peerReason = "not asked for (--no-peer)";
-  }
+  // A peer on the GPU against our cpu backend (or the reverse) would compare devices, not code.
+  const { peer: peerResult, reason: peerReason } = peer
+    ? await peerRun({ crop, steps, warmup, threads, device: gpuBackend ? "auto" : "cpu" }, log)
+    : { peer: null, reason: "not asked for (--no-peer)" };
   const ratio = (ours: number, theirs: unknown) =>
     typeof theirs === "number" && theirs > 0 ? round(ours / theirs, 4) : null;
 
