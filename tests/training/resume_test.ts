@@ -1,22 +1,22 @@
 /**
  * `train` stopped and continued: an abort (what SIGTERM/SIGINT do on the command line, tested in
- * train_test.ts) while cases load, mid-epoch and during validation; resuming bit for bit; resuming with another --epochs or with
+ * run_test.ts) while cases load, mid-epoch and during validation; resuming bit for bit; resuming with another --epochs or with
  * conflicting flags; best/ without validation; and bad input that must fail before any checkpoint.
  * Tiny network and crops, so every run takes a second or two on the cpu backend.
  */
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertEquals, assertThrows } from "@std/assert";
-import { disposeUNet, resolveConfig } from "../model/mod.ts";
-import { decodeCachedCase } from "../pipeline/cases/case_cache.ts";
-import { loadModel } from "../pipeline/training/model_store.ts";
+import { disposeUNet, resolveConfig } from "../../model/mod.ts";
+import { decodeCachedCase } from "../../pipeline/cases/case_cache.ts";
+import { loadModel } from "../../pipeline/training/model_store.ts";
 import {
   resumedSettings,
   SettingsError,
   train,
   type TrainEvent,
   type TrainSettings,
-} from "../pipeline/training/mod.ts";
-import { runMain } from "./_cli.ts";
+} from "../../pipeline/training/mod.ts";
+import { runMain } from "../_cli.ts";
 import {
   pathMissing,
   phantomDataset,
@@ -24,7 +24,7 @@ import {
   TINY_JSON,
   tinySettings as tinyRun,
   weightsOf,
-} from "./_train_fixtures.ts";
+} from "../_train_fixtures.ts";
 
 await tf.setBackend("cpu");
 

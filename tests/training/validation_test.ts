@@ -4,19 +4,19 @@
  * weights.
  * @module
  */
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
-import { decodeCachedCase, encodeCachedCase } from "../pipeline/cases/case_cache.ts";
-import { findCases } from "../pipeline/cases/cases.ts";
-import { labelsToRegions, probabilitiesToLabels, regionsToLabels } from "../pipeline/labels.ts";
-import { preprocessCase } from "../pipeline/cases/preprocess.ts";
-import { evaluateCases } from "../pipeline/evaluation/evaluation.ts";
-import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti/mod.ts";
-import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
-import { REGIONS } from "../pipeline/evaluation/metrics.ts";
-import { segment } from "../pipeline/segmentation/mod.ts";
-import { train } from "../pipeline/training/mod.ts";
-import { tinySettings } from "./_train_fixtures.ts";
+import { decodeCachedCase, encodeCachedCase } from "../../pipeline/cases/case_cache.ts";
+import { findCases } from "../../pipeline/cases/cases.ts";
+import { labelsToRegions, probabilitiesToLabels, regionsToLabels } from "../../pipeline/labels.ts";
+import { preprocessCase } from "../../pipeline/cases/preprocess.ts";
+import { evaluateCases } from "../../pipeline/evaluation/evaluation.ts";
+import { decodeNifti, encodeNifti, scaledData } from "../../pipeline/nifti/mod.ts";
+import { writePhantomDataset } from "../../pipeline/synth/phantom.ts";
+import { REGIONS } from "../../pipeline/evaluation/metrics.ts";
+import { segment } from "../../pipeline/segmentation/mod.ts";
+import { train } from "../../pipeline/training/mod.ts";
+import { tinySettings } from "../_train_fixtures.ts";
 
 await tf.setBackend("cpu");
 

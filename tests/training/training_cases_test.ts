@@ -5,7 +5,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import {
   decodeCachedCase,
@@ -13,13 +13,17 @@ import {
   readCachedHeader,
   StreamedCases,
   streamedEntry,
-} from "../pipeline/cases/case_cache.ts";
-import { batchForStep, BatchPrefetcher, type PrefetchOptions } from "../pipeline/cases/prefetch.ts";
-import type { PreprocessedCase } from "../pipeline/cases/preprocess.ts";
-import { streamRandom } from "../pipeline/cases/random.ts";
-import { train, type TrainRuntime } from "../pipeline/training/mod.ts";
-import { defaultCaseMemory } from "../pipeline/training/training_cases.ts";
-import { runMain } from "./_cli.ts";
+} from "../../pipeline/cases/case_cache.ts";
+import {
+  batchForStep,
+  BatchPrefetcher,
+  type PrefetchOptions,
+} from "../../pipeline/cases/prefetch.ts";
+import type { PreprocessedCase } from "../../pipeline/cases/preprocess.ts";
+import { streamRandom } from "../../pipeline/cases/random.ts";
+import { train, type TrainRuntime } from "../../pipeline/training/mod.ts";
+import { defaultCaseMemory } from "../../pipeline/training/training_cases.ts";
+import { runMain } from "../_cli.ts";
 import {
   pathMissing,
   phantomDataset,
@@ -27,8 +31,8 @@ import {
   TINY_JSON,
   tinySettings,
   weightsOf,
-} from "./_train_fixtures.ts";
-import { type Dims } from "../pipeline/volume/mod.ts";
+} from "../_train_fixtures.ts";
+import { type Dims } from "../../pipeline/volume/mod.ts";
 
 await tf.setBackend("cpu");
 

@@ -1,34 +1,38 @@
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertAlmostEquals, assertEquals, assertRejects, assertThrows } from "@std/assert";
-import { findCases } from "../pipeline/cases/cases.ts";
+import { findCases } from "../../pipeline/cases/cases.ts";
 import {
   caseKey,
   decodeCachedCase,
   encodeCachedCase,
   loadPreprocessed,
   sharedCase,
-} from "../pipeline/cases/case_cache.ts";
+} from "../../pipeline/cases/case_cache.ts";
 import {
   gaussianWeights,
   slidingWindowProbabilities,
   windowStarts,
-} from "../pipeline/inference/sliding_window.ts";
-import { regionChannels } from "../pipeline/labels.ts";
-import { regionDice } from "../pipeline/evaluation/metrics.ts";
-import { loadModel } from "../pipeline/training/model_store.ts";
-import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
-import { batchForStep, BatchPrefetcher } from "../pipeline/cases/prefetch.ts";
-import { loadCase, preprocessCase, type PreprocessedCase } from "../pipeline/cases/preprocess.ts";
-import { streamRandom } from "../pipeline/cases/random.ts";
-import { sampleBatch, sampleCrop, tumorVoxels } from "../pipeline/cases/sampling.ts";
-import { getObject, listObjects, putObject } from "../pipeline/storage/objects.ts";
-import { renderCurves } from "../pipeline/report/plot.ts";
-import { createUNet, disposeUNet, predictLogits } from "../model/mod.ts";
-import { splitCases, train } from "../pipeline/training/mod.ts";
-import { runMain } from "./_cli.ts";
-import { phantomDataset, spawnTrain, TINY, tinySettings, weightsOf } from "./_train_fixtures.ts";
-import { boundingBox, type Dims, mirrorVolume, uncropBox } from "../pipeline/volume/mod.ts";
-import { unetPredictor } from "../model/mod.ts";
+} from "../../pipeline/inference/sliding_window.ts";
+import { regionChannels } from "../../pipeline/labels.ts";
+import { regionDice } from "../../pipeline/evaluation/metrics.ts";
+import { loadModel } from "../../pipeline/training/model_store.ts";
+import { writePhantomDataset } from "../../pipeline/synth/phantom.ts";
+import { batchForStep, BatchPrefetcher } from "../../pipeline/cases/prefetch.ts";
+import {
+  loadCase,
+  preprocessCase,
+  type PreprocessedCase,
+} from "../../pipeline/cases/preprocess.ts";
+import { streamRandom } from "../../pipeline/cases/random.ts";
+import { sampleBatch, sampleCrop, tumorVoxels } from "../../pipeline/cases/sampling.ts";
+import { getObject, listObjects, putObject } from "../../pipeline/storage/objects.ts";
+import { renderCurves } from "../../pipeline/report/plot.ts";
+import { createUNet, disposeUNet, predictLogits } from "../../model/mod.ts";
+import { splitCases, train } from "../../pipeline/training/mod.ts";
+import { runMain } from "../_cli.ts";
+import { phantomDataset, spawnTrain, TINY, tinySettings, weightsOf } from "../_train_fixtures.ts";
+import { boundingBox, type Dims, mirrorVolume, uncropBox } from "../../pipeline/volume/mod.ts";
+import { unetPredictor } from "../../model/mod.ts";
 
 await tf.setBackend("cpu");
 
@@ -397,7 +401,7 @@ Deno.test("train: same seed, same weights; N+M epochs equal N, resume, M; output
     await Deno.remove(dir, { recursive: true });
   }
 });
-Deno.test("train CLI: SIGTERM and SIGINT mid-epoch checkpoint the step the run stopped at and exit 143 and 130 (--resume: train_resume_test.ts)", async () => {
+Deno.test("train CLI: SIGTERM and SIGINT mid-epoch checkpoint the step the run stopped at and exit 143 and 130 (--resume: training/resume_test.ts)", async () => {
   const data = await dataset();
   const dir = await Deno.makeTempDir();
   try {

@@ -3,7 +3,7 @@
  * (pipeline/training/settings.ts), and writing and reading checkpoints (pipeline/training/checkpoint.ts) — the
  * commit by `latest.json`, the two folders kept, the state read back, and states refused.
  */
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import {
   createUNet,
@@ -12,7 +12,7 @@ import {
   resolveConfig,
   serializeUNet,
   trainStep,
-} from "../model/mod.ts";
+} from "../../model/mod.ts";
 import {
   checkpointName,
   latestUri,
@@ -22,16 +22,16 @@ import {
   type TrainState,
   writeBest,
   writeCheckpoint,
-} from "../pipeline/training/checkpoint.ts";
-import { loadModel, sha256Hex } from "../pipeline/training/model_store.ts";
+} from "../../pipeline/training/checkpoint.ts";
+import { loadModel, sha256Hex } from "../../pipeline/training/model_store.ts";
 import {
   defaultSettings,
   resumedSettings,
   SettingsError,
   type TrainSettings,
-} from "../pipeline/training/settings.ts";
-import { randomBatch } from "./_model_fixtures.ts";
-import { TINY } from "./_train_fixtures.ts";
+} from "../../pipeline/training/settings.ts";
+import { randomBatch } from "../_model_fixtures.ts";
+import { TINY } from "../_train_fixtures.ts";
 
 await tf.setBackend("cpu");
 

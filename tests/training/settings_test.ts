@@ -18,16 +18,16 @@ import {
   type TrainEvent,
   trainEventPrinter,
   type TrainSettings,
-} from "../pipeline/training/mod.ts";
-import { trainCommand } from "../tasks/train.ts";
-import { ROOT, runCommand } from "./_cli.ts";
-import { pathMissing, phantomDataset, tinySettings } from "./_train_fixtures.ts";
+} from "../../pipeline/training/mod.ts";
+import { trainCommand } from "../../tasks/train.ts";
+import { ROOT, runCommand } from "../_cli.ts";
+import { pathMissing, phantomDataset, tinySettings } from "../_train_fixtures.ts";
 
 const dataset = () => phantomDataset("revunet-settings-");
 
 Deno.test("TrainSettings: every field documents its @default, and the help states the same defaults", async () => {
   const source = await Deno.readTextFile(
-    new URL("../pipeline/training/settings.ts", import.meta.url),
+    new URL("../../pipeline/training/settings.ts", import.meta.url),
   );
   const body = source.slice(source.indexOf("export interface TrainSettings {"));
   const d = defaultSettings("x");
