@@ -15,21 +15,18 @@ import { checkWebGpuErrors } from "./backend.ts";
  * inChannels] in, [count, z, y, x, outChannels] out, computed on the network's backend (the sigmoid
  * of its logits there, so the same bits as training's validation), checked for WebGPU device errors.
  */
-export function unetPredictor(net: UNet): {
-  inChannels: number;
-  outChannels: number;
-  multiple: number;
-  predict(
-    input: Float32Array,
-    count: number,
-    shape: readonly [number, number, number],
-  ): Promise<Float32Array>;
-} {
+export function unetPredictor(net: UNet) {
+  // The type is inferred: model/ imports nothing of pipeline/, and WindowPredictor is structural.
   return {
     inChannels: net.config.inChannels,
     outChannels: net.config.outChannels,
     multiple: cropMultiple(net.config),
-    async predict(input, count, shape) {
+    /** [count, z, y, x, inChannels] windows of `shape` (x, y, z) → their probabilities. */
+    async predict(
+      input: Float32Array,
+      count: number,
+      shape: readonly [number, number, number],
+    ): Promise<Float32Array> {
       const out = tf.tidy(() => {
         const x = tf.tensor5d(input, [count, shape[2], shape[1], shape[0], net.config.inChannels]);
         return tf.sigmoid(predictLogits(net, x));

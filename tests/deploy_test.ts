@@ -61,10 +61,32 @@ function checkArgs(where: string, args: string[]): void {
   }
 }
 
-/** Local modules main.ts (and the serve worker, loaded by URL) import, relative to the root. */
+/**
+ * The modules started as workers (`new Worker(new URL("./x.ts", import.meta.url))`) in pipeline/,
+ * relative to the root: `deno info main.ts` does not see them, so the images cache them by name.
+ */
+async function workerEntries(): Promise<string[]> {
+  const found: string[] = [];
+  const walk = async (dir: string) => {
+    for await (const e of Deno.readDir(join(ROOT, dir))) {
+      const path = `${dir}/${e.name}`;
+      if (e.isDirectory) await walk(path);
+      else if (path.endsWith(".ts")) {
+        const text = await Deno.readTextFile(join(ROOT, path));
+        for (const m of text.matchAll(/new Worker\(new URL\("\.\/([a-z_]+\.ts)"/g)) {
+          found.push(`${dir}/${m[1]}`);
+        }
+      }
+    }
+  };
+  await walk("pipeline");
+  return found.sort();
+}
+
+/** Local modules main.ts and its workers (loaded by URL) import, relative to the root. */
 async function localModules(): Promise<string[]> {
   const found = new Set<string>();
-  for (const entry of ["main.ts", "tasks/_serve_worker.ts"]) {
+  for (const entry of ["main.ts", ...await workerEntries()]) {
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["info", "--json", entry],
       cwd: ROOT,
@@ -111,10 +133,18 @@ for (const name of DOCKERFILES) {
     assertEquals(missing, [], `${name} does not copy modules main.ts loads`);
 
     // What the build caches exists; the entrypoint runs main.ts; the default argument is valid.
+    const cached: string[] = [];
     for (const { args } of ins.filter((i) => i.op === "RUN" && / deno cache /.test(` ${i.args}`))) {
       const files = args.slice(args.indexOf("deno cache") + 10).split(/\s+/).filter(Boolean);
       for (const f of files) await Deno.stat(join(ROOT, f));
+      cached.push(...files);
     }
+    const workers = await workerEntries();
+    assertEquals(workers, [
+      "pipeline/cases/sampler_worker.ts",
+      "pipeline/segmentation/serve_worker.ts",
+    ]);
+    for (const w of ["main.ts", ...workers]) assert(cached.includes(w), `${name} caches ${w}`);
     const entry = ins.findLast((i) => i.op === "ENTRYPOINT");
     assert(entry, `${name} has an ENTRYPOINT`);
     const argv = JSON.parse(entry.args) as string[];
