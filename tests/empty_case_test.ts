@@ -15,7 +15,7 @@ import { loadCase, preprocessCase } from "../pipeline/cases/preprocess.ts";
 import { exists, getObject, joinUri, putObject } from "../pipeline/storage/objects.ts";
 import { segment, Segmenter } from "../pipeline/segmentation/mod.ts";
 import { InProcessRunner, type JobView } from "../pipeline/segmentation/mod.ts";
-import { train } from "../tasks/train.ts";
+import { train } from "../pipeline/training/mod.ts";
 import { startS3rver } from "./_s3rver.ts";
 import { startTestService } from "./segmentation/_service_fixtures.ts";
 import { pathMissing, TINY, tinySettings } from "./_train_fixtures.ts";
@@ -156,7 +156,6 @@ Deno.test("train: a labelled case with no brain voxel stops the run before any c
       () =>
         train(tinySettings(`${dir}/data`, { valCases: 1 }), {
           out: `${dir}/run`,
-          quiet: true,
           workers: 0,
           cache: "",
         }),

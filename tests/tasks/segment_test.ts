@@ -15,7 +15,7 @@ import { writeSynthDataset } from "../../pipeline/synth/synth.ts";
 import { keepLargestComponent } from "../../pipeline/inference/postprocess.ts";
 import { connectedComponents } from "../../pipeline/evaluation/lesion_wise.ts";
 import { segment } from "../../pipeline/segmentation/mod.ts";
-import { defaultSettings, train } from "../../tasks/train.ts";
+import { defaultSettings, train } from "../../pipeline/training/mod.ts";
 import { inShard } from "../../pipeline/cases/shard.ts";
 import { runMain } from "../_cli.ts";
 import { S3RVER_CREDENTIALS, startS3rver } from "../_s3rver.ts";
@@ -254,7 +254,7 @@ Deno.test("train, then segment held-out synthetic cases (2023 naming) from and t
     valWindow: 16,
     valCases: 1,
     config: resolveConfig(TINY),
-  }, { out: "s3://brats/run", quiet: true, workers: 0 });
+  }, { out: "s3://brats/run", workers: 0 });
   const trainSeconds = (performance.now() - t0) / 1000;
   const state = await readJson(`s3://brats/run/${trained.checkpoint}/state.json`);
   const seen = [...state.split.train, ...state.split.val].sort();
