@@ -5,7 +5,7 @@
  */
 import { parseArgs as nodeParseArgs, type ParseArgsConfig } from "node:util";
 import { parseShard, type Shard } from "../pipeline/cases/mod.ts";
-import { MAX_OVERLAP } from "../pipeline/inference/mod.ts";
+import { MAX_OVERLAP, OVERLAP_RANGE } from "../pipeline/inference/mod.ts";
 import type { CaseOptions } from "../pipeline/segmentation/mod.ts";
 import { BACKEND_NAMES, type BackendName } from "../pipeline/training/mod.ts";
 
@@ -155,7 +155,8 @@ export function shardFlag(value: string | undefined): Shard | undefined {
 
 /**
  * The inference flags `segment` and `serve` share, declared and parsed once: --overlap, --window,
- * --tta, --batch and --et-threshold, into the options of each case's segmentation.
+ * --tta, --batch, --et-threshold, --largest-component and --save-probabilities, into the options
+ * of each case's segmentation.
  */
 export const INFERENCE_FLAGS = {
   overlap: { type: "string" },
@@ -163,7 +164,22 @@ export const INFERENCE_FLAGS = {
   tta: { type: "boolean" },
   batch: { type: "string" },
   "et-threshold": { type: "string" },
+  "largest-component": { type: "boolean" },
+  "save-probabilities": { type: "boolean" },
 } as const;
+
+/** The help lines of {@linkcode INFERENCE_FLAGS}, the same in `segment --help` and `serve --help`. */
+export const INFERENCE_HELP =
+  `  --overlap <x>             window overlap in ${OVERLAP_RANGE} (default 0.5)
+  --window <n>|auto         window edge (default auto: the window training validated the model
+                            with, else its training crop, else 128, capped at the largest window
+                            whose inference fits half the free memory)
+  --tta                     average the 8 mirrorings (slower, slightly better)
+  --batch <n>               windows per forward pass (default 1)
+  --save-probabilities      also write <case>_probabilities.nii.gz (float32, WT/TC/ET as dim 4)
+  --et-threshold <n>        an enhancing region under N voxels becomes necrosis (default 0: off)
+  --largest-component       keep only the largest connected tumour component (nnU-Net's
+                            post-processing; removes scattered false positives, off by default)`;
 
 /** The flags' values as parseFlags returns them. */
 export interface InferenceFlagValues {
@@ -172,17 +188,22 @@ export interface InferenceFlagValues {
   tta?: boolean;
   batch?: string;
   "et-threshold"?: string;
+  "largest-component"?: boolean;
+  "save-probabilities"?: boolean;
 }
 
 /**
  * The case options the flags give: overlap in [0, MAX_OVERLAP] (default 0.5), window an integer
  * in [8, 1024] or "auto" (the default, left out), batch in [1, 64] (default 1), et-threshold
- * >= 0 (default 0). Checked in that order.
+ * >= 0 (default 0). Checked in that order. The two switches default to off.
  * @throws {UsageError} naming the flag and the value given
  */
 export function inferenceOptions(values: InferenceFlagValues):
   & Required<
-    Pick<CaseOptions, "overlap" | "tta" | "batch" | "etThreshold">
+    Pick<
+      CaseOptions,
+      "overlap" | "tta" | "batch" | "etThreshold" | "largestComponent" | "saveProbabilities"
+    >
   >
   & { window?: number } {
   const overlap = numberFlag("overlap", values.overlap, 0.5, 0, MAX_OVERLAP);
@@ -195,5 +216,7 @@ export function inferenceOptions(values: InferenceFlagValues):
     tta: values.tta ?? false,
     batch: intFlag("batch", values.batch, 1, 1, 64),
     etThreshold: intFlag("et-threshold", values["et-threshold"], 0, 0),
+    largestComponent: values["largest-component"] === true,
+    saveProbabilities: values["save-probabilities"] ?? false,
   };
 }

@@ -4,7 +4,6 @@
  * scores them (`evaluate`) and writes an HTML report, all under one output folder.
  * @module
  */
-import { resolveConfig } from "../model/mod.ts";
 import { findCases } from "../pipeline/cases/mod.ts";
 import {
   deleteObject,
@@ -17,7 +16,8 @@ import {
 import { writeSynthDataset } from "../pipeline/synth/mod.ts";
 import { summarize, writeEvaluation } from "../pipeline/evaluation/mod.ts";
 import { segment, segmentationReport } from "../pipeline/segmentation/mod.ts";
-import { defaultSettings, train } from "./train.ts";
+import { defaultSettings, train, trainEventPrinter } from "../pipeline/training/mod.ts";
+import { Progress } from "../pipeline/report/mod.ts";
 import { backendFlag, type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
 
 /** The file that marks a folder as the demo's own, so a re-run may clear it. */
@@ -112,8 +112,7 @@ Example:
       valWindow: crop,
       valCases,
       seed,
-      config: resolveConfig({}),
-    }, { out: run, backend });
+    }, { out: run, backend, onProgress: trainEventPrinter(new Progress()) });
 
     const state = JSON.parse(
       new TextDecoder().decode(await getObject(joinUri(run, `${trained.checkpoint}/state.json`))),

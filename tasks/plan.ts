@@ -1,21 +1,16 @@
 /**
  * `plan`: the largest crop whose training step fits a memory budget, reversible and standard side
- * by side, from the step's peak memory measured at two small crops on the chosen backend.
+ * by side, from the step's peak memory measured at two small crops on the chosen backend: the
+ * command line of {@linkcode planCrop} (pipeline/training/plan.ts).
  * @module
  */
-import {
-  cropModel,
-  cropMultiple,
-  fitCrops,
-  inferenceFitEdges,
-  inferenceModel,
-  maxCropEdge,
-  type NetworkConfig,
-  predictPeak,
-  resolveConfig,
-} from "../model/mod.ts";
-import { selectBackend } from "../model/backend.ts";
 import { datasetShape } from "../pipeline/cases/mod.ts";
+import {
+  type NetworkConfig,
+  networkConfig,
+  planCrop,
+  selectBackend,
+} from "../pipeline/training/mod.ts";
 import {
   backendFlag,
   type Command,
@@ -27,58 +22,6 @@ import {
 } from "./_cli.ts";
 
 const GiB = 1024 ** 3;
-
-/** Options of {@linkcode planCrop}. */
-export interface PlanOptions {
-  /** Memory budget, bytes. */
-  budget: number;
-  /** The network, reference values for fields not given. */
-  config?: Partial<NetworkConfig>;
-  /** Batch size. @default 1 */
-  batch?: number;
-  /**
-   * Crops measured to fit peak memory against voxels.
-   * @default {@linkcode fitCrops} of each variant: [4m, 6m] reversible, [2m, 3m] standard,
-   *   m = max(8, crop multiple)
-   */
-  measureCrops?: number[];
-}
-
-/** Measures and plans; returns the plan as a JSON-ready object. */
-export async function planCrop(o: PlanOptions) {
-  const base = resolveConfig(o.config ?? {});
-  const batch = o.batch ?? 1;
-  const m = cropMultiple(base);
-  for (const c of o.measureCrops ?? []) {
-    if (c % m !== 0) {
-      throw new RangeError(`Measured crop ${c} is not a multiple of ${m} (${base.levels} levels)`);
-    }
-  }
-  const variant = async (reversible: boolean) => {
-    const config = resolveConfig({ ...base, reversible });
-    const model = await cropModel(config, o.measureCrops ?? fitCrops(config), batch);
-    const maxCrop = maxCropEdge(model, o.budget, m, batch);
-    // The largest sliding window `segment --window auto` may use under the same budget.
-    const inference = await inferenceModel(config, inferenceFitEdges(config));
-    return {
-      max_window: maxCropEdge(inference, o.budget, m),
-      inference_bytes_per_voxel: Math.round(inference.fit.slope),
-      max_crop: maxCrop,
-      peak_bytes_at_max_crop: maxCrop > 0 ? Math.round(predictPeak(model, maxCrop, batch)) : null,
-      bytes_per_voxel: Math.round(model.fit.slope),
-      fixed_bytes: Math.round(model.fit.intercept),
-      measured: model.measured,
-    };
-  };
-  return {
-    budget_bytes: o.budget,
-    batch,
-    crop_multiple: m,
-    config: base,
-    reversible: await variant(true),
-    standard: await variant(false),
-  };
-}
 
 export const planCommand: Command = {
   name: "plan",
@@ -134,9 +77,9 @@ Example:
       }
       // Checked (limits included) before the backend loads.
       try {
-        resolveConfig(config);
+        networkConfig(config);
       } catch (e) {
-        throw new UsageError(`--config: ${(e as Error).message}`);
+        throw new UsageError((e as Error).message, { cause: e });
       }
     }
     if (values.data !== undefined) {

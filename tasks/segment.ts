@@ -4,12 +4,12 @@
  * @module
  */
 import { formatDuration, Progress } from "../pipeline/report/mod.ts";
-import { OVERLAP_RANGE } from "../pipeline/inference/mod.ts";
 import { segment, segmentEvent, type SegmentResult } from "../pipeline/segmentation/mod.ts";
 import {
   backendFlag,
   type Command,
   INFERENCE_FLAGS,
+  INFERENCE_HELP,
   inferenceOptions,
   parseFlags,
   printJson,
@@ -48,8 +48,9 @@ error record.
 With --event <file> (or - for standard input), the cases come from one S3 event notification (AWS
 S3, SNS-wrapped or MinIO webhook JSON, as \`serve\` accepts): each case whose four modalities are
 present is segmented; objects under --out and files that are not case inputs are ignored; cases
-still missing a modality are listed as waiting. A malformed event is an error (exit 1), nothing
-written.
+still missing a modality are listed as waiting; a case its folder holds in a form --input refuses
+(two files for one modality) fails as there, its error record naming the event's record. A
+malformed event is an error (exit 1), nothing written.
 
 Batch jobs: --shard <i>/<n> segments only the cases of shard i of n (0-based; a case's shard is a
 hash of its id, so it never moves when cases are added). Without the flag, AWS Batch array jobs
@@ -64,16 +65,7 @@ Options:
   --event <file>|-          segment the cases an S3 event notification completes
   --shard <i>/<n>|auto/<n>  only the cases of one shard (see above)
   --out <uri>               output folder or s3:// prefix (required)
-  --overlap <x>             window overlap in ${OVERLAP_RANGE} (default 0.5)
-  --window <n>|auto         window edge (default auto: the window training validated the model
-                            with, else its training crop, else 128, capped at the largest window
-                            whose inference fits half the free memory)
-  --tta                     average the 8 mirrorings (slower, slightly better)
-  --batch <n>               windows per forward pass (default 1)
-  --save-probabilities      also write <case>_probabilities.nii.gz (float32, WT/TC/ET as dim 4)
-  --et-threshold <n>        an enhancing region under N voxels becomes necrosis (default 0: off)
-  --largest-component       keep only the largest connected tumour component (nnU-Net's
-                            post-processing; removes scattered false positives, off by default)
+${INFERENCE_HELP}
   --force                   redo cases that are already done
   --report                  write <out>/report/index.html: FLAIR slices with the prediction (and the
                             reference and metrics for labelled cases); with a shard,
@@ -92,8 +84,6 @@ Example:
       shard: { type: "string" },
       out: { type: "string" },
       ...INFERENCE_FLAGS,
-      "save-probabilities": { type: "boolean" },
-      "largest-component": { type: "boolean" },
       force: { type: "boolean" },
       report: { type: "boolean" },
       backend: { type: "string" },
@@ -112,8 +102,6 @@ Example:
       input: values.input ?? "",
       out: values.out!,
       ...inferenceOptions(values),
-      saveProbabilities: values["save-probabilities"] ?? false,
-      largestComponent: values["largest-component"] === true,
       force: values.force ?? false,
       report: values.report ?? false,
       backend: backendFlag(values.backend),

@@ -4,7 +4,6 @@
  * and the service, prints its log lines and turns SIGTERM/SIGINT into a drain, then an abort.
  * @module
  */
-import { OVERLAP_RANGE } from "../pipeline/inference/mod.ts";
 import {
   type CaseRunner,
   DEFAULT_MAX_BODY,
@@ -19,6 +18,7 @@ import {
   backendFlag,
   type Command,
   INFERENCE_FLAGS,
+  INFERENCE_HELP,
   inferenceOptions,
   intFlag,
   parseFlags,
@@ -63,33 +63,30 @@ Endpoints:
   POST /  or /events      an S3 event notification (JSON)
   GET  /healthz           {"status":"ok",...} (503 while shutting down; no token needed)
   GET  /jobs/<id>         status queued|running|done|failed|skipped, case, outputs (segmentation,
-                          metrics), error
+                          probabilities, metrics), error
   GET  /jobs              recent jobs, newest first
 
 Options:
-  --model <uri>         trained model: run folder, best/, checkpoint folder or file (required)
-  --out <uri>           output folder or s3:// prefix (required)
-  --input <uri>         accept only objects under this s3:// prefix (default: any)
-  --port <n>            port to listen on (default 8080; 0 picks a free one)
-  --host <host>         address to listen on (default 0.0.0.0)
-  --concurrency <n>     cases segmented at once, one worker (and model copy) each (default 1)
-  --queue <n>           jobs waiting beyond the running ones before events get 503 (default 64)
-  --token-env <name>    environment variable holding the bearer token (default ${DEFAULT_TOKEN_ENV});
-                        clients send "Authorization: Bearer <token>" (or basic auth with the token
-                        as password, as SNS does for https://user:<token>@host/ endpoints)
-  --no-auth             accept requests without a token (required when the variable is unset)
-  --max-body <bytes>    largest request body (default ${DEFAULT_MAX_BODY})
-  --overlap <x>         window overlap in ${OVERLAP_RANGE} (default 0.5)
-  --window <n>|auto     window edge (default auto: the window training validated the model with,
-                        else its training crop, else 128, capped at the largest window whose
-                        inference fits half the free memory), as for \`segment\`
-  --tta                 average the 8 mirrorings
-  --batch <n>           windows per forward pass (default 1)
-  --et-threshold <n>    an enhancing region under N voxels becomes necrosis (default 0: off)
-  --backend <backend>   auto|tensorflow|webgpu|wasm|cpu (default cpu)
-  --in-process          segment on the service's thread instead of a worker (for a backend that
-                        cannot load in a worker; the service stops answering while it segments)
-  --quiet               no log lines (JSON, one per line, on stdout otherwise)
+  --model <uri>             trained model: run folder, best/, checkpoint folder or file (required)
+  --out <uri>               output folder or s3:// prefix (required)
+  --input <uri>             accept only objects under this s3:// prefix (default: any)
+  --port <n>                port to listen on (default 8080; 0 picks a free one)
+  --host <host>             address to listen on (default 0.0.0.0)
+  --concurrency <n>         cases segmented at once, one worker (and model copy) each (default 1)
+  --queue <n>               jobs waiting beyond the running ones before events get 503
+                            (default 64)
+  --token-env <name>        environment variable holding the bearer token (default
+                            ${DEFAULT_TOKEN_ENV}); clients send "Authorization: Bearer <token>" (or
+                            basic auth with the token as password, as SNS does for
+                            https://user:<token>@host/ endpoints)
+  --no-auth                 accept requests without a token (required when the variable is unset)
+  --max-body <bytes>        largest request body (default ${DEFAULT_MAX_BODY})
+${INFERENCE_HELP}
+  --backend <backend>       auto|tensorflow|webgpu|wasm|cpu (default cpu)
+  --in-process              segment on the service's thread instead of a worker (for a backend
+                            that cannot load in a worker; the service stops answering while it
+                            segments)
+  --quiet                   no log lines (JSON, one per line, on stdout otherwise)
 
 Examples:
   REVUNET_TOKEN=$(openssl rand -hex 32) deno task serve --model s3://models/run1/best \\

@@ -6,7 +6,7 @@
 import { disposeUNet, resolveConfig } from "../model/mod.ts";
 import { loadModel } from "../pipeline/training/model_store.ts";
 import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
-import { defaultSettings, type TrainSettings } from "../tasks/train.ts";
+import { defaultSettings, type TrainSettings } from "../pipeline/training/mod.ts";
 import { ROOT } from "./_cli.ts";
 
 /** The tiny network's fields as `--config` JSON. */

@@ -14,9 +14,10 @@ import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
 import { loadCase, preprocessCase } from "../pipeline/cases/preprocess.ts";
 import { exists, getObject, joinUri, putObject } from "../pipeline/storage/objects.ts";
 import { segment, Segmenter } from "../pipeline/segmentation/mod.ts";
-import { InProcessRunner, type JobView, startEventService } from "../pipeline/segmentation/mod.ts";
-import { train } from "../tasks/train.ts";
+import { InProcessRunner, type JobView } from "../pipeline/segmentation/mod.ts";
+import { train } from "../pipeline/training/mod.ts";
 import { startS3rver } from "./_s3rver.ts";
+import { startTestService } from "./segmentation/_service_fixtures.ts";
 import { pathMissing, TINY, tinySettings } from "./_train_fixtures.ts";
 
 await tf.setBackend("cpu");
@@ -105,15 +106,7 @@ Deno.test("serve: an event completing a case with no brain voxel is a failed job
     const model = await tinyModel(dir);
     const runner = await InProcessRunner.load(model, "cpu");
     const out = join(dir, "seg");
-    const service = await startEventService({
-      out,
-      model,
-      hostname: "127.0.0.1",
-      port: 0,
-      concurrency: 1,
-      queue: 4,
-      token: undefined,
-    }, runner);
+    const service = await startTestService(runner, { out, model });
     try {
       const key = `in/${EMPTY_ID}/${EMPTY_ID}_t1.nii.gz`;
       const res = await fetch(service.url, {
@@ -163,7 +156,6 @@ Deno.test("train: a labelled case with no brain voxel stops the run before any c
       () =>
         train(tinySettings(`${dir}/data`, { valCases: 1 }), {
           out: `${dir}/run`,
-          quiet: true,
           workers: 0,
           cache: "",
         }),

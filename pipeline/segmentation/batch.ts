@@ -95,7 +95,9 @@ export async function segment(options: SegmentOptions): Promise<SegmentResult> {
 
 /**
  * Segments the cases one S3 event notification completes (see events.ts): the function-style
- * counterpart of `serve`. Waiting and ignored records are reported to `progress`.
+ * counterpart of `serve`. Waiting and ignored records are reported to `progress`; a case the event
+ * names that discovery refuses (two files for one modality, modalities on different grids) fails
+ * with an error record naming the event's records, as `segment` fails it.
  */
 export async function segmentEvent(
   event: unknown,
@@ -109,14 +111,24 @@ export async function segmentEvent(
   for (const w of found.waiting) progress.log(`segment: waiting: ${w.id}: ${w.reason}`);
   for (const i of found.ignored) progress.log(`segment: ignored: ${i.key}: ${i.reason}`);
   const cases = found.cases.map((c) => c.case);
-  const result = cases.length > 0 ? await segmentCases(cases, [], options) : {
-    backend: "",
-    model: (await resolveModel(options.model)).uri,
-    cases: [],
-    failed: [],
-    problems: [],
-    seconds: 0,
-  };
+  // A case the event names that discovery refuses fails as in `segment --input`: error record,
+  // exit status 1, naming the records that led to it.
+  const problems = [...Map.groupBy(found.unusable, (u) => u.id)].map(([id, us]) => ({
+    id,
+    error: `${us[0].reason} (event record${us.length > 1 ? "s" : ""} ${
+      us.map((u) => u.key).join(", ")
+    })`,
+  }));
+  const result = cases.length + problems.length > 0
+    ? await segmentCases(cases, problems, options)
+    : {
+      backend: "",
+      model: (await resolveModel(options.model)).uri,
+      cases: [],
+      failed: [],
+      problems: [],
+      seconds: 0,
+    };
   return { ...result, waiting: found.waiting, ignored: found.ignored };
 }
 

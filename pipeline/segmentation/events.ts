@@ -96,11 +96,15 @@ function isUnder(record: S3ObjectEvent, prefixUri: string): boolean {
 // ---------------------------------------------------------------------------------------------
 // Resolution: is the case complete?
 
-/** What listing a case's folder found. */
+/**
+ * What listing a case's folder found. `unusable` marks an ignored case that discovery refused (two
+ * files for one modality, modalities on different grids, ...), as opposed to one whose files are
+ * gone: the service answers both "ignored", `segment --event` fails the first as `segment` does.
+ */
 export type CaseResolution =
   | { status: "ready"; case: Case }
   | { status: "waiting"; reason: string }
-  | { status: "ignored"; reason: string };
+  | { status: "ignored"; reason: string; unusable?: true };
 
 /**
  * Lists the target's folder (with {@linkcode findCases}, headers unchecked: segmentation reads
@@ -138,7 +142,7 @@ function resolveFromListing(target: CaseTarget, listing: CaseListing): CaseResol
   if (problem?.error.includes("missing modality")) {
     return { status: "waiting", reason: problem.error };
   }
-  if (problem) return { status: "ignored", reason: problem.error };
+  if (problem) return { status: "ignored", reason: problem.error, unusable: true };
   return {
     status: "ignored",
     reason: `case "${target.id}" has no files under ${target.folder} (deleted since the event?)`,
@@ -165,19 +169,30 @@ export interface WaitingCase {
   reason: string;
 }
 
+/** A case an event names whose files discovery refuses (the batch path's problems). */
+export interface UnusableCase {
+  id: string;
+  caseUri: string;
+  /** The record's object, `s3://bucket/key`. */
+  key: string;
+  reason: string;
+}
+
 /** What {@linkcode casesFromEvent} found in one notification. */
 export interface EventCases {
   /** "records" for object events; "test" and "subscription" messages start nothing. */
   kind: S3Event["kind"];
   cases: EventCase[];
   waiting: WaitingCase[];
+  /** Cases whose folder holds them in a form that cannot be segmented, one entry per record. */
+  unusable: UnusableCase[];
   ignored: IgnoredRecord[];
 }
 
 /**
  * The cases an event notification completes: parses it, ignores records that cannot start a case
  * (see {@linkcode triageRecord}), lists each remaining folder once, and sorts cases into
- * ready and waiting.
+ * ready, waiting and unusable (a case discovery refuses, e.g. two files for one modality).
  * @param event the notification body (JSON text, bytes or the parsed value)
  * @throws {SyntaxError} a `MalformedEventError` for a body in no known shape; storage errors from listing
  * @example
@@ -199,7 +214,13 @@ export async function casesFromEvent(
   options: EventFilterOptions = {},
 ): Promise<EventCases> {
   const parsed = parseS3Event(event);
-  const result: EventCases = { kind: parsed.kind, cases: [], waiting: [], ignored: [] };
+  const result: EventCases = {
+    kind: parsed.kind,
+    cases: [],
+    waiting: [],
+    unusable: [],
+    ignored: [],
+  };
   if (parsed.kind !== "records") return result;
   const groups = new Map<string, CaseTarget[]>();
   for (const record of parsed.records) {
@@ -221,6 +242,10 @@ export async function casesFromEvent(
     else if (r.status === "waiting") {
       for (const rec of records) {
         result.waiting.push({ id, caseUri: folder, key: rec.uri, reason: r.reason });
+      }
+    } else if (r.status === "ignored" && r.unusable) {
+      for (const rec of records) {
+        result.unusable.push({ id, caseUri: folder, key: rec.uri, reason: r.reason });
       }
     } else for (const rec of records) result.ignored.push({ key: rec.uri, reason: r.reason });
   }

@@ -168,7 +168,11 @@ export class JobBoard {
       );
       // A success supersedes an earlier failure's record; gone before the job shows as finished.
       await deleteObject(errorUri).catch(() => {});
-      job.outputs = [r.output, ...(r.metrics ? [r.metrics] : [])];
+      job.outputs = [
+        r.output,
+        ...(r.probabilities ? [r.probabilities] : []),
+        ...(r.metrics ? [r.metrics] : []),
+      ];
       job.seconds = r.seconds;
       job.status = r.status;
     } catch (e) {

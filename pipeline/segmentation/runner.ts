@@ -20,6 +20,8 @@ export interface RunOutcome {
   output: string;
   /** `<out>/<case>.metrics.json`, for a case with a reference segmentation. */
   metrics?: string;
+  /** `<out>/<case>_probabilities.nii.gz`, with `saveProbabilities`. */
+  probabilities?: string;
   seconds: number;
 }
 
@@ -30,6 +32,7 @@ export function runOutcome(o: RunOutcome): RunOutcome {
     status: o.status,
     output: o.output,
     ...(o.metrics ? { metrics: o.metrics } : {}),
+    ...(o.probabilities ? { probabilities: o.probabilities } : {}),
     seconds: o.seconds,
   };
 }

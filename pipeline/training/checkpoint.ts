@@ -20,8 +20,8 @@
  * disagrees, by name (checkpoints written before the digests have none and are read unchecked).
  *
  * This is the contract between a run and whatever continues or reads it (`train --resume`, `demo`
- * reading the split), so it lives in pipeline/ beside {@linkcode saveModel}; the rules for which
- * settings a resumed run may change are the command line's, in tasks/_train_resume.ts.
+ * reading the split), so it lives in pipeline/training/ beside {@linkcode saveModel} and the
+ * settings it stores (settings.ts, which also decides which settings a resumed run may change).
  * @module
  */
 import type { NetworkConfig, Optimizer, UNet } from "../../model/mod.ts";
@@ -34,32 +34,12 @@ import {
   loadModel,
   loadOptimizer,
   MODEL_FILE,
+  modelMetadataRecord,
   OPTIMIZER_FILE,
   saveModel,
 } from "./model_store.ts";
 import { deleteObject, getObject, joinUri, listObjects, putObject } from "../storage/mod.ts";
-
-/** What a run is: everything that decides its result, stored in every checkpoint. */
-export interface TrainSettings {
-  data: string;
-  epochs: number;
-  stepsPerEpoch: number;
-  crop: number;
-  batch: number;
-  lr: number;
-  optimizer: "adam" | "sgd";
-  weightDecay: number;
-  /** Validation cases split off the labelled cases (seeded). */
-  valCases: number;
-  /** Validate every this many epochs (and after the last). */
-  valEvery: number;
-  /** Sliding-window edge for validation; default the crop. */
-  valWindow: number;
-  config: NetworkConfig;
-  seed: number;
-  augment: boolean;
-  foregroundFraction: number;
-}
+import type { TrainSettings } from "./settings.ts";
 
 /** One epoch's line in `metrics.jsonl`. */
 export interface EpochMetrics {
@@ -160,7 +140,7 @@ export async function writeCheckpoint(
   const dir = joinUri(out, name);
   const files = await saveModel(dir, net, optimizer, {
     ...extra,
-    train_crop: String(state.settings.crop),
+    ...modelMetadataRecord({ trainCrop: state.settings.crop }),
     epoch: String(state.epoch),
     step: String(state.globalStep),
   });
@@ -281,18 +261,9 @@ function checkLatest(v: unknown, uri: string): LatestCheckpoint {
   return latest as unknown as LatestCheckpoint;
 }
 
-/**
- * Checks a `state.json` field by field, so that a hand-edited or damaged state is refused naming
- * the field rather than resumed into nonsense (a negative step, an epoch as a string).
- */
-function checkState(v: unknown, uri: string): TrainState {
-  const f: Fields = new Fields(uri);
-  const state = f.object(v, "(the whole file)");
-  if (state.format !== "revunet-train-state") {
-    throw new Error(`${uri}: not a training state`);
-  }
-  if (state.version !== 1) f.fail("version", "1", state.version);
-  const s = f.object(state.settings, "settings");
+/** Checks the settings a `state.json` stores; returns the steps per epoch. */
+function checkStoredSettings(f: Fields, v: unknown): { stepsPerEpoch: number } {
+  const s = f.object(v, "settings");
   f.string(s.data, "settings.data");
   f.int(s.epochs, "settings.epochs", 1);
   const stepsPerEpoch = f.int(s.stepsPerEpoch, "settings.stepsPerEpoch", 1);
@@ -309,11 +280,28 @@ function checkState(v: unknown, uri: string): TrainState {
   try {
     resolveConfig(f.object(s.config, "settings.config") as Partial<NetworkConfig>);
   } catch (e) {
-    throw new RangeError(`${uri}: field "settings.config": ${(e as Error).message}`, { cause: e });
+    throw new RangeError(`${f.uri}: field "settings.config": ${(e as Error).message}`, {
+      cause: e,
+    });
   }
   f.int(s.seed, "settings.seed", 0);
   if (typeof s.augment !== "boolean") f.fail("settings.augment", "true or false", s.augment);
   f.number(s.foregroundFraction, "settings.foregroundFraction", 0, 1);
+  return { stepsPerEpoch };
+}
+
+/**
+ * Checks a `state.json` field by field, so that a hand-edited or damaged state is refused naming
+ * the field rather than resumed into nonsense (a negative step, an epoch as a string).
+ */
+function checkState(v: unknown, uri: string): TrainState {
+  const f: Fields = new Fields(uri);
+  const state = f.object(v, "(the whole file)");
+  if (state.format !== "revunet-train-state") {
+    throw new Error(`${uri}: not a training state`);
+  }
+  if (state.version !== 1) f.fail("version", "1", state.version);
+  const { stepsPerEpoch } = checkStoredSettings(f, state.settings);
   const epoch = f.int(state.epoch, "epoch", 0);
   const stepInEpoch = f.int(state.stepInEpoch, "stepInEpoch", 0);
   if (stepInEpoch > stepsPerEpoch) {
@@ -439,9 +427,8 @@ export async function writeBest(
 ): Promise<void> {
   await saveModel(joinUri(out, "best"), net, undefined, {
     ...extra,
-    train_crop: String(at.crop),
     // The window validation scored these weights with: `segment`'s default, so it reproduces them.
-    ...(at.valWindow ? { val_window: String(at.valWindow) } : {}),
+    ...modelMetadataRecord({ trainCrop: at.crop, valWindow: at.valWindow }),
     epoch: String(at.epoch),
     ...(at.valDice
       ? { val_dice: JSON.stringify(at.valDice) }

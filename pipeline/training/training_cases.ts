@@ -108,96 +108,136 @@ export async function loadCases(
   valList: Case[],
   o: LoadOptions,
 ): Promise<LoadedCases> {
-  const all = [...trainList, ...valList];
-  const local = o.cacheUri !== undefined && parseUri(o.cacheUri).kind === "local";
-  const inMemory: (PreprocessedCase | undefined)[] = new Array(all.length);
-  const entryUris: (string | undefined)[] = new Array(all.length);
-  const entries: (StreamedEntry | undefined)[] = new Array(all.length);
-  let used = 0;
-  let fromCache = 0;
-  let done = 0;
-  let dir: Promise<string> | undefined;
-  const streamDir = () =>
-    dir ??= local
-      ? Promise.resolve(localPath(o.cacheUri!))
+  const loader = new CaseLoader([...trainList, ...valList], trainList.length, o);
+  await mapConcurrent(loader.all, 2, (c, i) => loader.load(c, i));
+  return loader.dir ? await loader.streamed() : loader.inMemory();
+}
+
+/** The state of one {@linkcode loadCases}: which case is where, and what the cases take. */
+class CaseLoader {
+  readonly local: boolean;
+  readonly held: (PreprocessedCase | undefined)[];
+  readonly entryUris: (string | undefined)[];
+  readonly entries: (StreamedEntry | undefined)[];
+  used = 0;
+  fromCache = 0;
+  done = 0;
+  /** The local folder cases are streamed from, once the budget is crossed. */
+  dir?: Promise<string>;
+
+  constructor(readonly all: Case[], readonly trainCount: number, readonly o: LoadOptions) {
+    this.local = o.cacheUri !== undefined && parseUri(o.cacheUri).kind === "local";
+    this.held = new Array(all.length);
+    this.entryUris = new Array(all.length);
+    this.entries = new Array(all.length);
+  }
+
+  streamDir(): Promise<string> {
+    return this.dir ??= this.local
+      ? Promise.resolve(localPath(this.o.cacheUri!))
       : Deno.makeTempDir({ prefix: "revunet-train-cases-" }).then((d) => {
-        o.onTemporaryDir(d);
+        this.o.onTemporaryDir(d);
         return d;
       });
+  }
+
   /** Where case `i` is on local disk: its cache entry, or a copy written to the temporary folder. */
-  const spill = async (i: number, p: PreprocessedCase) => {
-    const uri = entryUris[i];
-    if (local) return streamedEntry(p, localPath(uri!));
-    const path = joinUri(await streamDir(), `${p.id}.rvcase`);
+  async spill(i: number, p: PreprocessedCase): Promise<StreamedEntry> {
+    const uri = this.entryUris[i];
+    if (this.local) return streamedEntry(p, localPath(uri!));
+    const path = joinUri(await this.streamDir(), `${p.id}.rvcase`);
     await putObject(path, encodeCachedCase(p, uri ?? p.id));
     return streamedEntry(p, path);
-  };
-  await mapConcurrent(all, 2, async (c, i) => {
+  }
+
+  /**
+   * Streaming from the local cache already: an entry there is read only to check its checksum,
+   * not kept. Returns whether it was there; `rebuild` when it is damaged.
+   */
+  async fromLocalCache(c: Case, i: number): Promise<"found" | "missing" | "rebuild"> {
+    const uri = await cacheEntryUri(this.o.cacheUri!, c);
+    try {
+      this.entries[i] = streamedEntry(
+        await readCachedHeader(uri, { verify: true }),
+        localPath(uri),
+      );
+      return "found";
+    } catch (e) {
+      if (e instanceof ObjectNotFoundError) return "missing";
+      this.o.log(`cache: ${(e as Error).message}; rebuilding`);
+      return "rebuild";
+    }
+  }
+
+  /** Loads case `i`, in memory while the budget holds, else onto local disk. */
+  async load(c: Case, i: number): Promise<void> {
+    const o = this.o;
     if (o.aborted()) return;
     let rebuild = false;
-    if (dir && local) {
-      // Streaming from the local cache already: an entry there is read only to check its
-      // checksum, not kept.
-      const uri = await cacheEntryUri(o.cacheUri!, c);
-      try {
-        entries[i] = streamedEntry(await readCachedHeader(uri, { verify: true }), localPath(uri));
-        fromCache++;
-        o.onCase(c.id, ++done, all.length);
+    if (this.dir && this.local) {
+      const cached = await this.fromLocalCache(c, i);
+      if (cached === "found") {
+        this.fromCache++;
+        o.onCase(c.id, ++this.done, this.all.length);
         return;
-      } catch (e) {
-        if (!(e instanceof ObjectNotFoundError)) {
-          o.log(`cache: ${(e as Error).message}; rebuilding`);
-          rebuild = true;
-        }
       }
+      rebuild = cached === "rebuild";
     }
     const r = await loadPreprocessed(c, o.cacheUri, {
-      shared: o.shared && i < trainList.length && !dir,
+      shared: o.shared && i < this.trainCount && !this.dir,
       log: o.log,
       rebuild,
     });
-    if (r.cached) fromCache++;
-    entryUris[i] = r.uri;
+    if (r.cached) this.fromCache++;
+    this.entryUris[i] = r.uri;
     const bytes = caseBytes(r.case.box, r.case.regions !== undefined, imageChannels(r.case));
-    if (!dir && used + bytes > o.budget) void streamDir();
-    if (dir) entries[i] = await spill(i, r.case);
+    if (!this.dir && this.used + bytes > o.budget) void this.streamDir();
+    if (this.dir) this.entries[i] = await this.spill(i, r.case);
     else {
-      inMemory[i] = r.case;
-      used += bytes;
+      this.held[i] = r.case;
+      this.used += bytes;
     }
-    o.onCase(c.id, ++done, all.length);
-  });
-  if (!dir) {
+    o.onCase(c.id, ++this.done, this.all.length);
+  }
+
+  inMemory(): LoadedCases {
     return {
-      train: inMemory.slice(0, trainList.length) as PreprocessedCase[],
-      val: inMemory.slice(trainList.length) as PreprocessedCase[],
-      fromCache,
+      train: this.held.slice(0, this.trainCount) as PreprocessedCase[],
+      val: this.held.slice(this.trainCount) as PreprocessedCase[],
+      fromCache: this.fromCache,
     };
   }
-  for (let i = 0; i < all.length; i++) {
-    const p = inMemory[i];
-    if (p && !o.aborted()) entries[i] = await spill(i, p);
-    inMemory[i] = undefined;
+
+  /** The cases held so far go to disk too; all are then read from there. */
+  async streamed(): Promise<LoadedCases> {
+    const o = this.o;
+    for (let i = 0; i < this.all.length; i++) {
+      const p = this.held[i];
+      if (p && !o.aborted()) this.entries[i] = await this.spill(i, p);
+      this.held[i] = undefined;
+    }
+    const from = await this.dir!;
+    const present = this.entries.filter((e): e is StreamedEntry => e !== undefined);
+    if (!o.aborted()) {
+      const total = present.reduce((sum, e) => sum + streamedBytes(e), 0);
+      o.log(
+        `the ${this.all.length} cases take ${gib(total)} GiB, more than --case-memory ${
+          gib(o.budget)
+        } GiB: streaming them from ${from}${
+          this.local ? "" : " (a temporary folder, removed at the end of the run)"
+        }, ${STREAMED_CASES_PER_SAMPLER} cases in memory per sampler`,
+      );
+    }
+    return {
+      train: new StreamedCases(this.entries.slice(0, this.trainCount) as StreamedEntry[], {
+        capacity: STREAMED_CASES_PER_SAMPLER,
+      }),
+      // Validation goes through its cases one after another: one in memory at a time.
+      val: new StreamedCases(this.entries.slice(this.trainCount) as StreamedEntry[], {
+        capacity: 1,
+      }),
+      fromCache: this.fromCache,
+      streamedFrom: from,
+    };
   }
-  const from = await dir;
-  const present = entries.filter((e): e is StreamedEntry => e !== undefined);
-  if (!o.aborted()) {
-    const total = present.reduce((sum, e) => sum + streamedBytes(e), 0);
-    o.log(
-      `the ${all.length} cases take ${gib(total)} GiB, more than --case-memory ${
-        gib(o.budget)
-      } GiB: streaming them from ${from}${
-        local ? "" : " (a temporary folder, removed at the end of the run)"
-      }, ${STREAMED_CASES_PER_SAMPLER} cases in memory per sampler`,
-    );
-  }
-  return {
-    train: new StreamedCases(entries.slice(0, trainList.length) as StreamedEntry[], {
-      capacity: STREAMED_CASES_PER_SAMPLER,
-    }),
-    // Validation goes through its cases one after another: one in memory at a time.
-    val: new StreamedCases(entries.slice(trainList.length) as StreamedEntry[], { capacity: 1 }),
-    fromCache,
-    streamedFrom: from,
-  };
 }

@@ -22,7 +22,7 @@ import { phantomCase, writePhantomDataset } from "../../pipeline/synth/phantom.t
 import { preprocessCase } from "../../pipeline/cases/preprocess.ts";
 import { getObject, putObject } from "../../pipeline/storage/objects.ts";
 import { segment } from "../../pipeline/segmentation/mod.ts";
-import { train } from "../../tasks/train.ts";
+import { train } from "../../pipeline/training/mod.ts";
 import { runMain } from "../_cli.ts";
 import { startS3rver } from "../_s3rver.ts";
 import { tinySettings } from "../_train_fixtures.ts";
@@ -31,7 +31,7 @@ await tf.setBackend("cpu");
 
 const DIMS: [number, number, number] = [24, 28, 20];
 const AFFINE = [[-1, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0], [0, 0, 0, 1]];
-const quiet = { quiet: true, workers: 0 };
+const quiet = { workers: 0 };
 
 async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
   const path = await Deno.makeTempDir({ prefix: "datasets-test-" });

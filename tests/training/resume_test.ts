@@ -1,18 +1,22 @@
 /**
  * `train` stopped and continued: an abort (what SIGTERM/SIGINT do on the command line, tested in
- * train_test.ts) while cases load, mid-epoch and during validation; resuming bit for bit; resuming with another --epochs or with
+ * run_test.ts) while cases load, mid-epoch and during validation; resuming bit for bit; resuming with another --epochs or with
  * conflicting flags; best/ without validation; and bad input that must fail before any checkpoint.
  * Tiny network and crops, so every run takes a second or two on the cpu backend.
  */
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertEquals, assertThrows } from "@std/assert";
-import { disposeUNet, resolveConfig } from "../model/mod.ts";
-import { decodeCachedCase } from "../pipeline/cases/case_cache.ts";
-import { loadModel } from "../pipeline/training/model_store.ts";
-import { train, type TrainEvent, type TrainSettings } from "../tasks/train.ts";
-import { resumedSettings } from "../tasks/_train_resume.ts";
-import { UsageError } from "../tasks/_cli.ts";
-import { runMain } from "./_cli.ts";
+import { disposeUNet, resolveConfig } from "../../model/mod.ts";
+import { decodeCachedCase } from "../../pipeline/cases/case_cache.ts";
+import { loadModel } from "../../pipeline/training/model_store.ts";
+import {
+  resumedSettings,
+  SettingsError,
+  train,
+  type TrainEvent,
+  type TrainSettings,
+} from "../../pipeline/training/mod.ts";
+import { runMain } from "../_cli.ts";
 import {
   pathMissing,
   phantomDataset,
@@ -20,7 +24,7 @@ import {
   TINY_JSON,
   tinySettings as tinyRun,
   weightsOf,
-} from "./_train_fixtures.ts";
+} from "../_train_fixtures.ts";
 
 await tf.setBackend("cpu");
 
@@ -31,7 +35,7 @@ const dataset = () => phantomDataset("revunet-resume-");
 const tinySettings = (data: string, over: Partial<TrainSettings> = {}): TrainSettings =>
   tinyRun(data, { stepsPerEpoch: 3, ...over });
 
-const quiet = { quiet: true, workers: 1 };
+const oneWorker = { workers: 1 };
 
 async function readJson(path: string) {
   return JSON.parse(await Deno.readTextFile(path));
@@ -70,12 +74,12 @@ Deno.test("train: aborted mid-epoch stops after that step, checkpoints it, and r
   try {
     const before = tf.memory().numTensors;
     const settings = tinySettings(data);
-    const whole = await train(settings, { out: `${dir}/whole`, ...quiet });
+    const whole = await train(settings, { out: `${dir}/whole`, ...oneWorker });
     assertEquals([whole.epochs, whole.steps, whole.interrupted], [2, 6, false]);
 
     // Abort as step 4 ends: the second epoch's first step (epoch 2, step 1 of 3).
     const a = abortWhen((e) => e.kind === "step" && e.step === 4);
-    const stopped = await train(settings, { out: `${dir}/cut`, ...quiet, ...a });
+    const stopped = await train(settings, { out: `${dir}/cut`, ...oneWorker, ...a });
     assertEquals([stopped.steps, stopped.epochs, stopped.interrupted], [4, 1, true]);
     assertEquals(a.events.filter((e) => e.kind === "step").length, 4, "no step after the abort");
     const latest = await readJson(`${dir}/cut/latest.json`);
@@ -88,7 +92,7 @@ Deno.test("train: aborted mid-epoch stops after that step, checkpoints it, and r
     const state = await readJson(`${dir}/cut/${latest.checkpoint}/state.json`);
     assertEquals([state.epoch, state.stepInEpoch, state.globalStep], [1, 1, 4]);
 
-    const resumed = await train(settings, { out: `${dir}/cut`, ...quiet, resume: true });
+    const resumed = await train(settings, { out: `${dir}/cut`, ...oneWorker, resume: true });
     assertEquals([resumed.steps, resumed.epochs, resumed.interrupted], [6, 2, false]);
     await assertSameWeights(
       `${dir}/whole/${whole.checkpoint}`,
@@ -106,13 +110,13 @@ Deno.test("train: aborted mid-epoch stops after that step, checkpoints it, and r
     // Aborted while the cases load: no step starts; a checkpoint of the initial state lets
     // --resume run the whole thing, to the same weights.
     const b = abortWhen((e) => e.kind === "case-loaded");
-    const early = await train(settings, { out: `${dir}/early`, ...quiet, ...b });
+    const early = await train(settings, { out: `${dir}/early`, ...oneWorker, ...b });
     assertEquals([early.steps, early.interrupted], [0, true]);
     assertEquals(b.events.filter((e) => e.kind === "step"), [], "no step ran");
     const loaded = b.events.filter((e) => e.kind === "case-loaded");
     assert(loaded.length < 3, `loading stopped between cases (${loaded.length} of 3 loaded)`);
     assertEquals((await readJson(`${dir}/early/latest.json`)).step, 0);
-    const fromStart = await train(settings, { out: `${dir}/early`, ...quiet, resume: true });
+    const fromStart = await train(settings, { out: `${dir}/early`, ...oneWorker, resume: true });
     assertEquals(fromStart.steps, 6);
     await assertSameWeights(
       `${dir}/whole/${whole.checkpoint}`,
@@ -131,9 +135,9 @@ Deno.test("train: an abort between validation cases abandons validation, keeps t
   try {
     // Two validation cases, one training case; validation only after the last epoch.
     const settings = tinySettings(data, { epochs: 1, stepsPerEpoch: 2, valCases: 2 });
-    const whole = await train(settings, { out: `${dir}/whole`, ...quiet });
+    const whole = await train(settings, { out: `${dir}/whole`, ...oneWorker });
     const a = abortWhen((e) => e.kind === "validated-case");
-    const stopped = await train(settings, { out: `${dir}/cut`, ...quiet, ...a });
+    const stopped = await train(settings, { out: `${dir}/cut`, ...oneWorker, ...a });
     assertEquals([stopped.steps, stopped.epochs, stopped.interrupted], [2, 0, true]);
     assertEquals(a.events.filter((e) => e.kind === "validated-case").length, 1);
     const latest = await readJson(`${dir}/cut/latest.json`);
@@ -146,7 +150,7 @@ Deno.test("train: an abort between validation cases abandons validation, keeps t
     const events: TrainEvent[] = [];
     const resumed = await train(settings, {
       out: `${dir}/cut`,
-      ...quiet,
+      ...oneWorker,
       resume: true,
       onProgress: (e) => events.push(e),
     });
@@ -177,15 +181,19 @@ Deno.test("resumedSettings: --epochs longer or shorter, validation and data may 
   assertEquals(resumedSettings(stored, { epochs: 3 }, at).settings.epochs, 3, "shorter");
   assertThrows(
     () => resumedSettings(stored, { epochs: 2 }, at),
-    UsageError,
+    SettingsError,
     "--epochs 2 with --resume: the run has started epoch 3",
   );
   assertThrows(
     () => resumedSettings(stored, { epochs: 1 }, { epoch: 2, stepInEpoch: 0 }),
-    UsageError,
+    SettingsError,
     "completed 2 epochs",
   );
-  assertThrows(() => resumedSettings(stored, { valWindow: 13 }, at), UsageError, "--val-window 13");
+  assertThrows(
+    () => resumedSettings(stored, { valWindow: 13 }, at),
+    SettingsError,
+    "--val-window 13",
+  );
   const e = assertThrows(
     () =>
       resumedSettings(stored, {
@@ -195,7 +203,7 @@ Deno.test("resumedSettings: --epochs longer or shorter, validation and data may 
         config: resolveConfig({ ...TINY, levels: 3 }),
         crop: 8,
       }, at),
-    UsageError,
+    SettingsError,
   );
   for (
     const text of [
@@ -450,7 +458,7 @@ Deno.test("train --resume removes the temporary files killed checkpoint writes l
   const out = `${dir}/run`;
   try {
     const settings = tinySettings(data, { epochs: 1 });
-    const first = await train(settings, { out, ...quiet });
+    const first = await train(settings, { out, ...oneWorker });
     // What SIGKILL during a checkpoint write leaves: temporaries beside the files being
     // replaced, and a new checkpoint folder holding only its first file's.
     const strays = [
@@ -465,7 +473,7 @@ Deno.test("train --resume removes the temporary files killed checkpoint writes l
       await Deno.writeFile(f, new Uint8Array(100));
     }
     await Deno.mkdir(`${out}/empty-before`);
-    const resumed = await train({ epochs: 2 }, { out, ...quiet, resume: true });
+    const resumed = await train({ epochs: 2 }, { out, ...oneWorker, resume: true });
     assertEquals(resumed.epochs, 2);
     for (const f of strays) assert(await pathMissing(f), `${f} removed`);
     assert(await pathMissing(`${out}/checkpoints/epoch-0001-step-0000099`), "its folder too");

@@ -4,19 +4,19 @@
  * weights.
  * @module
  */
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
-import { decodeCachedCase, encodeCachedCase } from "../pipeline/cases/case_cache.ts";
-import { findCases } from "../pipeline/cases/cases.ts";
-import { labelsToRegions, probabilitiesToLabels, regionsToLabels } from "../pipeline/labels.ts";
-import { preprocessCase } from "../pipeline/cases/preprocess.ts";
-import { evaluateCases } from "../pipeline/evaluation/evaluation.ts";
-import { decodeNifti, encodeNifti, scaledData } from "../pipeline/nifti/mod.ts";
-import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
-import { REGIONS } from "../pipeline/evaluation/metrics.ts";
-import { segment } from "../pipeline/segmentation/mod.ts";
-import { train } from "../tasks/train.ts";
-import { tinySettings } from "./_train_fixtures.ts";
+import { decodeCachedCase, encodeCachedCase } from "../../pipeline/cases/case_cache.ts";
+import { findCases } from "../../pipeline/cases/cases.ts";
+import { labelsToRegions, probabilitiesToLabels, regionsToLabels } from "../../pipeline/labels.ts";
+import { preprocessCase } from "../../pipeline/cases/preprocess.ts";
+import { evaluateCases } from "../../pipeline/evaluation/evaluation.ts";
+import { decodeNifti, encodeNifti, scaledData } from "../../pipeline/nifti/mod.ts";
+import { writePhantomDataset } from "../../pipeline/synth/phantom.ts";
+import { REGIONS } from "../../pipeline/evaluation/metrics.ts";
+import { segment } from "../../pipeline/segmentation/mod.ts";
+import { train } from "../../pipeline/training/mod.ts";
+import { tinySettings } from "../_train_fixtures.ts";
 
 await tf.setBackend("cpu");
 
@@ -72,7 +72,7 @@ Deno.test("train's validation Dice (metrics.jsonl) equals evaluate's Dice of seg
     await labelCorner(data, 1);
     // The validation window (16) differs from the training crop (8).
     const settings = tinySettings(data, { epochs: 2, valCases: 2, valEvery: 1, seed: 4 });
-    const run = await train(settings, { out: `${dir}/run`, quiet: true, workers: 0, cache: "" });
+    const run = await train(settings, { out: `${dir}/run`, workers: 0, cache: "" });
     const history = (await Deno.readTextFile(`${dir}/run/metrics.jsonl`)).trim().split("\n")
       .map((l) => JSON.parse(l));
     const best = history.find((h) => h.epoch === run.best!.epoch);

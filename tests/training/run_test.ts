@@ -1,34 +1,38 @@
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertAlmostEquals, assertEquals, assertRejects, assertThrows } from "@std/assert";
-import { findCases } from "../pipeline/cases/cases.ts";
+import { findCases } from "../../pipeline/cases/cases.ts";
 import {
   caseKey,
   decodeCachedCase,
   encodeCachedCase,
   loadPreprocessed,
   sharedCase,
-} from "../pipeline/cases/case_cache.ts";
+} from "../../pipeline/cases/case_cache.ts";
 import {
   gaussianWeights,
   slidingWindowProbabilities,
   windowStarts,
-} from "../pipeline/inference/sliding_window.ts";
-import { regionChannels } from "../pipeline/labels.ts";
-import { regionDice } from "../pipeline/evaluation/metrics.ts";
-import { loadModel } from "../pipeline/training/model_store.ts";
-import { writePhantomDataset } from "../pipeline/synth/phantom.ts";
-import { batchForStep, BatchPrefetcher } from "../pipeline/cases/prefetch.ts";
-import { loadCase, preprocessCase, type PreprocessedCase } from "../pipeline/cases/preprocess.ts";
-import { streamRandom } from "../pipeline/cases/random.ts";
-import { sampleBatch, sampleCrop, tumorVoxels } from "../pipeline/cases/sampling.ts";
-import { getObject, listObjects, putObject } from "../pipeline/storage/objects.ts";
-import { renderCurves } from "../pipeline/report/plot.ts";
-import { createUNet, disposeUNet, predictLogits } from "../model/mod.ts";
-import { splitCases, train } from "../tasks/train.ts";
-import { runMain } from "./_cli.ts";
-import { phantomDataset, spawnTrain, TINY, tinySettings, weightsOf } from "./_train_fixtures.ts";
-import { boundingBox, type Dims, mirrorVolume, uncropBox } from "../pipeline/volume/mod.ts";
-import { unetPredictor } from "../model/mod.ts";
+} from "../../pipeline/inference/sliding_window.ts";
+import { regionChannels } from "../../pipeline/labels.ts";
+import { regionDice } from "../../pipeline/evaluation/metrics.ts";
+import { loadModel } from "../../pipeline/training/model_store.ts";
+import { writePhantomDataset } from "../../pipeline/synth/phantom.ts";
+import { batchForStep, BatchPrefetcher } from "../../pipeline/cases/prefetch.ts";
+import {
+  loadCase,
+  preprocessCase,
+  type PreprocessedCase,
+} from "../../pipeline/cases/preprocess.ts";
+import { streamRandom } from "../../pipeline/cases/random.ts";
+import { sampleBatch, sampleCrop, tumorVoxels } from "../../pipeline/cases/sampling.ts";
+import { getObject, listObjects, putObject } from "../../pipeline/storage/objects.ts";
+import { renderCurves } from "../../pipeline/report/plot.ts";
+import { createUNet, disposeUNet, predictLogits } from "../../model/mod.ts";
+import { splitCases, train } from "../../pipeline/training/mod.ts";
+import { runMain } from "../_cli.ts";
+import { phantomDataset, spawnTrain, TINY, tinySettings, weightsOf } from "../_train_fixtures.ts";
+import { boundingBox, type Dims, mirrorVolume, uncropBox } from "../../pipeline/volume/mod.ts";
+import { unetPredictor } from "../../model/mod.ts";
 
 await tf.setBackend("cpu");
 
@@ -285,7 +289,9 @@ Deno.test("sliding window: starts cover the volume; a whole-volume window equals
   const net = createUNet(TINY, { seed: 1, zeroInitResidual: false });
   const dims: Dims = [16, 16, 16];
   const image = Float32Array.from({ length: 16 ** 3 * 4 }, (_, i) => Math.sin(i * 0.37));
-  const viaWindows = await slidingWindowProbabilities(unetPredictor(net), image, dims, { window: 16 });
+  const viaWindows = await slidingWindowProbabilities(unetPredictor(net), image, dims, {
+    window: 16,
+  });
   const direct = tf.tidy(() =>
     tf.sigmoid(predictLogits(net, tf.tensor5d(image, [1, 16, 16, 16, 4]))).dataSync()
   );
@@ -341,8 +347,8 @@ Deno.test("train: same seed, same weights; N+M epochs equal N, resume, M; output
   const dir = await Deno.makeTempDir();
   try {
     const settings = tinySettings(data, { epochs: 3, valEvery: 2 });
-    const quiet = { quiet: true, workers: 1 };
-    const a = await train(settings, { out: `${dir}/a`, ...quiet, report: true });
+    const oneWorker = { workers: 1 };
+    const a = await train(settings, { out: `${dir}/a`, ...oneWorker, report: true });
     assertEquals(a.report, `${dir}/a/report/index.html`);
     const html = await Deno.readTextFile(a.report!);
     const state = JSON.parse(await Deno.readTextFile(`${dir}/a/${a.checkpoint}/state.json`));
@@ -351,10 +357,10 @@ Deno.test("train: same seed, same weights; N+M epochs equal N, resume, M; output
     assertEquals(a.epochs, 3);
     assertEquals(a.steps, 6);
     assert(!a.interrupted);
-    await train(settings, { out: `${dir}/b`, ...quiet, workers: 0 });
-    const partial = await train(settings, { out: `${dir}/c`, ...quiet, stopAfterEpoch: 1 });
+    await train(settings, { out: `${dir}/b`, ...oneWorker, workers: 0 });
+    const partial = await train(settings, { out: `${dir}/c`, ...oneWorker, stopAfterEpoch: 1 });
     assertEquals(partial.epochs, 1);
-    const resumed = await train(settings, { out: `${dir}/c`, ...quiet, resume: true });
+    const resumed = await train(settings, { out: `${dir}/c`, ...oneWorker, resume: true });
     assertEquals(resumed.epochs, 3);
 
     const wa = await weightsOf(`${dir}/a/${a.checkpoint}`);
@@ -382,12 +388,12 @@ Deno.test("train: same seed, same weights; N+M epochs equal N, resume, M; output
       .sort();
     assertEquals(kept, ["epoch-0002-step-0000004", "epoch-0003-step-0000006"]);
     await assertRejects(
-      () => train(settings, { out: `${dir}/a`, ...quiet }),
+      () => train(settings, { out: `${dir}/a`, ...oneWorker }),
       Error,
       "already holds a training run",
     );
     await assertRejects(
-      () => train(settings, { out: `${dir}/empty`, ...quiet, resume: true }),
+      () => train(settings, { out: `${dir}/empty`, ...oneWorker, resume: true }),
       Error,
       "no run to resume",
     );
@@ -395,7 +401,7 @@ Deno.test("train: same seed, same weights; N+M epochs equal N, resume, M; output
     await Deno.remove(dir, { recursive: true });
   }
 });
-Deno.test("train CLI: SIGTERM and SIGINT mid-epoch checkpoint the step the run stopped at and exit 143 and 130 (--resume: train_resume_test.ts)", async () => {
+Deno.test("train CLI: SIGTERM and SIGINT mid-epoch checkpoint the step the run stopped at and exit 143 and 130 (--resume: training/resume_test.ts)", async () => {
   const data = await dataset();
   const dir = await Deno.makeTempDir();
   try {

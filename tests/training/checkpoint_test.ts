@@ -1,9 +1,9 @@
 /**
  * A training run's checkpoints without a run: the rules of `--resume` on settings
- * (tasks/_train_resume.ts), and writing and reading checkpoints (pipeline/checkpoint.ts) — the
+ * (pipeline/training/settings.ts), and writing and reading checkpoints (pipeline/training/checkpoint.ts) — the
  * commit by `latest.json`, the two folders kept, the state read back, and states refused.
  */
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import {
   createUNet,
@@ -12,24 +12,26 @@ import {
   resolveConfig,
   serializeUNet,
   trainStep,
-} from "../model/mod.ts";
+} from "../../model/mod.ts";
 import {
   checkpointName,
   latestUri,
   loadCheckpointWeights,
   newTrainState,
   readCheckpointState,
-  type TrainSettings,
   type TrainState,
   writeBest,
   writeCheckpoint,
-} from "../pipeline/training/checkpoint.ts";
-import { loadModel, sha256Hex } from "../pipeline/training/model_store.ts";
-import { resumedSettings } from "../tasks/_train_resume.ts";
-import { UsageError } from "../tasks/_cli.ts";
-import { defaultSettings } from "../tasks/train.ts";
-import { randomBatch } from "./_model_fixtures.ts";
-import { TINY } from "./_train_fixtures.ts";
+} from "../../pipeline/training/checkpoint.ts";
+import { loadModel, sha256Hex } from "../../pipeline/training/model_store.ts";
+import {
+  defaultSettings,
+  resumedSettings,
+  SettingsError,
+  type TrainSettings,
+} from "../../pipeline/training/settings.ts";
+import { randomBatch } from "../_model_fixtures.ts";
+import { TINY } from "../_train_fixtures.ts";
 
 await tf.setBackend("cpu");
 
@@ -63,7 +65,7 @@ Deno.test("resumedSettings: a setting other than epochs, valEvery, valWindow and
     ],
   ];
   for (const [requested, text] of other) {
-    const e = assertThrows(() => resumedSettings(stored, requested, midEpoch), UsageError);
+    const e = assertThrows(() => resumedSettings(stored, requested, midEpoch), SettingsError);
     assertEquals(
       e.message,
       `--resume keeps the settings the run started with, and these differ: ${text}. Drop them ` +
@@ -73,14 +75,14 @@ Deno.test("resumedSettings: a setting other than epochs, valEvery, valWindow and
   }
   const reverse = assertThrows(
     () => resumedSettings({ ...stored, augment: false }, { augment: true }, midEpoch),
-    UsageError,
+    SettingsError,
   );
   assert(reverse.message.includes("augmentation on (the run trains with --no-augment)"));
 
   // Every conflict at once, in the order asked, even beside changes that are allowed.
   const all = assertThrows(
     () => resumedSettings(stored, { batch: 2, epochs: 6, seed: 5, lr: 0.01 }, midEpoch),
-    UsageError,
+    SettingsError,
   );
   assert(
     all.message.includes(
@@ -128,7 +130,7 @@ Deno.test("resumedSettings: --epochs may end the run no earlier than the epoch i
   assertEquals(resumedSettings(stored, { epochs: 3 }, midEpoch).settings.epochs, 3);
   assertThrows(
     () => resumedSettings(stored, { epochs: 2 }, midEpoch),
-    UsageError,
+    SettingsError,
     "--epochs 2 with --resume: the run has started epoch 3, so it can end after epoch 3 at the earliest",
   );
   // Two epochs complete: the run may end there.
@@ -136,23 +138,23 @@ Deno.test("resumedSettings: --epochs may end the run no earlier than the epoch i
   assertEquals(resumedSettings(stored, { epochs: 2 }, done).settings.epochs, 2);
   assertThrows(
     () => resumedSettings(stored, { epochs: 1 }, done),
-    UsageError,
+    SettingsError,
     "--epochs 1 with --resume: the run has completed 2 epochs, so it can end after epoch 2 at the earliest",
   );
   // Nothing done yet: at least one epoch.
   assertThrows(
     () => resumedSettings(stored, { epochs: 0 }, { epoch: 0, stepInEpoch: 0 }),
-    UsageError,
+    SettingsError,
     "after epoch 1 at the earliest",
   );
   assertThrows(
     () => resumedSettings(stored, { epochs: 3.5 }, midEpoch),
-    UsageError,
+    SettingsError,
     "--epochs 3.5",
   );
   assertThrows(
     () => resumedSettings(stored, { valWindow: 15 }, midEpoch),
-    UsageError,
+    SettingsError,
     "--val-window 15 must be a multiple of 2",
   );
 });

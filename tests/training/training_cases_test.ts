@@ -5,7 +5,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import {
   decodeCachedCase,
@@ -13,13 +13,17 @@ import {
   readCachedHeader,
   StreamedCases,
   streamedEntry,
-} from "../pipeline/cases/case_cache.ts";
-import { batchForStep, BatchPrefetcher, type PrefetchOptions } from "../pipeline/cases/prefetch.ts";
-import type { PreprocessedCase } from "../pipeline/cases/preprocess.ts";
-import { streamRandom } from "../pipeline/cases/random.ts";
-import { train, type TrainRuntime } from "../tasks/train.ts";
-import { defaultCaseMemory } from "../pipeline/training/training_cases.ts";
-import { runMain } from "./_cli.ts";
+} from "../../pipeline/cases/case_cache.ts";
+import {
+  batchForStep,
+  BatchPrefetcher,
+  type PrefetchOptions,
+} from "../../pipeline/cases/prefetch.ts";
+import type { PreprocessedCase } from "../../pipeline/cases/preprocess.ts";
+import { streamRandom } from "../../pipeline/cases/random.ts";
+import { train, type TrainRuntime } from "../../pipeline/training/mod.ts";
+import { defaultCaseMemory } from "../../pipeline/training/training_cases.ts";
+import { runMain } from "../_cli.ts";
 import {
   pathMissing,
   phantomDataset,
@@ -27,8 +31,8 @@ import {
   TINY_JSON,
   tinySettings,
   weightsOf,
-} from "./_train_fixtures.ts";
-import { type Dims } from "../pipeline/volume/mod.ts";
+} from "../_train_fixtures.ts";
+import { type Dims } from "../../pipeline/volume/mod.ts";
 
 await tf.setBackend("cpu");
 
@@ -171,7 +175,7 @@ Deno.test("train: streamed runs equal the in-memory run bit for bit (local cache
   try {
     const before = tf.memory().numTensors;
     const settings = tinySettings(data, { epochs: 3, valEvery: 2 });
-    const quiet = { quiet: true, workers: 1 };
+    const quiet = { workers: 1 };
     const memory = await train(settings, { out: `${dir}/memory`, ...quiet });
     assertEquals(memory.streamed, undefined, "the default budget holds three tiny cases");
 
@@ -193,7 +197,6 @@ Deno.test("train: streamed runs equal the in-memory run bit for bit (local cache
     const oneCase = 24 * 28 * 20 * 17;
     const runtime: TrainRuntime = {
       out: `${dir}/temp`,
-      quiet: true,
       workers: 0,
       cache: "",
       caseMemory: oneCase,
@@ -232,7 +235,6 @@ Deno.test("train: a streamed case whose file is gone is an error naming it, and 
       const error = await assertRejects(() =>
         train(tinySettings(data, { valCases: 0 }), {
           out,
-          quiet: true,
           workers,
           cache,
           caseMemory: 0,

@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import * as tf from "../model/tf.ts";
+import * as tf from "../../model/tf.ts";
 import {
   cropModel,
   disableNativeKernels,
@@ -10,8 +10,8 @@ import {
   REFERENCE_CONFIG,
   resolveConfig,
   reversibleLowerBound,
-} from "../model/mod.ts";
-import { planCrop } from "../tasks/plan.ts";
+} from "../../model/mod.ts";
+import { planCrop } from "../../pipeline/training/mod.ts";
 
 await tf.setBackend("cpu");
 const SMALL = { levels: 2, baseChannels: 8, blocksPerLevel: 2 };
