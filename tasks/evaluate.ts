@@ -64,8 +64,9 @@ regions, plain labels one region per non-background label (MSD Task01: edema, no
 tumor, enhancing tumour), named as the dataset.json names them in the JSON keys, CSV columns
 (<region>_dice, ...) and the table; metrics.json then also has "dataset" ({layout, name,
 datasetJson, regions: [{name, labels}]}). Every label of a prediction or reference must be one of
-the dataset's values. --labels, --lesion-wise and --report are for BraTS-named data only (a
-usage error with such a dataset).
+the dataset's values. Predictions are <case>.nii.gz, the whole name the case id (x_t1.nii.gz is
+case x_t1, not a BraTS image). --labels, --lesion-wise and --report are for BraTS-named data
+only (a usage error with such a dataset).
 
 Missing and extra cases: a reference without a prediction is listed in "missing" and a prediction
 without a reference in "extra" (both also on stderr). Summary statistics cover the evaluated cases.
@@ -125,7 +126,7 @@ Examples:
   deno task evaluate --pred out/seg --truth data/BraTS2021_Training --out out/seg
   deno task evaluate --pred s3://bucket/runs/7/seg --truth s3://bucket/BraTS2023/ --json
   deno task evaluate --pred out/seg --truth data/labels --labels 2023 --allow-missing
-  deno task evaluate --pred out/seg501 --truth ../shared/data/Dataset501_BraTS2018WT --out out/seg501`,
+  deno task evaluate --pred out/seg501 --truth data/Dataset501_BraTS2018WT --out out/seg501`,
   async run(args) {
     const { values } = parseFlags("evaluate", args, {
       pred: { type: "string" },

@@ -724,14 +724,19 @@ export async function findTruth(truthUri: string): Promise<TruthCase[]> {
 /**
  * The predicted segmentations directly under `predUri`: `<case>.nii[.gz]` or
  * `<case>_seg.nii[.gz]` (also `<case>-seg`), not BraTS image files (`<id>_t1.nii.gz`, ...) and not
- * `segment`'s `<case>_probabilities.nii.gz`.
+ * `segment`'s `<case>_probabilities.nii.gz`. With `plainNames` (an nnU-Net or MSD dataset's
+ * predictions, which `segment` names `<case>.nii.gz`), every `<case>.nii[.gz]` is case `<case>`,
+ * BraTS suffixes included (`x_t1.nii.gz` is case `x_t1`).
  * @throws {Error} when a case has two predictions (e.g. `<case>.nii.gz` and `<case>_seg.nii.gz`)
  */
-export async function findPredictions(predUri: string): Promise<Prediction[]> {
+export async function findPredictions(
+  predUri: string,
+  options: { plainNames?: boolean } = {},
+): Promise<Prediction[]> {
   const found: Prediction[] = [];
   for (const o of await listObjects(predUri)) {
     if (o.key.includes("/") || o.key.startsWith(".") || PROBABILITIES.test(o.key)) continue;
-    const parsed = parseCaseFileName(o.key);
+    const parsed = options.plainNames ? undefined : parseCaseFileName(o.key);
     if (parsed) {
       if (parsed.part === "seg") found.push({ id: parsed.id, uri: o.uri });
       continue;
@@ -917,7 +922,7 @@ export async function evaluateCases(
   }
   const [allTruth, allPreds] = await Promise.all([
     dataset ? findDatasetTruth(dataset) : findTruth(truthUri),
-    findPredictions(predUri),
+    findPredictions(predUri, { plainNames: dataset !== undefined }),
   ]);
   if (allTruth.length === 0 && dataset) {
     throw new Error(

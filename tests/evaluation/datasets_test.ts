@@ -199,6 +199,14 @@ Deno.test("evaluate: an MSD task scores one region per label, from labelsTr, --t
   }
 });
 
+Deno.test("evaluate: a dataset's case ids are whole file names, BraTS suffixes included", async () => {
+  await using tmp = await tempDir();
+  await writeWtDataset(tmp.path, ["p_t1", "q-seg"]);
+  const ev = await evaluateCases(join(tmp.path, "pred"), join(tmp.path, "ds"));
+  assertEquals(ev.cases.map((c) => c.case), ["p_t1", "q-seg"]);
+  assertEquals([ev.missing, ev.extra], [[], []]);
+});
+
 Deno.test("evaluate: a BraTS-named or plain folder still has no dataset and scores ET, TC, WT", async () => {
   await using tmp = await tempDir();
   await writeTree(tmp.path, { "flat/a.nii.gz": segFile(randomLabels(1, 2), DIMS) });
