@@ -6,24 +6,15 @@
 import type { BackendName } from "../../model/mod.ts";
 import type { Case } from "../cases/mod.ts";
 import { isTransientS3Error } from "../storage/mod.ts";
-import { type CaseOptions, Segmenter } from "./segmenter.ts";
+import { type CaseOptions, type CaseOutcome, Segmenter } from "./segmenter.ts";
 
 /** What the service sends a worker (serve_worker.ts). */
 export type WorkerRequest =
   | { type: "load"; model: string; backend: BackendName }
   | { type: "segment"; job: string; case: Case; out: string; options: CaseOptions };
 
-/** The outcome of one case, as the service needs it. */
-export interface RunOutcome {
-  id: string;
-  status: "done" | "skipped";
-  output: string;
-  /** `<out>/<case>.metrics.json`, for a case with a reference segmentation. */
-  metrics?: string;
-  /** `<out>/<case>_probabilities.nii.gz`, with `saveProbabilities`. */
-  probabilities?: string;
-  seconds: number;
-}
+/** The outcome of one case, as the service needs it: a {@linkcode CaseOutcome} less its label counts. */
+export type RunOutcome = Omit<CaseOutcome, "labels">;
 
 /** The part of a case's outcome that crosses to the service (no label counts). */
 export function runOutcome(o: RunOutcome): RunOutcome {
