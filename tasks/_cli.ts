@@ -132,6 +132,31 @@ export function printJson(value: unknown): void {
   console.log(JSON.stringify(value));
 }
 
+/**
+ * Runs `body` with `onSignal` called on each SIGTERM and SIGINT, the listeners removed after.
+ * @returns what `body` returns
+ */
+export async function withSignals<T>(
+  onSignal: (signal: "SIGTERM" | "SIGINT") => void,
+  body: () => Promise<T>,
+): Promise<T> {
+  const listeners = (["SIGTERM", "SIGINT"] as const).map((sig) => {
+    const handler = () => onSignal(sig);
+    Deno.addSignalListener(sig, handler);
+    return [sig, handler] as const;
+  });
+  try {
+    return await body();
+  } finally {
+    for (const [sig, handler] of listeners) Deno.removeSignalListener(sig, handler);
+  }
+}
+
+/** Throws a usage error `--<flag> is required` for the first of `flags` not given (or empty). */
+export function requireFlags<V extends Record<string, unknown>>(values: V, flags: (keyof V)[]) {
+  for (const f of flags) if (!values[f]) throw new UsageError(`--${String(f)} is required`);
+}
+
 /** Parses `--backend`: one of the names {@linkcode selectBackend} knows, else a usage error. */
 export function backendFlag(value: string | undefined, fallback: BackendName = "cpu"): BackendName {
   if (value === undefined) return fallback;

@@ -45,6 +45,20 @@ function caseSizesFlag(value: string | undefined): [number, number, number][] | 
   });
 }
 
+const FLAGS = {
+  json: { type: "boolean" },
+  budget: { type: "string" },
+  crop: { type: "string" },
+  "search-crop": { type: "string" },
+  data: { type: "string" },
+  steps: { type: "string" },
+  "case-sizes": { type: "string" },
+  window: { type: "string" },
+  threads: { type: "string" },
+  "no-peer": { type: "boolean" },
+  backend: { type: "string" },
+} as const;
+
 /** Flags every benchmark takes. */
 const COMMON_FLAGS = ["json", "crop", "backend"];
 /** Each benchmark's own flags. */
@@ -118,19 +132,7 @@ Examples:
   deno task bench speed --json --crop 16 --case-sizes 64x64x40 --no-peer
   deno task bench kernels --backend webgpu`,
   async run(args) {
-    const { values, positionals } = parseFlags("bench", args, {
-      json: { type: "boolean" },
-      budget: { type: "string" },
-      crop: { type: "string" },
-      "search-crop": { type: "string" },
-      data: { type: "string" },
-      steps: { type: "string" },
-      "case-sizes": { type: "string" },
-      window: { type: "string" },
-      threads: { type: "string" },
-      "no-peer": { type: "boolean" },
-      backend: { type: "string" },
-    }, true);
+    const { values, positionals } = parseFlags("bench", args, FLAGS, true);
     const which = benchName(positionals, values);
     const log = values.json ? () => {} : (m: string) => console.error(`bench: ${m}`);
     const choice = await selectBackend(backendFlag(values.backend), log);
@@ -140,18 +142,7 @@ Examples:
   },
 };
 
-type BenchValues = Partial<Record<string, string | boolean>> & {
-  json?: boolean;
-  budget?: string;
-  crop?: string;
-  "search-crop"?: string;
-  data?: string;
-  steps?: string;
-  "case-sizes"?: string;
-  window?: string;
-  threads?: string;
-  "no-peer"?: boolean;
-};
+type BenchValues = ReturnType<typeof parseFlags<typeof FLAGS>>["values"];
 type Log = (message: string) => void;
 
 /** The benchmark named, its flags checked against the ones it takes. */
@@ -164,7 +155,7 @@ function benchName(positionals: string[], values: BenchValues): keyof typeof OWN
   }
   if (extra.length > 0) throw new UsageError(`bench: unexpected arguments: ${extra.join(" ")}`);
   const own = OWN_FLAGS[which];
-  const given = Object.keys(values).filter((k) => values[k] !== undefined);
+  const given = Object.entries(values).filter(([, v]) => v !== undefined).map(([k]) => k);
   const misplaced = given.find((k) => !COMMON_FLAGS.includes(k) && !own.includes(k));
   if (misplaced) {
     const owners = Object.entries(OWN_FLAGS).filter(([, flags]) => flags.includes(misplaced));

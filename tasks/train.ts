@@ -29,6 +29,7 @@ import {
   parseFlags,
   printJson,
   UsageError,
+  withSignals,
 } from "./_cli.ts";
 
 const GIB = 2 ** 30;
@@ -132,23 +133,15 @@ async function runStoppable(
 ): Promise<void> {
   const abort = new AbortController();
   let signalName: Deno.Signal | undefined;
-  const listeners = (["SIGTERM", "SIGINT"] as const).map((sig) => {
-    const handler = () => {
-      if (signalName) return;
-      signalName = sig;
-      console.error(`train: ${sig} received; stopping before the next step to save a checkpoint`);
-      abort.abort();
-    };
-    Deno.addSignalListener(sig, handler);
-    return [sig, handler] as const;
-  });
-  try {
-    const result = await start(abort.signal);
-    if (json) printJson(result);
-    if (signalName) Deno.exit(signalName === "SIGTERM" ? 143 : 130);
-  } finally {
-    for (const [sig, handler] of listeners) Deno.removeSignalListener(sig, handler);
-  }
+  const onSignal = (sig: "SIGTERM" | "SIGINT") => {
+    if (signalName) return;
+    signalName = sig;
+    console.error(`train: ${sig} received; stopping before the next step to save a checkpoint`);
+    abort.abort();
+  };
+  const result = await withSignals(onSignal, () => start(abort.signal));
+  if (json) printJson(result);
+  if (signalName) Deno.exit(signalName === "SIGTERM" ? 143 : 130);
 }
 
 /** The command: flags, settings checked before a backend loads, then the run. */
