@@ -127,6 +127,11 @@ export function numberFlag(
   return n;
 }
 
+/** Parses a memory flag given in GiB (a {@linkcode numberFlag}); returns bytes. */
+export function gibFlag(name: string, value: string | undefined, fallback: number, min: number) {
+  return numberFlag(name, value, fallback, min) * 2 ** 30;
+}
+
 /** Writes one JSON value as a line on stdout. */
 export function printJson(value: unknown): void {
   console.log(JSON.stringify(value));
@@ -207,15 +212,11 @@ export const INFERENCE_HELP =
                             post-processing; removes scattered false positives, off by default)`;
 
 /** The flags' values as parseFlags returns them. */
-export interface InferenceFlagValues {
-  overlap?: string;
-  window?: string;
-  tta?: boolean;
-  batch?: string;
-  "et-threshold"?: string;
-  "largest-component"?: boolean;
-  "save-probabilities"?: boolean;
-}
+export type InferenceFlagValues = {
+  [K in keyof typeof INFERENCE_FLAGS]?: (typeof INFERENCE_FLAGS)[K]["type"] extends "boolean"
+    ? boolean
+    : string;
+};
 
 /**
  * The case options the flags give: overlap in [0, MAX_OVERLAP] (default 0.5), window an integer

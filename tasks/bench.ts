@@ -20,14 +20,12 @@ import {
 import {
   backendFlag,
   type Command,
+  gibFlag,
   intFlag,
-  numberFlag,
   parseFlags,
   printJson,
   UsageError,
 } from "./_cli.ts";
-
-const GiB = 1024 ** 3;
 
 /** Parses `--case-sizes`: comma-separated XxYxZ sizes, or "none". */
 function caseSizesFlag(value: string | undefined): [number, number, number][] | undefined {
@@ -213,7 +211,7 @@ async function runMemory(values: BenchValues, log: Log): Promise<void> {
   const io = values.data === undefined ? undefined : await datasetShape(values.data);
   printJson(
     await benchMemory({
-      budget: numberFlag("budget", values.budget, 16, 0.001) * GiB,
+      budget: gibFlag("budget", values.budget, 16, 0.001),
       crop,
       searchCrop: intFlag("search-crop", values["search-crop"], 96, 8),
       log,

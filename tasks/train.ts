@@ -24,6 +24,7 @@ import {
 import {
   backendFlag,
   type Command,
+  gibFlag,
   intFlag,
   numberFlag,
   parseFlags,
@@ -31,8 +32,6 @@ import {
   UsageError,
   withSignals,
 } from "./_cli.ts";
-
-const GIB = 2 ** 30;
 
 const FLAGS = {
   data: { type: "string" },
@@ -113,7 +112,7 @@ async function cropFlag(
     return;
   }
   if (values.budget === undefined) throw new UsageError("--crop auto needs --budget <gib>");
-  const budget = numberFlag("budget", values.budget, 0, 0.001) * GIB;
+  const budget = gibFlag("budget", values.budget, 0, 0.001);
   if (values.resume) {
     if (!values.quiet) {
       console.error("train: --crop auto with --resume: the run keeps the crop it started with");
@@ -155,7 +154,7 @@ async function trainFromFlags(args: string[]): Promise<void> {
   const workers = intFlag("workers", values.workers, 1, 0, 16);
   const caseMemory = values["case-memory"] === undefined
     ? undefined
-    : numberFlag("case-memory", values["case-memory"], 0, 0) * GIB;
+    : gibFlag("case-memory", values["case-memory"], 0, 0);
   await cropFlag(values, given, backend);
   // A crop the network cannot take is a usage error before the backend loads.
   const fresh = resume ? undefined : newRunSettings(values.data!, given);
