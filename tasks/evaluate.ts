@@ -1,12 +1,14 @@
 /**
  * `evaluate --pred <uri> --truth <uri>`: BraTS metrics (Dice, HD95, sensitivity, specificity of
- * ET, TC and WT) of a folder of predicted segmentations against a dataset's references
+ * ET, TC and WT, or of an nnU-Net or MSD dataset's own regions) of a folder of predicted
+ * segmentations against a dataset's references
  * (pipeline/evaluation), with the report of pipeline/report.
  * @module
  */
 import {
   evaluateShard,
   type Evaluation,
+  findReferenceDataset,
   formatLesionTable,
   formatTable,
   type LabelConvention,
@@ -47,11 +49,24 @@ sensitivity with an empty reference is 1 if nothing is predicted, else 0.
 --pred    a folder (local, file:// or s3://) of <case>.nii.gz or <case>_seg.nii.gz files, directly
           in it (as \`segment\` writes them; <case>_probabilities.nii.gz files are skipped)
 --truth   a BraTS dataset (case folders or flat, 2018-2021 naming <id>_seg.nii.gz or 2023 naming
-          <id>-seg.nii.gz), or else a flat folder of <case>.nii.gz references
+          <id>-seg.nii.gz); an nnU-Net v2 raw dataset or MSD task (a folder with a
+          dataset.json: its labelsTr/<case>.nii.gz are the references), its labelsTr folder,
+          or with --dataset-json any folder of <case>.nii.gz references that file describes;
+          or else a flat folder of <case>.nii.gz references in BraTS labels
 Cases are matched by id. Each prediction must be on its reference's grid (same dims, affines equal
 within --affine-tolerance). Labels are 0, 1, 2, 4 (2018-2021) or 0, 1, 2, 3 (2023): a BraTS
 reference follows its naming; a flat reference, and every prediction, is read as 2023 when it
 holds 3 and not 4; --labels fixes one convention for all files.
+
+Datasets with a dataset.json are scored in their own regions and values, as nnU-Net evaluates:
+region-based labels ({"whole tumor": [1, 2, 3], ...} with regions_class_order) score those
+regions, plain labels one region per non-background label (MSD Task01: edema, non-enhancing
+tumor, enhancing tumour), named as the dataset.json names them in the JSON keys, CSV columns
+(<region>_dice, ...) and the table; metrics.json then also has "dataset" ({layout, name,
+datasetJson, regions: [{name, labels}]}). Every label of a prediction or reference must be one of
+the dataset's values. Predictions are <case>.nii.gz, the whole name the case id (x_t1.nii.gz is
+case x_t1, not a BraTS image). --labels, --lesion-wise and --report are for BraTS-named data
+only (a usage error with such a dataset).
 
 Missing and extra cases: a reference without a prediction is listed in "missing" and a prediction
 without a reference in "extra" (both also on stderr). Summary statistics cover the evaluated cases.
@@ -74,6 +89,8 @@ Options:
   --truth <uri>             reference segmentations (required)
   --out <uri>               folder for metrics.json and metrics.csv
   --json                    print the JSON object instead of the table
+  --dataset-json <uri>      the dataset.json of --truth's labels, when it is not in --truth
+                            (or above its labelsTr)
   --labels 2021|2023        the label convention of every file (default: per file, see above)
   --allow-missing           missing predictions are not an error
   --affine-tolerance <mm>   largest affine difference between prediction and reference (1e-3)
@@ -108,7 +125,8 @@ ${
 Examples:
   deno task evaluate --pred out/seg --truth data/BraTS2021_Training --out out/seg
   deno task evaluate --pred s3://bucket/runs/7/seg --truth s3://bucket/BraTS2023/ --json
-  deno task evaluate --pred out/seg --truth data/labels --labels 2023 --allow-missing`,
+  deno task evaluate --pred out/seg --truth data/labels --labels 2023 --allow-missing
+  deno task evaluate --pred out/seg501 --truth data/Dataset501_BraTS2018WT --out out/seg501`,
   async run(args) {
     const { values } = parseFlags("evaluate", args, {
       pred: { type: "string" },
@@ -125,6 +143,7 @@ Examples:
       challenge: { type: "string" },
       "lesion-dilation": { type: "string" },
       "lesion-min-volume": { type: "string" },
+      "dataset-json": { type: "string" },
     });
     if (!values.pred) throw new UsageError("evaluate: --pred <uri> is required");
     if (!values.truth) throw new UsageError("evaluate: --truth <uri> is required");
@@ -137,6 +156,23 @@ Examples:
     const concurrency = intFlag("concurrency", values.concurrency, 4, 1, 64);
     const affineTolerance = numberFlag("affine-tolerance", values["affine-tolerance"], 1e-3, 0);
     const lesionWise = lesionWiseFlags(values);
+    const bratsOnly = [
+      lesionWise ? "--lesion-wise" : "",
+      values.labels !== undefined ? "--labels" : "",
+      values.report ? "--report" : "",
+    ].filter((f) => f !== "");
+    if (bratsOnly.length > 0) {
+      const dataset = await findReferenceDataset(values.truth, values["dataset-json"]);
+      if (dataset) {
+        throw new UsageError(
+          `${bratsOnly.join(", ")}: BraTS-named references only; ${values.truth} is an ` +
+            `${dataset.description.layout === "msd" ? "MSD" : "nnU-Net"} dataset ` +
+            `(${dataset.datasetJson}, regions ${
+              dataset.scheme.regions.map((r) => `"${r.name}"`).join(", ")
+            })`,
+        );
+      }
+    }
 
     const progress = new Progress();
     const t0 = performance.now();
@@ -144,6 +180,7 @@ Examples:
       labels,
       concurrency,
       affineTolerance,
+      ...(values["dataset-json"] !== undefined ? { datasetJson: values["dataset-json"] } : {}),
       ...(lesionWise ? { lesionWise } : {}),
       shard,
       onCase: (r, done, total) => {

@@ -1,13 +1,14 @@
 /**
  * pipeline/labels.ts, the one owner of region↔label conversion: region masks, lookup tables,
  * region counts and voxel counts agree with labelsToRegions on both BraTS conventions and on a
- * dataset's own scheme.
+ * dataset's own scheme; probabilities to labels as the Segmenter converts them.
  * @module
  */
 import { assertEquals, assertThrows } from "@std/assert";
 import {
   type LabelScheme,
   labelsToRegions,
+  probabilitiesToLabels,
   REGION_BITS,
   regionChannels,
   regionCount,
@@ -70,4 +71,32 @@ Deno.test("labelsToRegions + regionChannels nest WT ⊇ TC ⊇ ET for both label
     RangeError,
     "x_seg.nii.gz: voxel 1 has label 3",
   );
+});
+
+Deno.test("probabilitiesToLabels: WT→2, TC→1, ET→4 or 3, each overwriting; small ET becomes necrosis", () => {
+  const probs = Float32Array.from([
+    0.1,
+    0.1,
+    0.1, // background
+    0.9,
+    0.1,
+    0.1, // edema
+    0.9,
+    0.9,
+    0.1, // necrosis
+    0.9,
+    0.9,
+    0.9, // enhancing
+    0.2,
+    0.2,
+    0.9, // ET alone still counts as ET (nnU-Net order)
+  ]);
+  assertEquals([...probabilitiesToLabels(probs, 4)], [0, 2, 1, 4, 4]);
+  assertEquals([...probabilitiesToLabels(probs, 3)], [0, 2, 1, 3, 3]);
+  assertEquals(
+    [...probabilitiesToLabels(probs, 4, 3)],
+    [0, 2, 1, 1, 1],
+    "2 ET voxels < 3 → necrosis",
+  );
+  assertEquals([...probabilitiesToLabels(probs, 4, 2)], [0, 2, 1, 4, 4]);
 });

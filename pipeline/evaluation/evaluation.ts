@@ -24,7 +24,13 @@
  * ```
  * @module
  */
-import { ENHANCING_LABEL, parseCaseFileName } from "../cases/mod.ts";
+import {
+  type DatasetDescription,
+  ENHANCING_LABEL,
+  labelScheme,
+  parseCaseFileName,
+  parseDatasetJson,
+} from "../cases/mod.ts";
 import { hd95, type MaskArray, percentile } from "./distance.ts";
 import { type Box, cropMask } from "../volume/mod.ts";
 import { type LesionWiseParams, type LesionWiseRegion, lesionWiseRegion } from "./lesion_wise.ts";
@@ -32,15 +38,20 @@ import type { NiftiHeader, NiftiImage } from "../nifti/mod.ts";
 import { readNifti } from "../nifti/mod.ts";
 import {
   INVALID_LABEL as INVALID,
+  type Labels,
+  type LabelScheme,
   REGION_BITS as BIT,
   regionMask,
   regionMaskTable,
   regionTable,
+  schemeLabels,
 } from "../labels.ts";
 import { diceOfCounts, type Region } from "./metrics.ts";
 import { shardName } from "../cases/mod.ts";
 import {
   emptyFolderReason,
+  exists,
+  getObject,
   joinUri,
   listObjects,
   mapConcurrent,
@@ -116,6 +127,32 @@ export interface Evaluation {
   extra: string[];
   /** With `lesionWise` options only: the parameters used and the statistics over cases. */
   lesionWise?: LesionWiseParams & { summary: LesionWiseSummary };
+  /**
+   * For a reference dataset with a `dataset.json` (nnU-Net v2, MSD) only: its regions, which
+   * replace ET, TC and WT as the keys of `cases` and `summary`, in this order.
+   */
+  dataset?: EvaluatedDataset;
+}
+
+/** What an evaluation of an nnU-Net or MSD dataset records about it. */
+export interface EvaluatedDataset {
+  layout: "nnunet" | "msd";
+  /** The dataset's `name`, when its `dataset.json` gives one. */
+  name?: string;
+  /** Where its `dataset.json` was read. */
+  datasetJson: string;
+  /** The regions scored, each with the label values it holds. */
+  regions: { name: string; labels: number[] }[];
+}
+
+/** The regions of an evaluation in report order: the dataset's, or ET, TC, WT. */
+export function evaluationRegions(e: Pick<Evaluation, "dataset">): readonly string[] {
+  return e.dataset ? e.dataset.regions.map((r) => r.name) : EVAL_REGIONS;
+}
+
+/** The metrics of region `region` of a case (a BraTS region, or a dataset's by name). */
+export function caseRegion(c: CaseResult, region: string): RegionMetrics {
+  return (c as unknown as Record<string, RegionMetrics>)[region];
 }
 
 /** The lesion-wise values of a region, in the order they are reported. */
@@ -185,6 +222,76 @@ function labelList(enhancing: 3 | 4): string {
   return `0, 1, 2, ${enhancing} (BraTS ${enhancing === 4 ? "2018–2021" : "2023"} convention)`;
 }
 
+/** Checks that `dims` are 3 positive integers and that both volumes have that many voxels. */
+function checkVolumes(
+  pred: ArrayLike<number>,
+  truth: ArrayLike<number>,
+  dims: readonly number[],
+  names: { pred: string; truth: string },
+): void {
+  if (dims.length !== 3 || !dims.every((d) => Number.isInteger(d) && d >= 1)) {
+    throw new RangeError(`Cannot evaluate: dims must be 3 positive integers, got [${dims}]`);
+  }
+  const n = dims[0] * dims[1] * dims[2];
+  for (const [what, v] of [[names.pred, pred], [names.truth, truth]] as const) {
+    if (v.length !== n) {
+      throw new RangeError(
+        `Cannot evaluate "${what}": it has ${v.length} voxels, dims [${dims}] need ${n}`,
+      );
+    }
+  }
+}
+
+/**
+ * The metrics of each region of a dataset's {@linkcode LabelScheme} (an nnU-Net or MSD
+ * `dataset.json`, see pipeline/cases/datasets.ts `labelScheme`) between two label volumes on one
+ * grid, keyed by region name in the scheme's order: region-based labels score their regions
+ * (e.g. "whole tumor" of labels 1, 2, 3), plain labels one region per non-background label, as
+ * nnU-Net's evaluation does. Empty regions follow the same rules as {@linkcode caseMetrics}.
+ * @param names what to call the volumes in errors. @default {pred: "prediction", truth: "reference"}
+ * @throws {RangeError} a label that is not one of the scheme's values (naming the volume, voxel
+ *   and value), or volumes that do not fit `dims`
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { schemeMetrics } from "./evaluation.ts";
+ * const scheme = { regions: [{ name: "tumour", labels: [1] }], order: [1] };
+ * const m = schemeMetrics([1, 1, 0, 0], [0, 1, 1, 0], [4, 1, 1], [1, 1, 1], scheme);
+ * assertEquals(m.tumour.dice, 0.5);
+ * ```
+ */
+export function schemeMetrics(
+  pred: ArrayLike<number>,
+  truth: ArrayLike<number>,
+  dims: readonly number[],
+  spacing: readonly number[],
+  scheme: LabelScheme,
+  names: { pred: string; truth: string } = { pred: "prediction", truth: "reference" },
+): Record<string, RegionMetrics> {
+  checkVolumes(pred, truth, dims, names);
+  const k = scheme.regions.length;
+  const expected = () =>
+    `${schemeLabels(scheme).join(", ")} (the dataset's labels: ${
+      scheme.regions.map((r) => `${r.name} ${r.labels.join("+")}`).join(", ")
+    })`;
+  const scored = regionScores(
+    pred,
+    truth,
+    dims,
+    spacing,
+    k,
+    {
+      pred: scheme,
+      truth: scheme,
+    },
+    names,
+    expected,
+  );
+  const out: Record<string, RegionMetrics> = {};
+  scheme.regions.forEach((r, b) => out[r.name] = scored[b]);
+  return out;
+}
+
 /**
  * Metrics of ET, TC and WT between two BraTS label volumes on one grid: WT is every tumor label
  * (1, 2 and enhancing), TC is 1 and enhancing, ET is enhancing. One pass counts the overlaps and
@@ -207,33 +314,58 @@ export function caseMetrics(
   enhancingLabel: 3 | 4 | { pred: 3 | 4; truth: 3 | 4 } = 4,
   names: { pred: string; truth: string } = { pred: "prediction", truth: "reference" },
 ): CaseMetrics {
-  if (dims.length !== 3 || !dims.every((d) => Number.isInteger(d) && d >= 1)) {
-    throw new RangeError(`Cannot evaluate: dims must be 3 positive integers, got [${dims}]`);
-  }
-  const [nx, ny, nz] = dims;
-  const n = nx * ny * nz;
-  for (const [what, v] of [[names.pred, pred], [names.truth, truth]] as const) {
-    if (v.length !== n) {
-      throw new RangeError(
-        `Cannot evaluate "${what}": it has ${v.length} voxels, dims [${dims}] need ${n}`,
-      );
-    }
-  }
+  checkVolumes(pred, truth, dims, names);
   const enh = typeof enhancingLabel === "number"
     ? { pred: enhancingLabel, truth: enhancingLabel }
     : enhancingLabel;
-  const lp = regionTable(enh.pred);
-  const lt = regionTable(enh.truth);
+  const scored = regionScores(
+    pred,
+    truth,
+    dims,
+    spacing,
+    3,
+    {
+      pred: enh.pred,
+      truth: enh.truth,
+    },
+    names,
+    (volume) => labelList(enh[volume]),
+  );
+  const out = {} as CaseMetrics;
+  for (const region of EVAL_REGIONS) out[region] = scored[Math.log2(BIT[region])];
+  return out;
+}
 
-  // Per region bit b (0 WT, 1 TC, 2 ET): counts, and the boxes of prediction and reference.
-  const tp = [0, 0, 0];
-  const np = [0, 0, 0];
-  const nt = [0, 0, 0];
-  // box[(volume * 3 + b) * 6 + ...]: min x, y, z then max x, y, z; volume 0 prediction, 1 reference.
-  const box = new Int32Array(36);
-  for (let j = 0; j < 6; j++) {
-    for (let k = 0; k < 3; k++) box[j * 6 + k] = 2 ** 30;
-    for (let k = 3; k < 6; k++) box[j * 6 + k] = -1;
+/**
+ * The metrics of each of the `k` regions of a label volume pair (region bit b of
+ * {@linkcode regionTable} is region b), for any {@linkcode Labels}: one pass counts the overlaps
+ * and finds each region's bounding box; distances are computed only in the box holding both.
+ * @param expected the labels of a volume's convention, for the error on an unknown label
+ */
+function regionScores(
+  pred: ArrayLike<number>,
+  truth: ArrayLike<number>,
+  dims: readonly number[],
+  spacing: readonly number[],
+  k: number,
+  labels: { pred: Labels; truth: Labels },
+  names: { pred: string; truth: string },
+  expected: (volume: "pred" | "truth") => string,
+): RegionMetrics[] {
+  const [nx, ny, nz] = dims;
+  const n = nx * ny * nz;
+  const lp = regionTable(labels.pred);
+  const lt = regionTable(labels.truth);
+
+  // Per region bit b: counts, and the boxes of prediction and reference.
+  const tp = new Array<number>(k).fill(0);
+  const np = new Array<number>(k).fill(0);
+  const nt = new Array<number>(k).fill(0);
+  // box[(volume * k + b) * 6 + ...]: min x, y, z then max x, y, z; volume 0 prediction, 1 reference.
+  const box = new Int32Array(12 * k);
+  for (let j = 0; j < 2 * k; j++) {
+    for (let c = 0; c < 3; c++) box[j * 6 + c] = 2 ** 30;
+    for (let c = 3; c < 6; c++) box[j * 6 + c] = -1;
   }
   const grow = (j: number, x: number, y: number, z: number) => {
     const o = j * 6;
@@ -252,14 +384,14 @@ export function caseMetrics(
         const t = lt[truth[i]] ?? INVALID;
         if ((p | t) === 0) continue;
         if ((p | t) & INVALID) {
-          const bad = p & INVALID ? names.pred : names.truth;
+          const volume = p & INVALID ? "pred" : "truth";
           const value = p & INVALID ? pred[i] : truth[i];
           throw new RangeError(
-            `Cannot evaluate "${bad}": voxel [${x}, ${y}, ${z}] has label ${value}; ` +
-              `the labels are ${labelList(p & INVALID ? enh.pred : enh.truth)}`,
+            `Cannot evaluate "${names[volume]}": voxel [${x}, ${y}, ${z}] has label ${value}; ` +
+              `the labels are ${expected(volume)}`,
           );
         }
-        for (let b = 0; b < 3; b++) {
+        for (let b = 0; b < k; b++) {
           const inP = (p >> b) & 1;
           const inT = (t >> b) & 1;
           if (inP) {
@@ -268,7 +400,7 @@ export function caseMetrics(
           }
           if (inT) {
             nt[b]++;
-            grow(3 + b, x, y, z);
+            grow(k + b, x, y, z);
           }
           tp[b] += inP & inT;
         }
@@ -276,25 +408,23 @@ export function caseMetrics(
     }
   }
 
-  const out = {} as CaseMetrics;
-  for (const region of EVAL_REGIONS) {
-    const b = Math.log2(BIT[region]);
+  const out: RegionMetrics[] = [];
+  for (let b = 0; b < k; b++) {
     const distance = () => {
       // The box holding both masks holds every surface voxel and every nearest neighbour.
       const pa = b * 6;
-      const ta = (3 + b) * 6;
-      const start = [0, 1, 2].map((k) => Math.min(box[pa + k], box[ta + k]));
-      const end = [3, 4, 5].map((k) => Math.max(box[pa + k], box[ta + k]) + 1);
+      const ta = (k + b) * 6;
+      const start = [0, 1, 2].map((c) => Math.min(box[pa + c], box[ta + c]));
+      const end = [3, 4, 5].map((c) => Math.max(box[pa + c], box[ta + c]) + 1);
       const union: Box = {
         start: [start[0], start[1], start[2]],
         size: [end[0] - start[0], end[1] - start[1], end[2] - start[2]],
       };
-      const bit = BIT[region];
-      const pm = cropMask(pred, dims, union, regionMaskTable(enh.pred, bit));
-      const tm = cropMask(truth, dims, union, regionMaskTable(enh.truth, bit));
+      const pm = cropMask(pred, dims, union, regionMaskTable(labels.pred, 1 << b));
+      const tm = cropMask(truth, dims, union, regionMaskTable(labels.truth, 1 << b));
       return hd95(pm, tm, union.size, spacing);
     };
-    out[region] = scores(tp[b], np[b], nt[b], n, distance);
+    out.push(scores(tp[b], np[b], nt[b], n, distance));
   }
   return out;
 }
@@ -594,14 +724,19 @@ export async function findTruth(truthUri: string): Promise<TruthCase[]> {
 /**
  * The predicted segmentations directly under `predUri`: `<case>.nii[.gz]` or
  * `<case>_seg.nii[.gz]` (also `<case>-seg`), not BraTS image files (`<id>_t1.nii.gz`, ...) and not
- * `segment`'s `<case>_probabilities.nii.gz`.
+ * `segment`'s `<case>_probabilities.nii.gz`. With `plainNames` (an nnU-Net or MSD dataset's
+ * predictions, which `segment` names `<case>.nii.gz`), every `<case>.nii[.gz]` is case `<case>`,
+ * BraTS suffixes included (`x_t1.nii.gz` is case `x_t1`).
  * @throws {Error} when a case has two predictions (e.g. `<case>.nii.gz` and `<case>_seg.nii.gz`)
  */
-export async function findPredictions(predUri: string): Promise<Prediction[]> {
+export async function findPredictions(
+  predUri: string,
+  options: { plainNames?: boolean } = {},
+): Promise<Prediction[]> {
   const found: Prediction[] = [];
   for (const o of await listObjects(predUri)) {
     if (o.key.includes("/") || o.key.startsWith(".") || PROBABILITIES.test(o.key)) continue;
-    const parsed = parseCaseFileName(o.key);
+    const parsed = options.plainNames ? undefined : parseCaseFileName(o.key);
     if (parsed) {
       if (parsed.part === "seg") found.push({ id: parsed.id, uri: o.uri });
       continue;
@@ -631,6 +766,115 @@ function compareIds(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
+/** A reference dataset described by a `dataset.json` (nnU-Net v2 raw dataset or MSD task). */
+export interface ReferenceDataset {
+  description: DatasetDescription;
+  /** Its regions: the dataset's region-based labels, or one per non-background label. */
+  scheme: LabelScheme;
+  /** Where its `dataset.json` was read. */
+  datasetJson: string;
+  /** The folder of its `<case><file_ending>` reference label files. */
+  labelsUri: string;
+}
+
+/** Names a region may not have: they are the other keys of a case's metrics. */
+const RESERVED_REGION_NAMES = ["case", "lesionWise"];
+
+/**
+ * The dataset a reference URI stands for, when it has a `dataset.json`: `truthUri` is an nnU-Net v2
+ * raw dataset or an MSD task (its `labelsTr/<case>.nii.gz` are the references), or its
+ * `labelsTr` folder (the `dataset.json` above it), or, with `datasetJson`, any folder of
+ * `<case>.nii.gz` references (or a dataset whose `labelsTr` holds them) that this file describes.
+ * Undefined for anything else: a BraTS dataset or a flat folder read by BraTS labels.
+ * @throws {Error} a `dataset.json` that is not one (naming it), or a region named "case" or
+ *   "lesionWise"
+ */
+export async function findReferenceDataset(
+  truthUri: string,
+  datasetJson?: string,
+): Promise<ReferenceDataset | undefined> {
+  let jsonUri: string | undefined;
+  let labelsUri = truthUri;
+  const inside = joinUri(truthUri, "dataset.json");
+  const parent = /^(.*?)[/\\]labelsTr[/\\]?$/.exec(truthUri);
+  if (datasetJson !== undefined) {
+    jsonUri = datasetJson;
+    const labelsTr = joinUri(truthUri, "labelsTr");
+    if ((await listObjects(labelsTr)).length > 0) labelsUri = labelsTr;
+  } else if (await exists(inside)) {
+    jsonUri = inside;
+    labelsUri = joinUri(truthUri, "labelsTr");
+  } else if (parent && await exists(joinUri(parent[1] === "" ? "/" : parent[1], "dataset.json"))) {
+    jsonUri = joinUri(parent[1] === "" ? "/" : parent[1], "dataset.json");
+  } else {
+    return undefined;
+  }
+  const text = new TextDecoder().decode(await getObject(jsonUri));
+  const { description } = parseDatasetJson(text, jsonUri);
+  const scheme = labelScheme(description, jsonUri);
+  const reserved = scheme.regions.find((r) => RESERVED_REGION_NAMES.includes(r.name));
+  if (reserved) {
+    throw new Error(
+      `${jsonUri}: a label named "${reserved.name}" cannot be evaluated (the metrics use that ` +
+        `key); rename it`,
+    );
+  }
+  return { description, scheme, datasetJson: jsonUri, labelsUri };
+}
+
+/**
+ * The reference label files of a dataset: every `<case><file_ending>` directly in its labels
+ * folder (`.nii.gz` or `.nii` for an MSD task), by case id.
+ * @throws {Error} when a case has two reference files, naming both
+ */
+export async function findDatasetTruth(dataset: ReferenceDataset): Promise<TruthCase[]> {
+  const ending = dataset.description.fileEnding;
+  const found: TruthCase[] = [];
+  for (const o of await listObjects(dataset.labelsUri)) {
+    if (o.key.includes("/") || o.key.startsWith(".") || PROBABILITIES.test(o.key)) continue;
+    if (ending !== undefined) {
+      if (o.key.endsWith(ending)) found.push({ id: o.key.slice(0, -ending.length), uri: o.uri });
+      continue;
+    }
+    const m = NIFTI_NAME.exec(o.key);
+    if (m) found.push({ id: m[1], uri: o.uri });
+  }
+  return unique(found, "reference segmentations", dataset.labelsUri);
+}
+
+/** What {@linkcode evaluateDatasetPair} found: the metrics of each of the dataset's regions. */
+export interface DatasetPairResult {
+  metrics: Record<string, RegionMetrics>;
+  dims: number[];
+  spacing: number[];
+}
+
+/**
+ * Evaluates one predicted segmentation file against its reference in a dataset's own labels and
+ * regions ({@linkcode schemeMetrics}): reads both, checks that they share a grid (dims, and the
+ * affine within tolerance) and that every label is one of the dataset's values.
+ * @throws {SyntaxError|RangeError} a broken file, a label outside the dataset's, or two grids,
+ *   naming the file(s)
+ */
+export async function evaluateDatasetPair(
+  predUri: string,
+  truthUri: string,
+  scheme: LabelScheme,
+  options: { affineTolerance?: number } = {},
+): Promise<DatasetPairResult> {
+  const [predImage, truthImage] = await Promise.all([readNifti(predUri), readNifti(truthUri)]);
+  checkSameGrid(predImage.header, predUri, truthImage.header, truthUri, options.affineTolerance);
+  const truth = labelVolume(truthImage, truthUri);
+  const pred = labelVolume(predImage, predUri);
+  const dims = truthImage.header.dims.slice(0, 3);
+  const spacing = truthImage.header.pixdim.slice(0, 3);
+  const metrics = schemeMetrics(pred, truth, dims, spacing, scheme, {
+    pred: predUri,
+    truth: truthUri,
+  });
+  return { metrics, dims, spacing };
+}
+
 /** Options of {@linkcode evaluateCases}. */
 export interface EvaluateOptions extends Omit<PairOptions, "truthEnhancingLabel"> {
   /** Cases read at once. @default 4 */
@@ -639,6 +883,11 @@ export interface EvaluateOptions extends Omit<PairOptions, "truthEnhancingLabel"
   onCase?: (result: CaseResult, done: number, total: number) => void;
   /** Only the cases whose id passes (e.g. one shard of a batch job); the others are not listed. */
   only?: (id: string) => boolean;
+  /**
+   * The `dataset.json` describing the references' labels, when it is not in (or above the
+   * `labelsTr` of) the reference URI itself (see {@linkcode findReferenceDataset}).
+   */
+  datasetJson?: string;
 }
 
 /**
@@ -658,7 +907,32 @@ export async function evaluateCases(
   options: EvaluateOptions = {},
 ): Promise<Evaluation> {
   const only = options.only ?? (() => true);
-  const [allTruth, allPreds] = await Promise.all([findTruth(truthUri), findPredictions(predUri)]);
+  const dataset = await findReferenceDataset(truthUri, options.datasetJson);
+  if (dataset) {
+    const which = options.lesionWise ? "lesion-wise scores" : options.labels ? "--labels" : "";
+    if (which) {
+      throw new Error(
+        `Cannot evaluate against ${dataset.datasetJson}: ${which} are for BraTS-named ` +
+          `datasets only, and this one is an ${
+            dataset.description.layout === "msd" ? "MSD" : "nnU-Net"
+          } ` +
+          `dataset (its regions: ${dataset.scheme.regions.map((r) => r.name).join(", ")})`,
+      );
+    }
+  }
+  const [allTruth, allPreds] = await Promise.all([
+    dataset ? findDatasetTruth(dataset) : findTruth(truthUri),
+    findPredictions(predUri, { plainNames: dataset !== undefined }),
+  ]);
+  if (allTruth.length === 0 && dataset) {
+    throw new Error(
+      `No reference segmentations under "${dataset.labelsUri}": ${await whyEmpty(
+        dataset.labelsUri,
+        `expected <case>${dataset.description.fileEnding ?? ".nii.gz"} label files directly in ` +
+          `it (the references of ${dataset.datasetJson})`,
+      )}`,
+    );
+  }
   if (allTruth.length === 0) {
     throw new Error(
       `No reference segmentations under "${truthUri}": ${await whyEmpty(
@@ -686,6 +960,34 @@ export async function evaluateCases(
   const missing = truth.filter((t) => !predById.has(t.id)).map((t) => t.id);
   const extra = preds.filter((p) => !truthIds.has(p.id)).map((p) => p.id);
   let done = 0;
+  if (dataset) {
+    const cases = await mapConcurrent(pairs, Math.max(1, options.concurrency ?? 4), async (t) => {
+      const { metrics } = await evaluateDatasetPair(
+        predById.get(t.id)!.uri,
+        t.uri,
+        dataset.scheme,
+        {
+          affineTolerance: options.affineTolerance,
+        },
+      );
+      const result = { case: t.id, ...metrics } as unknown as CaseResult;
+      options.onCase?.(result, ++done, pairs.length);
+      return result;
+    });
+    const regions = dataset.scheme.regions.map((r) => ({ name: r.name, labels: [...r.labels] }));
+    return {
+      cases,
+      summary: summarize(cases, regions.map((r) => r.name)),
+      missing,
+      extra,
+      dataset: {
+        layout: dataset.description.layout as "nnunet" | "msd",
+        ...(dataset.description.name !== undefined ? { name: dataset.description.name } : {}),
+        datasetJson: dataset.datasetJson,
+        regions,
+      },
+    };
+  }
   const cases = await mapConcurrent(pairs, Math.max(1, options.concurrency ?? 4), async (t) => {
     const { metrics, lesionWise } = await evaluatePair(predById.get(t.id)!.uri, t.uri, {
       labels: options.labels,
@@ -719,16 +1021,24 @@ export function describe(values: readonly number[]): Stats {
   return { mean, std: Math.sqrt(variance), median: at(50), q25: at(25), q75: at(75) };
 }
 
-/** {@linkcode describe} of every metric of every region over the cases. */
-export function summarize(cases: readonly CaseMetrics[]): Summary {
-  const out = {} as Summary;
-  for (const region of EVAL_REGIONS) {
+/**
+ * {@linkcode describe} of every metric of every region over the cases: ET, TC and WT, or the
+ * regions named (a dataset's).
+ */
+export function summarize(
+  cases: readonly CaseMetrics[],
+  regions: readonly string[] = EVAL_REGIONS,
+): Summary {
+  const out = {} as Record<string, Record<MetricName, Stats>>;
+  for (const region of regions) {
     out[region] = {} as Record<MetricName, Stats>;
     for (const metric of METRICS) {
-      out[region][metric] = describe(cases.map((c) => c[region][metric]));
+      out[region][metric] = describe(
+        cases.map((c) => (c as unknown as Record<string, RegionMetrics>)[region][metric]),
+      );
     }
   }
-  return out;
+  return out as Summary;
 }
 
 /** {@linkcode describe} of the lesion-wise values of every region over the cases that have them. */
@@ -756,16 +1066,26 @@ export const CSV_COLUMNS: readonly string[] = EVAL_REGIONS.flatMap((r) =>
  * One row per case: `case` then {@linkcode CSV_COLUMNS} (then {@linkcode LESION_CSV_COLUMNS} when
  * the cases have lesion-wise scores), with a header row, full precision.
  */
-export function evaluationCsv(cases: readonly CaseResult[]): string {
+export function evaluationCsv(
+  cases: readonly CaseResult[],
+  regions: readonly string[] = EVAL_REGIONS,
+): string {
   const quote = (s: string) => /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
   const lesions = cases.some((c) => c.lesionWise);
-  const rows = [["case", ...CSV_COLUMNS, ...(lesions ? LESION_CSV_COLUMNS : [])].join(",")];
+  const columns = regions === EVAL_REGIONS
+    ? CSV_COLUMNS
+    : regions.flatMap((r) => METRICS.map((m) => quote(`${r}_${m}`)));
+  const rows = [["case", ...columns, ...(lesions ? LESION_CSV_COLUMNS : [])].join(",")];
   for (const c of cases) {
     const lw = lesions
       ? EVAL_REGIONS.flatMap((r) => LESION_METRICS.map((m) => String(c.lesionWise?.[r][m] ?? "")))
       : [];
     rows.push(
-      [quote(c.case), ...EVAL_REGIONS.flatMap((r) => METRICS.map((m) => String(c[r][m]))), ...lw]
+      [
+        quote(c.case),
+        ...regions.flatMap((r) => METRICS.map((m) => String(caseRegion(c, r)[m]))),
+        ...lw,
+      ]
         .join(","),
     );
   }
@@ -801,7 +1121,7 @@ export async function writeEvaluation(
 ): Promise<[string, string]> {
   const json = joinUri(outUri, `${name}.json`);
   const csv = joinUri(outUri, `${name}.csv`);
-  await putObject(csv, evaluationCsv(evaluation.cases));
+  await putObject(csv, evaluationCsv(evaluation.cases, evaluationRegions(evaluation)));
   await putObject(json, JSON.stringify(evaluation, null, 2) + "\n");
   return [json, csv];
 }

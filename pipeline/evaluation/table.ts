@@ -4,8 +4,10 @@
  * @module
  */
 import {
+  caseRegion,
   EVAL_REGIONS,
   type Evaluation,
+  evaluationRegions,
   type MetricName,
   METRICS,
   type Stats,
@@ -36,15 +38,17 @@ function aligner(head: string[], rows: string[][]) {
 
 /** The per-case table (HD95 in mm), the summary rows, then the missing and extra cases. */
 export function formatTable(e: Evaluation): string {
-  const head = ["case", ...METRICS.flatMap((m) => EVAL_REGIONS.map((r) => `${HEADINGS[m]} ${r}`))];
+  const regions = evaluationRegions(e);
+  const summaryOf = e.summary as Record<string, Evaluation["summary"]["WT"]>;
+  const head = ["case", ...METRICS.flatMap((m) => regions.map((r) => `${HEADINGS[m]} ${r}`))];
   const rows: string[][] = e.cases.map((c) => [
     c.case,
-    ...METRICS.flatMap((m) => EVAL_REGIONS.map((r) => formatValue(m, c[r][m]))),
+    ...METRICS.flatMap((m) => regions.map((r) => formatValue(m, caseRegion(c, r)[m]))),
   ]);
   const stats: (keyof Stats)[] = ["mean", "std", "median", "q25", "q75"];
   const summary = stats.map((s) => [
     s,
-    ...METRICS.flatMap((m) => EVAL_REGIONS.map((r) => formatValue(m, e.summary[r][m][s]))),
+    ...METRICS.flatMap((m) => regions.map((r) => formatValue(m, summaryOf[r][m][s]))),
   ]);
   const { line, rule } = aligner(head, [head, ...rows, ...summary]);
   return [

@@ -2,14 +2,18 @@
  * The case cache's content check: every entry records the SHA-256 of its arrays, and an entry
  * edited without changing its length (labels overwritten, labels zeroed, NaN bytes in the image)
  * is refused by name wherever it is read, and rebuilt, with a log line saying why, where the
- * cache is read to load a run's cases.
+ * cache is read to load a run's cases. Also the plain round trip, reuse while the inputs are
+ * unchanged and rebuild when one changes, and cases loaded into SharedArrayBuffers.
+ * @module
  */
 import { assert, assertEquals, assertNotEquals, assertRejects, assertThrows } from "@std/assert";
 import { findCases } from "../../pipeline/cases/cases.ts";
 import {
   CacheChecksumError,
   cacheEntryUri,
+  caseKey,
   decodeCachedCase,
+  encodeCachedCase,
   loadPreprocessed,
   readCachedHeader,
   StreamedCases,
@@ -18,6 +22,7 @@ import {
 import { writePhantomDataset } from "../../pipeline/synth/phantom.ts";
 import { preprocessCase } from "../../pipeline/cases/preprocess.ts";
 import { loadCases } from "../../pipeline/training/training_cases.ts";
+import { getObject, putObject } from "../../pipeline/storage/objects.ts";
 
 /** Where an entry's payload (image, then region bits) starts: after its header, 4-aligned. */
 function payloadAt(bytes: Uint8Array): number {
@@ -132,6 +137,70 @@ Deno.test("loadCases streaming from the local cache: an entry damaged on disk is
     );
     assertEquals(await Deno.readFile(uri), good, "rebuilt whole");
     (loaded.val as StreamedCases).get(0); // reads and checks it
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("case cache: round trip, reused while the inputs are unchanged, rebuilt when one changes or is damaged", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [20, 20, 16], seed: 9 });
+    const [c] = (await findCases(`${dir}/data`)).cases;
+    const p = await preprocessCase(c);
+    const decoded = decodeCachedCase(encodeCachedCase(p, "k"), "x");
+    assertEquals(decoded.image, p.image);
+    assertEquals(decoded.regions, p.regions);
+    assertEquals(decoded.box, p.box);
+    assertThrows(
+      () => decodeCachedCase(new Uint8Array(40), "bad.rvcase"),
+      RangeError,
+      "bad.rvcase",
+    );
+
+    const cache = `${dir}/cache`;
+    const first = await loadPreprocessed(c, cache);
+    assertEquals(first.cached, false);
+    const second = await loadPreprocessed(c, cache);
+    assertEquals(second.cached, true);
+    assertEquals(second.case.image, first.case.image);
+
+    const key = await caseKey(c);
+    // Rewriting an input (new size and time) changes the key and forces a rebuild.
+    const flair = await getObject(c.images.flair);
+    await new Promise((r) => setTimeout(r, 20));
+    await putObject(c.images.flair, flair);
+    await Deno.utime(c.images.flair, new Date(), new Date(Date.now() + 5000));
+    assert((await caseKey(c)) !== key, "key changes with the file's modification time");
+    assertEquals((await loadPreprocessed(c, cache)).cached, false);
+    assertEquals((await loadPreprocessed(c, cache)).cached, true);
+
+    // A damaged entry is rebuilt, not trusted.
+    for await (const e of Deno.readDir(cache)) {
+      await Deno.writeFile(`${cache}/${e.name}`, new Uint8Array(10));
+    }
+    assertEquals((await loadPreprocessed(c, cache)).cached, false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("loadPreprocessed with shared: the same case in SharedArrayBuffers, from the NIfTI files and from the cache", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [20, 20, 16], seed: 9 });
+    const [c] = (await findCases(`${dir}/data`)).cases;
+    const plain = (await loadPreprocessed(c)).case;
+    assert(!(plain.image.buffer instanceof SharedArrayBuffer));
+    for (const expectCached of [false, true]) {
+      const r = await loadPreprocessed(c, `${dir}/cache`, { shared: true });
+      assertEquals(r.cached, expectCached);
+      assert(r.case.image.buffer instanceof SharedArrayBuffer, "image in shared memory");
+      assert(r.case.regions!.buffer instanceof SharedArrayBuffer, "regions in shared memory");
+      assertEquals([...r.case.image], [...plain.image]);
+      assertEquals([...r.case.regions!], [...plain.regions!]);
+      assertEquals(r.case.box, plain.box);
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -5,9 +5,10 @@
  * @module
  */
 import * as tf from "../../model/tf.ts";
-import { assert, assertEquals, assertThrows } from "@std/assert";
+import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import {
   autoWindow,
+  createUNet,
   disposeUNet,
   inferenceFitEdges,
   inferenceModel,
@@ -26,7 +27,8 @@ import {
 } from "../../pipeline/inference/sliding_window.ts";
 import { randomNet } from "../_model_fixtures.ts";
 import { seededRandom } from "../_grad_check.ts";
-import { type Dims } from "../../pipeline/volume/mod.ts";
+import { type Dims, mirrorVolume } from "../../pipeline/volume/mod.ts";
+import { TINY } from "../_train_fixtures.ts";
 import { unetPredictor } from "../../model/mod.ts";
 
 await tf.setBackend("cpu");
@@ -212,4 +214,49 @@ Deno.test("slidingWindowProbabilities() runs any predict function: a voxel-wise 
   const short = { ...voxelwise, predict: () => Promise.resolve(new Float32Array(5)) };
   const err = await slidingWindowProbabilities(short, image, dims, { window: 8 }).catch((e) => e);
   assert(err instanceof RangeError && /predict returned 5 values/.test(err.message), String(err));
+});
+
+Deno.test("sliding window: starts cover the volume; a whole-volume window equals the direct prediction", async () => {
+  assertEquals(windowStarts(10, 16, 0.5), [0]);
+  assertEquals(windowStarts(32, 16, 0.5), [0, 8, 16]);
+  for (const [extent, w] of [[37, 16], [100, 32], [17, 16]]) {
+    const s = windowStarts(extent, w, 0.5);
+    assertEquals(s[0], 0);
+    assertEquals(s.at(-1), extent - w);
+    for (let i = 1; i < s.length; i++) assert(s[i] - s[i - 1] <= w / 2, "overlap ≥ 0.5");
+  }
+  const g = gaussianWeights([8, 8, 8]);
+  assert(g[0] < g[(4 * 8 + 4) * 8 + 4], "centre weighs more than a corner");
+  const m = mirrorVolume(Float32Array.from([1, 2, 3, 4]), [2, 2, 1], 1, 3);
+  assertEquals([...m], [4, 3, 2, 1]);
+
+  const before = tf.memory().numTensors;
+  const net = createUNet(TINY, { seed: 1, zeroInitResidual: false });
+  const dims: Dims = [16, 16, 16];
+  const image = Float32Array.from({ length: 16 ** 3 * 4 }, (_, i) => Math.sin(i * 0.37));
+  const viaWindows = await slidingWindowProbabilities(unetPredictor(net), image, dims, {
+    window: 16,
+  });
+  const direct = tf.tidy(() =>
+    tf.sigmoid(predictLogits(net, tf.tensor5d(image, [1, 16, 16, 16, 4]))).dataSync()
+  );
+  let maxDiff = 0;
+  for (let i = 0; i < direct.length; i++) {
+    maxDiff = Math.max(maxDiff, Math.abs(direct[i] - viaWindows[i]));
+  }
+  assert(maxDiff < 1e-5, `max difference ${maxDiff}`);
+  const tiled = await slidingWindowProbabilities(unetPredictor(net), image, dims, {
+    window: 8,
+    batch: 3,
+    mirror: true,
+  });
+  assertEquals(tiled.length, 16 ** 3 * 3);
+  assert(tiled.every((v) => v >= 0 && v <= 1));
+  disposeUNet(net);
+  assertEquals(tf.memory().numTensors, before);
+  await assertRejects(
+    () => slidingWindowProbabilities(unetPredictor(net), image, dims, { window: 9 }),
+    RangeError,
+    "multiple",
+  );
 });

@@ -1,10 +1,11 @@
 /**
  * pipeline/segmentation/batch.ts: segment() over a dataset: a written segmentation nibabel reads,
- * probabilities added to an earlier run, its messages going to the progress it is given.
+ * probabilities added to an earlier run, its messages going to the progress it is given; a case with
+ * no brain voxel failed with an error record (and refused by the Segmenter the service shares).
  * @module
  */
 import * as tf from "../../model/tf.ts";
-import { assert, assertEquals, assertStringIncludes } from "@std/assert";
+import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
 import { findCases } from "../../pipeline/cases/cases.ts";
 import { evaluatePair } from "../../pipeline/evaluation/evaluation.ts";
 import { decodeNifti, encodeNifti } from "../../pipeline/nifti/mod.ts";
@@ -16,9 +17,11 @@ import {
   listObjects,
   putObject,
 } from "../../pipeline/storage/objects.ts";
-import { segment } from "../../pipeline/segmentation/mod.ts";
+import { segment, Segmenter } from "../../pipeline/segmentation/mod.ts";
 import { HAS_NIBABEL, PYTHON } from "../_nifti_fixtures.ts";
 import { assertMetricsRecord, readJson, tinyModel } from "./_segment_fixtures.ts";
+import { pathMissing } from "../_train_fixtures.ts";
+import { DIMS, EMPTY_ID, writeEmptyCase } from "../_empty_case.ts";
 
 await tf.setBackend("cpu");
 
@@ -171,6 +174,42 @@ Deno.test("segment() prints nothing itself: its messages and window progress go 
     );
   } finally {
     Object.assign(console, saved);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("segment: a case with no brain voxel fails with an error record naming it, nothing else written; the others are segmented", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "revunet-empty-" });
+  try {
+    const [good] = await writePhantomDataset(`${dir}/data`, { cases: 1, dims: DIMS, seed: 5 });
+    await writeEmptyCase(`${dir}/data`);
+    const model = await tinyModel(dir);
+    const r = await segment({ model, input: `${dir}/data`, out: `${dir}/seg` });
+    assertEquals(r.cases.map((c) => [c.id, c.status]), [[good, "done"]]);
+    assertEquals(r.failed.map((f) => f.id), [EMPTY_ID]);
+    assertStringIncludes(r.failed[0].error, `case "${EMPTY_ID}": no brain voxel`);
+    const record = JSON.parse(await Deno.readTextFile(`${dir}/seg/${EMPTY_ID}.error.json`));
+    assertEquals(record.case, EMPTY_ID);
+    assertStringIncludes(record.error, "no brain voxel");
+    for (const f of [".nii.gz", ".json", ".metrics.json"]) {
+      assert(await pathMissing(`${dir}/seg/${EMPTY_ID}${f}`), `no ${EMPTY_ID}${f}`);
+    }
+    assert(await exists(`${dir}/seg/${good}.nii.gz`));
+
+    // The Segmenter that `serve` shares refuses it the same way.
+    const segmenter = await Segmenter.load(model, {});
+    try {
+      const c = (await findCases(`${dir}/data`)).cases.find((c) => c.id === EMPTY_ID)!;
+      await assertRejects(
+        () => segmenter.segmentCase(c, `${dir}/seg2`),
+        RangeError,
+        `case "${EMPTY_ID}": no brain voxel`,
+      );
+      assert(await pathMissing(`${dir}/seg2`), "nothing written");
+    } finally {
+      segmenter.dispose();
+    }
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });

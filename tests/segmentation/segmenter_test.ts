@@ -1,6 +1,6 @@
 /**
- * pipeline/segmentation/segmenter.ts: probabilities to labels as the Segmenter converts them
- * (pipeline/labels.ts) and the auto window it resolves.
+ * pipeline/segmentation/segmenter.ts: the auto window the Segmenter resolves (its conversion of
+ * probabilities to labels: tests/labels_test.ts).
  * @module
  */
 import * as tf from "../../model/tf.ts";
@@ -10,39 +10,10 @@ import { findCases } from "../../pipeline/cases/cases.ts";
 import { decodeNifti, scaledData } from "../../pipeline/nifti/mod.ts";
 import { writePhantomDataset } from "../../pipeline/synth/phantom.ts";
 import { getObject } from "../../pipeline/storage/objects.ts";
-import { probabilitiesToLabels } from "../../pipeline/labels.ts";
 import { segment } from "../../pipeline/segmentation/mod.ts";
 import { readJson, TINY, tinyModel } from "./_segment_fixtures.ts";
 
 await tf.setBackend("cpu");
-
-Deno.test("probabilitiesToLabels: WT→2, TC→1, ET→4 or 3, each overwriting; small ET becomes necrosis", () => {
-  const probs = Float32Array.from([
-    0.1,
-    0.1,
-    0.1, // background
-    0.9,
-    0.1,
-    0.1, // edema
-    0.9,
-    0.9,
-    0.1, // necrosis
-    0.9,
-    0.9,
-    0.9, // enhancing
-    0.2,
-    0.2,
-    0.9, // ET alone still counts as ET (nnU-Net order)
-  ]);
-  assertEquals([...probabilitiesToLabels(probs, 4)], [0, 2, 1, 4, 4]);
-  assertEquals([...probabilitiesToLabels(probs, 3)], [0, 2, 1, 3, 3]);
-  assertEquals(
-    [...probabilitiesToLabels(probs, 4, 3)],
-    [0, 2, 1, 1, 1],
-    "2 ET voxels < 3 → necrosis",
-  );
-  assertEquals([...probabilitiesToLabels(probs, 4, 2)], [0, 2, 1, 4, 4]);
-});
 
 Deno.test("segment --window auto (the default) is the fixed window it resolves to: same grid, same labels; a small budget caps it", async () => {
   const dir = await Deno.makeTempDir();

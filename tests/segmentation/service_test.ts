@@ -1,11 +1,15 @@
 /**
  * pipeline/segmentation/service.ts (with http.ts and intake.ts): the event service in-process with a
- * fake runner: refused buckets, one listing per folder, 413/503, coalescing, drain, abort, 502.
+ * fake runner: refused buckets, one listing per folder, 413/503, coalescing, drain, abort, 502; with
+ * the in-process runner, a case with no brain voxel is a failed job with an error record.
  * @module
  */
-import { assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
+import * as tf from "../../model/tf.ts";
+import { join } from "node:path";
+import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
 import {
   casesFromEvent,
+  InProcessRunner,
   type JobView,
   MalformedEventError,
 } from "../../pipeline/segmentation/mod.ts";
@@ -18,6 +22,11 @@ import {
   post,
   startTestService,
 } from "./_service_fixtures.ts";
+import { tinyModel } from "./_segment_fixtures.ts";
+import { pathMissing } from "../_train_fixtures.ts";
+import { EMPTY_ID, writeEmptyCase } from "../_empty_case.ts";
+
+await tf.setBackend("cpu");
 
 Deno.test('service: an event naming bucket "brats/seg" is refused (400), nothing is listed or queued', async () => {
   await using s3 = await startS3rver({ buckets: ["brats"] });
@@ -200,4 +209,52 @@ Deno.test("service errors: an unreachable store is 502 and the event can be retr
     await service.drain();
   }
   await assertRejects(() => fetch(`${service.url}/healthz`));
+});
+
+Deno.test("serve: an event completing a case with no brain voxel is a failed job with an error record naming it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "revunet-empty-" });
+  await using _s3 = await startS3rver({ buckets: ["brats"] });
+  try {
+    await writeEmptyCase("s3://brats/in");
+    const model = await tinyModel(dir);
+    const runner = await InProcessRunner.load(model, "cpu");
+    const out = join(dir, "seg");
+    const service = await startTestService(runner, { out, model });
+    try {
+      const key = `in/${EMPTY_ID}/${EMPTY_ID}_t1.nii.gz`;
+      const res = await fetch(service.url, {
+        method: "POST",
+        body: JSON.stringify({
+          Records: [{
+            eventVersion: "2.1",
+            eventSource: "aws:s3",
+            eventTime: "2026-12-03T10:11:12.345Z",
+            eventName: "ObjectCreated:Put",
+            s3: { bucket: { name: "brats" }, object: { key, size: 1, sequencer: "01" } },
+          }],
+        }),
+      });
+      const accepted = await res.json();
+      assertEquals(res.status, 202, JSON.stringify(accepted));
+      let view: JobView;
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        view = await (await fetch(`${service.url}/jobs/${accepted.id}`)).json();
+        if (view.status !== "queued" && view.status !== "running") break;
+        assert(Date.now() < deadline, `job did not finish: ${JSON.stringify(view)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assertEquals(view.status, "failed", JSON.stringify(view));
+      assertStringIncludes(String(view.error), `case "${EMPTY_ID}": no brain voxel`);
+      const record = JSON.parse(new TextDecoder().decode(
+        await getObject(join(out, `${EMPTY_ID}.error.json`)),
+      ));
+      assertEquals(record.case, EMPTY_ID);
+      assert(await pathMissing(join(out, `${EMPTY_ID}.nii.gz`)), "no segmentation");
+    } finally {
+      await service.drain();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -1,13 +1,15 @@
 /**
  * pipeline/training/model_store.ts as segmentation loads models: resolveModel() (local and s3rver)
- * and loadModel() with its typed metadata and SHA-256, as Segmenter.load takes them.
+ * and loadModel() with its typed metadata and SHA-256, as Segmenter.load takes them; saveModel and
+ * loadModel round trips on s3rver and locally, with optimizer state.
  * @module
  */
 import * as tf from "../../model/tf.ts";
 import { assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
-import { createUNet, disposeUNet, resolveConfig } from "../../model/mod.ts";
+import { createUNet, disposeUNet, Optimizer, resolveConfig, trainStep } from "../../model/mod.ts";
 import {
   loadModel,
+  loadOptimizer,
   modelMetadataRecord,
   resolveModel,
   saveModel,
@@ -114,6 +116,42 @@ Deno.test("loadModel() gives the training crop and validation window as numbers 
     );
     segmenter.dispose();
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("saveModel/loadModel round trip on s3rver and locally, with optimizer state", async () => {
+  await using _s3 = await startS3rver({ buckets: ["models"] });
+  const dir = await Deno.makeTempDir();
+  const net = createUNet(resolveConfig({ levels: 2, baseChannels: 8, blocksPerLevel: 1 }), {
+    seed: 4,
+  });
+  const opt = new Optimizer();
+  const x = tf.randomNormal([1, 8, 8, 8, 4]) as tf.Tensor5D;
+  const y = tf.zeros([1, 8, 8, 8, 3]) as tf.Tensor5D;
+  trainStep(net, opt, x, y, 1e-3);
+  try {
+    for (const location of ["s3://models/run1/best", `${dir}/best`]) {
+      await saveModel(location, net, opt, { epoch: "3" });
+      const { net: back, metadata } = await loadModel(location);
+      assertEquals(metadata.epoch, "3");
+      assertEquals(back.config, net.config);
+      for (const [k, w] of net.named) assertEquals(back.named.get(k)!.dataSync(), w.dataSync());
+      const o = await loadOptimizer(location);
+      assertEquals(o?.step, 1);
+      o?.dispose();
+      disposeUNet(back);
+    }
+    assertEquals(await loadOptimizer(`${dir}/nothing`), undefined);
+    await assertRejects(
+      () => loadModel("s3://models/missing"),
+      Error,
+      "s3://models/missing/model.safetensors",
+    );
+  } finally {
+    tf.dispose([x, y]);
+    opt.dispose();
+    disposeUNet(net);
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -1,6 +1,6 @@
 /**
  * `train` stopped and continued: an abort (what SIGTERM/SIGINT do on the command line, tested in
- * run_test.ts) while cases load, mid-epoch and during validation; resuming bit for bit; resuming with another --epochs or with
+ * tests/tasks/train_test.ts) while cases load, mid-epoch and during validation; resuming bit for bit; resuming with another --epochs or with
  * conflicting flags; best/ without validation; and bad input that must fail before any checkpoint.
  * Tiny network and crops, so every run takes a second or two on the cpu backend.
  */

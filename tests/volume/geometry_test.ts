@@ -98,3 +98,12 @@ Deno.test("cropCube copies the cube and zero-pads outside the volume: dims [3,2,
   assertEquals([...outside.subarray(0, 14)], new Array(14).fill(0));
   assertEquals([...outside.subarray(14, 16)], [1, 2]); // (1,1,1) of the cube is voxel (0,0,0)
 });
+
+Deno.test("boundingBox finds the nonzero voxels' box, or the whole grid when there are none", () => {
+  const dims: Dims = [5, 4, 3];
+  const mask = new Uint8Array(60);
+  mask[(1 * 4 + 2) * 5 + 1] = 1; // x1 y2 z1
+  mask[(2 * 4 + 3) * 5 + 3] = 1; // x3 y3 z2
+  assertEquals(boundingBox(mask, dims), { start: [1, 2, 1], size: [3, 2, 2] });
+  assertEquals(boundingBox(new Uint8Array(60), dims), { start: [0, 0, 0], size: [5, 4, 3] });
+});

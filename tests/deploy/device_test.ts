@@ -1,30 +1,17 @@
 /**
  * deploy/device/: the GPU-machine kit, checked without a GPU, the network or a packed .device/.
  * The scripts parse, run.sh records what is missing instead of failing silently, summary.py reads
- * back what run.sh records, and the bench's peer honours REVUNET_PEER_PYTHON.
+ * back what run.sh records (the bench's peer honouring REVUNET_PEER_PYTHON:
+ * tests/training/bench/peer_test.ts).
  * @module
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
-import { PEER_PYTHON, PEER_PYTHON_ENV, peerPython, runPeer } from "../pipeline/training/mod.ts";
-import { ROOT, runCommand } from "./_cli.ts";
+import { ROOT, runCommand } from "../_cli.ts";
 
 const DEVICE = join(ROOT, "deploy", "device");
 
 const run = runCommand;
-
-/** Sets or removes an environment variable for the length of `fn`. */
-async function withEnv<T>(name: string, value: string | undefined, fn: () => Promise<T> | T) {
-  const before = Deno.env.get(name);
-  if (value === undefined) Deno.env.delete(name);
-  else Deno.env.set(name, value);
-  try {
-    return await fn();
-  } finally {
-    if (before === undefined) Deno.env.delete(name);
-    else Deno.env.set(name, before);
-  }
-}
 
 Deno.test("deploy/device: pack.sh and run.sh parse (bash -n)", async () => {
   for (const script of ["pack.sh", "run.sh"]) {
@@ -36,23 +23,6 @@ Deno.test("deploy/device: pack.sh and run.sh parse (bash -n)", async () => {
 Deno.test("deploy/device: .device/ is git-ignored", async () => {
   const ignore = await Deno.readTextFile(join(ROOT, ".gitignore"));
   assert(ignore.split("\n").some((l) => l.trim() === "/.device/"), ".gitignore lacks /.device/");
-});
-
-Deno.test("bench speed: the peer's Python is REVUNET_PEER_PYTHON when set, else the default", async () => {
-  assertEquals(PEER_PYTHON_ENV, "REVUNET_PEER_PYTHON");
-  await withEnv(PEER_PYTHON_ENV, undefined, () => assertEquals(peerPython(), PEER_PYTHON));
-  await withEnv(PEER_PYTHON_ENV, "", () => assertEquals(peerPython(), PEER_PYTHON));
-  await withEnv(PEER_PYTHON_ENV, "/opt/venv/bin/python3", () => {
-    assertEquals(peerPython(), "/opt/venv/bin/python3");
-  });
-  const missing = "/nonexistent/revunet/python3";
-  const r = await withEnv(
-    PEER_PYTHON_ENV,
-    missing,
-    () => runPeer({ crop: 16, steps: 1, warmup: 0, threads: 1, device: "cpu" }),
-  );
-  assertEquals(r.peer, null);
-  assertStringIncludes(r.reason ?? "", `cannot run ${missing}`);
 });
 
 Deno.test("deploy/device: run.sh without OUT refuses; with an empty kit it records why", async () => {

@@ -7,8 +7,8 @@
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { assert, assertEquals } from "@std/assert";
-import { commands } from "../tasks/mod.ts";
-import { ROOT } from "./_cli.ts";
+import { commands } from "../../tasks/mod.ts";
+import { ROOT } from "../_cli.ts";
 
 const DEPLOY = join(ROOT, "deploy");
 const DOCKERFILES = ["Dockerfile.gpu", "Dockerfile.cpu"];

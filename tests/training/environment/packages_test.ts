@@ -1,18 +1,15 @@
 /**
- * pipeline/training/environment: the optional packages `setup` installs (without running apt-get:
- * only packages already installed are asked for) and the versions `version` reports.
+ * pipeline/training/environment/packages.ts: the optional packages `setup` installs (without running
+ * apt-get: only packages already installed are asked for).
  * @module
  */
 import { assert, assertEquals } from "@std/assert";
-import config from "../deno.json" with { type: "json" };
 import {
   installPackages,
   optionalPackages,
   PEER_PACKAGES,
   SYSTEM_PACKAGES,
-  VERSION,
-  versionInfo,
-} from "../pipeline/training/mod.ts";
+} from "../../../pipeline/training/mod.ts";
 
 /** Whether dpkg says `pkg` is installed (false without dpkg). */
 function dpkgInstalled(pkg: string): boolean {
@@ -50,11 +47,4 @@ Deno.test({
     assertEquals(r, { allInstalled: true, missing: [] });
     assertEquals(said, []);
   },
-});
-
-Deno.test("versionInfo() reports deno.json's version, Deno's and the auto backend's choice", async () => {
-  assertEquals(VERSION, config.version);
-  const v = await versionInfo();
-  assertEquals([v.revunet, v.deno, v.v8], [config.version, Deno.version.deno, Deno.version.v8]);
-  assert(v.backend.name.length > 0 && v.backend.reason.length > 0, JSON.stringify(v.backend));
 });

@@ -1,24 +1,12 @@
 /**
- * `bench speed` as a user runs it (a subprocess of main.ts, tiny crop and case, no peer), and the
- * PyTorch peer's network checked against ours when Debian's python3-torch is installed.
+ * `bench speed` and `bench kernels` as a user runs them (a subprocess of main.ts, tiny crop and
+ * case, no peer), with their usage errors, and bench and plan on webgpu when an adapter is there
+ * (the engine's own tests: tests/training/bench/).
  * @module
  */
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
-import { countParams, REFERENCE_CONFIG, resolveConfig } from "../model/mod.ts";
-import { depthwiseShapes, PEER_PYTHON, PEER_SCRIPT } from "../pipeline/training/mod.ts";
-import { runCommand } from "./_cli.ts";
-
-const HAS_TORCH: boolean = (() => {
-  try {
-    return new Deno.Command(PEER_PYTHON, {
-      args: ["-c", "import torch"],
-      stdout: "null",
-      stderr: "null",
-    }).outputSync().success;
-  } catch {
-    return false;
-  }
-})();
+import { depthwiseShapes } from "../../pipeline/training/mod.ts";
+import { runCommand } from "../_cli.ts";
 
 const run = runCommand;
 
@@ -85,27 +73,6 @@ Deno.test("bench speed rejects a crop that is not a multiple of 8 and memory-onl
   assert(mixed.stderr.includes("--budget"), mixed.stderr);
 });
 
-Deno.test({
-  name: "peer_torch.py --check: the PyTorch network has our 479,955 parameters and output shape",
-  ignore: !HAS_TORCH,
-  async fn() {
-    const r = await run(PEER_PYTHON, [
-      "pipeline/training/bench/peer_torch.py",
-      "--check",
-      "--device",
-      "cpu",
-    ]);
-    assertEquals(r.code, 0, r.stderr);
-    const j = JSON.parse(r.stdout.trim().split("\n").pop()!);
-    assertEquals(j.param_count, countParams(resolveConfig(REFERENCE_CONFIG)));
-    assertEquals(j.param_count, 479955);
-    assertEquals(j.input_shape, [1, 4, 16, 16, 16]);
-    assertEquals(j.output_shape, [1, 3, 16, 16, 16]);
-    // Its reversible backward (inputs recomputed from outputs) against ordinary autograd.
-    assert(j.grad_rel_err < 1e-4, `grad_rel_err ${j.grad_rel_err}`);
-  },
-});
-
 /** Whether this process sees a WebGPU adapter (the tests run with --unstable-webgpu). */
 async function webGpuAdapter(): Promise<string | null> {
   const gpu = (navigator as unknown as { gpu?: { requestAdapter(): Promise<unknown> } }).gpu;
@@ -163,15 +130,6 @@ Deno.test({
     const p = JSON.parse(plan.stdout);
     assert(p.reversible.max_crop > p.standard.max_crop, plan.stdout);
   },
-});
-
-Deno.test("bench kernels: the network's depthwise shapes per level", () => {
-  assertEquals(depthwiseShapes(64), [
-    [1, 64, 64, 64, 32],
-    [1, 32, 32, 32, 64],
-    [1, 16, 16, 16, 128],
-    [1, 8, 8, 8, 256],
-  ]);
 });
 
 Deno.test("bench kernels --json times every kernel at every level; misplaced flags are usage errors", async () => {
@@ -250,9 +208,4 @@ Deno.test("bench speed without --json: the summary for people, then the same res
   assertEquals(lines.length, 8, r.stdout);
   // Progress went to stderr, prefixed with the command.
   assert(r.stderr.split("\n").filter((l) => l).every((l) => l.startsWith("bench: ")), r.stderr);
-});
-
-Deno.test("bench speed: the PyTorch peer's script lies beside the engine that runs it", async () => {
-  assert(PEER_SCRIPT.pathname.endsWith("/pipeline/training/bench/peer_torch.py"), PEER_SCRIPT.href);
-  assert((await Deno.stat(PEER_SCRIPT)).isFile, `${PEER_SCRIPT.href} is missing`);
 });
