@@ -127,9 +127,39 @@ export function numberFlag(
   return n;
 }
 
+/** Parses a memory flag given in GiB (a {@linkcode numberFlag}); returns bytes. */
+export function gibFlag(name: string, value: string | undefined, fallback: number, min: number) {
+  return numberFlag(name, value, fallback, min) * 2 ** 30;
+}
+
 /** Writes one JSON value as a line on stdout. */
 export function printJson(value: unknown): void {
   console.log(JSON.stringify(value));
+}
+
+/**
+ * Runs `body` with `onSignal` called on each SIGTERM and SIGINT, the listeners removed after.
+ * @returns what `body` returns
+ */
+export async function withSignals<T>(
+  onSignal: (signal: "SIGTERM" | "SIGINT") => void,
+  body: () => Promise<T>,
+): Promise<T> {
+  const listeners = (["SIGTERM", "SIGINT"] as const).map((sig) => {
+    const handler = () => onSignal(sig);
+    Deno.addSignalListener(sig, handler);
+    return [sig, handler] as const;
+  });
+  try {
+    return await body();
+  } finally {
+    for (const [sig, handler] of listeners) Deno.removeSignalListener(sig, handler);
+  }
+}
+
+/** Throws a usage error `--<flag> is required` for the first of `flags` not given (or empty). */
+export function requireFlags<V extends Record<string, unknown>>(values: V, flags: (keyof V)[]) {
+  for (const f of flags) if (!values[f]) throw new UsageError(`--${String(f)} is required`);
 }
 
 /** Parses `--backend`: one of the names {@linkcode selectBackend} knows, else a usage error. */
@@ -182,15 +212,11 @@ export const INFERENCE_HELP =
                             post-processing; removes scattered false positives, off by default)`;
 
 /** The flags' values as parseFlags returns them. */
-export interface InferenceFlagValues {
-  overlap?: string;
-  window?: string;
-  tta?: boolean;
-  batch?: string;
-  "et-threshold"?: string;
-  "largest-component"?: boolean;
-  "save-probabilities"?: boolean;
-}
+export type InferenceFlagValues = {
+  [K in keyof typeof INFERENCE_FLAGS]?: (typeof INFERENCE_FLAGS)[K]["type"] extends "boolean"
+    ? boolean
+    : string;
+};
 
 /**
  * The case options the flags give: overlap in [0, MAX_OVERLAP] (default 0.5), window an integer

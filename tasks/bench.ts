@@ -20,14 +20,12 @@ import {
 import {
   backendFlag,
   type Command,
+  gibFlag,
   intFlag,
-  numberFlag,
   parseFlags,
   printJson,
   UsageError,
 } from "./_cli.ts";
-
-const GiB = 1024 ** 3;
 
 /** Parses `--case-sizes`: comma-separated XxYxZ sizes, or "none". */
 function caseSizesFlag(value: string | undefined): [number, number, number][] | undefined {
@@ -44,6 +42,20 @@ function caseSizesFlag(value: string | undefined): [number, number, number][] | 
     return dims as [number, number, number];
   });
 }
+
+const FLAGS = {
+  json: { type: "boolean" },
+  budget: { type: "string" },
+  crop: { type: "string" },
+  "search-crop": { type: "string" },
+  data: { type: "string" },
+  steps: { type: "string" },
+  "case-sizes": { type: "string" },
+  window: { type: "string" },
+  threads: { type: "string" },
+  "no-peer": { type: "boolean" },
+  backend: { type: "string" },
+} as const;
 
 /** Flags every benchmark takes. */
 const COMMON_FLAGS = ["json", "crop", "backend"];
@@ -118,19 +130,7 @@ Examples:
   deno task bench speed --json --crop 16 --case-sizes 64x64x40 --no-peer
   deno task bench kernels --backend webgpu`,
   async run(args) {
-    const { values, positionals } = parseFlags("bench", args, {
-      json: { type: "boolean" },
-      budget: { type: "string" },
-      crop: { type: "string" },
-      "search-crop": { type: "string" },
-      data: { type: "string" },
-      steps: { type: "string" },
-      "case-sizes": { type: "string" },
-      window: { type: "string" },
-      threads: { type: "string" },
-      "no-peer": { type: "boolean" },
-      backend: { type: "string" },
-    }, true);
+    const { values, positionals } = parseFlags("bench", args, FLAGS, true);
     const which = benchName(positionals, values);
     const log = values.json ? () => {} : (m: string) => console.error(`bench: ${m}`);
     const choice = await selectBackend(backendFlag(values.backend), log);
@@ -140,18 +140,7 @@ Examples:
   },
 };
 
-type BenchValues = Partial<Record<string, string | boolean>> & {
-  json?: boolean;
-  budget?: string;
-  crop?: string;
-  "search-crop"?: string;
-  data?: string;
-  steps?: string;
-  "case-sizes"?: string;
-  window?: string;
-  threads?: string;
-  "no-peer"?: boolean;
-};
+type BenchValues = ReturnType<typeof parseFlags<typeof FLAGS>>["values"];
 type Log = (message: string) => void;
 
 /** The benchmark named, its flags checked against the ones it takes. */
@@ -164,7 +153,7 @@ function benchName(positionals: string[], values: BenchValues): keyof typeof OWN
   }
   if (extra.length > 0) throw new UsageError(`bench: unexpected arguments: ${extra.join(" ")}`);
   const own = OWN_FLAGS[which];
-  const given = Object.keys(values).filter((k) => values[k] !== undefined);
+  const given = Object.entries(values).filter(([, v]) => v !== undefined).map(([k]) => k);
   const misplaced = given.find((k) => !COMMON_FLAGS.includes(k) && !own.includes(k));
   if (misplaced) {
     const owners = Object.entries(OWN_FLAGS).filter(([, flags]) => flags.includes(misplaced));
@@ -222,7 +211,7 @@ async function runMemory(values: BenchValues, log: Log): Promise<void> {
   const io = values.data === undefined ? undefined : await datasetShape(values.data);
   printJson(
     await benchMemory({
-      budget: numberFlag("budget", values.budget, 16, 0.001) * GiB,
+      budget: gibFlag("budget", values.budget, 16, 0.001),
       crop,
       searchCrop: intFlag("search-crop", values["search-crop"], 96, 8),
       log,

@@ -13,6 +13,7 @@ import {
   inferenceOptions,
   parseFlags,
   printJson,
+  requireFlags,
   shardFlag,
   UsageError,
 } from "./_cli.ts";
@@ -90,9 +91,7 @@ Example:
       quiet: { type: "boolean" },
       json: { type: "boolean" },
     });
-    for (const f of ["model", "out"] as const) {
-      if (!values[f]) throw new UsageError(`--${f} is required`);
-    }
+    requireFlags(values, ["model", "out"]);
     if (!values.input && values.event === undefined) {
       throw new UsageError("--input is required (or --event)");
     }

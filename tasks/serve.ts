@@ -23,7 +23,9 @@ import {
   intFlag,
   parseFlags,
   printJson,
+  requireFlags,
   UsageError,
+  withSignals,
 } from "./_cli.ts";
 
 /** The environment variable holding the bearer token unless `--token-env` names another. */
@@ -110,9 +112,7 @@ See deploy/README.md for wiring S3 (SNS) or MinIO (mc event add) to the service.
       "in-process": { type: "boolean" },
       quiet: { type: "boolean" },
     });
-    for (const f of ["model", "out"] as const) {
-      if (!values[f]) throw new UsageError(`--${f} is required`);
-    }
+    requireFlags(values, ["model", "out"]);
     if (values["no-auth"] && values["token-env"] !== undefined) {
       throw new UsageError("--no-auth and --token-env contradict each other: give one");
     }
@@ -191,20 +191,11 @@ async function untilClosed(
   log: (entry: Record<string, unknown>) => void,
 ): Promise<void> {
   let signals = 0;
-  const onSignal = (name: string) => () => {
+  const onSignal = (name: string) => {
     signals++;
     log({ event: "signal", signal: name });
     if (signals === 1) service.drain();
     else service.abort();
   };
-  const listeners = (["SIGTERM", "SIGINT"] as const).map((sig) => {
-    const handler = onSignal(sig);
-    Deno.addSignalListener(sig, handler);
-    return [sig, handler] as const;
-  });
-  try {
-    await service.closed;
-  } finally {
-    for (const [sig, handler] of listeners) Deno.removeSignalListener(sig, handler);
-  }
+  await withSignals(onSignal, () => service.closed);
 }

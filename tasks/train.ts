@@ -24,14 +24,14 @@ import {
 import {
   backendFlag,
   type Command,
+  gibFlag,
   intFlag,
   numberFlag,
   parseFlags,
   printJson,
   UsageError,
+  withSignals,
 } from "./_cli.ts";
-
-const GIB = 2 ** 30;
 
 const FLAGS = {
   data: { type: "string" },
@@ -112,7 +112,7 @@ async function cropFlag(
     return;
   }
   if (values.budget === undefined) throw new UsageError("--crop auto needs --budget <gib>");
-  const budget = numberFlag("budget", values.budget, 0, 0.001) * GIB;
+  const budget = gibFlag("budget", values.budget, 0, 0.001);
   if (values.resume) {
     if (!values.quiet) {
       console.error("train: --crop auto with --resume: the run keeps the crop it started with");
@@ -132,23 +132,15 @@ async function runStoppable(
 ): Promise<void> {
   const abort = new AbortController();
   let signalName: Deno.Signal | undefined;
-  const listeners = (["SIGTERM", "SIGINT"] as const).map((sig) => {
-    const handler = () => {
-      if (signalName) return;
-      signalName = sig;
-      console.error(`train: ${sig} received; stopping before the next step to save a checkpoint`);
-      abort.abort();
-    };
-    Deno.addSignalListener(sig, handler);
-    return [sig, handler] as const;
-  });
-  try {
-    const result = await start(abort.signal);
-    if (json) printJson(result);
-    if (signalName) Deno.exit(signalName === "SIGTERM" ? 143 : 130);
-  } finally {
-    for (const [sig, handler] of listeners) Deno.removeSignalListener(sig, handler);
-  }
+  const onSignal = (sig: "SIGTERM" | "SIGINT") => {
+    if (signalName) return;
+    signalName = sig;
+    console.error(`train: ${sig} received; stopping before the next step to save a checkpoint`);
+    abort.abort();
+  };
+  const result = await withSignals(onSignal, () => start(abort.signal));
+  if (json) printJson(result);
+  if (signalName) Deno.exit(signalName === "SIGTERM" ? 143 : 130);
 }
 
 /** The command: flags, settings checked before a backend loads, then the run. */
@@ -162,7 +154,7 @@ async function trainFromFlags(args: string[]): Promise<void> {
   const workers = intFlag("workers", values.workers, 1, 0, 16);
   const caseMemory = values["case-memory"] === undefined
     ? undefined
-    : numberFlag("case-memory", values["case-memory"], 0, 0) * GIB;
+    : gibFlag("case-memory", values["case-memory"], 0, 0);
   await cropFlag(values, given, backend);
   // A crop the network cannot take is a usage error before the backend loads.
   const fresh = resume ? undefined : newRunSettings(values.data!, given);
