@@ -4,12 +4,11 @@
  * command line of {@linkcode planCrop} (pipeline/training/plan.ts).
  * @module
  */
-import { datasetShape } from "../pipeline/cases/mod.ts";
 import {
-  type NetworkConfig,
-  networkConfig,
   planCrop,
+  planNetworkConfig,
   selectBackend,
+  SettingsError,
 } from "../pipeline/training/mod.ts";
 import {
   backendFlag,
@@ -61,7 +60,9 @@ Example:
     });
     if (values.budget === undefined) throw new UsageError("plan: --budget <gib> is required");
     const budget = gibFlag("budget", values.budget, 16, 1e-6);
-    const config = await configFlags(values.config, values.data);
+    const config = await planNetworkConfig(values.config, values.data).catch((e) => {
+      throw e instanceof SettingsError ? new UsageError(e.message, { cause: e }) : e;
+    });
     const measureCrops = values["measure-crops"]?.split(",").map((s, i) =>
       intFlag(`measure-crops[${i}]`, s.trim(), 0, 1, 512)
     );
@@ -84,45 +85,3 @@ Example:
     );
   },
 };
-
-/**
- * The network `--config` and `--data` give: the fields over the reference, checked (limits
- * included) before the backend loads, with the dataset's channels in and regions out.
- */
-async function configFlags(
-  configJson: string | undefined,
-  data: string | undefined,
-): Promise<Partial<NetworkConfig>> {
-  let config: Partial<NetworkConfig> = {};
-  if (configJson !== undefined) {
-    try {
-      config = JSON.parse(configJson);
-    } catch (e) {
-      throw new UsageError(`--config is not JSON: ${(e as Error).message}`);
-    }
-    if (typeof config !== "object" || config === null || Array.isArray(config)) {
-      throw new UsageError(
-        `--config must be a JSON object of network fields, got ${configJson}`,
-      );
-    }
-    // Checked (limits included) before the backend loads.
-    try {
-      networkConfig(config);
-    } catch (e) {
-      throw new UsageError((e as Error).message, { cause: e });
-    }
-  }
-  if (data !== undefined) {
-    // The network follows the data, as train makes it: channels in, regions out.
-    const io = await datasetShape(data);
-    for (const k of ["inChannels", "outChannels"] as const) {
-      if (config[k] !== undefined && config[k] !== io[k]) {
-        throw new UsageError(
-          `--config ${k} ${config[k]} disagrees with --data ${data}, which has ${io[k]}`,
-        );
-      }
-    }
-    config = { ...config, inChannels: io.inChannels, outChannels: io.outChannels };
-  }
-  return config;
-}

@@ -5,15 +5,11 @@
  * @module
  */
 import {
-  type CaseRunner,
   DEFAULT_MAX_BODY,
   type EventService,
-  InProcessRunner,
   MAX_EVENT_RECORDS,
-  startEventService,
-  WorkerPool,
+  startModelService,
 } from "../pipeline/segmentation/mod.ts";
-import { resolveModel } from "../pipeline/training/mod.ts";
 import {
   backendFlag,
   type Command,
@@ -137,31 +133,15 @@ See deploy/README.md for wiring S3 (SNS) or MinIO (mc event add) to the service.
     if (values["in-process"] && concurrency > 1) {
       throw new UsageError("--in-process segments one case at a time: drop --concurrency");
     }
-    // A run folder, best/, a checkpoint folder or the file: resolved once, after the flags are
-    // checked and before any worker loads it.
-    const model = await resolveModel(settings.model);
-    settings.model = model.uri;
     const log = values.quiet
       ? () => {}
       : (entry: Record<string, unknown>) => printJson({ time: new Date().toISOString(), ...entry });
-
-    log({
-      event: "loading",
-      model: settings.model,
-      ...(model.note ? { note: model.note } : {}),
+    const service = await startModelService({
+      ...settings,
       backend,
-      workers: values["in-process"] ? 0 : concurrency,
+      inProcess: values["in-process"] ?? false,
+      log,
     });
-    const pool: CaseRunner = values["in-process"]
-      ? await InProcessRunner.load(settings.model, backend)
-      : await WorkerPool.start(settings.model, backend, concurrency, log);
-    let service: EventService;
-    try {
-      service = await startEventService({ ...settings, log }, pool);
-    } catch (e) {
-      pool.close();
-      throw e;
-    }
     await untilClosed(service, log);
   },
 };

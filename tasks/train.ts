@@ -5,9 +5,8 @@
  */
 import { Progress } from "../pipeline/report/mod.ts";
 import {
-  autoCrop,
+  autoCropSetting,
   type BackendName,
-  defaultSettings,
   networkConfigFlag,
   newRunSettings,
   type NumericSetting,
@@ -113,15 +112,12 @@ async function cropFlag(
   }
   if (values.budget === undefined) throw new UsageError("--crop auto needs --budget <gib>");
   const budget = gibFlag("budget", values.budget, 0, 0.001);
-  if (values.resume) {
-    if (!values.quiet) {
-      console.error("train: --crop auto with --resume: the run keeps the crop it started with");
-    }
+  const auto = await autoCropSetting(given, budget, backend, values.resume ?? false);
+  if (auto.crop === undefined) {
+    if (!values.quiet) console.error(`train: ${auto.note}`);
     return;
   }
-  const d = defaultSettings("");
-  const auto = await autoCrop(given.config ?? d.config, given.batch ?? d.batch, budget, backend);
-  console.error(`train: --crop auto: ${auto.summary}`);
+  console.error(`train: ${auto.note}`);
   given.crop = auto.crop;
 }
 

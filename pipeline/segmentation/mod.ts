@@ -20,3 +20,4 @@ export * from "./job.ts";
 export * from "./jobs.ts";
 export { DEDUPE_ENTRIES } from "./intake.ts";
 export * from "./service.ts";
+export * from "./model_service.ts";

@@ -18,7 +18,8 @@ import {
   resolveConfig,
   selectBackend,
 } from "../../model/mod.ts";
-import { SettingsError } from "./settings.ts";
+import { datasetShape } from "../cases/mod.ts";
+import { defaultSettings, networkConfig, SettingsError, type TrainSettings } from "./settings.ts";
 
 const GIB = 2 ** 30;
 
@@ -117,4 +118,72 @@ export async function autoCrop(
     (budget / GIB).toFixed(2)
   } GiB; ${Math.round(model.fit.slope)} bytes/voxel measured at ${crops[0]}³ and ${crops[1]}³)`;
   return { crop, peakBytes, bytesPerVoxel: model.fit.slope, measured: crops, summary };
+}
+
+/**
+ * The network `plan --config <json> --data <uri>` names: the fields over the reference, checked
+ * (limits included) before a backend loads, with the dataset's channels in and regions out, as
+ * train makes it.
+ * @throws {SettingsError} of `--config` for JSON that is no object of valid network fields, or a
+ *   field disagreeing with the data
+ * @throws {Error} naming `data` when it holds no cases
+ */
+export async function planNetworkConfig(
+  configJson: string | undefined,
+  data: string | undefined,
+): Promise<Partial<NetworkConfig>> {
+  let config: Partial<NetworkConfig> = {};
+  if (configJson !== undefined) {
+    try {
+      config = JSON.parse(configJson);
+    } catch (e) {
+      throw new SettingsError("--config", `--config is not JSON: ${(e as Error).message}`);
+    }
+    if (typeof config !== "object" || config === null || Array.isArray(config)) {
+      throw new SettingsError(
+        "--config",
+        `--config must be a JSON object of network fields, got ${configJson}`,
+      );
+    }
+    networkConfig(config);
+  }
+  if (data !== undefined) {
+    const io = await datasetShape(data);
+    for (const k of ["inChannels", "outChannels"] as const) {
+      if (config[k] !== undefined && config[k] !== io[k]) {
+        throw new SettingsError(
+          "--config",
+          `--config ${k} ${config[k]} disagrees with --data ${data}, which has ${io[k]}`,
+        );
+      }
+    }
+    config = { ...config, inChannels: io.inChannels, outChannels: io.outChannels };
+  }
+  return config;
+}
+
+/** What {@linkcode autoCropSetting} made of `--crop auto`. */
+export interface AutoCropSetting {
+  /** The crop chosen, or undefined for a resumed run (which keeps the crop it started with). */
+  crop?: number;
+  /** What was done, for the log: the choice and its figures, or why nothing was chosen. */
+  note: string;
+}
+
+/**
+ * `train --crop auto --budget`: the largest crop whose measured training step fits `budget`
+ * bytes on `backend` for the network and batch `given` (defaults for those not given); a resumed
+ * run keeps its crop and nothing is measured.
+ * @throws {SettingsError} of `--budget` when not even the smallest crop fits
+ */
+export async function autoCropSetting(
+  given: Partial<TrainSettings>,
+  budget: number,
+  backend: BackendName,
+  resume: boolean,
+): Promise<AutoCropSetting> {
+  if (resume) return { note: "--crop auto with --resume: the run keeps the crop it started with" };
+  const d = defaultSettings("");
+  const auto = await autoCrop(given.config ?? d.config, given.batch ?? d.batch, budget, backend);
+  return { crop: auto.crop, note: `--crop auto: ${auto.summary}` };
 }

@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertRejects } from "@std/assert";
+import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
 import * as tf from "../../model/tf.ts";
 import {
   cropModel,
@@ -11,7 +11,14 @@ import {
   resolveConfig,
   reversibleLowerBound,
 } from "../../model/mod.ts";
-import { planCrop } from "../../pipeline/training/mod.ts";
+import {
+  autoCrop,
+  autoCropSetting,
+  planCrop,
+  planNetworkConfig,
+  SettingsError,
+} from "../../pipeline/training/mod.ts";
+import { writePhantomDataset } from "../../pipeline/synth/mod.ts";
 
 await tf.setBackend("cpu");
 const SMALL = { levels: 2, baseChannels: 8, blocksPerLevel: 2 };
@@ -73,4 +80,52 @@ Deno.test({
       disableNativeKernels();
     }
   },
+});
+
+Deno.test("planNetworkConfig: --config JSON checked, --data's channels and regions shape the network", async () => {
+  assertEquals(await planNetworkConfig(undefined, undefined), {});
+  assertEquals(await planNetworkConfig('{"baseChannels":8}', undefined), { baseChannels: 8 });
+  const refused = async (json: string, data?: string) => {
+    const e = await assertRejects(() => planNetworkConfig(json, data), SettingsError);
+    assertEquals(e.flag, "--config");
+    return e.message;
+  };
+  assertStringIncludes(await refused("notjson"), "--config is not JSON: ");
+  assertEquals(await refused("[1]"), "--config must be a JSON object of network fields, got [1]");
+  assertEquals(await refused("null"), "--config must be a JSON object of network fields, got null");
+  assertStringIncludes(await refused('{"baseChannels":-1}'), "--config: Network configuration: ");
+
+  const dir = await Deno.makeTempDir({ prefix: "revunet-plan-" });
+  try {
+    await writePhantomDataset(dir, { cases: 1, dims: [16, 16, 16], seed: 1 });
+    assertEquals(await planNetworkConfig('{"baseChannels":8}', dir), {
+      baseChannels: 8,
+      inChannels: 4,
+      outChannels: 3,
+    });
+    assertEquals(
+      await refused('{"outChannels":1}', dir),
+      `--config outChannels 1 disagrees with --data ${dir}, which has 3`,
+    );
+    await assertRejects(() => planNetworkConfig(undefined, `${dir}/none`), Error, `${dir}/none`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("autoCropSetting: a new run gets autoCrop's crop for its network and batch; a resumed one none", async () => {
+  const config = resolveConfig(SMALL);
+  const budget = 64 * 1024 ** 2;
+  const chosen = await autoCropSetting({ config, batch: 2 }, budget, "cpu", false);
+  const expected = await autoCrop(config, 2, budget, "cpu");
+  assertEquals(chosen, { crop: expected.crop, note: `--crop auto: ${expected.summary}` });
+  assertEquals(await autoCropSetting({ config }, budget, "cpu", true), {
+    note: "--crop auto with --resume: the run keeps the crop it started with",
+  });
+  const e = await assertRejects(
+    () => autoCropSetting({ config }, 1024, "cpu", false),
+    SettingsError,
+  );
+  assertEquals(e.flag, "--budget");
+  assertStringIncludes(e.message, "is too small");
 });
