@@ -19,7 +19,7 @@ import {
   shardOutUri,
   writeShardEvaluation,
 } from "../pipeline/evaluation/mod.ts";
-import { Progress, writeEvaluationReport } from "../pipeline/report/mod.ts";
+import { type Progress, writeEvaluationReport } from "../pipeline/report/mod.ts";
 import {
   type Command,
   intFlag,
@@ -27,6 +27,7 @@ import {
   parseFlags,
   printJson,
   shardFlag,
+  stderrProgress,
   UsageError,
 } from "./_cli.ts";
 
@@ -166,7 +167,7 @@ Examples:
     const problem = await bratsOnlyProblem(bratsOnly, values.truth, values["dataset-json"]);
     if (problem) throw new UsageError(problem);
 
-    const progress = new Progress();
+    const progress = stderrProgress();
     const t0 = performance.now();
     const evaluation = await evaluateShard(values.pred, values.truth, {
       labels,
