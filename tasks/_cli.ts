@@ -8,6 +8,7 @@ import { parseShard, type Shard } from "../pipeline/cases/mod.ts";
 import { MAX_OVERLAP, OVERLAP_RANGE } from "../pipeline/inference/mod.ts";
 import type { CaseOptions } from "../pipeline/segmentation/mod.ts";
 import { BACKEND_NAMES, type BackendName } from "../pipeline/training/mod.ts";
+import { Progress } from "../pipeline/report/mod.ts";
 
 /** main.ts's hooks on the WebGPU device: its errors said as they come, checked after a command. */
 export { checkWebGpuErrors, onWebGpuError } from "../pipeline/training/mod.ts";
@@ -130,6 +131,17 @@ export function numberFlag(
 /** Parses a memory flag given in GiB (a {@linkcode numberFlag}); returns bytes. */
 export function gibFlag(name: string, value: string | undefined, fallback: number, min: number) {
   return numberFlag(name, value, fallback, min) * 2 ** 30;
+}
+
+/** Writes text to standard error at once (all of it, even when the first write is short). */
+export function writeStderr(text: string): void {
+  const bytes = new TextEncoder().encode(text);
+  for (let n = 0; n < bytes.length;) n += Deno.stderr.writeSync(bytes.subarray(n));
+}
+
+/** A progress line on standard error, redrawn in place when standard error is a terminal. */
+export function stderrProgress(quiet = false): Progress {
+  return new Progress({ quiet, tty: Deno.stderr.isTerminal(), write: writeStderr });
 }
 
 /** Writes one JSON value as a line on stdout. */

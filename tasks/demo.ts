@@ -8,8 +8,15 @@
 import { DEMO_MARKER as MARKER, DEMO_STAGES as STAGES, runDemo } from "../pipeline/demo/mod.ts";
 import { deleteObject, exists, joinUri, listObjects } from "../pipeline/storage/mod.ts";
 import { trainEventPrinter } from "../pipeline/training/mod.ts";
-import { Progress } from "../pipeline/report/mod.ts";
-import { backendFlag, type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
+import {
+  backendFlag,
+  type Command,
+  intFlag,
+  parseFlags,
+  printJson,
+  stderrProgress,
+  UsageError,
+} from "./_cli.ts";
 
 function sizeFlag(value: string | undefined): [number, number, number] {
   if (value === undefined) return [64, 64, 48];
@@ -90,7 +97,7 @@ Example:
     printJson(
       await runDemo({
         ...options,
-        onProgress: trainEventPrinter(new Progress()),
+        onProgress: trainEventPrinter(stderrProgress()),
         log: (m) => console.error(`demo: ${m}`),
       }),
     );

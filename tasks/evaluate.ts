@@ -5,19 +5,21 @@
  * (pipeline/evaluation), with the report of pipeline/report.
  * @module
  */
+import type { Shard } from "../pipeline/cases/mod.ts";
 import {
+  bratsOnlyProblem,
   evaluateShard,
   type Evaluation,
-  findReferenceDataset,
   formatLesionTable,
   formatTable,
   type LabelConvention,
   LESION_WISE_CHALLENGES,
   type LesionWiseParams,
+  missingPredictionsError,
   shardOutUri,
   writeShardEvaluation,
 } from "../pipeline/evaluation/mod.ts";
-import { Progress, writeEvaluationReport } from "../pipeline/report/mod.ts";
+import { type Progress, writeEvaluationReport } from "../pipeline/report/mod.ts";
 import {
   type Command,
   intFlag,
@@ -25,6 +27,7 @@ import {
   parseFlags,
   printJson,
   shardFlag,
+  stderrProgress,
   UsageError,
 } from "./_cli.ts";
 
@@ -161,20 +164,10 @@ Examples:
       values.labels !== undefined ? "--labels" : "",
       values.report ? "--report" : "",
     ].filter((f) => f !== "");
-    if (bratsOnly.length > 0) {
-      const dataset = await findReferenceDataset(values.truth, values["dataset-json"]);
-      if (dataset) {
-        throw new UsageError(
-          `${bratsOnly.join(", ")}: BraTS-named references only; ${values.truth} is an ` +
-            `${dataset.description.layout === "msd" ? "MSD" : "nnU-Net"} dataset ` +
-            `(${dataset.datasetJson}, regions ${
-              dataset.scheme.regions.map((r) => `"${r.name}"`).join(", ")
-            })`,
-        );
-      }
-    }
+    const problem = await bratsOnlyProblem(bratsOnly, values.truth, values["dataset-json"]);
+    if (problem) throw new UsageError(problem);
 
-    const progress = new Progress();
+    const progress = stderrProgress();
     const t0 = performance.now();
     const evaluation = await evaluateShard(values.pred, values.truth, {
       labels,
@@ -188,47 +181,42 @@ Examples:
         progress.update("evaluate", done, total, r.case, eta);
       },
     });
-    // On stderr, with or without --json: stdout holds the table or the JSON alone.
-    for (const id of evaluation.missing) {
-      progress.log(`missing: no prediction for case "${id}" under ${values.pred}`);
-    }
-    for (const id of evaluation.extra) {
-      progress.log(`extra: prediction "${id}" has no reference under ${values.truth}`);
-    }
-    progress.log(evaluationNote(evaluation));
-    const written = values.out
-      ? await writeShardEvaluation(values.out, evaluation, shard)
-      : undefined;
-    if (values.report) {
-      // One report folder per shard, for the same reason as the metrics' names.
-      const out = shardOutUri(values.out!, shard);
-      const uri = await writeEvaluationReport(values.pred, values.truth, out, evaluation);
-      progress.log(`evaluate: report ${uri}`);
-    }
-    if (values.json) printJson(evaluation);
-    else console.log(formatTable(evaluation));
-    if (!values.json && evaluation.lesionWise) console.log("\n" + formatLesionTable(evaluation));
-    if (written) progress.log(`evaluate: wrote ${written.join(" and ")}`);
+    await printEvaluation(evaluation, values, shard, progress);
     if (evaluation.missing.length > 0 && !values["allow-missing"]) {
-      throw missingError(evaluation, values.pred);
+      throw missingPredictionsError(evaluation, values.pred);
     }
   },
 };
 
-function evaluationNote(e: Evaluation): string {
-  return `evaluate: ${e.cases.length} cases evaluated, ${e.missing.length} missing, ` +
-    `${e.extra.length} extra`;
-}
-
-/** A missing prediction is an error, as nnU-Net has it, naming the first five. */
-function missingError(evaluation: Evaluation, pred: string): Error {
-  const ids = evaluation.missing;
-  return new Error(
-    `${ids.length} of ${ids.length + evaluation.cases.length} reference cases have no ` +
-      `prediction under ${pred} (${ids.slice(0, 5).join(", ")}${
-        ids.length > 5 ? ", ..." : ""
-      }); the metrics above cover the others. Pass --allow-missing to accept this.`,
+/** Prints an evaluation (table or JSON on stdout, notes on stderr) and writes its files. */
+async function printEvaluation(
+  evaluation: Evaluation,
+  values: { pred?: string; truth?: string; out?: string; json?: boolean; report?: boolean },
+  shard: Shard | undefined,
+  progress: Progress,
+): Promise<void> {
+  const { pred, truth, out } = values as { pred: string; truth: string; out?: string };
+  // On stderr, with or without --json: stdout holds the table or the JSON alone.
+  for (const id of evaluation.missing) {
+    progress.log(`missing: no prediction for case "${id}" under ${pred}`);
+  }
+  for (const id of evaluation.extra) {
+    progress.log(`extra: prediction "${id}" has no reference under ${truth}`);
+  }
+  progress.log(
+    `evaluate: ${evaluation.cases.length} cases evaluated, ${evaluation.missing.length} ` +
+      `missing, ${evaluation.extra.length} extra`,
   );
+  const written = out ? await writeShardEvaluation(out, evaluation, shard) : undefined;
+  if (values.report) {
+    // One report folder per shard, for the same reason as the metrics' names.
+    const uri = await writeEvaluationReport(pred, truth, shardOutUri(out!, shard), evaluation);
+    progress.log(`evaluate: report ${uri}`);
+  }
+  if (values.json) printJson(evaluation);
+  else console.log(formatTable(evaluation));
+  if (!values.json && evaluation.lesionWise) console.log("\n" + formatLesionTable(evaluation));
+  if (written) progress.log(`evaluate: wrote ${written.join(" and ")}`);
 }
 
 /** The lesion-wise parameters from `--lesion-wise`, `--challenge` and the overrides. */

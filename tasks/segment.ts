@@ -3,7 +3,7 @@
  * (the engine: pipeline/segmentation/). This file parses the flags, prints and sets the exit status.
  * @module
  */
-import { formatDuration, Progress } from "../pipeline/report/mod.ts";
+import { formatDuration } from "../pipeline/report/mod.ts";
 import { segment, segmentEvent, type SegmentResult } from "../pipeline/segmentation/mod.ts";
 import {
   backendFlag,
@@ -15,6 +15,7 @@ import {
   printJson,
   requireFlags,
   shardFlag,
+  stderrProgress,
   UsageError,
 } from "./_cli.ts";
 
@@ -104,7 +105,7 @@ Example:
       force: values.force ?? false,
       report: values.report ?? false,
       backend: backendFlag(values.backend),
-      progress: new Progress({ quiet: values.quiet ?? false }),
+      progress: stderrProgress(values.quiet ?? false),
     };
     const result = values.event !== undefined
       ? await segmentEvent(await readEvent(values.event), common)

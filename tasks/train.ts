@@ -3,7 +3,6 @@
  * run's abort signal (it checkpoints; the command exits 143 or 130), its log and progress printed.
  * @module
  */
-import { Progress } from "../pipeline/report/mod.ts";
 import {
   autoCropSetting,
   type BackendName,
@@ -28,6 +27,7 @@ import {
   numberFlag,
   parseFlags,
   printJson,
+  stderrProgress,
   UsageError,
   withSignals,
 } from "./_cli.ts";
@@ -161,7 +161,7 @@ async function trainFromFlags(args: string[]): Promise<void> {
     workers,
     ...(caseMemory === undefined ? {} : { caseMemory }),
     report: values.report ?? false,
-    onProgress: trainEventPrinter(new Progress({ quiet: values.quiet ?? false })),
+    onProgress: trainEventPrinter(stderrProgress(values.quiet ?? false)),
   };
   await runStoppable(
     (signal) =>

@@ -9,6 +9,7 @@ import {
   evaluateCases,
   type EvaluateOptions,
   type Evaluation,
+  findReferenceDataset,
   metricsBaseName,
   writeEvaluation,
 } from "./evaluation.ts";
@@ -51,4 +52,38 @@ export function writeShardEvaluation(
 /** Where a shard's report goes: `<out>/shard-<i>-of-<n>`, or `out` itself without a shard. */
 export function shardOutUri(out: string, shard?: Shard): string {
   return shard ? joinUri(out, shardName(shard)) : out;
+}
+
+/**
+ * Why BraTS-only options cannot apply to `truthUri`: undefined when it is not an nnU-Net or MSD
+ * dataset (or no such option is given), else a sentence naming the options, the dataset's layout,
+ * its dataset.json and its regions.
+ */
+export async function bratsOnlyProblem(
+  options: readonly string[],
+  truthUri: string,
+  datasetJson?: string,
+): Promise<string | undefined> {
+  if (options.length === 0) return undefined;
+  const dataset = await findReferenceDataset(truthUri, datasetJson);
+  if (!dataset) return undefined;
+  return `${options.join(", ")}: BraTS-named references only; ${truthUri} is an ` +
+    `${dataset.description.layout === "msd" ? "MSD" : "nnU-Net"} dataset ` +
+    `(${dataset.datasetJson}, regions ${
+      dataset.scheme.regions.map((r) => `"${r.name}"`).join(", ")
+    })`;
+}
+
+/**
+ * The error of a run with missing predictions, as nnU-Net has it: how many reference cases have
+ * none under `predUri`, naming the first five.
+ */
+export function missingPredictionsError(evaluation: Evaluation, predUri: string): Error {
+  const ids = evaluation.missing;
+  return new Error(
+    `${ids.length} of ${ids.length + evaluation.cases.length} reference cases have no ` +
+      `prediction under ${predUri} (${ids.slice(0, 5).join(", ")}${
+        ids.length > 5 ? ", ..." : ""
+      }); the metrics above cover the others. Pass --allow-missing to accept this.`,
+  );
 }

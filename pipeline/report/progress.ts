@@ -1,6 +1,7 @@
 /**
  * A progress line for long loops: redrawn in place on a terminal, a plain line now and then
- * elsewhere (logs of batch jobs), on standard error so standard output stays machine-readable.
+ * elsewhere (logs of batch jobs), written where its owner says (the command line passes standard
+ * error, so standard output stays machine-readable).
  * @module
  */
 
@@ -21,15 +22,14 @@ export interface ProgressOptions {
   quiet?: boolean;
   /**
    * Redraw one line in place (a terminal) instead of a plain line now and then.
-   * @default whether standard error is a terminal, when `write` is absent; else false
+   * @default false
    */
   tty?: boolean;
   /**
    * Where the text goes, as it is to appear: lines end in "\n", a redrawn line starts with
    * "\r\x1b[K". The command line passes standard error; `quiet` writes nothing.
-   * @default standard error
    */
-  write?: (text: string) => void;
+  write: (text: string) => void;
 }
 
 /**
@@ -52,10 +52,10 @@ export class Progress {
   #lastPlain = 0;
   #drawn = false;
 
-  constructor(options: ProgressOptions = {}) {
+  constructor(options: ProgressOptions) {
     this.#quiet = options.quiet ?? false;
-    this.#write = options.write ?? writeStderr;
-    this.#tty = options.tty ?? (options.write ? false : Deno.stderr.isTerminal());
+    this.#write = options.write;
+    this.#tty = options.tty ?? false;
   }
 
   /** Updates the line: `done` of `total` units, `text` after the bar, `eta` seconds left. */
@@ -81,10 +81,4 @@ export class Progress {
     this.#write(`${this.#drawn ? "\r\x1b[K" : ""}${message}\n`);
     this.#drawn = false;
   }
-}
-
-/** The default of {@linkcode ProgressOptions.write}: standard error, written at once. */
-function writeStderr(text: string): void {
-  const bytes = new TextEncoder().encode(text);
-  for (let n = 0; n < bytes.length;) n += Deno.stderr.writeSync(bytes.subarray(n));
 }
