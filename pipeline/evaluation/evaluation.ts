@@ -863,6 +863,24 @@ export async function evaluateDatasetPair(
   options: { affineTolerance?: number } = {},
 ): Promise<DatasetPairResult> {
   const [predImage, truthImage] = await Promise.all([readNifti(predUri), readNifti(truthUri)]);
+  return evaluateDatasetImages(predImage, predUri, truthImage, truthUri, scheme, options);
+}
+
+/**
+ * {@linkcode evaluateDatasetPair} of two decoded volumes: what `segment` uses on a prediction it
+ * holds in memory, so that its metrics are those `evaluate` computes from the written file.
+ * @param predUri the prediction's name or URI, for errors
+ * @param truthUri the reference's name or URI, for errors
+ * @throws {RangeError} a label outside the dataset's, or two grids, naming the file(s)
+ */
+export function evaluateDatasetImages(
+  predImage: NiftiImage,
+  predUri: string,
+  truthImage: NiftiImage,
+  truthUri: string,
+  scheme: LabelScheme,
+  options: { affineTolerance?: number } = {},
+): DatasetPairResult {
   checkSameGrid(predImage.header, predUri, truthImage.header, truthUri, options.affineTolerance);
   const truth = labelVolume(truthImage, truthUri);
   const pred = labelVolume(predImage, predUri);

@@ -5,11 +5,16 @@
  * @module
  */
 import { type BackendName } from "../../model/mod.ts";
-import { type Case, findCases, inShard, type Shard, shardName } from "../cases/mod.ts";
-import { type CaseMetrics, type CaseResult, evaluatePair } from "../evaluation/mod.ts";
+import { type Case, findCases, inShard, labelScheme, type Shard, shardName } from "../cases/mod.ts";
+import {
+  type CaseMetrics,
+  type CaseResult,
+  evaluateDatasetPair,
+  evaluatePair,
+} from "../evaluation/mod.ts";
 import { caseReport, formatDuration, writeReport } from "../report/mod.ts";
 import { deleteObject, joinUri, mapConcurrent } from "../storage/mod.ts";
-import { resolveModel } from "../training/mod.ts";
+import { readModelDataset, resolveModel } from "../training/mod.ts";
 import { casesFromEvent, type IgnoredRecord, type WaitingCase } from "./events.ts";
 import { recordError } from "./outputs.ts";
 import { type CaseOptions, type CaseOutcome, Segmenter } from "./segmenter.ts";
@@ -103,9 +108,12 @@ export async function segmentEvent(
   event: unknown,
   options: SegmentOptions,
 ): Promise<SegmentResult & { waiting: WaitingCase[]; ignored: IgnoredRecord[] }> {
+  // The model's description says which channels complete an nnU-Net or MSD case.
+  const dataset = await readModelDataset((await resolveModel(options.model)).uri);
   const found = await casesFromEvent(event, {
     out: options.out,
     ...(options.input ? { input: options.input } : {}),
+    ...(dataset ? { dataset } : {}),
   });
   const progress = options.progress ?? SILENT;
   for (const w of found.waiting) progress.log(`segment: waiting: ${w.id}: ${w.reason}`);
@@ -233,8 +241,12 @@ export async function segmentationReport(
   const entries = await mapConcurrent(outcomes, 2, async (o) => {
     const c = byId.get(o.id)!;
     let m: CaseMetrics | undefined;
-    // Scored where segment scored it (BraTS labels): o.metrics is its metrics file.
-    if (c.seg && o.metrics) {
+    // Scored where segment scored it: o.metrics is its metrics file, o.regions its dataset's
+    // regions (the page's table shows ET, TC and WT only: a dataset's metrics are returned).
+    if (c.seg && o.metrics && o.regions && c.dataset) {
+      const scored = await evaluateDatasetPair(o.output, c.seg, labelScheme(c.dataset));
+      metrics.push({ case: c.id, ...scored.metrics } as unknown as CaseResult);
+    } else if (c.seg && o.metrics) {
       m = (await evaluatePair(o.output, c.seg, { truthEnhancingLabel: c.enhancingLabel })).metrics;
       metrics.push({ case: c.id, ...m });
     }

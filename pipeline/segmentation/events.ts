@@ -1,20 +1,24 @@
 /**
- * Which BraTS cases the records of an S3 event notification (s3_event.ts) complete.
+ * Which cases the records of an S3 event notification (s3_event.ts) complete: BraTS-named cases,
+ * and the cases of nnU-Net v2 and MSD datasets under `imagesTr/` or `imagesTs/`, complete when
+ * every channel the model takes is there (event_datasets.ts).
  *
  * Delivery is at least once and the service's own outputs land in a bucket too, so every record is
  * identified by its object version ({@linkcode S3ObjectEvent.dedupeKey}) and triaged before anything
- * is listed: only object-created events for BraTS case files outside the output prefix go on.
+ * is listed: only object-created events for case files outside the output prefix go on.
  * @module
  */
 import {
   type Case,
   type CaseListing,
+  type DatasetDescription,
   findCases,
   type Naming,
   parseCaseFileName,
 } from "../cases/mod.ts";
-import { mapConcurrent } from "../storage/mod.ts";
+import { listObjects, mapConcurrent, type ObjectInfo } from "../storage/mod.ts";
 import { parseUri } from "../storage/mod.ts";
+import { parseDatasetKey, resolveDatasetCase } from "./event_datasets.ts";
 import { parseS3Event, type S3Event, type S3ObjectEvent } from "./s3_event.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -29,6 +33,11 @@ export interface EventFilterOptions {
   out?: string;
   /** Only objects under this `s3://` prefix are inputs. @default every object */
   input?: string;
+  /**
+   * The dataset description of the model (training keeps it in the model file): the channels an
+   * nnU-Net or MSD case needs before it is complete. @default a BraTS model's four modalities
+   */
+  dataset?: DatasetDescription;
 }
 
 /** A record that may complete a case: the case's folder and its name there. */
@@ -37,9 +46,12 @@ export interface CaseTarget {
   /** The object's folder, `s3://bucket/prefix/` (ending in '/'), listed to find the case. */
   folder: string;
   id: string;
-  naming: Naming;
-  /** Which of the case's files the object is. */
+  /** BraTS naming, or "nnunet" / "msd" for a dataset case's image (event_datasets.ts). */
+  naming: Naming | "nnunet" | "msd";
+  /** Which of the case's files the object is: a modality, "seg", an nnU-Net channel `0000`…. */
   part: string;
+  /** A dataset case's image file ending (`.nii.gz` or `.nii`). */
+  ending?: string;
 }
 
 /** A record that starts nothing, and why. */
@@ -49,7 +61,8 @@ export interface IgnoredRecord {
 }
 
 const CASE_FILE_HINT =
-  "not a BraTS case file (<id>_{flair,t1,t1ce,t2,seg}.nii[.gz] or <id>-{t2f,t1n,t1c,t2w,seg}.nii[.gz])";
+  "not a BraTS case file (<id>_{flair,t1,t1ce,t2,seg}.nii[.gz] or <id>-{t2f,t1n,t1c,t2w,seg}.nii[.gz]) " +
+  "nor a dataset case image (<case>_<NNNN>.nii[.gz] or <case>.nii[.gz] under imagesTr/ or imagesTs/)";
 
 /**
  * Decides whether a record can complete a case, without any I/O.
@@ -70,15 +83,14 @@ export function triageRecord(
     return ignore(`outside the input prefix ${options.input}`);
   }
   const slash = record.key.lastIndexOf("/");
+  const folder = `s3://${record.bucket}/${record.key.slice(0, slash + 1)}`;
   const parsed = parseCaseFileName(record.key.slice(slash + 1));
-  if (!parsed) return ignore(CASE_FILE_HINT);
-  return {
-    record,
-    folder: `s3://${record.bucket}/${record.key.slice(0, slash + 1)}`,
-    id: parsed.id,
-    naming: parsed.naming,
-    part: parsed.part,
-  };
+  if (parsed) return { record, folder, id: parsed.id, naming: parsed.naming, part: parsed.part };
+  const file = parseDatasetKey(record.key);
+  if (file === undefined) return ignore(CASE_FILE_HINT);
+  if (typeof file === "string") return ignore(file);
+  const { id, layout: naming, part, ending } = file;
+  return { record, folder, id, naming, part, ending };
 }
 
 /**
@@ -112,8 +124,11 @@ export type CaseResolution =
  * A folder that is part of a flat layout lists every case in it; only the target's case is kept.
  * @throws when the folder cannot be listed (storage errors pass through)
  */
-export async function resolveCase(target: CaseTarget): Promise<CaseResolution> {
-  return resolveFromListing(target, await findCases(target.folder, { checkHeaders: false }));
+export async function resolveCase(
+  target: CaseTarget,
+  options: EventFilterOptions = {},
+): Promise<CaseResolution> {
+  return (await resolveCases([target], options))[0];
 }
 
 /**
@@ -122,8 +137,12 @@ export async function resolveCase(target: CaseTarget): Promise<CaseResolution> {
  * @returns each target's resolution, in order
  * @throws when a folder cannot be listed (storage errors pass through)
  */
-export async function resolveCases(targets: readonly CaseTarget[]): Promise<CaseResolution[]> {
-  const folders = [...new Set(targets.map((t) => t.folder))];
+export async function resolveCases(
+  targets: readonly CaseTarget[],
+  options: EventFilterOptions = {},
+): Promise<CaseResolution[]> {
+  const isDataset = (t: CaseTarget) => t.naming === "nnunet" || t.naming === "msd";
+  const folders = [...new Set(targets.filter((t) => !isDataset(t)).map((t) => t.folder))];
   const listings = new Map(
     await mapConcurrent(
       folders,
@@ -131,7 +150,20 @@ export async function resolveCases(targets: readonly CaseTarget[]): Promise<Case
       async (f) => [f, await findCases(f, { checkHeaders: false })] as const,
     ),
   );
-  return targets.map((t) => resolveFromListing(t, listings.get(t.folder)!));
+  // A dataset case's folder is listed as it is: the model, not the folder, says what it needs.
+  const datasetFolders = [...new Set(targets.filter(isDataset).map((t) => t.folder))];
+  const objects = new Map<string, ObjectInfo[]>(
+    await mapConcurrent(datasetFolders, 8, async (f) => [f, await listObjects(f)] as const),
+  );
+  return await mapConcurrent(targets, 8, (t) =>
+    isDataset(t)
+      ? resolveDatasetCase(
+        { id: t.id, layout: t.naming as "nnunet" | "msd", part: t.part, ending: t.ending! },
+        t.folder,
+        objects.get(t.folder)!,
+        options.dataset,
+      )
+      : Promise.resolve(resolveFromListing(t, listings.get(t.folder)!)));
 }
 
 function resolveFromListing(target: CaseTarget, listing: CaseListing): CaseResolution {
@@ -233,7 +265,7 @@ export async function casesFromEvent(
     groups.set(k, [...(groups.get(k) ?? []), t]);
   }
   const groupList = [...groups.values()];
-  const resolutions = await resolveCases(groupList.map((ts) => ts[0]));
+  const resolutions = await resolveCases(groupList.map((ts) => ts[0]), options);
   for (const [i, targets] of groupList.entries()) {
     const r = resolutions[i];
     const { id, folder } = targets[0];

@@ -115,7 +115,7 @@ export async function admitRecords(
   try {
     // Each folder listed once, however many of its cases the event names.
     const entries = [...groups];
-    const rs = await resolveCases(entries.map(([, ts]) => ts[0]));
+    const rs = await resolveCases(entries.map(([, ts]) => ts[0]), ctx.filter);
     resolved = entries.map(([k, ts], i) => [k, ts, rs[i]]);
   } catch (e) {
     unclaim();
@@ -135,20 +135,31 @@ export async function admitRecords(
     log({ event: "rejected", status: 503, error: "queue full" });
     return busy(`queue full (${board.queue.length} queued, ${board.running} running)`);
   }
-  const { accepted, waiting } = enqueueResolved(resolved, ignored, ctx);
+  const { accepted, waiting, unusable } = enqueueResolved(resolved, ignored, ctx);
+  // A case discovery refuses fails as `segment --event` fails it: a failed job, an error record.
+  const failed = await Promise.all(unusable.map(async ({ targets, reason }) => {
+    const job = await ctx.board.fail(targets[0].id, targets[0].folder, targets, reason);
+    // Failed: a redelivery of these records tries the case again (it may have been fixed).
+    for (const t of targets) {
+      ctx.seen.remember(t.record.dedupeKey, { status: "done", jobs: [job], result: "failed" });
+    }
+    return job;
+  }));
   board.pump();
   const status = accepted.length > 0
     ? "queued"
     : waiting.length > 0
     ? "waiting"
+    : failed.length > 0
+    ? "failed"
     : duplicates.length > 0
     ? "duplicate"
     : "ignored";
   log({
     event: "event",
     status,
-    jobs: accepted.map((j) => j.id),
-    cases: [...new Set([...accepted, ...waiting].map((j) => j.case))],
+    jobs: [...accepted, ...failed].map((j) => j.id),
+    cases: [...new Set([...accepted, ...waiting, ...failed].map((j) => j.case))],
     records: records.length,
     ...(ignored.length ? { ignored } : {}),
     ...(duplicates.length ? { duplicates: duplicates.length } : {}),
@@ -160,13 +171,19 @@ export async function admitRecords(
       ...(accepted.length ? { id: accepted[0].id } : {}),
       jobs: accepted,
       waiting,
+      ...(failed.length
+        ? { failed: failed.map(({ id, case: c, error }) => ({ id, case: c, error })) }
+        : {}),
       ignored,
       duplicates,
     },
   };
 }
 
-/** Queues each ready case (or joins its queued job) and remembers what each record led to. */
+/**
+ * Queues each ready case (or joins its queued job), sets aside the unusable ones for their failed
+ * job, and remembers what each record led to.
+ */
 function enqueueResolved(
   resolved: [string, CaseTarget[], CaseResolution][],
   ignored: IgnoredRecord[],
@@ -174,6 +191,7 @@ function enqueueResolved(
 ) {
   const accepted: { id: string; case: string; status: JobStatus }[] = [];
   const waiting: { key: string; case: string; reason: string }[] = [];
+  const unusable: { targets: CaseTarget[]; reason: string }[] = [];
   for (const [k, targets, r] of resolved) {
     const uris = targets.map((t) => t.record.uri);
     const { id: caseId, folder } = targets[0];
@@ -185,6 +203,10 @@ function enqueueResolved(
       jobRefs = [job];
     } else if (r.status === "waiting") {
       for (const key of uris) waiting.push({ key, case: caseId, reason: r.reason });
+    } else if (r.unusable) {
+      // The caller records its failure and remembers its records with the failed job.
+      unusable.push({ targets, reason: r.reason });
+      continue;
     } else {
       for (const key of uris) ignored.push({ key, reason: r.reason });
     }
@@ -192,5 +214,5 @@ function enqueueResolved(
       ctx.seen.remember(t.record.dedupeKey, { status: "done", jobs: jobRefs, result: r.status });
     }
   }
-  return { accepted, waiting };
+  return { accepted, waiting, unusable };
 }

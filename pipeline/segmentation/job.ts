@@ -3,7 +3,7 @@
  * case.
  * @module
  */
-import type { Case } from "../cases/mod.ts";
+import { type Case, caseChannels } from "../cases/mod.ts";
 import { getObject, joinUri, ObjectNotFoundError } from "../storage/mod.ts";
 import { outputUri } from "./outputs.ts";
 
@@ -65,6 +65,9 @@ export function jobView(j: Job): JobView {
 
 const folderOf = (uri: string) => uri.slice(0, uri.lastIndexOf("/") + 1);
 
+/** The folder of a case's inputs: of its first channel (FLAIR for BraTS). */
+const inputFolder = (c: Case) => folderOf(caseChannels(c)[0].uri);
+
 /**
  * Outputs are keyed by case id, as `segment` writes them, so one id is one case: a job whose
  * case id is running from another folder, or whose output record names inputs in another
@@ -76,17 +79,17 @@ export async function sourceConflict(
   active: ReadonlySet<Job>,
   out: string,
 ): Promise<string | undefined> {
-  const mine = folderOf(job.c.images.flair);
+  const mine = inputFolder(job.c);
   const refuse = (other: string, why: string) =>
     `case "${job.case}" of ${mine} is refused: ${why} from ${other}, and outputs are keyed by ` +
     `case id alone; remove ${joinUri(out, job.case + ".json")} (and its outputs) to ` +
     `segment this folder's case instead`;
   for (const other of active) {
-    if (other !== job && other.case === job.case && folderOf(other.c.images.flair) !== mine) {
-      return refuse(folderOf(other.c.images.flair), "the same case id is being segmented");
+    if (other !== job && other.case === job.case && inputFolder(other.c) !== mine) {
+      return refuse(inputFolder(other.c), "the same case id is being segmented");
     }
   }
-  let record: { images?: { flair?: unknown } } | undefined;
+  let record: { images?: Record<string, unknown> } | undefined;
   try {
     record = JSON.parse(
       new TextDecoder().decode(await getObject(joinUri(out, `${job.case}.json`))),
@@ -95,9 +98,11 @@ export async function sourceConflict(
     if (e instanceof ObjectNotFoundError || e instanceof SyntaxError) return undefined;
     throw e;
   }
-  const flair = record?.images?.flair;
-  if (typeof flair === "string" && folderOf(flair) !== mine) {
-    return refuse(folderOf(flair), `${outputUri(out, job.case)} was segmented`);
+  // The record's first input: FLAIR for BraTS, channel 0 for a dataset case.
+  const images = record?.images;
+  const first = images ? images.flair ?? Object.values(images)[0] : undefined;
+  if (typeof first === "string" && folderOf(first) !== mine) {
+    return refuse(folderOf(first), `${outputUri(out, job.case)} was segmented`);
   }
   return undefined;
 }

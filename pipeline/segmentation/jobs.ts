@@ -69,6 +69,64 @@ export class JobBoard {
     return job;
   }
 
+  /**
+   * A case that cannot be segmented as its folder holds it (two files for one modality, a channel
+   * beyond the model's): a job failed from the start, with its error record written first, as
+   * `segment --event` records it.
+   */
+  async fail(
+    caseId: string,
+    folder: string,
+    targets: readonly { naming: Case["naming"]; record: { uri: string } }[],
+    error: string,
+  ): Promise<Job> {
+    const now = new Date().toISOString();
+    const job: Job = {
+      id: crypto.randomUUID(),
+      status: "failed",
+      case: caseId,
+      caseUri: folder,
+      trigger: targets.map((t) => t.record.uri),
+      outputs: [],
+      created: now,
+      c: { id: caseId, naming: targets[0].naming, images: {} },
+      key: "",
+      attempts: 0,
+    };
+    const errorUri = joinUri(this.options.out, `${caseId}.error.json`);
+    const record = {
+      case: caseId,
+      caseUri: folder,
+      model: this.options.model,
+      job: job.id,
+      trigger: job.trigger,
+      error,
+      time: now,
+    };
+    try {
+      await putObject(errorUri, JSON.stringify(record, null, 2) + "\n");
+      job.outputs = [errorUri];
+      job.error = error;
+    } catch (w) {
+      job.error = `${error}; the error record ${errorUri} could not be written: ${
+        describeError(w)
+      }`;
+    }
+    job.finished = new Date().toISOString();
+    this.jobs.set(job.id, job);
+    this.counts.failed++;
+    this.#forgetOldJobs();
+    this.options.log({
+      event: "job",
+      id: job.id,
+      status: "failed",
+      case: caseId,
+      ...(job.outputs.length ? { outputs: job.outputs } : {}),
+      error: job.error,
+    });
+    return job;
+  }
+
   /** Starts queued jobs while fewer than `concurrency` run. */
   pump(): void {
     while (!this.#aborting && this.running < this.options.concurrency && this.queue.length > 0) {

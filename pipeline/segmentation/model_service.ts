@@ -4,7 +4,7 @@
  * @module
  */
 import type { BackendName } from "../../model/mod.ts";
-import { resolveModel } from "../training/mod.ts";
+import { readModelDataset, resolveModel } from "../training/mod.ts";
 import { type CaseRunner, InProcessRunner } from "./runner.ts";
 import { type EventService, type ServiceOptions, startEventService } from "./service.ts";
 import { WorkerPool } from "./worker_pool.ts";
@@ -41,11 +41,16 @@ export async function startModelService(o: ModelServiceOptions): Promise<EventSe
     backend,
     workers: inProcess ? 0 : o.concurrency,
   });
+  // What completes a dataset case is what the model takes: its description, read once here.
+  const dataset = await readModelDataset(model.uri);
   const runner: CaseRunner = inProcess
     ? await InProcessRunner.load(model.uri, backend)
     : await WorkerPool.start(model.uri, backend, o.concurrency, log);
   try {
-    return await startEventService({ ...service, model: model.uri, log }, runner);
+    return await startEventService(
+      { ...service, model: model.uri, ...(dataset ? { dataset } : {}), log },
+      runner,
+    );
   } catch (e) {
     runner.close();
     throw e;

@@ -30,6 +30,7 @@ import { exists } from "../storage/mod.ts";
 import { type LoadedModel, loadModel, resolveModel } from "../training/mod.ts";
 import { encodeCase } from "./encode_case.ts";
 import { caseForModel, type ModelInputs, outputLabels } from "./channels.ts";
+import { datasetRegions, scoreDatasetCase } from "./dataset_metrics.ts";
 import { outputUri, planOutputs, type RecordOptions, upToDate, writeOutputs } from "./outputs.ts";
 
 /** Options of one case's segmentation. */
@@ -70,6 +71,11 @@ export interface CaseOutcome {
   output: string;
   /** `<out>/<case>.metrics.json`, for a case with a reference segmentation. */
   metrics?: string;
+  /**
+   * For a case of an nnU-Net or MSD dataset scored in its own regions: their names, the keys of
+   * its metrics (absent for ET, TC and WT).
+   */
+  regions?: string[];
   /** `<out>/<case>_probabilities.nii.gz`, with `saveProbabilities`. */
   probabilities?: string;
   seconds: number;
@@ -179,14 +185,18 @@ export class Segmenter {
     // The model's channels, checked before anything is read or written.
     const c = this.forModel(input);
     const labelsOut = this.labelsFor(c);
-    // A reference is scored as `evaluate` scores it: BraTS regions of BraTS labels.
-    const scored = c.seg !== undefined && bratsEnhancingLabel(labelsOut) !== undefined;
+    // A reference is scored as `evaluate` scores it: BraTS regions of BraTS labels, an nnU-Net or
+    // MSD dataset's own regions of its labels (when the model writes them).
+    const regions = datasetRegions(c, labelsOut);
+    const scored = regions !== undefined ||
+      (c.seg !== undefined && bratsEnhancingLabel(labelsOut) !== undefined);
     const plan = planOutputs(out, c.id, {
       probabilities: options.saveProbabilities ?? false,
       metrics: scored,
     });
     const paths = {
       ...(plan.metrics ? { metrics: plan.metrics } : {}),
+      ...(regions ? { regions: regions.regions.map((r) => r.name) } : {}),
       ...(plan.probabilities ? { probabilities: plan.probabilities } : {}),
     };
     const opts: RecordOptions = {
@@ -205,11 +215,13 @@ export class Segmenter {
       return { id: c.id, status: "skipped", output: plan.output, ...paths, seconds };
     }
     const files = await encodeCase(this.net, this.modelSha256, c, {
-      plan,
+      // encodeCase scores BraTS labels; a dataset's regions are scored below, before any write.
+      plan: regions ? { ...plan, metrics: undefined } : plan,
       labelsOut,
       opts,
       options,
     });
+    if (regions) files.metrics = await scoreDatasetCase(c, files.labels, plan.output, regions);
     const record = {
       model_sha256: this.modelSha256,
       inputs,

@@ -1,12 +1,13 @@
 /**
- * The event service behind `serve`: an HTTP server that segments a BraTS case when an S3 event
- * says its last input arrived.
+ * The event service behind `serve`: an HTTP server that segments a case (BraTS-named, or of an
+ * nnU-Net v2 or MSD dataset, see events.ts) when an S3 event says its last input arrived.
  *
  * POST an S3 event notification (Amazon S3 through SNS, MinIO's webhook, EventBridge, or the plain
  * `Records` JSON; see events.ts) to `/` or `/events`. Each record is triaged without I/O,
  * de-duplicated by object version, and its case's folder listed (intake.ts): a complete case is
  * queued (202, a job id), an incomplete one is left for the event of its last modality (202,
- * "waiting"). Jobs (jobs.ts) run on a {@linkcode CaseRunner}, worker threads each with the model
+ * "waiting"), one its folder holds in a form that cannot be segmented (two files for one modality)
+ * is a failed job with its error record (200, "failed"). Jobs (jobs.ts) run on a {@linkcode CaseRunner}, worker threads each with the model
  * loaded once (worker_pool.ts), so the service keeps answering while a case is segmented.
  *
  * Delivery is at least once: a record already seen changes nothing unless its job failed, a
@@ -14,6 +15,7 @@
  * inputs is skipped. A failing case becomes a failed job and `<out>/<case>.error.json`.
  * @module
  */
+import type { DatasetDescription } from "../cases/mod.ts";
 import { MalformedEventError, parseS3Event, TooManyRecordsError } from "./s3_event.ts";
 import { confirmSubscription, json, readBody, tokenCheck, unauthorized } from "./http.ts";
 import { admitRecords, busy, type IntakeContext, type Reply, SeenRecords } from "./intake.ts";
@@ -33,6 +35,11 @@ export interface ServiceOptions {
   input?: string;
   /** The model's URI, recorded in error records and /healthz. */
   model: string;
+  /**
+   * The model's dataset description (its file's metadata): the channels that complete an nnU-Net
+   * or MSD case. @default a BraTS model's four modalities
+   */
+  dataset?: DatasetDescription;
   hostname: string;
   /** 0 for any free port. */
   port: number;
@@ -163,7 +170,11 @@ function newState(options: ServiceOptions, runner: CaseRunner): State {
   const s: State = {
     board,
     seen: new SeenRecords(),
-    filter: { out: options.out, input: options.input },
+    filter: {
+      out: options.out,
+      input: options.input,
+      ...(options.dataset ? { dataset: options.dataset } : {}),
+    },
     queue: options.queue,
     concurrency: options.concurrency,
     draining: () => s.isDraining,

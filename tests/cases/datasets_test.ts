@@ -490,7 +490,7 @@ Deno.test({
     assertEquals(probs.header.dims, [...DIMS, 3]);
 
     // Labelled cases with --report: FLAIR slices (volume 0 of the 4-D file) with the reference
-    // and prediction; no BraTS metrics of non-BraTS labels.
+    // and prediction; metrics in the task's own regions (tests/segmentation/dataset_metrics_test.ts).
     const labelled = `${tmp.path}/seg-tr`;
     const r = await segment({
       model: `${run}/best`,
@@ -499,7 +499,10 @@ Deno.test({
       report: true,
     });
     assertEquals(r.failed, []);
-    assertEquals(r.cases.map((c) => [c.id, c.metrics]), [[ids[0], undefined], [ids[1], undefined]]);
+    assertEquals(
+      r.cases.map((c) => [c.id, c.metrics]),
+      ids.slice(0, 2).map((id) => [id, `${labelled}/${id}.metrics.json`]),
+    );
     assertStringIncludes(await Deno.readTextFile(r.report!), ids[1]);
   },
 });
