@@ -26,6 +26,15 @@ import {
   TINY,
   tinyModel,
 } from "../segmentation/_segment_fixtures.ts";
+import {
+  datasetModel,
+  DIMS as DATASET_DIMS,
+  MSD_DATASET,
+  NNUNET_DATASET,
+  writeMsdImage,
+  writeMsdLabels,
+  writeNnunetImage,
+} from "../segmentation/_dataset_fixtures.ts";
 
 await tf.setBackend("cpu");
 
@@ -446,6 +455,81 @@ Deno.test("segment --largest-component writes the plain output post-processed, a
     const again = await runMain([...base, "--out", `${dir}/kept`, "--json"]);
     assertEquals(again.code, 0, again.stderr);
     assertEquals(JSON.parse(again.stdout).cases[0].status, "done");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("segment --event: nnU-Net channel files wait for the model's channels; an MSD image is a whole case, scored in its task's regions", async () => {
+  await using s3 = await startS3rver({ buckets: ["data"] });
+  const dir = await Deno.makeTempDir();
+  try {
+    const env = {
+      AWS_ENDPOINT_URL_S3: s3.endpoint,
+      AWS_REGION: "us-east-1",
+      AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+      AWS_EC2_METADATA_DISABLED: "true",
+    };
+    const event = (k: string) =>
+      JSON.stringify({
+        Records: [{
+          eventVersion: "2.1",
+          eventSource: "aws:s3",
+          eventName: "ObjectCreated:Put",
+          s3: { bucket: { name: "data" }, object: { key: encodeURIComponent(k), size: 1 } },
+        }],
+      });
+    const run = async (model: string, key: string) => {
+      await Deno.writeTextFile(`${dir}/event.json`, event(key));
+      const r = await runMain(
+        [
+          ...["segment", "--model", model, "--out", "s3://data/seg", "--json"],
+          ...["--event", `${dir}/event.json`],
+        ],
+        env,
+      );
+      assertEquals(r.code, 0, r.stderr);
+      return { ...JSON.parse(r.stdout.trim().split("\n").at(-1)!), stderr: r.stderr };
+    };
+
+    // nnU-Net: the first channel waits (before: "ignored: not a BraTS case file").
+    const nnunet = await datasetModel(`${dir}/nnunet`, NNUNET_DATASET, 1);
+    const id = "Phantom_007";
+    await writeNnunetImage(`s3://data/ds/imagesTs/${id}_0000.nii.gz`, 57, 0);
+    const waiting = await run(nnunet, `ds/imagesTs/${id}_0000.nii.gz`);
+    assertEquals(waiting.cases, []);
+    assertEquals(waiting.waiting.map((w: { id: string }) => w.id), [id]);
+    assertStringIncludes(waiting.stderr, "missing channel 0001 (T1)");
+    assertEquals(await exists(`s3://data/seg/${id}.nii.gz`), false);
+    await writeNnunetImage(`s3://data/ds/imagesTs/${id}_0001.nii.gz`, 57, 1);
+    const ready = await run(nnunet, `ds/imagesTs/${id}_0001.nii.gz`);
+    assertEquals(ready.cases.map((c: { output: string }) => c.output), [
+      `s3://data/seg/${id}.nii.gz`,
+    ]);
+    const seg = decodeNifti(await getObject(`s3://data/seg/${id}.nii.gz`), id);
+    assertEquals(seg.header.dims, [...DATASET_DIMS]);
+    assert([...new Set(scaledData(seg))].every((v) => v === 0 || v === 1), "labels in {0, 1}");
+
+    // MSD: one 4-D image under imagesTr with its labelsTr reference.
+    const msd = await datasetModel(`${dir}/msd`, MSD_DATASET, 3);
+    await writeMsdImage("s3://data/Task01/imagesTr/BRATS_004.nii.gz", 74);
+    await writeMsdLabels("s3://data/Task01/labelsTr/BRATS_004.nii.gz", 74);
+    const m = await run(msd, "Task01/imagesTr/BRATS_004.nii.gz");
+    assertEquals(m.cases.map((c: { metrics: string }) => c.metrics), [
+      "s3://data/seg/BRATS_004.metrics.json",
+    ]);
+    const metrics = await readJson("s3://data/seg/BRATS_004.metrics.json");
+    assertEquals(Object.keys(metrics), [
+      "case",
+      "edema",
+      "non-enhancing tumor",
+      "enhancing tumour",
+      "prediction",
+      "reference",
+    ]);
+    const labels = scaledData(decodeNifti(await getObject("s3://data/seg/BRATS_004.nii.gz"), "m"));
+    assert([...new Set(labels)].every((v) => [0, 1, 2, 3].includes(v)), "the task's labels");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

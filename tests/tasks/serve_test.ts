@@ -10,13 +10,24 @@ import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { createUNet, disposeUNet, resolveConfig } from "../../model/mod.ts";
 import type { JobView } from "../../pipeline/segmentation/mod.ts";
 import { saveModel } from "../../pipeline/training/model_store.ts";
-import { EVAL_REGIONS, evaluatePair, METRICS } from "../../pipeline/evaluation/evaluation.ts";
+import {
+  EVAL_REGIONS,
+  evaluateDatasetPair,
+  evaluatePair,
+  METRICS,
+} from "../../pipeline/evaluation/evaluation.ts";
 import { decodeNifti, decodeNiftiHeader } from "../../pipeline/nifti/mod.ts";
 import { writePhantomDataset } from "../../pipeline/synth/phantom.ts";
 import { exists, getObject, listObjects, putObject } from "../../pipeline/storage/objects.ts";
 import { ROOT, runMain } from "../_cli.ts";
 import { startS3rver } from "../_s3rver.ts";
 import { asAws, job, post, tempDir, TEST_EVENT } from "../segmentation/_service_fixtures.ts";
+import {
+  datasetModel,
+  DIMS as DATASET_DIMS,
+  NNUNET_DATASET,
+  writeNnunet,
+} from "../segmentation/_dataset_fixtures.ts";
 
 // ---------------------------------------------------------------------------------------------
 // `main.ts serve` as a subprocess, against s3rver, with a real (random) model
@@ -467,6 +478,67 @@ Deno.test({
         decodeNifti(await Deno.readFile(join(local, name)), name).data,
         name,
       );
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "serve: an nnU-Net case waits for the channels the model's dataset names, then is segmented in its labels and scored in its regions",
+  sanitizeResources: true,
+  async fn() {
+    await using tmp = await tempDir();
+    await using s3 = await startS3rver({ buckets: ["data"] });
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries(Deno.env.toObject())) if (k.startsWith("AWS_")) env[k] = v;
+    // The dataset on disk first, then uploaded file by file so each upload's event can be replayed.
+    const [id] = await writeNnunet(join(tmp.path, "ds"), 1, 0);
+    const model = await datasetModel(tmp.path, NNUNET_DATASET, 1);
+    const upload = async (rel: string) => {
+      const before = s3.events.length;
+      await putObject(`s3://data/ds/${rel}`, await Deno.readFile(join(tmp.path, "ds", rel)));
+      return asAws(s3.events.slice(before))[0];
+    };
+    const serve = await startServe([
+      ...["--model", model, "--out", "s3://data/seg/", "--no-auth"],
+      ...["--port", "0", "--host", "127.0.0.1"],
+    ], env);
+    let stopped = false;
+    try {
+      // Before: 200 "ignored: not a BraTS case file".
+      const first = await post(serve.url, await upload(`imagesTr/${id}_0000.nii.gz`), undefined);
+      assertEquals([first.status, first.body.status], [202, "waiting"], JSON.stringify(first));
+      assertStringIncludes(JSON.stringify(first.body.waiting), "missing channel 0001 (T1)");
+      const label = await post(serve.url, await upload(`labelsTr/${id}.nii.gz`), undefined);
+      assertEquals(label.body.status, "ignored", JSON.stringify(label));
+      const last = await post(serve.url, await upload(`imagesTr/${id}_0001.nii.gz`), undefined);
+      assertEquals([last.status, last.body.status], [202, "queued"], JSON.stringify(last));
+      const done = await job(serve.url, String(last.body.id), "");
+      assertEquals(done.status, "done", JSON.stringify(done));
+      assertEquals(done.outputs, [
+        `s3://data/seg/${id}.nii.gz`,
+        `s3://data/seg/${id}.metrics.json`,
+      ]);
+      const seg = decodeNifti(await getObject(done.outputs[0]), done.outputs[0]);
+      assertEquals(seg.header.dims, [...DATASET_DIMS]);
+      assert([...new Set(seg.data as Uint8Array)].every((v) => v === 0 || v === 1));
+      const metrics = JSON.parse(new TextDecoder().decode(await getObject(done.outputs[1])));
+      const reference = `s3://data/ds/labelsTr/${id}.nii.gz`;
+      assertEquals(metrics.reference, reference);
+      const expected = await evaluateDatasetPair(done.outputs[0], reference, {
+        regions: [{ name: "whole_tumor", labels: [1] }],
+        order: [1],
+      });
+      assertEquals(metrics.whole_tumor, expected.metrics.whole_tumor);
+      serve.signal("SIGTERM");
+      const status = await serve.status;
+      stopped = true;
+      assertEquals(status.code, 0, serve.output());
+    } finally {
+      if (!stopped) {
+        serve.signal("SIGKILL");
+        await serve.status;
+      }
     }
   },
 });
