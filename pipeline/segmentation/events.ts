@@ -111,7 +111,8 @@ function isUnder(record: S3ObjectEvent, prefixUri: string): boolean {
 /**
  * What listing a case's folder found. `unusable` marks an ignored case that discovery refused (two
  * files for one modality, modalities on different grids, ...), as opposed to one whose files are
- * gone: the service answers both "ignored", `segment --event` fails the first as `segment` does.
+ * gone (answered "ignored"): the service and `segment --event` fail the first as `segment` does,
+ * with an error record.
  */
 export type CaseResolution =
   | { status: "ready"; case: Case }
@@ -120,7 +121,8 @@ export type CaseResolution =
 
 /**
  * Lists the target's folder (with {@linkcode findCases}, headers unchecked: segmentation reads
- * and checks them) and reports whether its case has all four modalities.
+ * and checks them) and reports whether its case has all four modalities; for an nnU-Net or MSD
+ * case, every channel `options.dataset` (the model's) names (event_datasets.ts).
  * A folder that is part of a flat layout lists every case in it; only the target's case is kept.
  * @throws when the folder cannot be listed (storage errors pass through)
  */
