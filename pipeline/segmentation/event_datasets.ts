@@ -8,7 +8,9 @@
  * every channel). What makes a case complete comes from the model: the channels its dataset
  * description names (training keeps it in the model file; four, flair t1 t1ce t2, for a BraTS
  * model), so a case waits until every one of them is there, whatever else the folder holds.
- * A case of `imagesTr/` with `labelsTr/<case>` beside it is scored against that reference.
+ * A case of `imagesTr/` with `labelsTr/<case>` beside it is scored against that reference, and
+ * a reference arriving in `labelsTr/` starts its case again (for its metrics), as a BraTS seg file
+ * does.
  * @module
  */
 import {
@@ -24,7 +26,10 @@ import { exists, joinUri, type ObjectInfo } from "../storage/mod.ts";
 export interface DatasetFile {
   id: string;
   layout: "nnunet" | "msd";
-  /** The channel, `0000`…, for an nnU-Net file; `image` for an MSD file (every channel). */
+  /**
+   * The channel, `0000`…, for an nnU-Net file; `image` for an MSD file (every channel); `seg` for
+   * a `labelsTr/` reference, whose layout its case's images tell.
+   */
   part: string;
   /** `.nii.gz` or `.nii`. */
   ending: string;
@@ -39,14 +44,20 @@ export const DATASET_FILE_HINT = "not a dataset case image (under imagesTr/ or i
 
 /**
  * Recognises an nnU-Net or MSD image by its key: a NIfTI name directly under `imagesTr/` or
- * `imagesTs/` (hidden names are not).
+ * `imagesTs/`, or a reference directly under `labelsTr/` (hidden names are not).
+ * @param layout the model's layout, taken for a reference ("nnunet" unless "msd")
  * @returns the file's case and channel; `undefined` for a key outside those folders; a reason for
  *   a file in one that is not an image
  */
-export function parseDatasetKey(key: string): DatasetFile | string | undefined {
+export function parseDatasetKey(key: string, layout?: string): DatasetFile | string | undefined {
   const parts = key.split("/");
   const name = parts.pop()!;
   const folder = parts.pop();
+  if (folder === "labelsTr") {
+    const m = name.startsWith(".") ? null : NIFTI_FILE.exec(name);
+    if (!m) return DATASET_FILE_HINT;
+    return { id: m[1], layout: layout === "msd" ? "msd" : "nnunet", part: "seg", ending: m[2] };
+  }
   if (folder !== "imagesTr" && folder !== "imagesTs") return undefined;
   if (name.startsWith(".")) return DATASET_FILE_HINT;
   const n = NNUNET_FILE.exec(name);
@@ -83,13 +94,23 @@ export async function resolveDatasetCase(
   const trained = dataset && !isBraTS(dataset) ? (dataset.name ?? dataset.layout) : "BraTS";
   const here = new Map(objects.filter((o) => !o.key.includes("/")).map((o) => [o.key, o.uri]));
   const { id, ending } = file;
+  const files = new Map<number, string>();
+  for (const [name, uri] of here) {
+    const m = NNUNET_FILE.exec(name);
+    if (m && m[1] === id && m[3] === ending) files.set(Number(m[2]), uri);
+  }
+  const msdFiles = [".nii", ".nii.gz"].map((e) => here.get(id + e)).filter((u) => u !== undefined);
+  // A reference's case is laid out as its images say.
+  const layout = file.part !== "seg" ? file.layout : files.size > 0 ? "nnunet" : "msd";
+  if (file.part === "seg" && files.size === 0 && msdFiles.length === 0) {
+    return {
+      status: "ignored",
+      reason: `reference of case "${id}": no image of it under ${folder} yet (its images' ` +
+        `events start it)`,
+    };
+  }
   let channels: ChannelFile[];
-  if (file.layout === "nnunet") {
-    const files = new Map<number, string>();
-    for (const [name, uri] of here) {
-      const m = NNUNET_FILE.exec(name);
-      if (m && m[1] === id && m[3] === ending) files.set(Number(m[2]), uri);
-    }
+  if (layout === "nnunet") {
     if (files.size === 0) return gone(id, folder);
     const index = (k: number) => String(k).padStart(4, "0");
     const missing = names.map((_, k) => k).filter((k) => !files.has(k));
@@ -113,7 +134,7 @@ export async function resolveDatasetCase(
     }
     channels = names.map((name, k) => ({ name, uri: files.get(k)! }));
   } else {
-    const both = [".nii", ".nii.gz"].map((e) => here.get(id + e)).filter((u) => u !== undefined);
+    const both = msdFiles;
     if (both.length === 0) return gone(id, folder);
     if (both.length > 1) {
       return {
@@ -125,7 +146,7 @@ export async function resolveDatasetCase(
     channels = names.map((name, volume) => ({ name, uri: both[0], volume }));
   }
   const description: DatasetDescription = dataset && !isBraTS(dataset) ? dataset : {
-    layout: file.layout,
+    layout,
     channels: names,
     // A BraTS model writes BraTS labels: the case's own labels are not known.
     labels: { background: 0 },
@@ -138,7 +159,7 @@ export async function resolveDatasetCase(
     status: "ready",
     case: {
       id,
-      naming: file.layout,
+      naming: layout,
       images: Object.fromEntries(channels.map((c) => [c.name, c.uri])),
       channels,
       dataset: description,

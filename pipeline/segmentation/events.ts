@@ -86,11 +86,13 @@ export function triageRecord(
   const folder = `s3://${record.bucket}/${record.key.slice(0, slash + 1)}`;
   const parsed = parseCaseFileName(record.key.slice(slash + 1));
   if (parsed) return { record, folder, id: parsed.id, naming: parsed.naming, part: parsed.part };
-  const file = parseDatasetKey(record.key);
+  const file = parseDatasetKey(record.key, options.dataset?.layout);
   if (file === undefined) return ignore(CASE_FILE_HINT);
   if (typeof file === "string") return ignore(file);
   const { id, layout: naming, part, ending } = file;
-  return { record, folder, id, naming, part, ending };
+  // A reference starts the case of the images beside it: imagesTr/ is listed.
+  const images = part === "seg" ? folder.replace(/labelsTr\/$/, "imagesTr/") : folder;
+  return { record, folder: images, id, naming, part, ending };
 }
 
 /**

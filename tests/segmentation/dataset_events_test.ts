@@ -47,11 +47,19 @@ Deno.test("triageRecord() takes nnU-Net channel files and MSD images under image
     "image",
     ".nii",
   ]);
+  // A reference starts the case of the images beside it.
+  const ref = t("ds/labelsTr/Phantom_000.nii.gz");
+  assertEquals("id" in ref && [ref.id, ref.naming, ref.part, ref.folder], [
+    "Phantom_000",
+    "nnunet",
+    "seg",
+    "s3://data/ds/imagesTr/",
+  ]);
   // BraTS names keep their meaning wherever they are.
   const brats = t("ds/imagesTs/BraTS2021_00001_t1.nii.gz");
   assertEquals("id" in brats && [brats.naming, brats.part], ["brats2021", "t1"]);
   const reasons = [
-    "ds/labelsTr/Phantom_000.nii.gz",
+    "ds/labelsTr/notes.txt",
     "ds/dataset.json",
     "ds/imagesTs/._Phantom_003_0000.nii.gz",
     "ds/imagesTs/notes.txt",
@@ -132,6 +140,19 @@ Deno.test("casesFromEvent(): an MSD image is a whole case, its channels the volu
   );
   assertEquals(twice.cases, []);
   assertStringIncludes(twice.unusable[0].reason, "more than one file for its image");
+
+  // A reference in labelsTr/ starts the case of its image in imagesTr/ (the layout its image
+  // tells, whatever the model's), or nothing while that image is not there.
+  const label = (id: string) => ({ Records: [awsRecord("data", `Task01/labelsTr/${id}.nii.gz`)] });
+  await putObject("s3://data/Task01/labelsTr/BRATS_002.nii.gz", "reference");
+  const early = await casesFromEvent(label("BRATS_002"), { dataset });
+  assertEquals(early.cases, []);
+  assertStringIncludes(early.ignored[0].reason, 'reference of case "BRATS_002": no image of it');
+  await putObject("s3://data/Task01/imagesTr/BRATS_002.nii.gz", "4-D image");
+  const scored = await casesFromEvent(label("BRATS_002"));
+  assertEquals(scored.cases.map((x) => [x.case.naming, x.case.channels?.length, x.case.seg]), [
+    ["msd", 4, "s3://data/Task01/labelsTr/BRATS_002.nii.gz"],
+  ]);
 });
 
 Deno.test("service: nnU-Net channel events wait, then queue the case; a case with two files for one modality is a failed job with its error record", async () => {

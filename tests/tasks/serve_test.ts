@@ -509,23 +509,28 @@ Deno.test({
       const first = await post(serve.url, await upload(`imagesTr/${id}_0000.nii.gz`), undefined);
       assertEquals([first.status, first.body.status], [202, "waiting"], JSON.stringify(first));
       assertStringIncludes(JSON.stringify(first.body.waiting), "missing channel 0001 (T1)");
-      const label = await post(serve.url, await upload(`labelsTr/${id}.nii.gz`), undefined);
-      assertEquals(label.body.status, "ignored", JSON.stringify(label));
       const last = await post(serve.url, await upload(`imagesTr/${id}_0001.nii.gz`), undefined);
       assertEquals([last.status, last.body.status], [202, "queued"], JSON.stringify(last));
       const done = await job(serve.url, String(last.body.id), "");
       assertEquals(done.status, "done", JSON.stringify(done));
-      assertEquals(done.outputs, [
-        `s3://data/seg/${id}.nii.gz`,
-        `s3://data/seg/${id}.metrics.json`,
-      ]);
+      assertEquals(done.outputs, [`s3://data/seg/${id}.nii.gz`], "no reference yet, no metrics");
       const seg = decodeNifti(await getObject(done.outputs[0]), done.outputs[0]);
       assertEquals(seg.header.dims, [...DATASET_DIMS]);
       assert([...new Set(seg.data as Uint8Array)].every((v) => v === 0 || v === 1));
-      const metrics = JSON.parse(new TextDecoder().decode(await getObject(done.outputs[1])));
+
+      // The reference arriving in labelsTr/ starts the case again, for its metrics.
+      const label = await post(serve.url, await upload(`labelsTr/${id}.nii.gz`), undefined);
+      assertEquals([label.status, label.body.status], [202, "queued"], JSON.stringify(label));
+      const scored = await job(serve.url, String(label.body.id), "");
+      assertEquals(scored.status, "done", JSON.stringify(scored));
+      assertEquals(scored.outputs, [
+        `s3://data/seg/${id}.nii.gz`,
+        `s3://data/seg/${id}.metrics.json`,
+      ]);
+      const metrics = JSON.parse(new TextDecoder().decode(await getObject(scored.outputs[1])));
       const reference = `s3://data/ds/labelsTr/${id}.nii.gz`;
       assertEquals(metrics.reference, reference);
-      const expected = await evaluateDatasetPair(done.outputs[0], reference, {
+      const expected = await evaluateDatasetPair(scored.outputs[0], reference, {
         regions: [{ name: "whole_tumor", labels: [1] }],
         order: [1],
       });
