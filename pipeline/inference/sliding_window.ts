@@ -1,7 +1,8 @@
 /**
  * Sliding-window inference: a volume of any size through a network trained on smaller crops.
  *
- * As nnU-Net does: windows overlap (0.5 by default), each window's probabilities are weighted by a
+ * As nnU-Net does: windows overlap (0.5 by default; {@linkcode autoOverlap} lowers it to 0.25 on
+ * volumes where 0.5 would cost more than a whole BraTS case can afford on a CPU), each window's probabilities are weighted by a
  * Gaussian centred on it (σ = 1/8 of the window) so that predictions near a window's border, which
  * see less context, count less, and the weighted sum is divided by the summed weights. Optional
  * test-time augmentation averages the 8 mirrorings over the three axes.
@@ -40,8 +41,11 @@ export interface WindowPredictor {
 export interface SlidingWindowOptions {
   /** Window edge in voxels (a cube, shrunk on axes where the volume is smaller). Default 128. */
   window?: number;
-  /** Fraction of a window its neighbour overlaps, in [0, {@linkcode MAX_OVERLAP}]. Default 0.5. */
-  overlap?: number;
+  /**
+   * Fraction of a window its neighbour overlaps, in [0, {@linkcode MAX_OVERLAP}], or `"auto"`
+   * ({@linkcode autoOverlap}). Default 0.5.
+   */
+  overlap?: Overlap;
   /** Windows per forward pass. Default 1. */
   batch?: number;
   /** Average the 8 mirrorings over x, y, z (test-time augmentation). Default false. */
@@ -57,6 +61,42 @@ export interface SlidingWindowOptions {
 export const MAX_OVERLAP = 0.95;
 /** The overlaps accepted, as help texts and errors print them. */
 export const OVERLAP_RANGE = `[0, ${MAX_OVERLAP}]`;
+
+/** A window overlap: a fraction in {@linkcode OVERLAP_RANGE}, or `"auto"` ({@linkcode autoOverlap}). */
+export type Overlap = number | "auto";
+
+/**
+ * The most voxels the windows of `"auto"` may cover at overlap 0.5: 2²³ (8.4 M), about 35 s of
+ * forward passes on 2 CPU cores at 32³ windows (4 µs a voxel measured, BENCHMARKS.md). A whole
+ * BraTS case's brain box (about 137×173×135) at 0.5 takes 21 M (640 windows of 32³, 108 s end to
+ * end), at 0.25 8.3 M (252 windows, 46 s) for a whole-tumour Dice within 0.0022; the synthetic
+ * cases of the tests and the demo (up to 96×96×72 at 32³: 3.3 M) stay at 0.5.
+ */
+export const AUTO_OVERLAP_VOXELS = 2 ** 23;
+
+/**
+ * The overlap `"auto"` means on a volume of `dims` with windows of edge `window` (a multiple of
+ * `m`): 0.5, nnU-Net's, when its windows cover at most {@linkcode AUTO_OVERLAP_VOXELS} voxels,
+ * else 0.25, MONAI's default, which runs about 2.5 times fewer windows. It depends only on the
+ * volume's extent and the window, so the same case always gets the same overlap.
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { autoOverlap } from "./sliding_window.ts";
+ * assertEquals(autoOverlap([96, 96, 72], 32, 16), 0.5); // 100 windows of 32³
+ * assertEquals(autoOverlap([137, 173, 135], 32, 16), 0.25); // a brain: 640 windows at 0.5
+ * ```
+ */
+export function autoOverlap(dims: Dims, window: number, m: number): number {
+  const shape = windowShape(dims, window, m);
+  const windows = dims.reduce((p, d, a) => p * windowStarts(d, shape[a], 0.5).length, 1);
+  return windows * shape[0] * shape[1] * shape[2] <= AUTO_OVERLAP_VOXELS ? 0.5 : 0.25;
+}
+
+/** `overlap` with `"auto"` resolved for a volume of `dims` (see {@linkcode autoOverlap}). */
+export function resolveOverlap(overlap: Overlap, dims: Dims, window: number, m: number): number {
+  return overlap === "auto" ? autoOverlap(dims, window, m) : overlap;
+}
 
 /**
  * Starts of windows of `window` voxels covering `extent` voxels with at least `overlap` between
@@ -110,7 +150,7 @@ export async function slidingWindowProbabilities(
   dims: Dims,
   options: SlidingWindowOptions = {},
 ): Promise<Float32Array> {
-  const { window = 128, overlap = 0.5, batch = 1, mirror = false, onWindow } = options;
+  const { window = 128, batch = 1, mirror = false, onWindow } = options;
   const cin = net.inChannels;
   const cout = net.outChannels;
   const n = dims[0] * dims[1] * dims[2];
@@ -119,6 +159,7 @@ export async function slidingWindowProbabilities(
       `Image has ${image.length} values; dims [${dims}] × ${cin} channels need ${n * cin}`,
     );
   }
+  const overlap = resolveOverlap(options.overlap ?? 0.5, dims, window, net.multiple);
   if (!(overlap >= 0 && overlap <= MAX_OVERLAP)) {
     throw new RangeError(`Overlap ${overlap} is not in ${OVERLAP_RANGE}`);
   }

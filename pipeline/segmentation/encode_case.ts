@@ -6,7 +6,11 @@
 import { type UNet, unetPredictor } from "../../model/mod.ts";
 import { type Case, caseChannels, preprocessCase, readNiftiHeader } from "../cases/mod.ts";
 import { type CaseResult, evaluateImages } from "../evaluation/mod.ts";
-import { keepLargestComponent, slidingWindowProbabilities } from "../inference/mod.ts";
+import {
+  keepLargestComponent,
+  resolveOverlap,
+  slidingWindowProbabilities,
+} from "../inference/mod.ts";
 import { type Labels, probabilitiesToLabels } from "../labels.ts";
 import { decodeNifti, encodeNifti, type NiftiHeader, readNifti } from "../nifti/mod.ts";
 import { uncropBox } from "../volume/mod.ts";
@@ -45,9 +49,13 @@ export async function encodeCase(
   // The reference is read once, below, for the metrics: inference needs only the images.
   const { seg: _reference, ...images } = c;
   const p = await preprocessCase(images);
-  const probs = await slidingWindowProbabilities(unetPredictor(net), p.image, p.box.size, {
-    window: Math.min(opts.window, 1024),
-    overlap: opts.overlap,
+  const predictor = unetPredictor(net);
+  const window = Math.min(opts.window, 1024);
+  // "auto" resolved on the brain's box, which the windows cover.
+  const overlap = resolveOverlap(opts.overlap, p.box.size, window, predictor.multiple);
+  const probs = await slidingWindowProbabilities(predictor, p.image, p.box.size, {
+    window,
+    overlap,
     batch: options.batch ?? 1,
     mirror: opts.tta,
     onWindow: options.onWindow,
@@ -83,7 +91,7 @@ export async function encodeCase(
   const probabilities = plan.probabilities
     ? nifti(channelMajor(uncropBox(probs, p.box, p.dims, k), k), "float32", plan.probabilities, k)
     : undefined;
-  return { labels: labelBytes, probabilities, metrics, counts };
+  return { labels: labelBytes, probabilities, metrics, counts, overlap };
 }
 
 /** A case's files as bytes, and the voxels per label of its segmentation. */
@@ -92,6 +100,8 @@ export interface EncodedCase {
   probabilities?: Uint8Array;
   metrics?: CaseMetricsRecord;
   counts: Record<string, number>;
+  /** The window overlap used (`"auto"` resolved). */
+  overlap: number;
 }
 
 /** The grid of an output: the input's, with `k` channels as a 4th dimension when given. */

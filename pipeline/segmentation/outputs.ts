@@ -6,6 +6,7 @@
  * @module
  */
 import type { Case } from "../cases/mod.ts";
+import type { Overlap } from "../inference/mod.ts";
 import {
   deleteObject,
   exists,
@@ -17,7 +18,8 @@ import {
 
 /** The options a record keys a case's output by (key order is part of the key). */
 export interface RecordOptions {
-  overlap: number;
+  /** As asked: a fraction, or `"auto"` (the record's `overlap_used` says what it resolved to). */
+  overlap: Overlap;
   tta: boolean;
   window: number;
   et_threshold: number;
@@ -31,6 +33,8 @@ export interface OutputRecord {
   /** The input files, so that `serve` can tell a case id arriving from another folder. */
   images?: Case["images"];
   options: RecordOptions;
+  /** The window overlap the case was segmented with (`options.overlap` with `"auto"` resolved). */
+  overlap_used?: number;
   output: string;
   /** Every file written with this record (labels, probabilities, metrics). */
   outputs: string[];

@@ -25,6 +25,7 @@ import {
   type UNet,
 } from "../../model/mod.ts";
 import { type Case, caseKey, type DatasetDescription } from "../cases/mod.ts";
+import type { Overlap } from "../inference/mod.ts";
 import { bratsEnhancingLabel, type Labels } from "../labels.ts";
 import { exists } from "../storage/mod.ts";
 import { type LoadedModel, loadModel, resolveModel } from "../training/mod.ts";
@@ -35,8 +36,12 @@ import { outputUri, planOutputs, type RecordOptions, upToDate, writeOutputs } fr
 
 /** Options of one case's segmentation. */
 export interface CaseOptions {
-  /** Window overlap in [0, {@linkcode MAX_OVERLAP}]. @default 0.5 */
-  overlap?: number;
+  /**
+   * Window overlap in [0, {@linkcode MAX_OVERLAP}], or "auto": 0.5, or 0.25 on a brain box where
+   * 0.5 would cover more than {@linkcode AUTO_OVERLAP_VOXELS} voxels ({@linkcode autoOverlap}).
+   * @default "auto"
+   */
+  overlap?: Overlap;
   /** Average the 8 mirrorings (test-time augmentation). @default false */
   tta?: boolean;
   /** Windows per forward pass. @default 1 */
@@ -81,6 +86,8 @@ export interface CaseOutcome {
   seconds: number;
   /** Voxels per label in the output. */
   labels?: Record<string, number>;
+  /** The window overlap used, for a case segmented now (`"auto"` resolved). */
+  overlap?: number;
 }
 
 /** A loaded network that segments cases. */
@@ -200,7 +207,7 @@ export class Segmenter {
       ...(plan.probabilities ? { probabilities: plan.probabilities } : {}),
     };
     const opts: RecordOptions = {
-      overlap: options.overlap ?? 0.5,
+      overlap: options.overlap ?? "auto",
       tta: options.tta ?? false,
       window: await this.resolveWindow(options.window ?? "auto", options.memoryBudget),
       et_threshold: options.etThreshold ?? 0,
@@ -227,6 +234,7 @@ export class Segmenter {
       inputs,
       images: c.images,
       options: opts,
+      overlap_used: files.overlap,
       output: plan.output,
       outputs: plan.wanted,
     };
@@ -239,6 +247,7 @@ export class Segmenter {
       ...paths,
       seconds,
       labels: files.counts,
+      overlap: files.overlap,
     };
   }
 

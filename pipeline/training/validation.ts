@@ -22,7 +22,7 @@ export interface ValidateOptions {
 /**
  * Mean Dice per region of sliding-window predictions on the validation cases (in memory, or read
  * one at a time when streamed), scored as `evaluate` scores what `segment` writes with these
- * weights and the same window: the probabilities converted to labels (pipeline/labels.ts), their
+ * weights, the same window and the same overlap (`"auto"`): the probabilities converted to labels (pipeline/labels.ts), their
  * regions compared with the reference's, whose voxels outside the brain's box count as missed.
  * @throws the signal's reason when `options.signal` is aborted before a case
  */
@@ -38,7 +38,7 @@ export async function validate(
     const c = caseAt(cases, i);
     const probs = await slidingWindowProbabilities(unetPredictor(net), c.image, c.box.size, {
       window,
-      overlap: 0.5,
+      overlap: "auto",
     });
     // The regions of a BraTS label volume do not depend on the enhancing label's value.
     const labels = options.labels ?? 4;

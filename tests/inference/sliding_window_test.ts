@@ -20,7 +20,10 @@ import {
   type UNet,
 } from "../../model/mod.ts";
 import {
+  AUTO_OVERLAP_VOXELS,
+  autoOverlap,
   gaussianWeights,
+  resolveOverlap,
   slidingWindowProbabilities,
   windowShape,
   windowStarts,
@@ -259,4 +262,51 @@ Deno.test("sliding window: starts cover the volume; a whole-volume window equals
     RangeError,
     "multiple",
   );
+});
+
+Deno.test('overlap "auto": 0.5 up to AUTO_OVERLAP_VOXELS of windows, else 0.25, and slidingWindowProbabilities runs what it resolves to', async () => {
+  // The rule: windows at 0.5 times the window's voxels against the limit, on the volume's extent.
+  const covered = (dims: Dims, w: number) =>
+    dims.reduce((p, d) => p * windowStarts(d, Math.min(w, d), 0.5).length, 1) * w ** 3;
+  assertEquals(covered([137, 173, 135], 32), 640 * 32 ** 3);
+  assertEquals(autoOverlap([137, 173, 135], 32, 16), 0.25, "a whole brain box at 32³");
+  assertEquals(autoOverlap([137, 173, 135], 48, 16), 0.25, "175 windows of 48³");
+  assertEquals(autoOverlap([96, 96, 72], 32, 16), 0.5, "100 windows of 32³");
+  // Few windows, many voxels: the limit is on voxels covered, not on windows.
+  assertEquals(covered([256, 256, 128], 128), 9 * 128 ** 3);
+  assertEquals(autoOverlap([256, 256, 128], 128, 16), 0.25, "9 windows of 128³ (18.9 M)");
+  // Exactly at the limit is still 0.5; one window more is not.
+  assertEquals(covered([64, 160, 288], 64), AUTO_OVERLAP_VOXELS, "1·4·8 windows of 64³");
+  assertEquals(autoOverlap([64, 160, 288], 64, 16), 0.5);
+  assertEquals(covered([64, 160, 320], 64), AUTO_OVERLAP_VOXELS * 9 / 8);
+  assertEquals(autoOverlap([64, 160, 320], 64, 16), 0.25);
+  assertEquals(resolveOverlap(0.1, [137, 173, 135], 32, 16), 0.1, "a number is kept");
+
+  // Through the blend: "auto" on a large extent runs the windows of 0.25 and their result.
+  const dims: Dims = [120, 112, 112];
+  const image = randomImage(dims, 1, 3);
+  const echo = (calls: number[]) => ({
+    inChannels: 1,
+    outChannels: 1,
+    multiple: 4,
+    predict(input: Float32Array, count: number) {
+      calls.push(count);
+      return Promise.resolve(input.map((v) => 1 / (1 + Math.exp(-v))));
+    },
+  });
+  assertEquals(autoOverlap(dims, 8, 4), 0.25, "29·27·27 windows of 8³ at 0.5 (10.8 M voxels)");
+  const runs: Record<string, number[]> = { auto: [], quarter: [], half: [] };
+  const auto = await slidingWindowProbabilities(echo(runs.auto), image, dims, {
+    window: 8,
+    overlap: "auto",
+  });
+  const quarter = await slidingWindowProbabilities(echo(runs.quarter), image, dims, {
+    window: 8,
+    overlap: 0.25,
+  });
+  await slidingWindowProbabilities(echo(runs.half), image, dims, { window: 8 });
+  assertEquals(runs.auto.length, runs.quarter.length);
+  assertEquals(runs.half.length, 29 * 27 * 27, "the default of the function stays 0.5");
+  assert(runs.auto.length < runs.half.length / 2, `${runs.auto.length} windows`);
+  assertEquals(auto, quarter);
 });

@@ -45,3 +45,33 @@ Deno.test("segment --window auto (the default) is the fixed window it resolves t
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("segment --overlap auto (the default) is 0.5 on a small case: the same labels as 0.5, recorded as asked and as used", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writePhantomDataset(`${dir}/data`, { cases: 1, dims: [24, 28, 20], seed: 5 });
+    const model = await tinyModel(dir);
+    const base = { model, input: `${dir}/data`, window: 8 };
+    const auto = await segment({ ...base, out: `${dir}/auto` });
+    await segment({ ...base, out: `${dir}/half`, overlap: 0.5 });
+    const quarter = await segment({ ...base, out: `${dir}/quarter`, overlap: 0.25 });
+    assertEquals(auto.cases[0].overlap, 0.5);
+    assertEquals(quarter.cases[0].overlap, 0.25);
+    const { cases: [c] } = await findCases(`${dir}/data`);
+    const record = (o: string) => readJson(`${dir}/${o}/${c.id}.json`);
+    assertEquals((await record("auto")).options.overlap, "auto");
+    assertEquals((await record("auto")).overlap_used, 0.5);
+    assertEquals((await record("half")).options.overlap, 0.5);
+    assertEquals((await record("quarter")).overlap_used, 0.25);
+    const labels = async (o: string) =>
+      scaledData(decodeNifti(await getObject(`${dir}/${o}/${c.id}.nii.gz`), o));
+    assertEquals(await labels("auto"), await labels("half"));
+    // The record keys the asked overlap: "auto" is not redone as "auto", 0.5 is another key.
+    const again = await segment({ ...base, out: `${dir}/auto` });
+    assertEquals(again.cases[0].status, "skipped");
+    const asNumber = await segment({ ...base, out: `${dir}/auto`, overlap: 0.5 });
+    assertEquals(asNumber.cases[0].status, "done");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
