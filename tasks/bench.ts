@@ -17,15 +17,7 @@ import {
   isGpuBackend,
   selectBackend,
 } from "../pipeline/training/mod.ts";
-import {
-  backendFlag,
-  type Command,
-  gibFlag,
-  intFlag,
-  parseFlags,
-  printJson,
-  UsageError,
-} from "./_cli.ts";
+import { backendFlag, defineCommand, type Flags, printJson, UsageError } from "./_cli.ts";
 
 /** Parses `--case-sizes`: comma-separated XxYxZ sizes, or "none". */
 function caseSizesFlag(value: string | undefined): [number, number, number][] | undefined {
@@ -43,20 +35,6 @@ function caseSizesFlag(value: string | undefined): [number, number, number][] | 
   });
 }
 
-const FLAGS = {
-  json: { type: "boolean" },
-  budget: { type: "string" },
-  crop: { type: "string" },
-  "search-crop": { type: "string" },
-  data: { type: "string" },
-  steps: { type: "string" },
-  "case-sizes": { type: "string" },
-  window: { type: "string" },
-  threads: { type: "string" },
-  "no-peer": { type: "boolean" },
-  backend: { type: "string" },
-} as const;
-
 /** Flags every benchmark takes. */
 const COMMON_FLAGS = ["json", "crop", "backend"];
 /** Each benchmark's own flags. */
@@ -66,7 +44,7 @@ const OWN_FLAGS: Record<"memory" | "speed" | "kernels", string[]> = {
   kernels: ["steps"],
 };
 
-export const benchCommand: Command = {
+export const benchCommand = defineCommand({
   name: "bench",
   summary: "Benchmarks: memory (reversible vs standard), speed (vs PyTorch), the project's kernels",
   help: `Usage: deno task bench memory [--json] [--budget <gib>] [--crop <n>] [--search-crop <n>]
@@ -129,23 +107,22 @@ Examples:
   deno task bench speed
   deno task bench speed --json --crop 16 --case-sizes 64x64x40 --no-peer
   deno task bench kernels --backend webgpu`,
-  async run(args) {
-    const { values, positionals } = parseFlags("bench", args, FLAGS, true);
-    const which = benchName(positionals, values);
-    const log = values.json ? () => {} : (m: string) => console.error(`bench: ${m}`);
-    const choice = await selectBackend(backendFlag(values.backend), log);
-    if (which === "kernels") await runKernels(values, choice, log);
-    else if (which === "speed") await runSpeed(values, choice, log);
-    else await runMemory(values, log);
+  positionals: true,
+  async run(flags) {
+    const which = benchName(flags);
+    const log = flags.bool("json") ? () => {} : (m: string) => console.error(`bench: ${m}`);
+    const choice = await selectBackend(backendFlag(flags), log);
+    if (which === "kernels") await runKernels(flags, choice, log);
+    else if (which === "speed") await runSpeed(flags, choice, log);
+    else await runMemory(flags, log);
   },
-};
+});
 
-type BenchValues = ReturnType<typeof parseFlags<typeof FLAGS>>["values"];
 type Log = (message: string) => void;
 
 /** The benchmark named, its flags checked against the ones it takes. */
-function benchName(positionals: string[], values: BenchValues): keyof typeof OWN_FLAGS {
-  const [which, ...extra] = positionals;
+function benchName(flags: Flags): keyof typeof OWN_FLAGS {
+  const [which, ...extra] = flags.positionals;
   if (which !== "memory" && which !== "speed" && which !== "kernels") {
     throw new UsageError(
       `bench: expected a benchmark name (memory, speed or kernels), got ${which ?? "none"}`,
@@ -153,8 +130,7 @@ function benchName(positionals: string[], values: BenchValues): keyof typeof OWN
   }
   if (extra.length > 0) throw new UsageError(`bench: unexpected arguments: ${extra.join(" ")}`);
   const own = OWN_FLAGS[which];
-  const given = Object.entries(values).filter(([, v]) => v !== undefined).map(([k]) => k);
-  const misplaced = given.find((k) => !COMMON_FLAGS.includes(k) && !own.includes(k));
+  const misplaced = flags.given().find((k) => !COMMON_FLAGS.includes(k) && !own.includes(k));
   if (misplaced) {
     const owners = Object.entries(OWN_FLAGS).filter(([, flags]) => flags.includes(misplaced));
     throw new UsageError(
@@ -167,53 +143,54 @@ function benchName(positionals: string[], values: BenchValues): keyof typeof OWN
 }
 
 /** An edge flag that must be a multiple of 8 (`--crop`, `--window`). */
-function edgeFlag(name: string, value: string | undefined, fallback: number): number {
-  const edge = intFlag(name, value, fallback, 8);
+function edgeFlag(flags: Flags, name: string, fallback: number): number {
+  const edge = flags.int(name, fallback, 8);
   if (edge % 8 !== 0) throw new UsageError(`--${name} must be a multiple of 8, got ${edge}`);
   return edge;
 }
 
 /** Prints a result: the JSON alone with --json, else the summary for people and the JSON. */
-function printResult(json: boolean | undefined, result: unknown, summary: string): void {
+function printResult(json: boolean, result: unknown, summary: string): void {
   if (json) printJson(result);
   else console.log(`${summary}\n${JSON.stringify(result)}`);
 }
 
-async function runKernels(values: BenchValues, choice: BackendChoice, log: Log): Promise<void> {
-  const crop = edgeFlag("crop", values.crop, isGpuBackend(choice.name, choice.device) ? 64 : 32);
+async function runKernels(flags: Flags, choice: BackendChoice, log: Log): Promise<void> {
+  const crop = edgeFlag(flags, "crop", isGpuBackend(choice.name, choice.device) ? 64 : 32);
   const result = await benchKernels({
     crop,
-    steps: intFlag("steps", values.steps, 3, 1),
+    steps: flags.int("steps", 3, 1),
     device: choice.device,
     log,
   });
-  printResult(values.json, result, formatKernels(result));
+  printResult(flags.bool("json"), result, formatKernels(result));
 }
 
-async function runSpeed(values: BenchValues, choice: BackendChoice, log: Log): Promise<void> {
-  const crop = edgeFlag("crop", values.crop, isGpuBackend(choice.name, choice.device) ? 128 : 32);
-  const window = edgeFlag("window", values.window, crop);
+async function runSpeed(flags: Flags, choice: BackendChoice, log: Log): Promise<void> {
+  const crop = edgeFlag(flags, "crop", isGpuBackend(choice.name, choice.device) ? 128 : 32);
+  const window = edgeFlag(flags, "window", crop);
   const result = await benchSpeed({
     crop,
-    steps: intFlag("steps", values.steps, 3, 1),
-    caseSizes: caseSizesFlag(values["case-sizes"]),
+    steps: flags.int("steps", 3, 1),
+    caseSizes: caseSizesFlag(flags.str("case-sizes")),
     window,
-    threads: intFlag("threads", values.threads, navigator.hardwareConcurrency ?? 1, 1),
-    peer: !values["no-peer"],
+    threads: flags.int("threads", navigator.hardwareConcurrency ?? 1, 1),
+    peer: !flags.bool("no-peer"),
     device: choice.device,
     log,
   });
-  printResult(values.json, result, formatSpeed(result));
+  printResult(flags.bool("json"), result, formatSpeed(result));
 }
 
-async function runMemory(values: BenchValues, log: Log): Promise<void> {
-  const crop = edgeFlag("crop", values.crop, 32);
-  const io = values.data === undefined ? undefined : await datasetShape(values.data);
+async function runMemory(flags: Flags, log: Log): Promise<void> {
+  const crop = edgeFlag(flags, "crop", 32);
+  const data = flags.str("data");
+  const io = data === undefined ? undefined : await datasetShape(data);
   printJson(
     await benchMemory({
-      budget: gibFlag("budget", values.budget, 16, 0.001),
+      budget: flags.gib("budget", 16, 0.001),
       crop,
-      searchCrop: intFlag("search-crop", values["search-crop"], 96, 8),
+      searchCrop: flags.int("search-crop", 96, 8),
       log,
       ...(io ? { io: { inChannels: io.inChannels, outChannels: io.outChannels } } : {}),
     }),

@@ -3,9 +3,9 @@
  * @module
  */
 import { findCases } from "../pipeline/cases/mod.ts";
-import { type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
+import { defineCommand, printJson, UsageError } from "./_cli.ts";
 
-export const casesCommand: Command = {
+export const casesCommand = defineCommand({
   name: "cases",
   summary: "List the BraTS cases under a dataset URI as JSON lines",
   help: `Usage: deno task cases <dataset-uri> [--no-check] [--concurrency <n>]
@@ -28,17 +28,15 @@ Options:
 Examples:
   deno task cases ./data/brats
   AWS_ENDPOINT_URL=http://127.0.0.1:9000 deno task cases s3://my-bucket/BraTS2021/`,
-  async run(args) {
-    const { values, positionals } = parseFlags("cases", args, {
-      "no-check": { type: "boolean" },
-      concurrency: { type: "string" },
-    }, true);
+  positionals: true,
+  async run(flags) {
+    const positionals = flags.positionals;
     if (positionals.length !== 1) {
       throw new UsageError(`cases: expected one dataset URI, got ${positionals.length}`);
     }
     const { cases, problems } = await findCases(positionals[0], {
-      checkHeaders: !values["no-check"],
-      concurrency: intFlag("concurrency", values.concurrency, 8, 1, 256),
+      checkHeaders: !flags.bool("no-check"),
+      concurrency: flags.int("concurrency", 8, 1, 256),
       required: true,
     });
     for (const c of cases) printJson(c);
@@ -51,4 +49,4 @@ Examples:
       );
     }
   },
-};
+});

@@ -10,24 +10,12 @@ import { deleteObject, exists, joinUri, listObjects } from "../pipeline/storage/
 import { trainEventPrinter } from "../pipeline/training/mod.ts";
 import {
   backendFlag,
-  type Command,
-  intFlag,
-  parseFlags,
+  defineCommand,
   printJson,
+  sizeFlag,
   stderrProgress,
   UsageError,
 } from "./_cli.ts";
-
-function sizeFlag(value: string | undefined): [number, number, number] {
-  if (value === undefined) return [64, 64, 48];
-  const parts = value.split(",").map(Number);
-  if (parts.length !== 3 || !parts.every((p) => Number.isInteger(p) && p >= 32 && p <= 256)) {
-    throw new UsageError(
-      `--size must be three integers in [32, 256] like 64,64,48, got "${value}"`,
-    );
-  }
-  return parts as [number, number, number];
-}
 
 /** Removes what an earlier demo run wrote under `out`; refuses a folder the demo did not make. */
 async function clearDemoOutput(out: string): Promise<void> {
@@ -43,7 +31,7 @@ async function clearDemoOutput(out: string): Promise<void> {
   }
 }
 
-export const demoCommand: Command = {
+export const demoCommand = defineCommand({
   name: "demo",
   summary: "The embedded default end to end: synth → train → segment → evaluate → report",
   help: `Usage: deno task demo [--out <uri>] [--cases <n>] [--size <x,y,z>] [--epochs <n>]
@@ -68,27 +56,17 @@ Options:
 
 Example:
   deno task demo --epochs 6`,
-  async run(args) {
-    const { values } = parseFlags("demo", args, {
-      out: { type: "string" },
-      cases: { type: "string" },
-      size: { type: "string" },
-      epochs: { type: "string" },
-      "steps-per-epoch": { type: "string" },
-      crop: { type: "string" },
-      seed: { type: "string" },
-      backend: { type: "string" },
-    });
-    const out = values.out ?? "out/demo";
+  async run(flags) {
+    const out = flags.str("out") ?? "out/demo";
     const options = {
       out,
-      cases: intFlag("cases", values.cases, 6, 2, 1000),
-      dims: sizeFlag(values.size),
-      epochs: intFlag("epochs", values.epochs, 3, 1),
-      stepsPerEpoch: intFlag("steps-per-epoch", values["steps-per-epoch"], 25, 1),
-      crop: intFlag("crop", values.crop, 32, 8, 256),
-      seed: intFlag("seed", values.seed, 0, 0),
-      backend: backendFlag(values.backend),
+      cases: flags.int("cases", 6, 2, 1000),
+      dims: sizeFlag(flags, [64, 64, 48], 32, 256),
+      epochs: flags.int("epochs", 3, 1),
+      stepsPerEpoch: flags.int("steps-per-epoch", 25, 1),
+      crop: flags.int("crop", 32, 8, 256),
+      seed: flags.int("seed", 0, 0),
+      backend: backendFlag(flags),
     };
     if (options.crop % 8 !== 0) {
       throw new UsageError(`--crop must be a multiple of 8, got ${options.crop}`);
@@ -102,4 +80,4 @@ Example:
       }),
     );
   },
-};
+});

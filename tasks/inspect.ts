@@ -4,9 +4,9 @@
  */
 import { DEFAULT_MAX_BYTES, describeNifti } from "../pipeline/nifti/mod.ts";
 import { readNifti } from "../pipeline/nifti/mod.ts";
-import { type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
+import { defineCommand, printJson, UsageError } from "./_cli.ts";
 
-export const inspectCommand: Command = {
+export const inspectCommand = defineCommand({
   name: "inspect",
   summary: "Print a NIfTI volume's dims, voxel size, datatype, affine and value range as JSON",
   help: `Usage: deno task inspect <path-or-uri> [--non-finite error|zero] [--max-bytes <n>]
@@ -29,22 +29,20 @@ Examples:
   deno task inspect out/synth/BraTS2021_00000/BraTS2021_00000_flair.nii.gz   # from synth
   deno task inspect s3://my-bucket/BraTS2021/BraTS2021_00000/BraTS2021_00000_seg.nii.gz
   deno task inspect probabilities.nii.gz --non-finite zero`,
-  async run(args) {
-    const { values, positionals } = parseFlags("inspect", args, {
-      "non-finite": { type: "string" },
-      "max-bytes": { type: "string" },
-    }, true);
+  positionals: true,
+  async run(flags) {
+    const positionals = flags.positionals;
     if (positionals.length !== 1) {
       throw new UsageError(
         `inspect: expected one path or URI of a NIfTI file, got ${positionals.length}`,
       );
     }
-    const nonFinite = values["non-finite"] ?? "error";
+    const nonFinite = flags.str("non-finite") ?? "error";
     if (nonFinite !== "error" && nonFinite !== "zero") {
       throw new UsageError(`--non-finite must be "error" or "zero", got "${nonFinite}"`);
     }
-    const maxBytes = intFlag("max-bytes", values["max-bytes"], DEFAULT_MAX_BYTES, 1);
+    const maxBytes = flags.int("max-bytes", DEFAULT_MAX_BYTES, 1);
     const uri = positionals[0];
     printJson(describeNifti(await readNifti(uri, { nonFinite, maxBytes })));
   },
-};
+});

@@ -4,23 +4,10 @@
  * command line of {@linkcode planCrop} (pipeline/training/plan.ts).
  * @module
  */
-import {
-  planCrop,
-  planNetworkConfig,
-  selectBackend,
-  SettingsError,
-} from "../pipeline/training/mod.ts";
-import {
-  backendFlag,
-  type Command,
-  gibFlag,
-  intFlag,
-  parseFlags,
-  printJson,
-  UsageError,
-} from "./_cli.ts";
+import { planCrop, planNetworkConfig, selectBackend } from "../pipeline/training/mod.ts";
+import { backendFlag, defineCommand, intFlag, printJson, UsageError } from "./_cli.ts";
 
-export const planCommand: Command = {
+export const planCommand = defineCommand({
   name: "plan",
   summary: "Largest training crop that fits a memory budget, reversible vs standard",
   help: `Usage: deno task plan --budget <gib> [--config <json>] [--data <uri>] [--batch <n>]
@@ -49,21 +36,11 @@ Example:
   deno task plan --budget 16
   deno task plan --budget 40 --config '{"blocksPerLevel":4}' --batch 2
   deno task plan --budget 16 --data ../data/Dataset501_BraTS2018WT`,
-  async run(args) {
-    const { values } = parseFlags("plan", args, {
-      budget: { type: "string" },
-      config: { type: "string" },
-      data: { type: "string" },
-      batch: { type: "string" },
-      "measure-crops": { type: "string" },
-      backend: { type: "string" },
-    });
-    if (values.budget === undefined) throw new UsageError("plan: --budget <gib> is required");
-    const budget = gibFlag("budget", values.budget, 16, 1e-6);
-    const config = await planNetworkConfig(values.config, values.data).catch((e) => {
-      throw e instanceof SettingsError ? new UsageError(e.message, { cause: e }) : e;
-    });
-    const measureCrops = values["measure-crops"]?.split(",").map((s, i) =>
+  async run(flags) {
+    if (flags.str("budget") === undefined) throw new UsageError("plan: --budget <gib> is required");
+    const budget = flags.gib("budget", 16, 1e-6);
+    const config = await planNetworkConfig(flags.str("config"), flags.str("data"));
+    const measureCrops = flags.str("measure-crops")?.split(",").map((s, i) =>
       intFlag(`measure-crops[${i}]`, s.trim(), 0, 1, 512)
     );
     if (
@@ -71,17 +48,17 @@ Example:
       (measureCrops.length < 2 || new Set(measureCrops).size !== measureCrops.length)
     ) {
       throw new UsageError(
-        `--measure-crops needs two or more different crops, got ${values["measure-crops"]}`,
+        `--measure-crops needs two or more different crops, got ${flags.str("measure-crops")}`,
       );
     }
-    await selectBackend(backendFlag(values.backend), (m) => console.error(`plan: ${m}`));
+    await selectBackend(backendFlag(flags), (m) => console.error(`plan: ${m}`));
     printJson(
       await planCrop({
         budget,
         config,
-        batch: intFlag("batch", values.batch, 1, 1, 1024),
+        batch: flags.int("batch", 1, 1, 1024),
         ...(measureCrops ? { measureCrops } : {}),
       }),
     );
   },
-};
+});

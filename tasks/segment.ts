@@ -7,13 +7,10 @@ import { formatDuration } from "../pipeline/report/mod.ts";
 import { segment, segmentEvent, type SegmentResult } from "../pipeline/segmentation/mod.ts";
 import {
   backendFlag,
-  type Command,
-  INFERENCE_FLAGS,
+  defineCommand,
   INFERENCE_HELP,
   inferenceOptions,
-  parseFlags,
   printJson,
-  requireFlags,
   shardFlag,
   stderrProgress,
   UsageError,
@@ -29,7 +26,7 @@ async function readEvent(source: string): Promise<string> {
   }
 }
 
-export const segmentCommand: Command = {
+export const segmentCommand = defineCommand({
   name: "segment",
   summary: "Segment cases with a trained model: BraTS label NIfTIs on the inputs' grids",
   help: `Usage: deno task segment --model <uri> --input <uri> --out <uri> [options]
@@ -78,43 +75,30 @@ ${INFERENCE_HELP}
 
 Example:
   deno task segment --model out/run1/best --input out/synth --out out/seg`,
-  async run(args) {
-    const { values } = parseFlags("segment", args, {
-      model: { type: "string" },
-      input: { type: "string" },
-      event: { type: "string" },
-      shard: { type: "string" },
-      out: { type: "string" },
-      ...INFERENCE_FLAGS,
-      force: { type: "boolean" },
-      report: { type: "boolean" },
-      backend: { type: "string" },
-      quiet: { type: "boolean" },
-      json: { type: "boolean" },
-    });
-    requireFlags(values, ["model", "out"]);
-    if (!values.input && values.event === undefined) {
-      throw new UsageError("--input is required (or --event)");
-    }
-    const shard = shardFlag(values.shard);
+  async run(flags) {
+    flags.require("model", "out");
+    const [input, event, out] = [flags.str("input"), flags.str("event"), flags.str("out")!];
+    if (!input && event === undefined) throw new UsageError("--input is required (or --event)");
+    const shard = shardFlag(flags);
+    const quiet = flags.bool("quiet");
     const common = {
-      model: values.model!,
-      input: values.input ?? "",
-      out: values.out!,
-      ...inferenceOptions(values),
-      force: values.force ?? false,
-      report: values.report ?? false,
-      backend: backendFlag(values.backend),
-      progress: stderrProgress(values.quiet ?? false),
+      model: flags.str("model")!,
+      input: input ?? "",
+      out,
+      ...inferenceOptions(flags),
+      force: flags.bool("force"),
+      report: flags.bool("report"),
+      backend: backendFlag(flags),
+      progress: stderrProgress(quiet),
     };
-    const result = values.event !== undefined
-      ? await segmentEvent(await readEvent(values.event), common)
+    const result = event !== undefined
+      ? await segmentEvent(await readEvent(event), common)
       : await segment({ ...common, ...(shard ? { shard } : {}) });
-    if (shard && !values.quiet) {
+    if (shard && !quiet) {
       console.error(`segment: shard ${shard.index}/${shard.count}: ${result.cases.length} cases`);
     }
-    if (values.json) printJson(result);
-    if (!values.quiet) printSummary(result, values.out!);
+    if (flags.bool("json")) printJson(result);
+    if (!quiet) printSummary(result, out);
     if (result.failed.length > 0) {
       throw new Error(
         `${result.failed.length} case(s) failed: ${
@@ -123,7 +107,7 @@ Example:
       );
     }
   },
-};
+});
 
 /** The closing line: segmented, skipped and failed cases, and the time taken. */
 function printSummary(result: SegmentResult, out: string): void {

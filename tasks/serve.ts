@@ -12,14 +12,10 @@ import {
 } from "../pipeline/segmentation/mod.ts";
 import {
   backendFlag,
-  type Command,
-  INFERENCE_FLAGS,
+  defineCommand,
   INFERENCE_HELP,
   inferenceOptions,
-  intFlag,
-  parseFlags,
   printJson,
-  requireFlags,
   UsageError,
   withSignals,
 } from "./_cli.ts";
@@ -30,7 +26,7 @@ export const DEFAULT_TOKEN_ENV = "REVUNET_TOKEN";
 // ---------------------------------------------------------------------------------------------
 // The command
 
-export const serveCommand: Command = {
+export const serveCommand = defineCommand({
   name: "serve",
   summary: "Segment cases as S3 event notifications announce their inputs (an HTTP service)",
   help: `Usage: deno task serve --model <uri> --out <uri> [options]
@@ -91,60 +87,45 @@ Examples:
     --out s3://brats/segmentations/ --input s3://brats/incoming/ --backend tensorflow
   curl -H "Authorization: Bearer $REVUNET_TOKEN" -d @event.json http://127.0.0.1:8080/
 See deploy/README.md for wiring S3 (SNS) or MinIO (mc event add) to the service.`,
-  async run(args) {
-    const { values } = parseFlags("serve", args, {
-      model: { type: "string" },
-      out: { type: "string" },
-      input: { type: "string" },
-      port: { type: "string" },
-      host: { type: "string" },
-      concurrency: { type: "string" },
-      queue: { type: "string" },
-      "token-env": { type: "string" },
-      "no-auth": { type: "boolean" },
-      "max-body": { type: "string" },
-      ...INFERENCE_FLAGS,
-      backend: { type: "string" },
-      "in-process": { type: "boolean" },
-      quiet: { type: "boolean" },
-    });
-    requireFlags(values, ["model", "out"]);
-    if (values["no-auth"] && values["token-env"] !== undefined) {
+  async run(flags) {
+    flags.require("model", "out");
+    const [input, tokenEnv, noAuth] = [
+      flags.str("input"),
+      flags.str("token-env"),
+      flags.bool("no-auth"),
+    ];
+    if (noAuth && tokenEnv !== undefined) {
       throw new UsageError("--no-auth and --token-env contradict each other: give one");
     }
-    if (values.input !== undefined && !values.input.toLowerCase().startsWith("s3://")) {
-      throw new UsageError(`--input must be an s3:// prefix, got "${values.input}"`);
+    if (input !== undefined && !input.toLowerCase().startsWith("s3://")) {
+      throw new UsageError(`--input must be an s3:// prefix, got "${input}"`);
     }
-    const token = values["no-auth"] ? undefined : bearerToken(values["token-env"]);
-    const concurrency = intFlag("concurrency", values.concurrency, 1, 1, 64);
+    const token = noAuth ? undefined : bearerToken(tokenEnv);
+    const concurrency = flags.int("concurrency", 1, 1, 64);
     const settings = {
-      out: values.out!,
-      ...(values.input !== undefined ? { input: values.input } : {}),
-      model: values.model!,
-      hostname: values.host ?? "0.0.0.0",
-      port: intFlag("port", values.port, 8080, 0, 65535),
+      out: flags.str("out")!,
+      ...(input !== undefined ? { input } : {}),
+      model: flags.str("model")!,
+      hostname: flags.str("host") ?? "0.0.0.0",
+      port: flags.int("port", 8080, 0, 65535),
       concurrency,
-      queue: intFlag("queue", values.queue, 64, 0, 100_000),
+      queue: flags.int("queue", 64, 0, 100_000),
       token,
-      maxBodyBytes: intFlag("max-body", values["max-body"], DEFAULT_MAX_BODY, 1024, 1 << 30),
-      caseOptions: inferenceOptions(values),
+      maxBodyBytes: flags.int("max-body", DEFAULT_MAX_BODY, 1024, 1 << 30),
+      caseOptions: inferenceOptions(flags),
     };
-    const backend = backendFlag(values.backend);
-    if (values["in-process"] && concurrency > 1) {
+    const backend = backendFlag(flags);
+    const inProcess = flags.bool("in-process");
+    if (inProcess && concurrency > 1) {
       throw new UsageError("--in-process segments one case at a time: drop --concurrency");
     }
-    const log = values.quiet
+    const log = flags.bool("quiet")
       ? () => {}
       : (entry: Record<string, unknown>) => printJson({ time: new Date().toISOString(), ...entry });
-    const service = await startModelService({
-      ...settings,
-      backend,
-      inProcess: values["in-process"] ?? false,
-      log,
-    });
+    const service = await startModelService({ ...settings, backend, inProcess, log });
     await untilClosed(service, log);
   },
-};
+});
 
 /**
  * The bearer token from the variable `--token-env` names (default {@linkcode DEFAULT_TOKEN_ENV}).

@@ -12,9 +12,9 @@ import {
   setupTensorflow,
   SYSTEM_PACKAGES,
 } from "../pipeline/training/mod.ts";
-import { type Command, parseFlags } from "./_cli.ts";
+import { defineCommand } from "./_cli.ts";
 
-export const setupCommand: Command = {
+export const setupCommand = defineCommand({
   name: "setup",
   summary:
     "Install optional system packages; build the tensorflow backend where a wheel is at hand",
@@ -35,13 +35,9 @@ Options:
 
 Example:
   deno task setup`,
-  async run(args) {
-    const { values } = parseFlags("setup", args, {
-      quiet: { type: "boolean" },
-      peer: { type: "boolean" },
-    });
-    const quiet = values.quiet ?? false;
-    const packages = await installPackages(optionalPackages(values.peer ?? false), {
+  async run(flags) {
+    const quiet = flags.bool("quiet");
+    const packages = await installPackages(optionalPackages(flags.bool("peer")), {
       quiet,
       log: (m) => console.error(m),
     });
@@ -58,4 +54,4 @@ Example:
       console.error(`setup: tensorflow backend ready (tfjs-node ${tfSetup.detail})`);
     }
   },
-};
+});

@@ -11,9 +11,9 @@ import {
   type SynthNaming,
   writeSynthDataset,
 } from "../pipeline/synth/mod.ts";
-import { type Command, intFlag, parseFlags, printJson, UsageError } from "./_cli.ts";
+import { defineCommand, type Flags, printJson, sizeFlag, UsageError } from "./_cli.ts";
 
-export const synthCommand: Command = {
+export const synthCommand = defineCommand({
   name: "synth",
   summary: "Write BraTS-like synthetic cases (four modalities and a tumor segmentation)",
   help: `Usage: deno task synth --out <uri> [--cases <n>] [--seed <seed>] [--naming <naming>]
@@ -51,33 +51,22 @@ Examples:
   deno task synth --out ./data/synthetic --cases 4 --seed 1 --naming brats2021 --size 240,240,155
   deno task synth --out ./data/small --cases 20 --size 64,64,48 --naming brats2023
   AWS_ENDPOINT_URL=http://127.0.0.1:9000 deno task synth --out s3://my-bucket/synthetic/`,
-  async run(args) {
-    const { values } = parseFlags("synth", args, {
-      out: { type: "string" },
-      cases: { type: "string" },
-      seed: { type: "string" },
-      naming: { type: "string" },
-      size: { type: "string" },
-      template: { type: "string" },
-      concurrency: { type: "string" },
-    });
-    if (values.out === undefined || values.out === "") {
+  async run(flags) {
+    const out = flags.str("out");
+    if (out === undefined || out === "") {
       throw new UsageError("synth: --out <uri> is required (a local folder or s3://bucket/prefix)");
     }
-    const cases = intFlag("cases", values.cases, 4, 1);
-    const seed = intFlag("seed", values.seed, 1, 0, 0xffffffff);
-    const naming = namingFlag(values.naming);
-    const dims = sizeFlag(values.size);
-    const concurrency = intFlag("concurrency", values.concurrency, 2, 1, 64);
-    const template = values.template === undefined
-      ? undefined
-      : values.template === "procedural"
-      ? null
-      : values.template;
+    const cases = flags.int("cases", 4, 1);
+    const seed = flags.int("seed", 1, 0, 0xffffffff);
+    const naming = namingFlag(flags);
+    const dims = sizeFlag(flags, DEFAULT_SYNTH_DIMS, SYNTH_MIN_DIM, SYNTH_MAX_DIM);
+    const concurrency = flags.int("concurrency", 2, 1, 64);
+    const given = flags.str("template");
+    const template = given === undefined ? undefined : given === "procedural" ? null : given;
 
     const start = performance.now();
     let done = 0;
-    const summary = await writeSynthDataset(values.out, {
+    const summary = await writeSynthDataset(out, {
       cases,
       seed,
       naming,
@@ -93,33 +82,16 @@ Examples:
       `synth: wrote ${cases} case${
         cases === 1 ? "" : "s"
       } (${what}, template ${summary.template}) ` +
-        `to ${values.out} in ${seconds.toFixed(1)} s`,
+        `to ${out} in ${seconds.toFixed(1)} s`,
     );
   },
-};
+});
 
-function namingFlag(value: string | undefined): SynthNaming {
+function namingFlag(flags: Flags): SynthNaming {
+  const value = flags.str("naming");
   if (value === undefined) return "brats2021";
   if (!(SYNTH_NAMINGS as readonly string[]).includes(value)) {
     throw new UsageError(`--naming must be one of ${SYNTH_NAMINGS.join(", ")}, got "${value}"`);
   }
   return value as SynthNaming;
-}
-
-function sizeFlag(value: string | undefined): [number, number, number] {
-  if (value === undefined) return [...DEFAULT_SYNTH_DIMS];
-  const parts = value.split(",").map((s) => s.trim());
-  const dims = parts.map(Number);
-  if (
-    parts.length !== 3 ||
-    !dims.every((d, i) =>
-      parts[i] !== "" && Number.isInteger(d) && d >= SYNTH_MIN_DIM && d <= SYNTH_MAX_DIM
-    )
-  ) {
-    throw new UsageError(
-      `--size must be three integers X,Y,Z, each ${SYNTH_MIN_DIM}..${SYNTH_MAX_DIM}, ` +
-        `got "${value}"`,
-    );
-  }
-  return dims as [number, number, number];
 }

@@ -11,7 +11,6 @@ import {
   type NumericSetting,
   SETTING_FLAGS,
   SETTING_LIMITS,
-  SettingsError,
   STREAMED_CASES_PER_SAMPLER,
   train,
   trainEventPrinter,
@@ -22,44 +21,15 @@ import {
 import {
   backendFlag,
   type Command,
-  gibFlag,
+  defineCommand,
+  type Flags,
   intFlag,
   numberFlag,
-  parseFlags,
   printJson,
   stderrProgress,
   UsageError,
   withSignals,
 } from "./_cli.ts";
-
-const FLAGS = {
-  data: { type: "string" },
-  out: { type: "string" },
-  epochs: { type: "string" },
-  "steps-per-epoch": { type: "string" },
-  crop: { type: "string" },
-  budget: { type: "string" },
-  batch: { type: "string" },
-  lr: { type: "string" },
-  optimizer: { type: "string" },
-  "weight-decay": { type: "string" },
-  "val-cases": { type: "string" },
-  "val-every": { type: "string" },
-  "val-window": { type: "string" },
-  config: { type: "string" },
-  "no-augment": { type: "boolean" },
-  seed: { type: "string" },
-  backend: { type: "string" },
-  cache: { type: "string" },
-  "case-memory": { type: "string" },
-  workers: { type: "string" },
-  resume: { type: "boolean" },
-  quiet: { type: "boolean" },
-  report: { type: "boolean" },
-  json: { type: "boolean" },
-} as const;
-
-type Values = ReturnType<typeof parseFlags<typeof FLAGS>>["values"];
 
 /** A numeric setting's flag, parsed within the setting's limits (pipeline/training/settings.ts). */
 function numericFlag(key: NumericSetting, value: string): number {
@@ -73,26 +43,29 @@ function numericFlag(key: NumericSetting, value: string): number {
  * conflicts in that order). A new run fills the rest with defaults; a resumed run compares these
  * with its stored settings, so defaults must not be added. `--crop` is {@linkcode cropFlag}'s.
  */
-function givenSettings(values: Values): Partial<TrainSettings> {
+function givenSettings(flags: Flags): Partial<TrainSettings> {
   const given: Partial<TrainSettings> = {};
-  if (values.data !== undefined) given.data = values.data;
+  const data = flags.str("data");
+  if (data !== undefined) given.data = data;
   const numeric = (...keys: NumericSetting[]) => {
     for (const key of keys) {
-      const value = values[SETTING_FLAGS[key].slice(2) as keyof Values] as string | undefined;
+      const value = flags.str(SETTING_FLAGS[key].slice(2));
       if (value !== undefined) given[key] = numericFlag(key, value);
     }
   };
   numeric("epochs", "stepsPerEpoch", "batch", "lr");
-  if (values.optimizer !== undefined) {
-    if (values.optimizer !== "adam" && values.optimizer !== "sgd") {
-      throw new UsageError(`--optimizer must be adam or sgd, got "${values.optimizer}"`);
+  const optimizer = flags.str("optimizer");
+  if (optimizer !== undefined) {
+    if (optimizer !== "adam" && optimizer !== "sgd") {
+      throw new UsageError(`--optimizer must be adam or sgd, got "${optimizer}"`);
     }
-    given.optimizer = values.optimizer;
+    given.optimizer = optimizer;
   }
   numeric("weightDecay", "valCases", "valEvery", "valWindow");
-  if (values.config !== undefined) given.config = networkConfigFlag(values.config);
+  const config = flags.str("config");
+  if (config !== undefined) given.config = networkConfigFlag(config);
   numeric("seed");
-  if (values["no-augment"]) given.augment = false;
+  if (flags.bool("no-augment")) given.augment = false;
   return given;
 }
 
@@ -101,20 +74,23 @@ function givenSettings(values: Values): Partial<TrainSettings> {
  * budget on `backend` (a resumed run keeps its crop).
  */
 async function cropFlag(
-  values: Values,
+  flags: Flags,
   given: Partial<TrainSettings>,
   backend: BackendName,
 ): Promise<void> {
-  if (values.crop !== "auto") {
-    if (values.budget !== undefined) throw new UsageError("--budget is only used with --crop auto");
-    if (values.crop !== undefined) given.crop = numericFlag("crop", values.crop);
+  const crop = flags.str("crop");
+  if (crop !== "auto") {
+    if (flags.str("budget") !== undefined) {
+      throw new UsageError("--budget is only used with --crop auto");
+    }
+    if (crop !== undefined) given.crop = numericFlag("crop", crop);
     return;
   }
-  if (values.budget === undefined) throw new UsageError("--crop auto needs --budget <gib>");
-  const budget = gibFlag("budget", values.budget, 0, 0.001);
-  const auto = await autoCropSetting(given, budget, backend, values.resume ?? false);
+  if (flags.str("budget") === undefined) throw new UsageError("--crop auto needs --budget <gib>");
+  const budget = flags.gib("budget", 0, 0.001);
+  const auto = await autoCropSetting(given, budget, backend, flags.bool("resume"));
   if (auto.crop === undefined) {
-    if (!values.quiet) console.error(`train: ${auto.note}`);
+    if (!flags.bool("quiet")) console.error(`train: ${auto.note}`);
     return;
   }
   console.error(`train: ${auto.note}`);
@@ -140,39 +116,40 @@ async function runStoppable(
 }
 
 /** The command: flags, settings checked before a backend loads, then the run. */
-async function trainFromFlags(args: string[]): Promise<void> {
-  const { values } = parseFlags("train", args, FLAGS);
-  if (!values.out) throw new UsageError("--out is required (a folder or s3:// prefix)");
-  const resume = values.resume ?? false;
-  if (!values.data && !resume) throw new UsageError("--data is required");
-  const given = givenSettings(values);
-  const backend = backendFlag(values.backend);
-  const workers = intFlag("workers", values.workers, 1, 0, 16);
-  const caseMemory = values["case-memory"] === undefined
+async function trainFromFlags(flags: Flags): Promise<void> {
+  const out = flags.str("out");
+  if (!out) throw new UsageError("--out is required (a folder or s3:// prefix)");
+  const resume = flags.bool("resume");
+  if (!flags.str("data") && !resume) throw new UsageError("--data is required");
+  const given = givenSettings(flags);
+  const backend = backendFlag(flags);
+  const workers = flags.int("workers", 1, 0, 16);
+  const caseMemory = flags.str("case-memory") === undefined
     ? undefined
-    : gibFlag("case-memory", values["case-memory"], 0, 0);
-  await cropFlag(values, given, backend);
+    : flags.gib("case-memory", 0, 0);
+  await cropFlag(flags, given, backend);
   // A crop the network cannot take is a usage error before the backend loads.
-  const fresh = resume ? undefined : newRunSettings(values.data!, given);
+  const fresh = resume ? undefined : newRunSettings(given.data!, given);
+  const cache = flags.str("cache");
   const runtime: TrainRuntime = {
-    out: values.out,
+    out,
     backend,
-    cache: values.cache === "none" ? "" : values.cache,
+    cache: cache === "none" ? "" : cache,
     workers,
     ...(caseMemory === undefined ? {} : { caseMemory }),
-    report: values.report ?? false,
-    onProgress: trainEventPrinter(stderrProgress(values.quiet ?? false)),
+    report: flags.bool("report"),
+    onProgress: trainEventPrinter(stderrProgress(flags.bool("quiet"))),
   };
   await runStoppable(
     (signal) =>
       fresh
         ? train(fresh, { ...runtime, signal })
         : train(given, { ...runtime, resume: true, signal }),
-    values.json ?? false,
+    flags.bool("json"),
   );
 }
 
-export const trainCommand: Command = {
+export const trainCommand: Command = defineCommand({
   name: "train",
   summary: "Train the reversible U-Net on BraTS cases (checkpoints, resume, validation)",
   help: `Usage: deno task train --data <uri> --out <uri> [options]
@@ -234,12 +211,5 @@ Examples:
   deno task train --data out/synth --out out/run1 --epochs 4 --steps-per-epoch 20 --crop 32
   deno task train --out out/run1 --resume              # after SIGTERM: continue exactly
   deno task train --out out/run1 --resume --epochs 8   # train the finished run 4 epochs longer`,
-  async run(args) {
-    try {
-      await trainFromFlags(args);
-    } catch (e) {
-      // The engine names the flag of a setting it cannot take: a usage error here.
-      throw e instanceof SettingsError ? new UsageError(e.message, { cause: e }) : e;
-    }
-  },
-};
+  run: trainFromFlags,
+});

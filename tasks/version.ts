@@ -4,9 +4,9 @@
  * @module
  */
 import { versionInfo } from "../pipeline/training/mod.ts";
-import { type Command, parseFlags, printJson } from "./_cli.ts";
+import { defineCommand, printJson } from "./_cli.ts";
 
-export const versionCommand: Command = {
+export const versionCommand = defineCommand({
   name: "version",
   summary: "Print the versions of RevUNet-Deno, Deno and tfjs, and the backend auto would choose",
   help: `Usage: deno task version [--json]     (or: deno run -A main.ts --version)
@@ -21,10 +21,9 @@ Options:
 
 Example:
   deno run -A --unstable-webgpu main.ts --version`,
-  async run(args) {
-    const { values } = parseFlags("version", args, { json: { type: "boolean" } });
+  async run(flags) {
     const v = await versionInfo();
-    if (values.json) return printJson(v);
+    if (flags.bool("json")) return printJson(v);
     console.log(
       [
         `revunet-deno ${v.revunet}`,
@@ -34,4 +33,4 @@ Example:
       ].join("\n"),
     );
   },
-};
+});

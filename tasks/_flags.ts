@@ -1,0 +1,180 @@
+/**
+ * Flags declared once, in each command's help: the lines of its Options block that start with
+ * `  --name` are its flags, and {@linkcode parseFlags} builds node:util's option table from them.
+ * `--name <x>` or `--name a|b` (one space, then a token) takes a value; `--name` followed by two
+ * spaces or the end of the line is a switch.
+ * @module
+ */
+import { parseArgs as nodeParseArgs, type ParseArgsConfig } from "node:util";
+
+/** A wrong flag, a missing argument or conflicting options: exit code 2 and the command's help hint. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+type Options = NonNullable<ParseArgsConfig["options"]>;
+
+/** An option line of a help text: its flag and, when a token follows after one space, a value. */
+const OPTION_LINE = /^ {2}--([a-z][a-z0-9-]*)( \S)?/;
+
+/**
+ * The flags the Options block of `help` declares (up to its first blank line), with `--help`.
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * const help = "Usage: x\n\nOptions:\n  --out <uri>  where\n  --json       JSON\n\nExample: x";
+ * assertEquals(Object.keys(declaredFlags(help)), ["out", "json", "help"]);
+ * assertEquals(declaredFlags(help).out.type, "string");
+ * ```
+ */
+export function declaredFlags(help: string): Options {
+  const block = help.split("\nOptions:\n")[1]?.split("\n\n")[0] ?? "";
+  const options: Options = {};
+  for (const line of block.split("\n")) {
+    const m = OPTION_LINE.exec(line);
+    if (m) options[m[1]] = { type: m[2] ? "string" : "boolean" };
+  }
+  return { ...options, help: { type: "boolean", short: "h" } };
+}
+
+/** A value that starts with "-" but is a number (or a shard like -1/3), not a flag. */
+const NEGATIVE_VALUE = /^-(?:\d|\.\d)/;
+
+/**
+ * Joins `--flag -1` into `--flag=-1` for flags that take a value: node:util's parseArgs refuses a
+ * value starting with "-" as "ambiguous", where the user meant a (negative) number, which the
+ * flag's own check then refuses with its range.
+ */
+function joinNegativeValues(args: string[], options: Options): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const [arg, next] = [args[i], args[i + 1]];
+    if (arg === "--") {
+      out.push(...args.slice(i));
+      break;
+    }
+    const takesValue = arg.startsWith("--") && options[arg.slice(2)]?.type === "string";
+    if (next !== undefined && NEGATIVE_VALUE.test(next) && takesValue) {
+      out.push(`${arg}=${next}`);
+      i++;
+    } else out.push(arg);
+  }
+  return out;
+}
+
+/** The flags a command was given, read by name and type; a name its help lacks is a bug, thrown. */
+export class Flags {
+  constructor(
+    readonly command: string,
+    private readonly options: Options,
+    private readonly values: Record<string, string | boolean | (string | boolean)[] | undefined>,
+    /** The arguments that are not flags (commands that take them: `cases`, `inspect`, `bench`). */
+    readonly positionals: string[],
+  ) {}
+
+  #get(name: string, type: "string" | "boolean") {
+    if (this.options[name]?.type !== type) {
+      throw new Error(`${this.command}: its help declares no ${type} flag --${name}`);
+    }
+    return this.values[name];
+  }
+
+  /** A value flag's text, undefined when not given. */
+  str(name: string): string | undefined {
+    return this.#get(name, "string") as string | undefined;
+  }
+
+  /** Whether a switch was given. */
+  bool(name: string): boolean {
+    return this.#get(name, "boolean") === true;
+  }
+
+  /** An integer flag in [min, max], `fallback` when not given ({@linkcode intFlag}). */
+  int(name: string, fallback: number, min?: number, max?: number): number {
+    return intFlag(name, this.str(name), fallback, min, max);
+  }
+
+  /** A number flag in [min, max], `fallback` when not given ({@linkcode numberFlag}). */
+  num(name: string, fallback: number, min?: number, max?: number): number {
+    return numberFlag(name, this.str(name), fallback, min, max);
+  }
+
+  /** A memory flag in GiB of at least `min`, in bytes ({@linkcode gibFlag}). */
+  gib(name: string, fallback: number, min: number): number {
+    return gibFlag(name, this.str(name), fallback, min);
+  }
+
+  /** The names of the flags given, in the order given. */
+  given(): string[] {
+    return Object.keys(this.values).filter((k) => k !== "help" && this.values[k] !== undefined);
+  }
+
+  /** Throws a usage error `--<flag> is required` for the first of `names` not given (or empty). */
+  require(...names: string[]): void {
+    for (const name of names) if (!this.str(name)) throw new UsageError(`--${name} is required`);
+  }
+}
+
+/**
+ * Parses `args` strictly by the flags `help` declares: an unknown flag or a missing value is a
+ * {@linkcode UsageError} naming it. A value that is a negative number (`--seed -1`) is taken as
+ * the flag's value, for its own range check to refuse.
+ */
+export function parseFlags(command: string, args: string[], help: string, positionals = false) {
+  const options = declaredFlags(help);
+  try {
+    const parsed = nodeParseArgs({
+      args: joinNegativeValues(args, options),
+      options,
+      allowPositionals: positionals,
+      strict: true,
+    });
+    return new Flags(command, options, parsed.values, parsed.positionals);
+  } catch (e) {
+    throw new UsageError(`${command}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** Parses an integer flag, with its name in the error. */
+export function intFlag(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  min = -Infinity,
+  max = Infinity,
+): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw new UsageError(
+      `--${name} must be an integer${Number.isFinite(min) ? ` >= ${min}` : ""}${
+        Number.isFinite(max) ? ` <= ${max}` : ""
+      }, got "${value}"`,
+    );
+  }
+  return n;
+}
+
+/** Parses a number flag, with its name in the error. */
+export function numberFlag(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  min = -Infinity,
+  max = Infinity,
+): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n) || n < min || n > max) {
+    const range = Number.isFinite(min) && Number.isFinite(max)
+      ? ` in [${min}, ${max}]`
+      : `${Number.isFinite(min) ? ` >= ${min}` : ""}${Number.isFinite(max) ? ` <= ${max}` : ""}`;
+    throw new UsageError(`--${name} must be a number${range}, got "${value}"`);
+  }
+  return n;
+}
+
+/** Parses a memory flag given in GiB (a {@linkcode numberFlag}); returns bytes. */
+export function gibFlag(name: string, value: string | undefined, fallback: number, min: number) {
+  return numberFlag(name, value, fallback, min) * 2 ** 30;
+}
