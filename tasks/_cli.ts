@@ -10,7 +10,7 @@ import { BACKEND_NAMES, type BackendName, SettingsError } from "../pipeline/trai
 import { Progress } from "../pipeline/report/mod.ts";
 import { type Flags, parseFlags, UsageError } from "./_flags.ts";
 
-export { type Flags, gibFlag, intFlag, numberFlag, UsageError } from "./_flags.ts";
+export { type Flags, intFlag, numberFlag, UsageError } from "./_flags.ts";
 /** main.ts's hooks on the WebGPU device: its errors said as they come, checked after a command. */
 export { checkWebGpuErrors, onWebGpuError } from "../pipeline/training/mod.ts";
 
@@ -20,7 +20,7 @@ export interface Command {
   name: string;
   /** One line for the list of commands. */
   summary: string;
-  /** Full help: usage, options, examples. Printed by `--help`; its Options block declares the flags. */
+  /** Usage, options, examples, printed by `--help`; its Options block declares the flags. */
   help: string;
   /** Runs the command with the arguments after its name. Throws on failure; never exits. */
   run(args: string[]): Promise<void>;
@@ -143,20 +143,18 @@ export const INFERENCE_HELP =
   --largest-component       keep only the largest connected tumour component (nnU-Net's
                             post-processing; removes scattered false positives, off by default)`;
 
+/** The case options the inference flags set. */
+type InferenceFlags =
+  & Required<Pick<CaseOptions, "overlap" | "tta" | "batch" | "etThreshold" | "largestComponent">>
+  & Pick<CaseOptions, "saveProbabilities">
+  & { window?: number };
+
 /**
- * The case options the flags give: overlap in [0, MAX_OVERLAP] or "auto" (the default), window an integer
- * in [8, 1024] or "auto" (the default, left out), batch in [1, 64] (default 1), et-threshold
- * >= 0 (default 0). Checked in that order. The two switches default to off.
+ * The case options the inference flags give, checked in this order: overlap in [0, MAX_OVERLAP] or
+ * auto, window in [8, 1024] or auto (left out), batch in [1, 64], et-threshold >= 0.
  * @throws {UsageError} naming the flag and the value given
  */
-export function inferenceOptions(flags: Flags):
-  & Required<
-    Pick<
-      CaseOptions,
-      "overlap" | "tta" | "batch" | "etThreshold" | "largestComponent" | "saveProbabilities"
-    >
-  >
-  & { window?: number } {
+export function inferenceOptions(flags: Flags): InferenceFlags {
   const auto = (name: string) => [undefined, "auto"].includes(flags.str(name));
   const overlap = auto("overlap") ? "auto" as const : flags.num("overlap", 0.5, 0, MAX_OVERLAP);
   const window = auto("window") ? undefined : flags.int("window", 128, 8, 1024);

@@ -7,7 +7,7 @@
  */
 import { parseArgs as nodeParseArgs, type ParseArgsConfig } from "node:util";
 
-/** A wrong flag, a missing argument or conflicting options: exit code 2 and the command's help hint. */
+/** A wrong flag, a missing argument or conflicting options: exit code 2 and the help's hint. */
 export class UsageError extends Error {
   override name = "UsageError";
 }
@@ -99,9 +99,9 @@ export class Flags {
     return numberFlag(name, this.str(name), fallback, min, max);
   }
 
-  /** A memory flag in GiB of at least `min`, in bytes ({@linkcode gibFlag}). */
+  /** A memory flag in GiB (a number of at least `min`), in bytes. */
   gib(name: string, fallback: number, min: number): number {
-    return gibFlag(name, this.str(name), fallback, min);
+    return this.num(name, fallback, min) * 2 ** 30;
   }
 
   /** The names of the flags given, in the order given. */
@@ -135,7 +135,9 @@ export function parseFlags(command: string, args: string[], help: string, positi
   }
 }
 
-/** Parses an integer flag, with its name in the error. */
+const bound = (op: string, n: number) => Number.isFinite(n) ? ` ${op} ${n}` : "";
+
+/** Parses an integer flag in [min, max], `fallback` when not given; the error names the flag. */
 export function intFlag(
   name: string,
   value: string | undefined,
@@ -145,17 +147,13 @@ export function intFlag(
 ): number {
   if (value === undefined) return fallback;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < min || n > max) {
-    throw new UsageError(
-      `--${name} must be an integer${Number.isFinite(min) ? ` >= ${min}` : ""}${
-        Number.isFinite(max) ? ` <= ${max}` : ""
-      }, got "${value}"`,
-    );
-  }
-  return n;
+  if (Number.isInteger(n) && n >= min && n <= max) return n;
+  throw new UsageError(
+    `--${name} must be an integer${bound(">=", min)}${bound("<=", max)}, got "${value}"`,
+  );
 }
 
-/** Parses a number flag, with its name in the error. */
+/** Parses a number flag in [min, max], `fallback` when not given; the error names the flag. */
 export function numberFlag(
   name: string,
   value: string | undefined,
@@ -165,16 +163,9 @@ export function numberFlag(
 ): number {
   if (value === undefined) return fallback;
   const n = Number(value);
-  if (value.trim() === "" || !Number.isFinite(n) || n < min || n > max) {
-    const range = Number.isFinite(min) && Number.isFinite(max)
-      ? ` in [${min}, ${max}]`
-      : `${Number.isFinite(min) ? ` >= ${min}` : ""}${Number.isFinite(max) ? ` <= ${max}` : ""}`;
-    throw new UsageError(`--${name} must be a number${range}, got "${value}"`);
-  }
-  return n;
-}
-
-/** Parses a memory flag given in GiB (a {@linkcode numberFlag}); returns bytes. */
-export function gibFlag(name: string, value: string | undefined, fallback: number, min: number) {
-  return numberFlag(name, value, fallback, min) * 2 ** 30;
+  if (value.trim() !== "" && Number.isFinite(n) && n >= min && n <= max) return n;
+  const range = Number.isFinite(min) && Number.isFinite(max)
+    ? ` in [${min}, ${max}]`
+    : `${bound(">=", min)}${bound("<=", max)}`;
+  throw new UsageError(`--${name} must be a number${range}, got "${value}"`);
 }

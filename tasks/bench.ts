@@ -1,8 +1,6 @@
 /**
- * `bench memory|speed|kernels`: the flags, help and printing of the benchmarks that
- * pipeline/training/bench runs — memory (the seed paper's experiment: what a fixed budget buys the
- * reversible network over its standard twin), speed (training and inference throughput and
- * whole-case seconds, with a PyTorch peer) and the project's kernels one by one.
+ * `bench memory|speed|kernels`: the flags, help and printing of pipeline/training/bench's
+ * benchmarks.
  * @module
  */
 import { datasetShape } from "../pipeline/cases/mod.ts";
@@ -53,33 +51,23 @@ export const benchCommand = defineCommand({
                              [--window <n>] [--threads <n>] [--no-peer] [--backend <backend>]
        deno task bench kernels [--json] [--crop <n>] [--steps <n>] [--backend <backend>]
 
-memory: measures the peak bytes of one full training step (forward, loss, backward, Adam update)
-at batch 1 with tf.profile, for the reversible network and its standard twin, and reproduces the
-seed paper's experiment under a fixed budget: the largest cubic crop (multiple of 16), the most
-blocks per level and the widest base (multiple of 8) whose training step fits, each variant, the
-rest at the reference configuration (crop 96 for the depth and width searches). Peak memory is
-linear in voxels for a fixed network, so each figure is fitted from measured crops (reversible 32,
-48, 64; standard 16, 24, 32) and the fit's worst residual is printed with it; the reversible step
-is also measured at the search crop to check the fit ("fit_check").
+memory: the peak bytes of one full training step (forward, loss, backward, Adam update) at batch 1,
+measured with tf.profile for the reversible network and its standard twin, and the seed paper's
+experiment under a fixed budget: the largest cubic crop, the most blocks per level and the widest
+base whose step fits, each variant, fitted from measured crops (the fit's worst residual printed,
+checked at the search crop as "fit_check").
 
-speed: times the reference network at batch 1 on the backend: the median of --steps training
-steps (reversible backward, Dice+BCE, Adam) and inference passes at a cubic crop, after one
-warm-up each, and sliding-window inference (overlap 0.5, no mirroring) over synthetic whole cases
-of each --case-sizes size; case_seconds is the one at ${BRATS_DIMS.join("x")} when measured, else
-extrapolated from the sizes measured (seconds are linear in the voxels the windows cover, which
-are known for any size). Then runs the same network in PyTorch
-(pipeline/training/bench/peer_torch.py with /usr/bin/python3; \`deno task setup --peer\` installs
-it) at the same crop and steps and reports it as "peer" with the ratios ours/peer of voxels per
-second; without PyTorch, "peer" is null and "peer_reason" says why.
+speed: the median of --steps training steps and inference passes at a cubic crop, sliding-window
+inference (overlap 0.5, no mirroring) over synthetic cases of each --case-sizes size, and
+case_seconds at ${BRATS_DIMS.join("x")} (measured, or extrapolated in the voxels the windows
+cover); then the same network in PyTorch (pipeline/training/bench/peer_torch.py, installed by
+\`deno task setup --peer\`) as "peer", with the ratios ours/peer ("peer_reason" says why not).
 
-kernels: times the project's own kernels one by one — depthwise conv3d, its input and filter
-gradients, GroupNorm+activation and its gradient — at the reference network's depthwise shapes at
-the crop (one per level), and the filter gradients of the stem and the first down-sampling
-convolution, the median of --steps calls each with the result read back. On webgpu each is also
-timed against what it replaces ("baseline", "ms_baseline", "ratio" = baseline / ours): the
-depthwise kernels untiled (one thread per output, as REVUNET_WGSL_TILES=0 runs them), the filter
-gradient by tfjs's kernel instead of by taps; alternately, in the same run. The backend must have
-the kernels: cpu with the native library, or webgpu.
+kernels: the project's kernels one by one (depthwise conv3d and its gradients, GroupNorm+activation
+and its gradient, the stem's and first down-sampling's filter gradients) at the reference network's
+shapes at the crop, the median of --steps calls; on webgpu also the kernels they replace
+("baseline", "ratio"). The backend must have the kernels: cpu with the native library, or webgpu.
+The README's "Benchmarks" section says more; BENCHMARKS.md has the figures.
 
 Options:
   --json                print only the JSON object (default: progress on stderr; memory prints its

@@ -1,5 +1,5 @@
 /**
- * `cases <dataset-uri>`: lists the BraTS cases found under a dataset as JSON lines.
+ * `cases <dataset-uri>`: lists the cases found under a dataset as JSON lines.
  * @module
  */
 import { findCases } from "../pipeline/cases/mod.ts";
@@ -7,13 +7,13 @@ import { defineCommand, printJson, UsageError } from "./_cli.ts";
 
 export const casesCommand = defineCommand({
   name: "cases",
-  summary: "List the BraTS cases under a dataset URI as JSON lines",
+  summary: "List the cases under a dataset URI (BraTS, nnU-Net, MSD) as JSON lines",
   help: `Usage: deno task cases <dataset-uri> [--no-check] [--concurrency <n>]
 
-Finds every case under <dataset-uri> (a local folder, file:// URL or s3://bucket/prefix), in the
-2018-2021 naming (<id>_{flair,t1,t1ce,t2,seg}.nii[.gz]) or the 2023+ naming
-(<id>-{t2f,t1n,t1c,t2w,seg}.nii[.gz]), one folder per case or all files flat. Prints one JSON object
-per usable case on stdout:
+Finds every case under <dataset-uri> (a local folder, file:// URL or s3://bucket/prefix): BraTS
+cases in the 2018-2021 naming (<id>_{flair,t1,t1ce,t2,seg}.nii[.gz]) or the 2023+ naming
+(<id>-{t2f,t1n,t1c,t2w,seg}.nii[.gz]), one folder per case or flat, or the cases of an nnU-Net v2
+raw dataset or MSD task (README, "Your own data"). Prints one JSON object per usable case:
   {"id":"BraTS20_Training_001","naming":"brats2021","enhancingLabel":4,
    "images":{"flair":"...","t1":"...","t1ce":"...","t2":"..."},"seg":"...",
    "shape":[240,240,155],"spacing":[1,1,1]}

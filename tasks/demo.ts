@@ -1,8 +1,6 @@
 /**
- * `demo`: the embedded default run — no data, storage or GPU needed. It generates BraTS-like cases
- * (`synth`), trains the reversible U-Net on CPU (`train`), segments the held-out cases (`segment`),
- * scores them (`evaluate`) and writes an HTML report, all under one output folder (the stages:
- * pipeline/demo/). This file parses the flags, clears an earlier demo output and prints.
+ * `demo`: the embedded default run (pipeline/demo: synth, train, segment, evaluate, report under
+ * one folder); this file parses the flags, clears an earlier demo output and prints.
  * @module
  */
 import { DEMO_MARKER as MARKER, DEMO_STAGES as STAGES, runDemo } from "../pipeline/demo/mod.ts";

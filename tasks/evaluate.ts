@@ -1,7 +1,5 @@
 /**
- * `evaluate --pred <uri> --truth <uri>`: the metrics of pipeline/evaluation (Dice, HD95,
- * sensitivity, specificity of ET, TC and WT, or of an nnU-Net or MSD dataset's own regions) of a
- * folder of predictions against a dataset's references, with the report of pipeline/report.
+ * `evaluate`: the flags and printing of pipeline/evaluation's scores, and pipeline/report's report.
  * @module
  */
 import type { Shard } from "../pipeline/cases/mod.ts";
@@ -73,11 +71,9 @@ ${
   --lesion-dilation <n>     override the challenge's dilation (voxels)
   --lesion-min-volume <mm3> override the challenge's minimum lesion volume (mm³)
   --shard <i>/<n>|auto/<n>|auto
-                            only the cases of shard i of n (see segment --help); the others are
-                            neither evaluated nor missing. --out then gets
-                            metrics-shard-<i>-of-<n>.json and .csv (the report:
-                            <out>/shard-<i>-of-<n>/report/); evaluating the whole output without
-                            --shard merges them into metrics.json and metrics.csv
+                            only the cases of shard i of n (see segment --help), into
+                            metrics-shard-<i>-of-<n>.json and .csv (and shard-<i>-of-<n>/report/);
+                            evaluating the whole output without --shard merges them
   --report                  also write <out>/report/index.html: per case FLAIR slices with reference
                             and prediction, and the metrics tables (needs --out)
 

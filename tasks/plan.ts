@@ -1,7 +1,6 @@
 /**
- * `plan`: the largest crop whose training step fits a memory budget, reversible and standard side
- * by side, from the step's peak memory measured at two small crops on the chosen backend: the
- * command line of {@linkcode planCrop} (pipeline/training/plan.ts).
+ * `plan`: the command line of {@linkcode planCrop}: the largest training crop that fits a memory
+ * budget, reversible and standard side by side.
  * @module
  */
 import { planCrop, planNetworkConfig, selectBackend } from "../pipeline/training/mod.ts";

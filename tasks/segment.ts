@@ -1,6 +1,5 @@
 /**
- * `segment`: a trained network over new cases, writing BraTS label volumes on each input's grid
- * (the engine: pipeline/segmentation/). This file parses the flags, prints and sets the exit status.
+ * `segment`: the flags, printing and exit status of pipeline/segmentation's `segment`.
  * @module
  */
 import { formatDuration } from "../pipeline/report/mod.ts";
@@ -31,32 +30,27 @@ export const segmentCommand = defineCommand({
   summary: "Segment cases with a trained model: BraTS label NIfTIs on the inputs' grids",
   help: `Usage: deno task segment --model <uri> --input <uri> --out <uri> [options]
 
-Segments every BraTS case under --input (one case's folder or a dataset; local or s3://) with the
-model at --model: a training run's folder (its best/ weights are used, as the log says), its best/
-or a checkpoint folder, or the model.safetensors file itself. Writes <out>/<case>.nii.gz (uint8
-labels in the case's own convention, on its exact grid and affine). A case with a reference
-segmentation (its seg file) is also scored against it, as \`evaluate\` scores it:
-<out>/<case>.metrics.json holds Dice, HD95 (mm), sensitivity and specificity of ET, TC and WT.
-Last comes <out>/<case>.json, recording the model, inputs, options and outputs; each file is
-written whole or not at all. Cases already segmented with the same model, inputs and options, with
-every output now asked for, are skipped unless --force. A case that fails, or that cannot be used
-(a missing modality, two files for one, modalities on different grids), is recorded in
-<out>/<case>.error.json, the others go on, and the exit status is 1; a later success removes the
-error record.
+Segments every case under --input (one case's folder or a dataset: BraTS in any naming, an
+nnU-Net v2 raw dataset or an MSD task; local or s3://) with the model at --model: a training run's
+folder (its best/ weights, as the log says), its best/ or a checkpoint folder, or the
+model.safetensors file itself. Writes <out>/<case>.nii.gz (uint8 labels in the case's own
+convention, on its exact grid and affine) and, for a case with its reference, the metrics
+\`evaluate\` computes as <out>/<case>.metrics.json; last <out>/<case>.json, recording the model,
+inputs, options and outputs. Each file is written whole or not at all. A case done before with the
+same model, inputs and options and every output now asked for is skipped unless --force. A case
+that fails or cannot be used (a missing modality, two files for one, modalities on different
+grids) is recorded in <out>/<case>.error.json, the others go on, and the exit status is 1.
 
-With --event <file> (or - for standard input), the cases come from one S3 event notification (AWS
-S3, SNS-wrapped or MinIO webhook JSON, as \`serve\` accepts): each case whose four modalities are
-present is segmented; objects under --out and files that are not case inputs are ignored; cases
-still missing a modality are listed as waiting; a case its folder holds in a form --input refuses
-(two files for one modality) fails as there, its error record naming the event's record. A
-malformed event is an error (exit 1), nothing written.
+--event <file> (or - for standard input) takes the cases from one S3 event notification (as
+\`serve\` accepts it): each case whose inputs are all present is segmented, the others are listed
+as waiting; objects under --out and files that are not case inputs are ignored; a malformed event
+is an error (exit 1), nothing written.
 
-Batch jobs: --shard <i>/<n> segments only the cases of shard i of n (0-based; a case's shard is a
-hash of its id, so it never moves when cases are added). Without the flag, AWS Batch array jobs
-(AWS_BATCH_JOB_ARRAY_INDEX, AWS_BATCH_JOB_ARRAY_SIZE) and Kubernetes Indexed Jobs
-(JOB_COMPLETION_INDEX with REVUNET_SHARD_COUNT) set it; --shard auto/<n> takes the index from them.
-Finished cases are skipped, so a retried shard completes the work; evaluate over the whole --out
-merges the shards (evaluate --shard writes metrics-shard-<i>-of-<n>.json instead of metrics.json).
+--shard <i>/<n> segments only the cases of shard i of n (0-based, by a hash of the case id, so a
+case never changes shard). Without it, AWS Batch array jobs (AWS_BATCH_JOB_ARRAY_INDEX,
+AWS_BATCH_JOB_ARRAY_SIZE) and Kubernetes Indexed Jobs (JOB_COMPLETION_INDEX with
+REVUNET_SHARD_COUNT) set it; --shard auto/<n> takes the index from them. A retried shard skips
+its finished cases; evaluate over the whole --out merges the shards. More in the README, "segment".
 
 Options:
   --model <uri>             trained model: run folder, best/, checkpoint folder or file (required)
@@ -66,9 +60,8 @@ Options:
   --out <uri>               output folder or s3:// prefix (required)
 ${INFERENCE_HELP}
   --force                   redo cases that are already done
-  --report                  write <out>/report/index.html: FLAIR slices with the prediction (and the
-                            reference and metrics for labelled cases); with a shard,
-                            <out>/shard-<i>-of-<n>/report/index.html
+  --report                  write <out>/report/index.html (with a shard, under shard-<i>-of-<n>/):
+                            FLAIR slices with the prediction (and reference and metrics)
   --backend <backend>       auto|tensorflow|webgpu|wasm|cpu (default cpu)
   --quiet                   no progress output
   --json                    print a JSON summary

@@ -1,7 +1,6 @@
 /**
- * `serve`: an HTTP service that segments a BraTS case when an S3 event says its last input arrived
- * (the service: pipeline/segmentation/service.ts). This file parses the flags, starts the workers
- * and the service, prints its log lines and turns SIGTERM/SIGINT into a drain, then an abort.
+ * `serve`: the flags of pipeline/segmentation's event service, its log lines printed, and
+ * SIGTERM/SIGINT turned into a drain, then an abort.
  * @module
  */
 import {
@@ -31,27 +30,20 @@ export const serveCommand = defineCommand({
   summary: "Segment cases as S3 event notifications announce their inputs (an HTTP service)",
   help: `Usage: deno task serve --model <uri> --out <uri> [options]
 
-An HTTP service for S3 event notifications. POST an event (Amazon S3 via an SNS HTTPS subscription,
-a MinIO webhook, EventBridge, or the plain {"Records": [...]} JSON) to / or /events: for each new
-BraTS case file, the case's folder is listed, and once all four modalities are there the case is
-segmented into <out>/<case>.nii.gz (as \`segment\` does, on worker threads with the model loaded
-once); a case whose folder holds its reference segmentation (the seg file) is also scored against
-it into <out>/<case>.metrics.json (Dice, HD95, sensitivity, specificity of ET, TC and WT; a seg
-file arriving later starts the case again, and its metrics appear then). Answers 202
-{"status":"queued","id":"<job>"} or 202 {"status":"waiting"} (a modality is still missing; its own
-event will start the case), 200 for ignored or duplicate records, 400 for a malformed event, 401
-without the token, 413 for a body over --max-body or an event of more than
-${MAX_EVENT_RECORDS} records (S3 sends one per event; each folder is listed once per event), 503
-when the queue is full or the service is shutting down.
-
-Events for objects under --out, for files that are not case inputs, and for object versions already
-done, queued or running are ignored, so outputs can never trigger the service (a version whose job
-failed is run again when redelivered). A case failing for a transient reason (S3 unreachable,
-throttling, 5xx) is retried with backoff while the next attempt starts within 60 s of the first
-failure. A case id segmented from another input folder is refused (outputs are keyed by case id).
-A failing case is recorded in <out>/<case>.error.json and GET /jobs/<id>; the service goes on.
-SIGTERM or SIGINT stops accepting events, finishes the queued and running cases, and exits 0; a
-second signal abandons them (outputs are written whole or not at all) and exits 0.
+An HTTP service for S3 event notifications (Amazon S3 via SNS, a MinIO webhook, EventBridge or
+plain {"Records": [...]} JSON) POSTed to / or /events. For each new case file the case's folder is
+listed, and once its inputs are all there (a BraTS case's four modalities, or the channels the
+model's dataset names for nnU-Net or MSD data) the case is segmented as \`segment\` does, on worker
+threads with the model loaded once, into <out>/<case>.nii.gz, and scored into
+<out>/<case>.metrics.json when its folder holds its reference (one arriving later runs it again).
+Answers 202 {"status":"queued","id":"<job>"} or 202 {"status":"waiting"} (an input is missing),
+200 for ignored or duplicate records, 400 for a malformed event, 401 without the token, 413 for a
+body over --max-body or over ${MAX_EVENT_RECORDS} records, 503 when the queue is full or the service
+is stopping. Objects under --out, files that are not case inputs and object versions already done,
+queued or running are ignored; transient S3 failures are retried with backoff for 60 s; a failing
+case is recorded in <out>/<case>.error.json and GET /jobs/<id>. SIGTERM or SIGINT stops accepting
+events and finishes the queued and running cases; a second signal abandons them (outputs are whole
+or absent); both exit 0. More in the README, "Running in the cloud", and deploy/README.md.
 
 Endpoints:
   POST /  or /events      an S3 event notification (JSON)
@@ -69,10 +61,8 @@ Options:
   --concurrency <n>         cases segmented at once, one worker (and model copy) each (default 1)
   --queue <n>               jobs waiting beyond the running ones before events get 503
                             (default 64)
-  --token-env <name>        environment variable holding the bearer token (default
-                            ${DEFAULT_TOKEN_ENV}); clients send "Authorization: Bearer <token>" (or
-                            basic auth with the token as password, as SNS does for
-                            https://user:<token>@host/ endpoints)
+  --token-env <name>        variable holding the bearer token (default ${DEFAULT_TOKEN_ENV}), sent as
+                            "Authorization: Bearer <token>" or as basic auth's password (SNS)
   --no-auth                 accept requests without a token (required when the variable is unset)
   --max-body <bytes>        largest request body (default ${DEFAULT_MAX_BODY})
 ${INFERENCE_HELP}

@@ -1,8 +1,6 @@
 /**
- * `setup`: installs the optional system packages the project uses when they are present, then
- * builds the `--backend tensorflow` binding (tfjs-node) where pip reaches a `tensorflow_cpu`
- * wheel, or says once that it is unavailable (pipeline/training/environment does both).
- * Installing needs root and apt-get; elsewhere the command says what it would install and succeeds.
+ * `setup`: the optional system packages and the `--backend tensorflow` binding, installed by
+ * pipeline/training/environment (root and apt-get; elsewhere it says what it would install).
  * @module
  */
 import {

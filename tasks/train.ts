@@ -1,6 +1,6 @@
 /**
- * `train`: the command line of pipeline/training/run.ts: flags and help, SIGTERM and SIGINT as the
- * run's abort signal (it checkpoints; the command exits 143 or 130), its log and progress printed.
+ * `train`: the command line of pipeline/training's run: its flags, SIGTERM and SIGINT as its abort
+ * signal (it checkpoints; the command exits 143 or 130), its progress printed.
  * @module
  */
 import {
@@ -155,14 +155,11 @@ export const trainCommand: Command = defineCommand({
   help: `Usage: deno task train --data <uri> --out <uri> [options]
        deno task train --out <uri> --resume [--epochs <n>] [options]
 
-Trains the reversible U-Net on the labelled BraTS cases under --data (a folder or s3:// prefix, any
-naming convention), writing checkpoints, best weights, metrics.jsonl and curves.svg under --out.
-A case that cannot be read (a damaged file, a missing modality) is an error naming it.
-
-SIGTERM or SIGINT (a preempted instance) stops the run before its next step starts, also while cases
-are loading or validation is running (validation is then abandoned and redone on resume), saves a
-checkpoint of the current weights, even mid-epoch, and exits with status 143 or 130. Run the command
-again with --resume to continue exactly where it stopped.
+Trains the reversible U-Net on the labelled cases under --data (a folder or s3:// prefix: BraTS in
+any naming, an nnU-Net v2 raw dataset or an MSD task), writing checkpoints, best weights,
+metrics.jsonl and curves.svg under --out. A case that cannot be read is an error naming it.
+SIGTERM or SIGINT (a preempted instance) stops the run before its next step, saves a checkpoint,
+even mid-epoch, and exits with status 143 or 130; --resume then continues exactly where it stopped.
 
 Options:
   --data <uri>            cases to train on (required unless --resume)
@@ -185,22 +182,16 @@ Options:
   --seed <n>              seed of the split, weights, crops and augmentation (default 0)
   --backend <backend>     auto|tensorflow|webgpu|wasm|cpu (default cpu)
   --cache <uri>|none      preprocessed-case cache (default <out>/cache)
-  --case-memory <gib>     memory the preprocessed cases may take (default: half the machine's
-                          memory, or 8 GiB when it cannot be read). Cases needing more stay on
-                          local disk, and each sampler reads the ones it draws (keeping the last
-                          ${STREAMED_CASES_PER_SAMPLER}): from --cache when it is a local folder, else from a temporary
-                          folder removed at the end of the run. Same batches and weights either
-                          way; 0 always streams
+  --case-memory <gib>     memory the preprocessed cases may take (default: half the machine's, or
+                          8 GiB); beyond it each sampler reads the cases it draws from local
+                          disk, keeping the last ${STREAMED_CASES_PER_SAMPLER} (same batches and
+                          weights); 0 always streams
   --workers <n>           sampler threads preparing batches ahead (default 1; 0: none)
-  --resume                continue the run under --out from its latest checkpoint, with the settings
-                          it started with. --epochs <n> makes it longer or shorter (not shorter than
-                          the epoch in progress); the learning rate then decays over the new total
-                          from the current step on. --val-every, --val-window and --data (the same
-                          cases, found by id, moved elsewhere) may change too; any other setting
-                          flag must repeat the run's value or is an error naming it (--crop auto
-                          keeps the run's crop). --backend, --workers, --cache, --case-memory,
-                          --report, --quiet and --json apply as given (another backend continues
-                          the run, but not bit for bit)
+  --resume                continue the run under --out from its latest checkpoint with its settings;
+                          --epochs may lengthen or shorten it (the learning rate then decays over
+                          the new total), --val-every, --val-window and --data (the same cases
+                          moved) may change; another setting flag must repeat the run's value.
+                          The flags that are not settings apply as given
   --report                at the end, write <out>/report/index.html: validation cases' slices with
                           reference and prediction, their metrics, and the training curves
   --quiet                 no progress output

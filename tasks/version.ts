@@ -1,6 +1,5 @@
 /**
- * `version` (also `main.ts --version`): the project's version, Deno's, tfjs's, and the backend
- * `--backend auto` would choose here, with why.
+ * `version` (also `main.ts --version`): the versions, and the backend auto would choose.
  * @module
  */
 import { versionInfo } from "../pipeline/training/mod.ts";

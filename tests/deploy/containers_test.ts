@@ -7,6 +7,7 @@
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { assert, assertEquals } from "@std/assert";
+import { declaredFlags } from "../../tasks/_flags.ts";
 import { commands } from "../../tasks/mod.ts";
 import { ROOT } from "../_cli.ts";
 
@@ -47,10 +48,10 @@ function inContext(patterns: string[], name: string): boolean {
   return included;
 }
 
-/** Whether `flag` is documented in `command`'s help. */
+/** Whether `flag` (`--name` or `--name=value`) is one `command`'s help declares. */
 function knowsFlag(command: string, flag: string): boolean {
   const help = commands.find((c) => c.name === command)?.help ?? "";
-  return new RegExp(`(^|\\s)${flag.replace(/[-]/g, "\\-")}(\\s|$|,|=)`, "m").test(help);
+  return Object.hasOwn(declaredFlags(help), flag.slice(2).split("=")[0]);
 }
 
 /** Checks a container's arguments: an existing command, then only flags that command knows. */
