@@ -137,35 +137,37 @@ export function parseFlags(command: string, args: string[], help: string, positi
 
 const bound = (op: string, n: number) => Number.isFinite(n) ? ` ${op} ${n}` : "";
 
-/** Parses an integer flag in [min, max], `fallback` when not given; the error names the flag. */
-export function intFlag(
-  name: string,
-  value: string | undefined,
-  fallback: number,
-  min = -Infinity,
-  max = Infinity,
-): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (Number.isInteger(n) && n >= min && n <= max) return n;
-  throw new UsageError(
-    `--${name} must be an integer${bound(">=", min)}${bound("<=", max)}, got "${value}"`,
-  );
-}
-
-/** Parses a number flag in [min, max], `fallback` when not given; the error names the flag. */
+/**
+ * Parses a number flag in [min, max] (an integer when `integer`), `fallback` when not given; the
+ * error names the flag and the range.
+ */
 export function numberFlag(
   name: string,
   value: string | undefined,
   fallback: number,
   min = -Infinity,
   max = Infinity,
+  integer = false,
 ): number {
   if (value === undefined) return fallback;
   const n = Number(value);
-  if (value.trim() !== "" && Number.isFinite(n) && n >= min && n <= max) return n;
-  const range = Number.isFinite(min) && Number.isFinite(max)
+  const ok = integer ? Number.isInteger(n) : value.trim() !== "" && Number.isFinite(n);
+  if (ok && n >= min && n <= max) return n;
+  const range = !integer && Number.isFinite(min) && Number.isFinite(max)
     ? ` in [${min}, ${max}]`
     : `${bound(">=", min)}${bound("<=", max)}`;
-  throw new UsageError(`--${name} must be a number${range}, got "${value}"`);
+  throw new UsageError(
+    `--${name} must be ${integer ? "an integer" : "a number"}${range}, got "${value}"`,
+  );
+}
+
+/** Parses an integer flag in [min, max]: a {@linkcode numberFlag} with `integer`. */
+export function intFlag(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  min?: number,
+  max?: number,
+) {
+  return numberFlag(name, value, fallback, min, max, true);
 }

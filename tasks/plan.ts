@@ -12,14 +12,11 @@ export const planCommand = defineCommand({
   help: `Usage: deno task plan --budget <gib> [--config <json>] [--data <uri>] [--batch <n>]
                       [--measure-crops <a>,<b>] [--backend <backend>]
 
-Measures the peak memory of one training step (forward, loss, backward, Adam update) of the
-configured network at two crops with tf.profile, fits bytes = fixed + per-voxel · voxels (exact
-for a fixed network once the fixed costs stop bending the curve: every activation is a fixed
-number of channels per voxel), and prints
-the largest cubic crop (a multiple of 2^(levels-1)) whose step fits the budget, for the reversible
-network and its standard twin, as one JSON object; also max_window, the largest inference window
-(forward only, measured the same way at two small windows) under the budget, the cap of
-\`segment --window auto\`.
+Measures the peak memory of one training step (forward, loss, backward, Adam update) at two crops
+with tf.profile, fits bytes = fixed + per-voxel · voxels, and prints as one JSON object the largest
+cubic crop (a multiple of 2^(levels-1)) whose step fits the budget, for the reversible network and
+its standard twin, and max_window, the largest inference window under the budget (measured alike),
+the cap of \`segment --window auto\`.
 
 Options:
   --budget <gib>           memory budget (required), e.g. 16 for a 16 GiB GPU with headroom
@@ -31,7 +28,7 @@ Options:
                            reversible step, 16,24 for the standard one, where each is linear)
   --backend <backend>      auto|tensorflow|webgpu|wasm|cpu (default cpu; memory is counted the same)
 
-Example:
+Examples:
   deno task plan --budget 16
   deno task plan --budget 40 --config '{"blocksPerLevel":4}' --batch 2
   deno task plan --budget 16 --data ../data/Dataset501_BraTS2018WT`,

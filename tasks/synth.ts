@@ -20,11 +20,9 @@ export const synthCommand = defineCommand({
                        [--size <x,y,z>] [--template <path>|procedural] [--concurrency <n>]
 
 Writes N synthetic cases under <uri> (a local folder, file:// URL or s3://bucket/prefix), one folder
-per case as BraTS releases ship them: four int16 modalities and a uint8 segmentation, gzipped
-NIfTI-1 on a 1 mm grid. Each case is a real brain (the ch2bet template of Debian's mricron-data,
-else a procedural head) slightly rescaled, rotated and shifted, painted with per-tissue contrasts,
-a smooth bias field and Rician noise, with one or two tumors of random shape and place: necrotic
-core inside an enhancing rim inside edema, 1-10% of the brain. The same seed writes the same bytes.
+per case as BraTS ships them (four int16 modalities, a uint8 segmentation, gzipped NIfTI-1, 1 mm):
+a real brain (ch2bet, else a procedural head) moved slightly, with tissue contrasts, a bias field,
+Rician noise and one or two tumors (1-10% of the brain). The same seed writes the same bytes.
 
 Prints one JSON object per case on stdout when all are written:
   {"id":"BraTS2021_00000","files":{"flair":"...","t1":"...","t1ce":"...","t2":"...","seg":"..."},

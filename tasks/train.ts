@@ -23,7 +23,6 @@ import {
   type Command,
   defineCommand,
   type Flags,
-  intFlag,
   numberFlag,
   printJson,
   stderrProgress,
@@ -35,7 +34,7 @@ import {
 function numericFlag(key: NumericSetting, value: string): number {
   const name = SETTING_FLAGS[key].slice(2);
   const { integer, min, max, flagMax } = SETTING_LIMITS[key];
-  return (integer ? intFlag : numberFlag)(name, value, 0, min, flagMax ?? max);
+  return numberFlag(name, value, 0, min, flagMax ?? max, integer);
 }
 
 /**
