@@ -87,12 +87,7 @@ export async function withSignals<T>(
 
 /** Parses `--backend`: one of the names {@linkcode selectBackend} knows, else a usage error. */
 export function backendFlag(flags: Flags): BackendName {
-  const value = flags.str("backend");
-  if (value === undefined) return "cpu";
-  if (!(BACKEND_NAMES as readonly string[]).includes(value)) {
-    throw new UsageError(`--backend must be one of ${BACKEND_NAMES.join(", ")}, got "${value}"`);
-  }
-  return value as BackendName;
+  return flags.choice("backend", BACKEND_NAMES, "cpu");
 }
 
 /** Parses `--size <x,y,z>`: three integers in [min, max], `fallback` when not given. */

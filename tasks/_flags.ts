@@ -99,6 +99,26 @@ export class Flags {
     return numberFlag(name, this.str(name), fallback, min, max);
   }
 
+  /** One of `values` (a wrong one is refused with the list), `fallback` when not given. */
+  choice<T extends string, F extends T | undefined = undefined>(
+    name: string,
+    values: readonly T[],
+    fallback?: F,
+  ): T | F {
+    const value = this.str(name);
+    if (value === undefined) return fallback as F;
+    if ((values as readonly string[]).includes(value)) return value as T;
+    const list = values.length === 2 ? values.join(" or ") : `one of ${values.join(", ")}`;
+    throw new UsageError(`--${name} must be ${list}, got "${value}"`);
+  }
+
+  /** A crop or window edge: an integer in [8, max], a multiple of 8. */
+  edge(name: string, fallback: number, max?: number): number {
+    const edge = this.int(name, fallback, 8, max);
+    if (edge % 8 !== 0) throw new UsageError(`--${name} must be a multiple of 8, got ${edge}`);
+    return edge;
+  }
+
   /** A memory flag in GiB (a number of at least `min`), in bytes. */
   gib(name: string, fallback: number, min: number): number {
     return this.num(name, fallback, min) * 2 ** 30;

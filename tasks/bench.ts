@@ -51,32 +51,26 @@ export const benchCommand = defineCommand({
                              [--window <n>] [--threads <n>] [--no-peer] [--backend <backend>]
        deno task bench kernels [--json] [--crop <n>] [--steps <n>] [--backend <backend>]
 
-memory: the peak bytes of one full training step (forward, loss, backward, Adam update) at batch 1,
-measured with tf.profile for the reversible network and its standard twin, and the seed paper's
-experiment under a fixed budget: the largest cubic crop, the most blocks per level and the widest
-base whose step fits, each variant, fitted from measured crops (the fit's worst residual printed,
-checked at the search crop as "fit_check").
+memory: the peak bytes (tf.profile) of one training step (forward, loss, backward, Adam update) at
+batch 1, reversible network and standard twin; then the seed paper's experiment: the largest crop,
+the most blocks per level and the widest base whose step fits --budget, fitted from measured crops.
 
-speed: the median of --steps training steps and inference passes at a cubic crop, sliding-window
-inference (overlap 0.5, no mirroring) over synthetic cases of each --case-sizes size, and
-case_seconds at ${BRATS_DIMS.join("x")} (measured, or extrapolated in the voxels the windows
-cover); then the same network in PyTorch (pipeline/training/bench/peer_torch.py, installed by
-\`deno task setup --peer\`) as "peer", with the ratios ours/peer ("peer_reason" says why not).
+speed: medians of --steps training steps and inference passes at the crop, sliding-window inference
+(overlap 0.5) over synthetic cases of each --case-sizes, and case_seconds at ${
+    BRATS_DIMS.join("x")
+  };
+then the same network in PyTorch (\`deno task setup --peer\`) as "peer", and the ratios ours/peer.
 
-kernels: the project's kernels one by one (depthwise conv3d and its gradients, GroupNorm+activation
-and its gradient, the stem's and first down-sampling's filter gradients) at the reference network's
-shapes at the crop, the median of --steps calls; on webgpu also the kernels they replace
-("baseline", "ratio"). The backend must have the kernels: cpu with the native library, or webgpu.
-The README's "Benchmarks" section says more; BENCHMARKS.md has the figures.
+kernels: the project's kernels one by one at the reference network's shapes, the median of --steps
+calls; on webgpu also the kernels they replace ("baseline", "ratio"). Needs cpu with the native
+library, or webgpu. More in the README, "Benchmarks"; the figures are in BENCHMARKS.md.
 
 Options:
   --json                print only the JSON object (default: progress on stderr; memory prints its
                         JSON on stdout, speed a summary)
   --budget <gib>        memory: budget for the searches (default 16)
-  --crop <n>            memory: crop for the reported peak bytes (default 32); speed: the timed
-                        crop, a multiple of 8 (default 32 on cpu and wasm, 128 on a GPU backend);
-                        kernels: the network's crop whose layer shapes are timed (default 32 on cpu,
-                        64 on a GPU backend)
+  --crop <n>            a multiple of 8; memory: of the reported peak bytes (default 32); speed:
+                        timed (default 32, 128 on a GPU); kernels: the shapes' (32, 64 on a GPU)
   --search-crop <n>     memory: crop for the depth and width searches (default 96)
   --data <uri>          memory: the reference network with this dataset's channels in and regions
                         out (as train makes it; BraTS: 4 and 3)
@@ -130,13 +124,6 @@ function benchName(flags: Flags): keyof typeof OWN_FLAGS {
   return which;
 }
 
-/** An edge flag that must be a multiple of 8 (`--crop`, `--window`). */
-function edgeFlag(flags: Flags, name: string, fallback: number): number {
-  const edge = flags.int(name, fallback, 8);
-  if (edge % 8 !== 0) throw new UsageError(`--${name} must be a multiple of 8, got ${edge}`);
-  return edge;
-}
-
 /** Prints a result: the JSON alone with --json, else the summary for people and the JSON. */
 function printResult(json: boolean, result: unknown, summary: string): void {
   if (json) printJson(result);
@@ -144,7 +131,7 @@ function printResult(json: boolean, result: unknown, summary: string): void {
 }
 
 async function runKernels(flags: Flags, choice: BackendChoice, log: Log): Promise<void> {
-  const crop = edgeFlag(flags, "crop", isGpuBackend(choice.name, choice.device) ? 64 : 32);
+  const crop = flags.edge("crop", isGpuBackend(choice.name, choice.device) ? 64 : 32);
   const result = await benchKernels({
     crop,
     steps: flags.int("steps", 3, 1),
@@ -155,8 +142,8 @@ async function runKernels(flags: Flags, choice: BackendChoice, log: Log): Promis
 }
 
 async function runSpeed(flags: Flags, choice: BackendChoice, log: Log): Promise<void> {
-  const crop = edgeFlag(flags, "crop", isGpuBackend(choice.name, choice.device) ? 128 : 32);
-  const window = edgeFlag(flags, "window", crop);
+  const crop = flags.edge("crop", isGpuBackend(choice.name, choice.device) ? 128 : 32);
+  const window = flags.edge("window", crop);
   const result = await benchSpeed({
     crop,
     steps: flags.int("steps", 3, 1),
@@ -171,7 +158,7 @@ async function runSpeed(flags: Flags, choice: BackendChoice, log: Log): Promise<
 }
 
 async function runMemory(flags: Flags, log: Log): Promise<void> {
-  const crop = edgeFlag(flags, "crop", 32);
+  const crop = flags.edge("crop", 32);
   const data = flags.str("data");
   const io = data === undefined ? undefined : await datasetShape(data);
   printJson(

@@ -31,18 +31,13 @@ export const evaluateCommand = defineCommand({
   summary: "Score predictions against references: Dice, HD95, sensitivity, specificity",
   help: `Usage: deno task evaluate --pred <uri> --truth <uri> [--out <uri>] [--json] [options]
 
-Scores each prediction under --pred against the reference of the same case under --truth: Dice,
-HD95 in mm (MedPy's hd95), sensitivity and specificity (over the whole volume) of the BraTS regions
-ET, TC and WT, or, for a dataset with a dataset.json (nnU-Net v2 raw, MSD), of its own regions,
-named as it names them. Empty regions follow the legacy BraTS rules (both empty: Dice 1, HD95 0;
-one empty: Dice 0, HD95 373.1287 mm). Each prediction must be on its reference's grid. Labels are
-0, 1, 2, 4 (2018-2021) or 0, 1, 2, 3 (2023), by the reference's naming, else 2023 for a file
-holding 3 and not 4. A reference without a prediction is "missing" (exit 1 after the results are
-written, unless --allow-missing), a prediction without a reference "extra" (reported only).
-Prints a table, or with --json one JSON object {cases, summary (mean, std, median, q25, q75 per
-metric), missing, extra}; --out also writes it as metrics.json and per case as metrics.csv. A
-broken file, an unknown label or another grid stops the command before anything is written.
-Definitions, formats and the checks against MedPy and the challenges' code: README, "evaluate".
+Scores each prediction under --pred against the same case's reference under --truth: Dice, HD95
+(mm, as MedPy), sensitivity and specificity of the BraTS regions ET, TC and WT, or of the regions
+a dataset.json (nnU-Net v2 raw, MSD) names. Empty regions follow the legacy BraTS rules; each
+prediction must be on its reference's grid. A reference without a prediction is "missing" (exit 1
+unless --allow-missing), a prediction without one "extra". Prints a table, or with --json one
+object {cases, summary, missing, extra}; --out writes it as metrics.json and metrics.csv. A bad
+file, label or grid stops it before anything is written. Definitions, formats: README, "evaluate".
 
 Options:
   --pred <uri>              a folder (local, file:// or s3://) of <case>.nii.gz or <case>_seg.nii.gz
@@ -88,10 +83,7 @@ Examples:
     const [pred, truth, out] = [flags.str("pred"), flags.str("truth"), flags.str("out")];
     if (!pred) throw new UsageError("evaluate: --pred <uri> is required");
     if (!truth) throw new UsageError("evaluate: --truth <uri> is required");
-    const labels = flags.str("labels") as LabelConvention | undefined;
-    if (labels !== undefined && labels !== "2021" && labels !== "2023") {
-      throw new UsageError(`--labels must be 2021 or 2023, got "${labels}"`);
-    }
+    const labels = flags.choice<LabelConvention>("labels", ["2021", "2023"]);
     if (flags.bool("report") && !out) throw new UsageError("--report needs --out <uri>");
     const shard = shardFlag(flags);
     const concurrency = flags.int("concurrency", 4, 1, 64);
@@ -171,15 +163,8 @@ function lesionWiseFlags(flags: Flags): LesionWiseParams | undefined {
     if (stray) throw new UsageError(`--${stray} needs --lesion-wise`);
     return undefined;
   }
-  const name = flags.str("challenge") ?? "BraTS-GLI";
-  const challenge = Object.hasOwn(LESION_WISE_CHALLENGES, name)
-    ? LESION_WISE_CHALLENGES[name]
-    : undefined;
-  if (!challenge) {
-    throw new UsageError(
-      `--challenge must be one of ${Object.keys(LESION_WISE_CHALLENGES).join(", ")}, got "${name}"`,
-    );
-  }
+  const name = flags.choice("challenge", Object.keys(LESION_WISE_CHALLENGES), "BraTS-GLI");
+  const challenge = LESION_WISE_CHALLENGES[name];
   return {
     challenge: name,
     dilation: flags.int("lesion-dilation", challenge.dilation, 0, 50),

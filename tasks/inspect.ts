@@ -37,10 +37,7 @@ Examples:
         `inspect: expected one path or URI of a NIfTI file, got ${positionals.length}`,
       );
     }
-    const nonFinite = flags.str("non-finite") ?? "error";
-    if (nonFinite !== "error" && nonFinite !== "zero") {
-      throw new UsageError(`--non-finite must be "error" or "zero", got "${nonFinite}"`);
-    }
+    const nonFinite = flags.choice("non-finite", ["error", "zero"], "error");
     const maxBytes = flags.int("max-bytes", DEFAULT_MAX_BYTES, 1);
     const uri = positionals[0];
     printJson(describeNifti(await readNifti(uri, { nonFinite, maxBytes })));

@@ -30,27 +30,19 @@ export const segmentCommand = defineCommand({
   summary: "Segment cases with a trained model: BraTS label NIfTIs on the inputs' grids",
   help: `Usage: deno task segment --model <uri> --input <uri> --out <uri> [options]
 
-Segments every case under --input (one case's folder or a dataset: BraTS in any naming, an
-nnU-Net v2 raw dataset or an MSD task; local or s3://) with the model at --model: a training run's
-folder (its best/ weights, as the log says), its best/ or a checkpoint folder, or the
-model.safetensors file itself. Writes <out>/<case>.nii.gz (uint8 labels in the case's own
-convention, on its exact grid and affine) and, for a case with its reference, the metrics
-\`evaluate\` computes as <out>/<case>.metrics.json; last <out>/<case>.json, recording the model,
-inputs, options and outputs. Each file is written whole or not at all. A case done before with the
-same model, inputs and options and every output now asked for is skipped unless --force. A case
-that fails or cannot be used (a missing modality, two files for one, modalities on different
-grids) is recorded in <out>/<case>.error.json, the others go on, and the exit status is 1.
+Segments every case under --input (a case's folder or a dataset: BraTS in any naming, nnU-Net v2
+raw or MSD; local or s3://) with the model at --model. Writes <out>/<case>.nii.gz (uint8 labels in
+the case's convention, on its grid and affine), <out>/<case>.metrics.json for a case with its
+reference, and last <out>/<case>.json (model, inputs, options, outputs), each whole or not at all.
+A case already done alike is skipped unless --force; a case that fails is recorded in
+<out>/<case>.error.json, the others go on, and the exit status is 1.
 
---event <file> (or - for standard input) takes the cases from one S3 event notification (as
-\`serve\` accepts it): each case whose inputs are all present is segmented, the others are listed
-as waiting; objects under --out and files that are not case inputs are ignored; a malformed event
-is an error (exit 1), nothing written.
+--event <file>|- segments the cases one S3 event notification completes (as \`serve\`); the rest
+are listed as waiting; a malformed event is an error, nothing written.
 
---shard <i>/<n> segments only the cases of shard i of n (0-based, by a hash of the case id, so a
-case never changes shard). Without it, AWS Batch array jobs (AWS_BATCH_JOB_ARRAY_INDEX,
-AWS_BATCH_JOB_ARRAY_SIZE) and Kubernetes Indexed Jobs (JOB_COMPLETION_INDEX with
-REVUNET_SHARD_COUNT) set it; --shard auto/<n> takes the index from them. A retried shard skips
-its finished cases; evaluate over the whole --out merges the shards. More in the README, "segment".
+--shard <i>/<n>: only shard i of n (0-based, by a hash of the case id). Without it AWS Batch array
+jobs and Kubernetes Indexed Jobs (with REVUNET_SHARD_COUNT) set it; auto/<n> takes their index.
+evaluate over the whole --out merges the shards. More in the README, "segment".
 
 Options:
   --model <uri>             trained model: run folder, best/, checkpoint folder or file (required)

@@ -31,19 +31,14 @@ export const serveCommand = defineCommand({
   help: `Usage: deno task serve --model <uri> --out <uri> [options]
 
 An HTTP service for S3 event notifications (Amazon S3 via SNS, a MinIO webhook, EventBridge or
-plain {"Records": [...]} JSON) POSTed to / or /events. For each new case file the case's folder is
-listed, and once its inputs are all there (a BraTS case's four modalities, or the channels the
-model's dataset names for nnU-Net or MSD data) the case is segmented as \`segment\` does, on worker
-threads with the model loaded once, into <out>/<case>.nii.gz, and scored into
-<out>/<case>.metrics.json when its folder holds its reference (one arriving later runs it again).
-Answers 202 {"status":"queued","id":"<job>"} or 202 {"status":"waiting"} (an input is missing),
-200 for ignored or duplicate records, 400 for a malformed event, 401 without the token, 413 for a
-body over --max-body or over ${MAX_EVENT_RECORDS} records, 503 when the queue is full or the service
-is stopping. Objects under --out, files that are not case inputs and object versions already done,
-queued or running are ignored; transient S3 failures are retried with backoff for 60 s; a failing
-case is recorded in <out>/<case>.error.json and GET /jobs/<id>. SIGTERM or SIGINT stops accepting
-events and finishes the queued and running cases; a second signal abandons them (outputs are whole
-or absent); both exit 0. More in the README, "Running in the cloud", and deploy/README.md.
+plain {"Records": [...]}) POSTed to / or /events. Once a case's inputs are all there (BraTS's four
+modalities, or the channels the model's dataset names), it is segmented as \`segment\` does, on
+worker threads with the model loaded once, into <out>/<case>.nii.gz, and scored into
+<out>/<case>.metrics.json when its folder holds its reference. Answers 202 {"status":"queued",
+"id":"<job>"} or {"status":"waiting"}, 200 (ignored or duplicate), 400 (malformed), 401 (no token),
+413 (over --max-body or ${MAX_EVENT_RECORDS} records), 503 (queue full or stopping); a failed case
+is recorded in <out>/<case>.error.json. SIGTERM or SIGINT lets the queued and running cases finish,
+a second signal abandons them (outputs whole or none); both exit 0. README: "Running in the cloud".
 
 Endpoints:
   POST /  or /events      an S3 event notification (JSON)

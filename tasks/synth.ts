@@ -8,10 +8,9 @@ import {
   SYNTH_MAX_DIM,
   SYNTH_MIN_DIM,
   SYNTH_NAMINGS,
-  type SynthNaming,
   writeSynthDataset,
 } from "../pipeline/synth/mod.ts";
-import { defineCommand, type Flags, printJson, sizeFlag, UsageError } from "./_cli.ts";
+import { defineCommand, printJson, sizeFlag, UsageError } from "./_cli.ts";
 
 export const synthCommand = defineCommand({
   name: "synth",
@@ -56,7 +55,7 @@ Examples:
     }
     const cases = flags.int("cases", 4, 1);
     const seed = flags.int("seed", 1, 0, 0xffffffff);
-    const naming = namingFlag(flags);
+    const naming = flags.choice("naming", SYNTH_NAMINGS, "brats2021");
     const dims = sizeFlag(flags, DEFAULT_SYNTH_DIMS, SYNTH_MIN_DIM, SYNTH_MAX_DIM);
     const concurrency = flags.int("concurrency", 2, 1, 64);
     const given = flags.str("template");
@@ -84,12 +83,3 @@ Examples:
     );
   },
 });
-
-function namingFlag(flags: Flags): SynthNaming {
-  const value = flags.str("naming");
-  if (value === undefined) return "brats2021";
-  if (!(SYNTH_NAMINGS as readonly string[]).includes(value)) {
-    throw new UsageError(`--naming must be one of ${SYNTH_NAMINGS.join(", ")}, got "${value}"`);
-  }
-  return value as SynthNaming;
-}

@@ -53,13 +53,8 @@ function givenSettings(flags: Flags): Partial<TrainSettings> {
     }
   };
   numeric("epochs", "stepsPerEpoch", "batch", "lr");
-  const optimizer = flags.str("optimizer");
-  if (optimizer !== undefined) {
-    if (optimizer !== "adam" && optimizer !== "sgd") {
-      throw new UsageError(`--optimizer must be adam or sgd, got "${optimizer}"`);
-    }
-    given.optimizer = optimizer;
-  }
+  const optimizer = flags.choice("optimizer", ["adam", "sgd"]);
+  if (optimizer !== undefined) given.optimizer = optimizer;
   numeric("weightDecay", "valCases", "valEvery", "valWindow");
   const config = flags.str("config");
   if (config !== undefined) given.config = networkConfigFlag(config);
@@ -155,10 +150,9 @@ export const trainCommand: Command = defineCommand({
        deno task train --out <uri> --resume [--epochs <n>] [options]
 
 Trains the reversible U-Net on the labelled cases under --data (a folder or s3:// prefix: BraTS in
-any naming, an nnU-Net v2 raw dataset or an MSD task), writing checkpoints, best weights,
-metrics.jsonl and curves.svg under --out. A case that cannot be read is an error naming it.
-SIGTERM or SIGINT (a preempted instance) stops the run before its next step, saves a checkpoint,
-even mid-epoch, and exits with status 143 or 130; --resume then continues exactly where it stopped.
+any naming, nnU-Net v2 raw or MSD), writing checkpoints, best/, metrics.jsonl and curves.svg under
+--out. SIGTERM or SIGINT (a preempted instance) saves a checkpoint before the next step and exits
+143 or 130; --resume then continues exactly where it stopped.
 
 Options:
   --data <uri>            cases to train on (required unless --resume)

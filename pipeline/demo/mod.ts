@@ -8,9 +8,22 @@
 import { findCases } from "../cases/mod.ts";
 import { summarize, writeEvaluation } from "../evaluation/mod.ts";
 import { segment, segmentationReport } from "../segmentation/mod.ts";
-import { getObject, joinUri, putObject } from "../storage/mod.ts";
+import {
+  deleteObject,
+  exists,
+  getObject,
+  joinUri,
+  listObjects,
+  putObject,
+} from "../storage/mod.ts";
 import { writeSynthDataset } from "../synth/mod.ts";
-import { type BackendName, defaultSettings, train, type TrainRuntime } from "../training/mod.ts";
+import {
+  type BackendName,
+  defaultSettings,
+  SettingsError,
+  train,
+  type TrainRuntime,
+} from "../training/mod.ts";
 
 /** The file that marks a folder as the demo's own, so a re-run may clear it. */
 export const DEMO_MARKER = "demo.json";
@@ -71,10 +84,31 @@ async function demoTrain(o: DemoOptions, data: string) {
 }
 
 /**
- * Runs the demo's stages under `o.out` (which the caller has cleared) and writes
- * `<out>/demo.json`, the summary it returns, last.
+ * Removes what an earlier demo run wrote under `out`.
+ * @throws {SettingsError} naming `--out` when `out` holds objects but no {@linkcode DEMO_MARKER}
+ */
+async function clearDemoOutput(out: string): Promise<void> {
+  const existing = await listObjects(out).catch(() => []);
+  if (existing.length === 0) return;
+  if (!(await exists(joinUri(out, DEMO_MARKER)))) {
+    throw new SettingsError(
+      "--out",
+      `${out} is not empty and was not written by demo (no ${DEMO_MARKER}); choose another --out`,
+    );
+  }
+  for (const o of existing) {
+    if (DEMO_STAGES.includes(o.key.split("/")[0]) || o.key === DEMO_MARKER) {
+      await deleteObject(o.uri);
+    }
+  }
+}
+
+/**
+ * Runs the demo's stages under `o.out`, first clearing an earlier demo's output there (a folder
+ * the demo did not write is refused), and writes `<out>/demo.json`, the summary it returns, last.
  */
 export async function runDemo(o: DemoOptions) {
+  await clearDemoOutput(o.out);
   const log = o.log ?? (() => {});
   const t0 = performance.now();
   const data = await demoData(o, log);
